@@ -1,0 +1,3 @@
+module github.com/pipestream/pipestream
+
+go 1.26.8
