@@ -32,8 +32,12 @@ func (t *fakeTransport) Write(msg any) error {
 func (t *fakeTransport) Flush() error { t.mu.Lock(); t.flushes++; t.mu.Unlock(); return nil }
 func (t *fakeTransport) Close() error { t.mu.Lock(); t.closed++; t.mu.Unlock(); return nil }
 
-func (t *fakeTransport) LocalAddr() net.Addr  { return &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 1} }
-func (t *fakeTransport) RemoteAddr() net.Addr { return &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 2} }
+func (t *fakeTransport) LocalAddr() net.Addr {
+	return &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 1}
+}
+func (t *fakeTransport) RemoteAddr() net.Addr {
+	return &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 2}
+}
 
 func quiet() pipeline.Option {
 	return pipeline.WithLogger(slog.New(slog.NewTextHandler(discard{}, nil)))
