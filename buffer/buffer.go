@@ -46,6 +46,32 @@ type Buf struct {
 	refs  atomic.Int32
 	class int8 // index into pools, or -1 when not pooled
 	track *record
+	// parent is set on a view made by Slice: the view's bytes belong to
+	// parent, and the view holds one reference on it.
+	parent *Buf
+}
+
+var views = sync.Pool{New: func() any { return &Buf{class: -1} }}
+
+// Slice returns a view of b.Bytes()[i:j] that shares b's memory. The view
+// has a reference count of its own, starting at one, and holds a reference
+// on b until the view's last Release; the caller keeps its own reference on
+// b. This is how a packet's body and its whole frame travel to different
+// stages (a local write and a forward) without a copy.
+func (b *Buf) Slice(i, j int) *Buf {
+	if i < 0 || j < i || j > b.Len() {
+		panic(fmt.Sprintf("buffer: Slice(%d, %d) out of range [0,%d]", i, j, b.Len()))
+	}
+	root := b
+	if b.parent != nil {
+		root = b.parent
+	}
+	root.Retain()
+	v := views.Get().(*Buf)
+	v.b, v.r, v.w = b.b, b.r+i, b.r+j
+	v.parent = root
+	v.refs.Store(1)
+	return v
 }
 
 // Get returns a buffer of length n holding one reference. Its bytes are not
@@ -152,6 +178,13 @@ func (b *Buf) Release() {
 	case n < 0:
 		b.refs.Add(1)
 		reportMisuse(b, "Release of a released buffer")
+		return
+	}
+	if p := b.parent; p != nil {
+		// Views are not counted as live: their parent is.
+		b.parent, b.b = nil, nil
+		views.Put(b)
+		p.Release()
 		return
 	}
 	live.Add(-1)

@@ -148,3 +148,27 @@ func byteSize(n int) string {
 	}
 	return strconv.Itoa(n>>10) + "KiB"
 }
+
+func TestSlice(t *testing.T) {
+	buffertest.Check(t)
+	frame := buffer.Copy([]byte("HDRbody-bytes"))
+	body := frame.Slice(3, frame.Len())
+	if got := string(body.Bytes()); got != "body-bytes" {
+		t.Fatalf("view = %q", got)
+	}
+	if frame.Refs() != 2 {
+		t.Fatalf("frame refs = %d, want 2 while the view lives", frame.Refs())
+	}
+	inner := body.Slice(0, 4)
+	body.Retain()
+	body.Release()
+	body.Release()
+	if got := string(inner.Bytes()); got != "body" {
+		t.Fatalf("view of a view = %q", got)
+	}
+	if !panics(func() { inner.Slice(0, 5) }) {
+		t.Error("Slice beyond the view did not panic")
+	}
+	frame.Release()
+	inner.Release() // the last reference: frame goes back to the pool here
+}
