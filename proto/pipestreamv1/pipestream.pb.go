@@ -290,6 +290,11 @@ const (
 	// commits the stream through Raft and replies with a RaftClientReply
 	// body.
 	DataStreamPacketHeader_CLOSE DataStreamPacketHeader_Option = 4
+	// Drops the stream: every peer fails it, discards its data and passes
+	// the abort on to its successors. Sent with no data by a client that
+	// gives up (a cancelled context) and by a peer whose stream failed. The
+	// reply, if any, carries CANCELLED and may be ignored.
+	DataStreamPacketHeader_ABORT DataStreamPacketHeader_Option = 8
 )
 
 // Enum value maps for DataStreamPacketHeader_Option.
@@ -299,12 +304,14 @@ var (
 		1: "SYNC",
 		2: "FLUSH",
 		4: "CLOSE",
+		8: "ABORT",
 	}
 	DataStreamPacketHeader_Option_value = map[string]int32{
 		"OPTION_NONE": 0,
 		"SYNC":        1,
 		"FLUSH":       2,
 		"CLOSE":       4,
+		"ABORT":       8,
 	}
 )
 
@@ -1085,7 +1092,7 @@ const file_pipestream_proto_rawDesc = "" +
 	"\x04peer\x18\x01 \x01(\tR\x04peer\x12\x1e\n" +
 	"\n" +
 	"successors\x18\x02 \x03(\tR\n" +
-	"successors\"\xef\x02\n" +
+	"successors\"\xfa\x02\n" +
 	"\x16DataStreamPacketHeader\x12\x1b\n" +
 	"\tclient_id\x18\x01 \x01(\fR\bclientId\x12>\n" +
 	"\x04type\x18\x02 \x01(\x0e2*.pipestream.v1.DataStreamPacketHeader.TypeR\x04type\x12\x1b\n" +
@@ -1097,12 +1104,13 @@ const file_pipestream_proto_rawDesc = "" +
 	"\x04Type\x12\x14\n" +
 	"\x10TYPE_UNSPECIFIED\x10\x00\x12\x11\n" +
 	"\rSTREAM_HEADER\x10\x01\x12\x0f\n" +
-	"\vSTREAM_DATA\x10\x02\"9\n" +
+	"\vSTREAM_DATA\x10\x02\"D\n" +
 	"\x06Option\x12\x0f\n" +
 	"\vOPTION_NONE\x10\x00\x12\b\n" +
 	"\x04SYNC\x10\x01\x12\t\n" +
 	"\x05FLUSH\x10\x02\x12\t\n" +
-	"\x05CLOSE\x10\x04\"\xdb\x02\n" +
+	"\x05CLOSE\x10\x04\x12\t\n" +
+	"\x05ABORT\x10\b\"\xdb\x02\n" +
 	"\x15DataStreamReplyHeader\x12J\n" +
 	"\rpacket_header\x18\x01 \x01(\v2%.pipestream.v1.DataStreamPacketHeaderR\fpacketHeader\x12#\n" +
 	"\rbytes_written\x18\x02 \x01(\x04R\fbytesWritten\x12\x18\n" +
