@@ -1,0 +1,286 @@
+package codec
+
+import (
+	"fmt"
+	"io"
+	"math"
+	"sync/atomic"
+
+	"github.com/pipestream/pipestream/buffer"
+	"github.com/pipestream/pipestream/pipeline"
+)
+
+// DefaultMaxFrameLength is the MaxFrameLength used when a FrameConfig leaves
+// it zero.
+const DefaultMaxFrameLength = 16 << 20
+
+// FrameConfig describes where a frame's length is and what the decoder
+// passes on; the package documentation draws it. The fields mean what the
+// parameters of the same names mean to Netty's LengthFieldBasedFrameDecoder.
+type FrameConfig struct {
+	// LengthFieldOffset is where the length field starts in the frame.
+	LengthFieldOffset int
+	// LengthFieldLength is the size of the length field: 1, 2, 3, 4 or 8
+	// bytes, an unsigned integer.
+	LengthFieldLength int
+	// LittleEndian reads the length field least significant byte first;
+	// the default is big-endian, network order.
+	LittleEndian bool
+	// LengthAdjustment is added to the length field's value to get the
+	// number of bytes after the field: negative when the value also counts
+	// the field or the bytes before it, positive when a header after the
+	// field is not counted.
+	LengthAdjustment int
+	// InitialBytesToStrip is how many bytes are cut off the front of each
+	// frame before it is passed on.
+	InitialBytesToStrip int
+	// MaxFrameLength bounds the whole frame, stripped bytes included;
+	// zero means DefaultMaxFrameLength.
+	MaxFrameLength int
+}
+
+// validLengthField reports whether n is a supported length-field size.
+func validLengthField(n int) bool {
+	switch n {
+	case 1, 2, 3, 4, 8:
+		return true
+	}
+	return false
+}
+
+// withDefaults checks c and fills in its defaults.
+func (c FrameConfig) withDefaults() (FrameConfig, error) {
+	if !validLengthField(c.LengthFieldLength) {
+		return c, fmt.Errorf("codec: length field of %d bytes; want 1, 2, 3, 4 or 8", c.LengthFieldLength)
+	}
+	if c.LengthFieldOffset < 0 || c.LengthFieldOffset > math.MaxInt-8 {
+		return c, fmt.Errorf("codec: length field offset %d out of range", c.LengthFieldOffset)
+	}
+	if c.InitialBytesToStrip < 0 {
+		return c, fmt.Errorf("codec: negative InitialBytesToStrip %d", c.InitialBytesToStrip)
+	}
+	switch {
+	case c.MaxFrameLength < 0:
+		return c, fmt.Errorf("codec: negative MaxFrameLength %d", c.MaxFrameLength)
+	case c.MaxFrameLength == 0:
+		c.MaxFrameLength = DefaultMaxFrameLength
+	}
+	end := c.LengthFieldOffset + c.LengthFieldLength
+	if c.MaxFrameLength < end {
+		return c, fmt.Errorf("codec: MaxFrameLength %d is less than the %d bytes up to the end of the length field", c.MaxFrameLength, end)
+	}
+	if c.InitialBytesToStrip > c.MaxFrameLength {
+		return c, fmt.Errorf("codec: InitialBytesToStrip %d is more than MaxFrameLength %d", c.InitialBytesToStrip, c.MaxFrameLength)
+	}
+	// Keeps end + LengthAdjustment from overflowing in frameLength.
+	if c.LengthAdjustment > math.MaxInt-end {
+		return c, fmt.Errorf("codec: LengthAdjustment %d out of range", c.LengthAdjustment)
+	}
+	return c, nil
+}
+
+// FrameDecoder splits a byte stream into frames. As a pipeline stage it
+// consumes each buffer.Inbound it reads and fires every whole frame in it as
+// a *buffer.Buf, whose reference the next stage owns; other messages pass
+// through. A frame that is too long or corrupt fires an error wrapping
+// ErrFrameTooLong or ErrCorruptFrame and closes the connection, and from
+// then on the decoder discards whatever it reads.
+//
+// If the decoder is removed from its pipeline while it is decoding, as a
+// protocol switch would do, the bytes it has not decoded are passed on to
+// the next stage as the buffer.Inbound.
+//
+// A FrameDecoder holds one connection's state: make one per pipeline. Its
+// methods are called from the connection's event loop, or from the one
+// goroutine that reads a net.Conn, never concurrently.
+type FrameDecoder struct {
+	cfg     FrameConfig
+	end     int   // offset of the first byte after the length field
+	err     error // the error that failed the stream, for good
+	removed atomic.Bool
+}
+
+// NewFrameDecoder returns a decoder for frames laid out as c describes. It
+// fails if c is inconsistent.
+func NewFrameDecoder(c FrameConfig) (*FrameDecoder, error) {
+	c, err := c.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	return &FrameDecoder{cfg: c, end: c.LengthFieldOffset + c.LengthFieldLength}, nil
+}
+
+// ChannelRead decodes every whole frame in a buffer.Inbound and passes any
+// other message on.
+func (d *FrameDecoder) ChannelRead(ctx *pipeline.Context, msg any) {
+	in, ok := msg.(buffer.Inbound)
+	if !ok {
+		ctx.FireChannelRead(msg)
+		return
+	}
+	failed := d.err != nil
+	for !d.removed.Load() {
+		frame, err := d.Decode(in)
+		if err != nil {
+			if !failed {
+				// Fire first so that an error handler can still write a
+				// reply before the connection goes.
+				ctx.FireError(err)
+				_ = ctx.Close()
+			}
+			return
+		}
+		if frame == nil {
+			return
+		}
+		ctx.FireChannelRead(frame)
+	}
+	if in.Buffered() > 0 {
+		ctx.FireChannelRead(in)
+	}
+}
+
+// HandlerRemoved stops a decode loop in progress, so that the rest of the
+// input goes to whatever replaced the decoder.
+func (d *FrameDecoder) HandlerRemoved(*pipeline.Context) { d.removed.Store(true) }
+
+// Decode takes the next whole frame out of in and returns it, stripped, in a
+// new buffer that the caller must release. It returns (nil, nil), consuming
+// nothing, when in does not yet hold a whole frame.
+//
+// An error fails the decoder for good: this call and every later one
+// discard all that in holds and return the same error.
+//
+// If in also implements io.Reader, reading consumed bytes as gnet's
+// connection does, the frame is read into its buffer with Read, which spares
+// an Inbound whose Peek must join two pieces of memory (gnet's, for a frame
+// that wraps its ring buffer) a second copy of the frame.
+func (d *FrameDecoder) Decode(in buffer.Inbound) (*buffer.Buf, error) {
+	if d.err != nil {
+		discardAll(in)
+		return nil, d.err
+	}
+	buffered := in.Buffered()
+	if buffered < d.end {
+		return nil, nil
+	}
+	head, err := in.Peek(d.end)
+	if err != nil {
+		return nil, d.fail(in, fmt.Errorf("codec: peeking a frame header: %w", err))
+	}
+	total, err := d.frameLength(head[d.cfg.LengthFieldOffset:d.end])
+	if err != nil {
+		return nil, d.fail(in, err)
+	}
+	if buffered < total {
+		return nil, nil
+	}
+	frame := buffer.Get(total - d.cfg.InitialBytesToStrip)
+	if err := take(in, frame.Bytes(), d.cfg.InitialBytesToStrip); err != nil {
+		frame.Release()
+		return nil, d.fail(in, err)
+	}
+	return frame, nil
+}
+
+func (d *FrameDecoder) fail(in buffer.Inbound, err error) error {
+	d.err = err
+	discardAll(in)
+	return err
+}
+
+// frameLength returns the length of the whole frame whose length field is
+// field, or why that length is unacceptable.
+func (d *FrameDecoder) frameLength(field []byte) (int, error) {
+	v := getUint(field, d.cfg.LittleEndian)
+	if v > math.MaxInt64 {
+		// Netty reads an 8-byte field as a signed long; so do its peers.
+		return 0, fmt.Errorf("%w: length field %d is negative as a signed 64-bit integer", ErrCorruptFrame, v)
+	}
+	n := int64(v)
+	fixed := int64(d.end) + int64(d.cfg.LengthAdjustment)
+	if fixed > 0 && n > math.MaxInt64-fixed {
+		return 0, fmt.Errorf("%w: length field %d overflows with %d bytes of header", ErrFrameTooLong, v, fixed)
+	}
+	n += fixed
+	switch {
+	case n < int64(d.end):
+		return 0, fmt.Errorf("%w: adjusted frame length %d is less than the %d bytes up to the end of the length field", ErrCorruptFrame, n, d.end)
+	case n > int64(d.cfg.MaxFrameLength):
+		return 0, fmt.Errorf("%w: %d bytes, more than the maximum of %d", ErrFrameTooLong, n, d.cfg.MaxFrameLength)
+	case n < int64(d.cfg.InitialBytesToStrip):
+		return 0, fmt.Errorf("%w: frame of %d bytes is shorter than the %d bytes to strip", ErrCorruptFrame, n, d.cfg.InitialBytesToStrip)
+	}
+	return int(n), nil
+}
+
+// take consumes strip bytes and then len(dst) bytes from in, copying the
+// latter into dst. The caller has checked that in holds them all.
+func take(in buffer.Inbound, dst []byte, strip int) error {
+	if r, ok := in.(io.Reader); ok {
+		if err := discard(in, strip); err != nil {
+			return err
+		}
+		if _, err := io.ReadFull(r, dst); err != nil {
+			return fmt.Errorf("codec: reading a buffered frame: %w", err)
+		}
+		return nil
+	}
+	total := strip + len(dst)
+	p, err := in.Peek(total)
+	if err != nil {
+		return fmt.Errorf("codec: peeking a buffered frame: %w", err)
+	}
+	copy(dst, p[strip:])
+	return discard(in, total)
+}
+
+func discard(in buffer.Inbound, n int) error {
+	if n == 0 {
+		return nil
+	}
+	m, err := in.Discard(n)
+	if err == nil && m != n {
+		err = io.ErrUnexpectedEOF
+	}
+	if err != nil {
+		return fmt.Errorf("codec: discarding %d buffered bytes: %w", n, err)
+	}
+	return nil
+}
+
+func discardAll(in buffer.Inbound) {
+	if n := in.Buffered(); n > 0 {
+		_, _ = in.Discard(n)
+	}
+}
+
+// getUint reads an unsigned integer of len(p) bytes, at most 8.
+func getUint(p []byte, littleEndian bool) uint64 {
+	var v uint64
+	if littleEndian {
+		for i := len(p) - 1; i >= 0; i-- {
+			v = v<<8 | uint64(p[i])
+		}
+		return v
+	}
+	for _, b := range p {
+		v = v<<8 | uint64(b)
+	}
+	return v
+}
+
+// putUint writes v into all of p, which holds at most 8 bytes.
+func putUint(p []byte, v uint64, littleEndian bool) {
+	if littleEndian {
+		for i := range p {
+			p[i] = byte(v)
+			v >>= 8
+		}
+		return
+	}
+	for i := len(p) - 1; i >= 0; i-- {
+		p[i] = byte(v)
+		v >>= 8
+	}
+}
