@@ -12,7 +12,11 @@
 // The stream's data flows from the primary down a tree of peers described by
 // a RoutingTable. Validate checks that a table really is such a tree;
 // Star and Chain build the two common shapes. A request without a table
-// means a star: the primary forwards to every other peer itself.
+// means a star, the primary forwarding to every other peer itself; OrStar
+// turns an empty table into that star, and Successors reads a peer's route.
+//
+// Packet options are bit flags in DataStreamPacketHeader.Options; test them
+// with HasOption, and reject bits outside KnownOptions.
 //
 // The generated code is committed; see generate.go to regenerate it.
 package pipestreamv1

@@ -55,7 +55,8 @@ const (
 	// stream so far: a packet was lost, repeated or reordered.
 	ErrorCode_OFFSET_MISMATCH ErrorCode = 3
 	// The packet header or the header request is malformed or inconsistent:
-	// unset type, unknown option bits, a body that is not a RaftClientRequest,
+	// unset type, unknown option bits, options on a STREAM_HEADER, a body
+	// that is not a RaftClientRequest,
 	// a request whose client_id/call_id differ from the packet's
 	// client_id/stream_id, or a request type other than STREAM.
 	ErrorCode_BAD_HEADER ErrorCode = 4
@@ -77,8 +78,9 @@ const (
 	// This server cannot commit because it is not the Raft leader; leader_hint
 	// in the RaftClientReply names the leader when it is known.
 	ErrorCode_NOT_LEADER ErrorCode = 10
-	// A server limit was hit: too many open streams, too many bytes in flight,
-	// a frame or header too large.
+	// A server limit was hit: too many open streams or too many bytes in
+	// flight. (An oversized frame closes the connection instead: it cannot be
+	// read far enough to reply.)
 	ErrorCode_LIMIT_EXCEEDED ErrorCode = 11
 	// The client is not allowed to open this stream.
 	ErrorCode_FORBIDDEN ErrorCode = 12
