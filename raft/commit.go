@@ -1,0 +1,264 @@
+package raft
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	hraft "github.com/hashicorp/raft"
+	"google.golang.org/protobuf/proto"
+
+	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
+	"github.com/pipestream/pipestream/statemachine"
+)
+
+// Commit retry backoff while there is no leader to take the entry.
+const (
+	minRetryBackoff = 10 * time.Millisecond
+	maxRetryBackoff = 200 * time.Millisecond
+)
+
+// Commit commits the stream s through Raft and returns once this peer's
+// FSM has applied the entry, that is once its Linker has linked the data.
+//
+// The leader appends the entry itself; a follower forwards it to the
+// leader's commit address and then waits for its own FSM. While no leader
+// is known or reachable Commit retries until ctx expires, then returns
+// ErrNoLeader and a reply with ErrorCode NOT_LEADER and the last leader it
+// knew. A stream already committed is not committed again: the reply names
+// the original entry. If the entry committed but this peer's Linker failed,
+// the error is a *LinkError and the reply has ErrorCode STATE_MACHINE.
+// A reply is returned with every error.
+func (n *Node) Commit(ctx context.Context, s statemachine.StreamInfo) (*pb.RaftClientReply, error) {
+	r, err := n.started()
+	if err != nil {
+		return n.failure(s, pb.ErrorCode_CANCELLED, "", err)
+	}
+	data, err := proto.Marshal(&pb.StreamEntry{
+		ClientId: []byte(s.Key.ClientID),
+		StreamId: s.Key.StreamID,
+		Message:  s.Request.GetMessage(),
+		Length:   s.Length,
+	})
+	if err != nil {
+		return n.failure(s, pb.ErrorCode_INTERNAL, "", fmt.Errorf("raft: encode entry: %w", err))
+	}
+	if len(data) > MaxMessageSize {
+		return n.failure(s, pb.ErrorCode_LIMIT_EXCEEDED, "", fmt.Errorf("%w: entry of %d bytes", ErrTooLarge, len(data)))
+	}
+	ctx, stop := n.bind(ctx)
+	defer stop()
+
+	// Watch before submitting: the entry may be applied here before the
+	// leader's reply arrives, and an earlier attempt that looked failed may
+	// still commit.
+	applied, unwatch := n.fsm.watch(s.Key)
+	defer unwatch()
+
+	var hint string
+	backoff := minRetryBackoff
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	<-timer.C
+	for {
+		leaderAddr, leaderID := r.LeaderWithID()
+		if leaderID != "" {
+			hint = string(leaderID)
+		}
+		switch {
+		case leaderAddr == "":
+			// Election in progress: wait below.
+		case leaderID == hraft.ServerID(n.cfg.ID):
+			res, err := n.applyStream(ctx, r, data)
+			if err == nil {
+				return n.success(s, res)
+			}
+			if code, final := classify(err); final {
+				return n.failure(s, code, hint, err)
+			}
+			n.log.Debug("raft: commit retry", "key", s.Key, "err", err)
+		default:
+			if rep, err := n.forward(ctx, n.commitAddr(string(leaderID)), data); err != nil {
+				n.log.Debug("raft: forward failed", "leader", leaderID, "err", err)
+			} else if rep.GetSuccess() {
+				return n.awaitApplied(ctx, s, applied, rep)
+			} else if rep.GetErrorCode() != pb.ErrorCode_NOT_LEADER {
+				return n.failure(s, rep.GetErrorCode(), hint,
+					fmt.Errorf("%w: leader %s: %s", ErrCommitFailed, leaderID, rep.GetErrorMessage()))
+			} else if rep.GetLeaderHint() != "" {
+				hint = rep.GetLeaderHint()
+			}
+		}
+
+		timer.Reset(backoff)
+		select {
+		case res := <-applied:
+			return n.success(s, res)
+		case <-ctx.Done():
+			if n.ctx.Err() != nil {
+				return n.failure(s, pb.ErrorCode_CANCELLED, hint, ErrClosed)
+			}
+			return n.failure(s, pb.ErrorCode_NOT_LEADER, hint, fmt.Errorf("%w: %w", ErrNoLeader, ctx.Err()))
+		case <-timer.C:
+		}
+		backoff = min(2*backoff, maxRetryBackoff)
+	}
+}
+
+// awaitApplied waits, after the leader committed a forwarded entry, until
+// this peer's FSM has applied it too.
+func (n *Node) awaitApplied(ctx context.Context, s statemachine.StreamInfo, applied <-chan applyResult, rep *pb.RaftClientReply) (*pb.RaftClientReply, error) {
+	select {
+	case res := <-applied:
+		return n.success(s, res)
+	case <-ctx.Done():
+		code, err := pb.ErrorCode_TIMEOUT, fmt.Errorf("raft: entry %d committed but not applied here: %w", rep.GetLogIndex(), ctx.Err())
+		if n.ctx.Err() != nil {
+			code, err = pb.ErrorCode_CANCELLED, ErrClosed
+		}
+		reply, err := n.failure(s, code, "", err)
+		reply.LogIndex, reply.Term = rep.GetLogIndex(), rep.GetTerm()
+		return reply, err
+	}
+}
+
+// classify maps an error from applying an entry on this peer to an error
+// code, and says whether retrying is pointless. Leadership changes are
+// worth a retry: the entry may be committed by the next leader, and if it
+// was committed after all, the FSM recognises the duplicate.
+func classify(err error) (pb.ErrorCode, bool) {
+	switch {
+	case errors.Is(err, hraft.ErrNotLeader), errors.Is(err, hraft.ErrLeadershipLost),
+		errors.Is(err, hraft.ErrLeadershipTransferInProgress), errors.Is(err, hraft.ErrAbortedByRestore):
+		return pb.ErrorCode_NOT_LEADER, false
+	case errors.Is(err, ErrClosed), errors.Is(err, hraft.ErrRaftShutdown):
+		return pb.ErrorCode_CANCELLED, true
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, hraft.ErrEnqueueTimeout):
+		return pb.ErrorCode_TIMEOUT, true
+	case errors.Is(err, context.Canceled):
+		return pb.ErrorCode_CANCELLED, true
+	default:
+		return pb.ErrorCode_COMMIT_FAILED, true
+	}
+}
+
+// applyStream appends a stream entry on the leader and waits for this
+// peer's FSM to apply it.
+func (n *Node) applyStream(ctx context.Context, r *hraft.Raft, data []byte) (applyResult, error) {
+	f := r.ApplyLog(hraft.Log{Data: data, Extensions: kindStream}, enqueueTimeout(ctx))
+	if err := n.await(ctx, f); err != nil {
+		return applyResult{}, err
+	}
+	switch v := f.Response().(type) {
+	case applyResult:
+		return v, nil
+	case error:
+		return applyResult{}, v
+	default:
+		return applyResult{}, fmt.Errorf("raft: unexpected FSM response %T", v)
+	}
+}
+
+// ApplyData appends data as an ordinary Raft log entry and waits until it
+// is committed and applied here: the path streaming avoids, kept as a
+// baseline. Every peer's FSM hands the entry to its DataSink. ApplyData
+// must be called on the leader, otherwise it returns ErrNotLeader; data
+// must not be modified afterwards, since the log may keep it.
+func (n *Node) ApplyData(ctx context.Context, data []byte) error {
+	r, err := n.started()
+	if err != nil {
+		return err
+	}
+	if r.State() != hraft.Leader {
+		return ErrNotLeader
+	}
+	ctx, stop := n.bind(ctx)
+	defer stop()
+	f := r.ApplyLog(hraft.Log{Data: data, Extensions: kindData}, enqueueTimeout(ctx))
+	if err := n.await(ctx, f); err != nil {
+		if errors.Is(err, hraft.ErrNotLeader) || errors.Is(err, hraft.ErrLeadershipLost) {
+			return fmt.Errorf("%w: %w", ErrNotLeader, err)
+		}
+		return fmt.Errorf("raft: apply: %w", err)
+	}
+	if err, ok := f.Response().(error); ok && err != nil {
+		return err
+	}
+	return nil
+}
+
+// await waits for f or ctx. hashicorp/raft futures cannot be canceled, so
+// the wait runs on a goroutine of its own; raft resolves every future by
+// its Shutdown at the latest, which Node.Shutdown waits for.
+func (n *Node) await(ctx context.Context, f hraft.Future) error {
+	done := make(chan error, 1)
+	if !n.goTracked(func() { done <- f.Error() }) {
+		return ErrClosed
+	}
+	select {
+	case err := <-done:
+		if errors.Is(err, hraft.ErrRaftShutdown) {
+			return ErrClosed
+		}
+		return err
+	case <-ctx.Done():
+		if n.ctx.Err() != nil {
+			return ErrClosed
+		}
+		return ctx.Err()
+	}
+}
+
+// enqueueTimeout is how long raft may take to accept an entry: the time
+// left on ctx, or no limit.
+func enqueueTimeout(ctx context.Context) time.Duration {
+	if d, ok := ctx.Deadline(); ok {
+		return max(time.Until(d), time.Millisecond)
+	}
+	return 0
+}
+
+// bind returns a context that is also canceled when the Node shuts down.
+func (n *Node) bind(ctx context.Context) (context.Context, func()) {
+	ctx, cancel := context.WithCancel(ctx)
+	stop := context.AfterFunc(n.ctx, cancel)
+	return ctx, func() {
+		stop()
+		cancel()
+	}
+}
+
+func (n *Node) commitAddr(id string) string {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.peers[id].CommitAddr
+}
+
+func (n *Node) reply(s statemachine.StreamInfo) *pb.RaftClientReply {
+	return &pb.RaftClientReply{
+		ClientId: []byte(s.Key.ClientID),
+		CallId:   s.Key.StreamID,
+		ServerId: n.cfg.ID,
+	}
+}
+
+func (n *Node) success(s statemachine.StreamInfo, res applyResult) (*pb.RaftClientReply, error) {
+	rep := n.reply(s)
+	rep.LogIndex, rep.Term = res.index, res.term
+	if res.err != nil {
+		rep.ErrorCode = pb.ErrorCode_STATE_MACHINE
+		rep.ErrorMessage = res.err.Error()
+		return rep, &LinkError{Index: res.index, Term: res.term, Err: res.err}
+	}
+	rep.Success = true
+	return rep, nil
+}
+
+func (n *Node) failure(s statemachine.StreamInfo, code pb.ErrorCode, hint string, err error) (*pb.RaftClientReply, error) {
+	rep := n.reply(s)
+	rep.ErrorCode = code
+	rep.ErrorMessage = err.Error()
+	rep.LeaderHint = hint
+	return rep, err
+}

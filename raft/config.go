@@ -1,0 +1,141 @@
+package raft
+
+import (
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/pipestream/pipestream/statemachine"
+)
+
+// Peer is one member of a Raft group.
+type Peer struct {
+	// ID names the peer in the group; it must be unique and never reused.
+	ID string
+	// RaftAddr is the host:port of the peer's Raft transport.
+	RaftAddr string
+	// CommitAddr is the host:port where the peer accepts forwarded commits.
+	CommitAddr string
+}
+
+// Config configures one Node. The zero values of the optional fields mean
+// the defaults named on each.
+type Config struct {
+	// ID is this peer's id; it must appear in the peers passed to Start.
+	ID string
+	// RaftAddr is the TCP address the Raft transport binds to. Port 0 picks
+	// a free port; Node.Addr reports it. It must not be a wildcard address:
+	// the bound address is what other peers dial.
+	RaftAddr string
+	// CommitAddr is the TCP address for forwarded commits, like RaftAddr.
+	CommitAddr string
+
+	// Dir holds the Raft log and stable store (raft.db, raft-boltdb) and the
+	// snapshots. Empty means everything is kept in memory, for tests.
+	Dir string
+
+	// Linker links committed streams to the data this peer holds. Nil
+	// records the entries without linking anything.
+	Linker statemachine.Linker
+	// DataSink receives the entries written by ApplyData. Nil counts and
+	// discards them.
+	DataSink DataSink
+
+	// Logger receives hashicorp/raft's log and the node's own. Nil discards
+	// both; the handler's level decides how much raft says.
+	Logger *slog.Logger
+
+	// HeartbeatTimeout is how long a follower waits without hearing from the
+	// leader before it starts an election. Default 500ms.
+	HeartbeatTimeout time.Duration
+	// ElectionTimeout is how long a candidate waits for votes. Default 500ms;
+	// at least HeartbeatTimeout.
+	ElectionTimeout time.Duration
+	// LeaderLeaseTimeout is how long a leader stays leader without reaching
+	// a quorum. Default 250ms; at most HeartbeatTimeout.
+	LeaderLeaseTimeout time.Duration
+	// CommitTimeout bounds how late a follower learns that an entry has
+	// committed (and so applies it) when no other entry follows. Default 20ms.
+	CommitTimeout time.Duration
+
+	// SnapshotInterval, SnapshotThreshold and TrailingLogs are passed to
+	// hashicorp/raft unchanged; zero keeps its defaults (120s, 8192, 10240).
+	SnapshotInterval  time.Duration
+	SnapshotThreshold uint64
+	TrailingLogs      uint64
+
+	// MaxDedupKeys bounds how many committed stream keys the FSM remembers
+	// to recognise duplicates; the oldest are forgotten first. It must be the
+	// same on every peer. Default 65536.
+	MaxDedupKeys int
+
+	// ForwardTimeout bounds how long a leader works on one forwarded commit
+	// and how long a forwarding connection may take for one message.
+	// Default 10s.
+	ForwardTimeout time.Duration
+}
+
+// Defaults for Config's zero values.
+const (
+	DefaultHeartbeatTimeout   = 500 * time.Millisecond
+	DefaultElectionTimeout    = 500 * time.Millisecond
+	DefaultLeaderLeaseTimeout = 250 * time.Millisecond
+	DefaultCommitTimeout      = 20 * time.Millisecond
+	DefaultMaxDedupKeys       = 1 << 16
+	DefaultForwardTimeout     = 10 * time.Second
+)
+
+// withDefaults returns c with its zero values replaced by the defaults, or
+// an error if a required field is missing.
+func (c Config) withDefaults() (Config, error) {
+	if c.ID == "" {
+		return c, fmt.Errorf("%w: empty ID", ErrConfig)
+	}
+	if c.RaftAddr == "" || c.CommitAddr == "" {
+		return c, fmt.Errorf("%w: %s needs both RaftAddr and CommitAddr", ErrConfig, c.ID)
+	}
+	setDuration(&c.HeartbeatTimeout, DefaultHeartbeatTimeout)
+	setDuration(&c.ElectionTimeout, max(DefaultElectionTimeout, c.HeartbeatTimeout))
+	setDuration(&c.LeaderLeaseTimeout, min(DefaultLeaderLeaseTimeout, c.HeartbeatTimeout))
+	setDuration(&c.CommitTimeout, DefaultCommitTimeout)
+	setDuration(&c.ForwardTimeout, DefaultForwardTimeout)
+	if c.MaxDedupKeys <= 0 {
+		c.MaxDedupKeys = DefaultMaxDedupKeys
+	}
+	return c, nil
+}
+
+func setDuration(d *time.Duration, def time.Duration) {
+	if *d <= 0 {
+		*d = def
+	}
+}
+
+// checkPeers verifies that peers is a usable group containing self, whose
+// entry must name the addresses self is bound to.
+func checkPeers(peers []Peer, self Peer) error {
+	if len(peers) == 0 {
+		return fmt.Errorf("%w: no peers", ErrConfig)
+	}
+	seen := make(map[string]bool, len(peers))
+	found := false
+	for _, p := range peers {
+		if p.ID == "" || p.RaftAddr == "" || p.CommitAddr == "" {
+			return fmt.Errorf("%w: incomplete peer %+v", ErrConfig, p)
+		}
+		if seen[p.ID] {
+			return fmt.Errorf("%w: duplicate peer id %q", ErrConfig, p.ID)
+		}
+		seen[p.ID] = true
+		if p.ID == self.ID {
+			if p != self {
+				return fmt.Errorf("%w: peer %q is listed as %+v but bound to %+v", ErrConfig, p.ID, p, self)
+			}
+			found = true
+		}
+	}
+	if !found {
+		return fmt.Errorf("%w: %q is not among the peers", ErrConfig, self.ID)
+	}
+	return nil
+}

@@ -1,0 +1,239 @@
+package raft
+
+import (
+	"context"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"time"
+
+	hraft "github.com/hashicorp/raft"
+	"google.golang.org/protobuf/proto"
+
+	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
+)
+
+// The commit-forwarding RPC. A follower sends a StreamEntry to the leader's
+// commit address and reads back a RaftClientReply; each message is a 4-byte
+// big-endian length and the protobuf bytes. A connection carries any number
+// of request/reply pairs in turn and is pooled by the sender.
+
+// MaxMessageSize bounds one message of the commit-forwarding RPC, and so
+// the size of a stream entry.
+const MaxMessageSize = 1 << 20
+
+// maxIdleConns is how many forwarding connections a Node keeps per leader.
+const maxIdleConns = 4
+
+// writeFrame writes p with its length prefix in one write.
+func writeFrame(w io.Writer, p []byte) error {
+	buf := make([]byte, 4, 4+len(p))
+	binary.BigEndian.PutUint32(buf, uint32(len(p)))
+	_, err := w.Write(append(buf, p...))
+	return err
+}
+
+func writeMessage(w io.Writer, m proto.Message) error {
+	buf, err := proto.MarshalOptions{}.MarshalAppend(make([]byte, 4, 64), m)
+	if err != nil {
+		return fmt.Errorf("raft: encode: %w", err)
+	}
+	binary.BigEndian.PutUint32(buf, uint32(len(buf)-4))
+	_, err = w.Write(buf)
+	return err
+}
+
+// readFrame reads one length-prefixed message into buf, growing it as
+// needed, and returns the message bytes.
+func readFrame(r io.Reader, buf []byte) ([]byte, error) {
+	var hdr [4]byte
+	if _, err := io.ReadFull(r, hdr[:]); err != nil {
+		return nil, err
+	}
+	size := binary.BigEndian.Uint32(hdr[:])
+	if size > MaxMessageSize {
+		return nil, fmt.Errorf("%w: frame of %d bytes", ErrTooLarge, size)
+	}
+	if cap(buf) < int(size) {
+		buf = make([]byte, size)
+	}
+	buf = buf[:size]
+	if _, err := io.ReadFull(r, buf); err != nil {
+		return nil, fmt.Errorf("raft: short frame: %w", io.ErrUnexpectedEOF)
+	}
+	return buf, nil
+}
+
+// forward sends a marshaled StreamEntry to the commit address addr and
+// returns the leader's reply.
+func (n *Node) forward(ctx context.Context, addr string, entry []byte) (*pb.RaftClientReply, error) {
+	if addr == "" {
+		return nil, fmt.Errorf("%w: leader has no commit address", ErrConfig)
+	}
+	c, err := n.getConn(ctx, addr)
+	if err != nil {
+		return nil, err
+	}
+	deadline := time.Now().Add(n.cfg.ForwardTimeout)
+	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+		deadline = d
+	}
+	c.SetDeadline(deadline)
+	// A canceled ctx interrupts the I/O in progress by moving the deadline.
+	stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Unix(1, 0)) })
+
+	var rep pb.RaftClientReply
+	err = writeFrame(c, entry)
+	if err == nil {
+		var buf []byte
+		if buf, err = readFrame(c, nil); err == nil {
+			if err = proto.Unmarshal(buf, &rep); err != nil {
+				err = fmt.Errorf("%w: reply: %v", ErrBadEntry, err)
+			}
+		}
+	}
+	if !stop() {
+		err = errors.Join(err, ctx.Err())
+	}
+	if err != nil {
+		c.Close()
+		return nil, fmt.Errorf("raft: forward to %s: %w", addr, err)
+	}
+	c.SetDeadline(time.Time{})
+	n.putConn(addr, c)
+	return &rep, nil
+}
+
+func (n *Node) getConn(ctx context.Context, addr string) (net.Conn, error) {
+	n.mu.Lock()
+	if cs := n.idle[addr]; len(cs) > 0 {
+		c := cs[len(cs)-1]
+		n.idle[addr] = cs[:len(cs)-1]
+		n.mu.Unlock()
+		return c, nil
+	}
+	n.mu.Unlock()
+	var d net.Dialer
+	ctx, cancel := context.WithTimeout(ctx, n.cfg.ForwardTimeout)
+	defer cancel()
+	c, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("raft: forward: %w", err)
+	}
+	return c, nil
+}
+
+func (n *Node) putConn(addr string, c net.Conn) {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	if n.closed || len(n.idle[addr]) >= maxIdleConns {
+		c.Close()
+		return
+	}
+	n.idle[addr] = append(n.idle[addr], c)
+}
+
+// serveCommits accepts forwarding connections until Shutdown.
+func (n *Node) serveCommits() {
+	defer n.wg.Done()
+	backoff := 5 * time.Millisecond
+	for {
+		c, err := n.commit.Accept()
+		if err != nil {
+			if n.ctx.Err() != nil || errors.Is(err, net.ErrClosed) {
+				return
+			}
+			// Out of file descriptors and the like: wait and retry.
+			n.log.Warn("raft: accept commit connection", "err", err)
+			select {
+			case <-n.ctx.Done():
+				return
+			case <-time.After(backoff):
+			}
+			backoff = min(2*backoff, time.Second)
+			continue
+		}
+		backoff = 5 * time.Millisecond
+		n.mu.Lock()
+		if n.closed {
+			n.mu.Unlock()
+			c.Close()
+			return
+		}
+		n.srvConns[c] = struct{}{}
+		n.wg.Add(1)
+		n.mu.Unlock()
+		go n.serveCommitConn(c)
+	}
+}
+
+// idleCommitConn is how long an accepted forwarding connection may wait
+// for its next request.
+const idleCommitConn = 5 * time.Minute
+
+func (n *Node) serveCommitConn(c net.Conn) {
+	defer n.wg.Done()
+	defer func() {
+		n.mu.Lock()
+		delete(n.srvConns, c)
+		n.mu.Unlock()
+		c.Close()
+	}()
+	var buf []byte
+	for {
+		c.SetReadDeadline(time.Now().Add(idleCommitConn))
+		data, err := readFrame(c, buf)
+		if err != nil {
+			if !errors.Is(err, io.EOF) && n.ctx.Err() == nil {
+				n.log.Debug("raft: commit connection", "remote", c.RemoteAddr(), "err", err)
+			}
+			return
+		}
+		buf = data
+		rep := n.serveCommit(data)
+		c.SetWriteDeadline(time.Now().Add(n.cfg.ForwardTimeout))
+		if err := writeMessage(c, rep); err != nil {
+			return
+		}
+	}
+}
+
+// serveCommit commits one forwarded entry if this Node is the leader.
+// The reply reports the commit only: the forwarding peer reports its own
+// Link, and a failure of the leader's Link is the leader's to log.
+func (n *Node) serveCommit(data []byte) *pb.RaftClientReply {
+	var e pb.StreamEntry
+	if err := proto.Unmarshal(data, &e); err != nil {
+		return &pb.RaftClientReply{ServerId: n.cfg.ID, ErrorCode: pb.ErrorCode_BAD_HEADER,
+			ErrorMessage: fmt.Sprintf("%v: %v", ErrBadEntry, err)}
+	}
+	rep := &pb.RaftClientReply{ClientId: e.GetClientId(), CallId: e.GetStreamId(), ServerId: n.cfg.ID}
+	r, err := n.started()
+	if err == nil && r.State() != hraft.Leader {
+		err = hraft.ErrNotLeader
+	}
+	var res applyResult
+	if err == nil {
+		ctx, cancel := context.WithTimeout(n.ctx, n.cfg.ForwardTimeout)
+		res, err = n.applyStream(ctx, r, data)
+		cancel()
+	}
+	if err != nil {
+		rep.ErrorCode, _ = classify(err)
+		if errors.Is(err, ErrClosed) {
+			// Shutting down: as good as not the leader any more, and the
+			// forwarding peer should look for the next one.
+			rep.ErrorCode = pb.ErrorCode_NOT_LEADER
+		}
+		rep.ErrorMessage = err.Error()
+		if rep.ErrorCode == pb.ErrorCode_NOT_LEADER {
+			rep.LeaderHint, _ = n.Leader()
+		}
+		return rep
+	}
+	rep.Success = true
+	rep.LogIndex, rep.Term = res.index, res.term
+	return rep
+}
