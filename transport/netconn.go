@@ -1,0 +1,382 @@
+package transport
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/pipestream/pipestream/buffer"
+	"github.com/pipestream/pipestream/pipeline"
+)
+
+// closeLinger bounds how long Close waits for a slow peer to take what was
+// written before it.
+const closeLinger = time.Second
+
+// connChannel is a Channel on a net.Conn. A reader goroutine fires the
+// inbound events; a writer goroutine sends what Flush asks for with one
+// writev per batch, so no caller ever blocks on the socket.
+type connChannel struct {
+	id            uint64
+	conn          net.Conn
+	p             *pipeline.Pipeline
+	opts          *options
+	local, remote net.Addr
+
+	wake       chan struct{} // Flush to writer; capacity 1
+	quit       chan struct{} // closed when the reader ends
+	writerDone chan struct{}
+	done       chan struct{}
+	onDone     func() // runs before done is closed; servers untrack the channel
+
+	// Owned by the writer goroutine.
+	batch []*buffer.Buf
+	iov   net.Buffers
+
+	mu      sync.Mutex
+	q       []*buffer.Buf
+	pending int // bytes in q and in the writer's batch
+	closing bool
+	closed  bool
+}
+
+func newConnChannel(conn net.Conn, opts *options) *connChannel {
+	if tc, ok := conn.(*net.TCPConn); ok {
+		_ = tc.SetNoDelay(opts.noDelay)
+	}
+	ch := &connChannel{
+		id:         nextID(),
+		conn:       conn,
+		opts:       opts,
+		local:      conn.LocalAddr(),
+		remote:     conn.RemoteAddr(),
+		wake:       make(chan struct{}, 1),
+		quit:       make(chan struct{}),
+		writerDone: make(chan struct{}),
+		done:       make(chan struct{}),
+	}
+	ch.p = pipeline.New(ch, pipeline.WithLogger(opts.logger))
+	return ch
+}
+
+func (ch *connChannel) ID() uint64                   { return ch.id }
+func (ch *connChannel) Pipeline() *pipeline.Pipeline { return ch.p }
+func (ch *connChannel) Done() <-chan struct{}        { return ch.done }
+func (ch *connChannel) LocalAddr() net.Addr          { return ch.local }
+func (ch *connChannel) RemoteAddr() net.Addr         { return ch.remote }
+
+// Write queues msg; see package doc for ownership.
+func (ch *connChannel) Write(msg any) error {
+	b, err := toBuf(msg)
+	if err != nil {
+		return err
+	}
+	n := b.Len()
+	ch.mu.Lock()
+	if ch.closed || ch.closing {
+		ch.mu.Unlock()
+		b.Release()
+		return ErrClosed
+	}
+	if ch.pending+n > ch.opts.maxOutbound {
+		ch.mu.Unlock()
+		b.Release()
+		return ErrOutboundFull
+	}
+	ch.q = append(ch.q, b)
+	ch.pending += n
+	ch.mu.Unlock()
+	return nil
+}
+
+// Flush wakes the writer goroutine.
+func (ch *connChannel) Flush() error {
+	ch.mu.Lock()
+	closed := ch.closed || ch.closing
+	ch.mu.Unlock()
+	if closed {
+		return ErrClosed
+	}
+	ch.signal()
+	return nil
+}
+
+func (ch *connChannel) signal() {
+	select {
+	case ch.wake <- struct{}{}:
+	default:
+	}
+}
+
+// Close sends what was written before it, giving a slow peer up to
+// closeLinger to take it, and closes the connection. ChannelInactive
+// follows on the reader goroutine. Closing a closed channel does nothing.
+func (ch *connChannel) Close() error {
+	ch.mu.Lock()
+	if ch.closed || ch.closing {
+		ch.mu.Unlock()
+		return nil
+	}
+	ch.closing = true
+	ch.mu.Unlock()
+	_ = ch.conn.SetWriteDeadline(time.Now().Add(closeLinger))
+	ch.signal()
+	return nil
+}
+
+// start starts the writer and runs init and ChannelActive on the calling
+// goroutine, which must then run readLoop: inbound events come from one
+// goroutine. A panic in init closes the connection.
+func (ch *connChannel) start(init Initializer) {
+	go ch.writeLoop()
+	if initialize(ch, init, ch.opts.logger) {
+		ch.p.FireChannelActive()
+	} else {
+		_ = ch.conn.Close()
+	}
+}
+
+// readLoop fires reads until the connection fails or is closed, then
+// releases what is queued, fires ChannelInactive and closes done. The
+// writer has ended by the time it returns.
+func (ch *connChannel) readLoop() {
+	var in buffer.Queue
+	minRead := min(ch.opts.readBufferCap, netConnMaxRead)
+	for {
+		n, err := in.ReadOnce(ch.conn, minRead)
+		if n > 0 {
+			ch.p.FireChannelRead(&in)
+			ch.p.FireChannelReadComplete()
+		}
+		if err != nil {
+			if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
+				ch.opts.logger.Debug("transport: connection closed", "channel", ch.id, "remote", ch.remote, "err", err)
+			}
+			break
+		}
+	}
+
+	ch.mu.Lock()
+	ch.closed = true
+	q := ch.q
+	ch.q, ch.pending = nil, 0
+	ch.mu.Unlock()
+	close(ch.quit)
+	_ = ch.conn.Close() // unblocks a writer stuck on a slow peer
+	<-ch.writerDone
+	for _, b := range q {
+		b.Release()
+	}
+	ch.p.FireChannelInactive()
+	if ch.onDone != nil {
+		ch.onDone()
+	}
+	close(ch.done)
+}
+
+func (ch *connChannel) writeLoop() {
+	defer close(ch.writerDone)
+	for {
+		select {
+		case <-ch.wake:
+		case <-ch.quit:
+			return
+		}
+		for {
+			ch.mu.Lock()
+			if ch.closed {
+				ch.mu.Unlock()
+				return
+			}
+			if len(ch.q) == 0 {
+				closing := ch.closing
+				ch.mu.Unlock()
+				if closing {
+					_ = ch.conn.Close() // the reader tears down
+					return
+				}
+				break
+			}
+			ch.batch, ch.q = ch.q, ch.batch[:0]
+			ch.mu.Unlock()
+
+			n := 0
+			for _, b := range ch.batch {
+				n += b.Len()
+				ch.iov = append(ch.iov, b.Bytes())
+			}
+			// WriteTo consumes ch.iov; keep the backing array for reuse.
+			iov := ch.iov
+			_, err := ch.iov.WriteTo(ch.conn)
+			clear(iov)
+			ch.iov = iov[:0]
+			for _, b := range ch.batch {
+				b.Release()
+			}
+			clear(ch.batch)
+			ch.batch = ch.batch[:0]
+			ch.mu.Lock()
+			ch.pending -= n
+			ch.mu.Unlock()
+			if err != nil {
+				_ = ch.conn.Close() // the reader tears down
+				return
+			}
+		}
+	}
+}
+
+// DialConn connects to addr ("host:port" or "tcp://host:port") over
+// net.Conn, with TLS when WithTLS is given, and returns once init has run
+// and ChannelActive has been fired.
+func DialConn(ctx context.Context, addr string, init Initializer, opts ...Option) (Channel, error) {
+	o := newOptions(opts)
+	network, hostport, err := splitAddr(addr)
+	if err != nil {
+		return nil, err
+	}
+	var conn net.Conn
+	if o.tls != nil {
+		d := tls.Dialer{Config: o.tls}
+		conn, err = d.DialContext(ctx, network, hostport)
+	} else {
+		var d net.Dialer
+		conn, err = d.DialContext(ctx, network, hostport)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("transport: dial %s: %w", addr, err)
+	}
+	ch := newConnChannel(conn, &o)
+	ch.start(init)
+	go ch.readLoop()
+	return ch, nil
+}
+
+// connServer is a Server over net.Listener.
+type connServer struct {
+	ln   net.Listener
+	opts options
+	init Initializer
+	ctx  context.Context // done on Shutdown; bounds TLS handshakes
+	stop context.CancelFunc
+	wg   sync.WaitGroup // accept loop and connection goroutines
+
+	mu       sync.Mutex
+	closed   bool
+	channels map[*connChannel]struct{}
+}
+
+// ListenConn starts a net.Conn server on addr ("host:port" or
+// "tcp://host:port"; port 0 picks a free port), with TLS when WithTLS is
+// given. Each connection gets a reader and a writer goroutine; init runs on
+// the reader.
+func ListenConn(ctx context.Context, addr string, init Initializer, opts ...Option) (Server, error) {
+	network, hostport, err := splitAddr(addr)
+	if err != nil {
+		return nil, err
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	var lc net.ListenConfig
+	ln, err := lc.Listen(ctx, network, hostport)
+	if err != nil {
+		return nil, fmt.Errorf("transport: %w", err)
+	}
+	s := &connServer{ln: ln, opts: newOptions(opts), init: init, channels: make(map[*connChannel]struct{})}
+	s.ctx, s.stop = context.WithCancel(context.Background())
+	s.wg.Add(1)
+	go s.acceptLoop()
+	return s, nil
+}
+
+func (s *connServer) Addr() net.Addr { return s.ln.Addr() }
+
+func (s *connServer) acceptLoop() {
+	defer s.wg.Done()
+	var backoff time.Duration
+	for {
+		conn, err := s.ln.Accept()
+		if err != nil {
+			if s.ctx.Err() != nil {
+				return
+			}
+			// Out of file descriptors and the like: wait and retry, as
+			// net/http does, rather than spin or give up.
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			s.opts.logger.Warn("transport: accept failed; retrying", "err", err, "in", backoff)
+			t := time.NewTimer(backoff)
+			select {
+			case <-t.C:
+			case <-s.ctx.Done():
+				t.Stop()
+				return
+			}
+			continue
+		}
+		backoff = 0
+		s.wg.Add(1)
+		go s.serve(conn)
+	}
+}
+
+func (s *connServer) serve(conn net.Conn) {
+	defer s.wg.Done()
+	if s.opts.tls != nil {
+		tc := tls.Server(conn, s.opts.tls)
+		if err := tc.HandshakeContext(s.ctx); err != nil {
+			s.opts.logger.Debug("transport: TLS handshake failed", "remote", conn.RemoteAddr(), "err", err)
+			_ = conn.Close()
+			return
+		}
+		conn = tc
+	}
+	ch := newConnChannel(conn, &s.opts)
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		_ = conn.Close()
+		return
+	}
+	s.channels[ch] = struct{}{}
+	s.mu.Unlock()
+	ch.onDone = func() {
+		s.mu.Lock()
+		delete(s.channels, ch)
+		s.mu.Unlock()
+	}
+	ch.start(s.init)
+	ch.readLoop()
+}
+
+// Shutdown stops accepting, closes every channel and waits for their
+// goroutines.
+func (s *connServer) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	if !s.closed {
+		s.closed = true
+		s.stop()
+		_ = s.ln.Close()
+		for ch := range s.channels {
+			_ = ch.Close()
+		}
+	}
+	s.mu.Unlock()
+
+	done := make(chan struct{})
+	go func() {
+		s.wg.Wait()
+		close(done)
+	}()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
