@@ -1,0 +1,88 @@
+// Package statemachine defines what a peer stores streams into and how a
+// closed stream is committed, the boundary between the data path (package
+// server) and the commit path (package raft).
+//
+// On every peer a stream's header opens a DataChannel; the data is written
+// into it in order on a per-stream executor; CLOSE closes it. The primary
+// then asks a Committer to commit one small entry naming the stream, and
+// each peer links its closed channel to the committed entry (Link), for
+// example by renaming a temporary file to its final name. A channel that is
+// never linked is cleaned up.
+package statemachine
+
+import (
+	"context"
+	"encoding/hex"
+	"errors"
+	"fmt"
+
+	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
+)
+
+// ErrNoStream is returned by Link when the peer holds no data for the
+// entry's stream.
+var ErrNoStream = errors.New("statemachine: no data for stream")
+
+// StreamKey identifies a stream: the client that opened it and its id.
+type StreamKey struct {
+	ClientID string // raw client id bytes
+	StreamID uint64
+}
+
+func (k StreamKey) String() string {
+	return fmt.Sprintf("%s/%d", hex.EncodeToString([]byte(k.ClientID)), k.StreamID)
+}
+
+// StateMachine stores streams.
+type StateMachine interface {
+	// OpenStream is called on every peer of a stream's routing table when
+	// its header arrives. The returned channel gets the data in order.
+	OpenStream(ctx context.Context, key StreamKey, req *pb.RaftClientRequest) (DataChannel, error)
+	// Link is called on every peer when the stream's entry is committed,
+	// in log order. ch is the stream's closed data channel, or nil when
+	// this peer holds no data for it (it was not in the routing table, or
+	// it restarted and is replaying its log); Link must then be idempotent.
+	Link(ctx context.Context, e Entry, ch DataChannel) error
+}
+
+// DataChannel receives one stream's data on one peer. Its methods are called
+// from one goroutine at a time, never from an event loop.
+type DataChannel interface {
+	// Write appends p to the stream. p is only valid during the call.
+	Write(p []byte) (int, error)
+	// Sync makes what was written durable (the SYNC option).
+	Sync() error
+	// Close ends the data; the stream now waits for its commit.
+	Close() error
+	// CleanUp discards the stream's data: it failed, was aborted, or was
+	// never committed. It may follow Close.
+	CleanUp() error
+}
+
+// Entry is a committed stream entry.
+type Entry struct {
+	Index, Term uint64
+	Key         StreamKey
+	Request     *pb.RaftClientRequest
+	Length      uint64 // bytes in the stream
+}
+
+// StreamInfo is what the primary asks to commit once every peer closed a
+// stream.
+type StreamInfo struct {
+	Key     StreamKey
+	Request *pb.RaftClientRequest
+	Length  uint64
+}
+
+// Committer commits closed streams. The raft package implements it on
+// hashicorp/raft; package server has a standalone one for a single process.
+type Committer interface {
+	Commit(ctx context.Context, s StreamInfo) (*pb.RaftClientReply, error)
+}
+
+// Linker links a committed entry to the data a peer holds for it. Package
+// server implements it; the raft FSM calls it from Apply.
+type Linker interface {
+	Link(ctx context.Context, e Entry) error
+}
