@@ -301,8 +301,13 @@ func (ch *gnetChannel) closedByGnet(err error) {
 }
 
 // gnetInbound is the buffer.Inbound view of a gnet connection's unread
-// bytes. Partial frames a decoder leaves stay in gnet's buffer.
+// bytes. Partial frames a decoder leaves stay in gnet's buffer. It is also
+// an io.Reader that consumes what it reads, which lets a decoder copy a
+// frame that wraps gnet's ring buffer once instead of joining it for Peek
+// first.
 type gnetInbound struct{ c gnet.Conn }
+
+func (in *gnetInbound) Read(p []byte) (int, error) { return in.c.Read(p) }
 
 func (in *gnetInbound) Buffered() int { return in.c.InboundBuffered() }
 
