@@ -56,16 +56,12 @@ func (n *Node) Commit(ctx context.Context, s statemachine.StreamInfo) (*pb.RaftC
 	applied, unwatch := n.fsm.watch(s.Key)
 	defer unwatch()
 
-	var hint string
 	backoff := minRetryBackoff
-	timer := time.NewTimer(0)
+	timer := time.NewTimer(backoff)
+	timer.Stop() // armed by Reset below
 	defer timer.Stop()
-	<-timer.C
 	for {
 		leaderAddr, leaderID := r.LeaderWithID()
-		if leaderID != "" {
-			hint = string(leaderID)
-		}
 		switch {
 		case leaderAddr == "":
 			// Election in progress: wait below.
@@ -75,7 +71,7 @@ func (n *Node) Commit(ctx context.Context, s statemachine.StreamInfo) (*pb.RaftC
 				return n.success(s, res)
 			}
 			if code, final := classify(err); final {
-				return n.failure(s, code, hint, err)
+				return n.failure(s, code, "", err)
 			}
 			n.log.Debug("raft: commit retry", "key", s.Key, "err", err)
 		default:
@@ -84,10 +80,8 @@ func (n *Node) Commit(ctx context.Context, s statemachine.StreamInfo) (*pb.RaftC
 			} else if rep.GetSuccess() {
 				return n.awaitApplied(ctx, s, applied, rep)
 			} else if rep.GetErrorCode() != pb.ErrorCode_NOT_LEADER {
-				return n.failure(s, rep.GetErrorCode(), hint,
+				return n.failure(s, rep.GetErrorCode(), "",
 					fmt.Errorf("%w: leader %s: %s", ErrCommitFailed, leaderID, rep.GetErrorMessage()))
-			} else if rep.GetLeaderHint() != "" {
-				hint = rep.GetLeaderHint()
 			}
 		}
 
@@ -97,9 +91,9 @@ func (n *Node) Commit(ctx context.Context, s statemachine.StreamInfo) (*pb.RaftC
 			return n.success(s, res)
 		case <-ctx.Done():
 			if n.ctx.Err() != nil {
-				return n.failure(s, pb.ErrorCode_CANCELLED, hint, ErrClosed)
+				return n.failure(s, pb.ErrorCode_CANCELLED, "", ErrClosed)
 			}
-			return n.failure(s, pb.ErrorCode_NOT_LEADER, hint, fmt.Errorf("%w: %w", ErrNoLeader, ctx.Err()))
+			return n.failure(s, pb.ErrorCode_NOT_LEADER, n.leaderHint(), fmt.Errorf("%w: %w", ErrNoLeader, ctx.Err()))
 		case <-timer.C:
 		}
 		backoff = min(2*backoff, maxRetryBackoff)

@@ -229,7 +229,7 @@ func (n *Node) serveCommit(data []byte) *pb.RaftClientReply {
 		}
 		rep.ErrorMessage = err.Error()
 		if rep.ErrorCode == pb.ErrorCode_NOT_LEADER {
-			rep.LeaderHint, _ = n.Leader()
+			rep.LeaderHint = n.leaderHint()
 		}
 		return rep
 	}

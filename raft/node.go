@@ -9,6 +9,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/hashicorp/go-hclog"
@@ -34,6 +35,8 @@ type Node struct {
 	snaps  hraft.SnapshotStore
 	bolt   *raftboltdb.BoltStore // nil in memory mode
 	fsm    *fsm
+
+	lastLeader atomic.Value // string: the last leader id seen, for hints
 
 	ctx    context.Context // canceled at Shutdown
 	cancel context.CancelFunc
@@ -171,6 +174,14 @@ func (n *Node) Start(ctx context.Context, peers []Peer) error {
 	if err != nil {
 		return fmt.Errorf("raft: %w", err)
 	}
+	// A filter-only observer: raft calls it synchronously on each change,
+	// and without a channel nothing is queued and no goroutine is needed.
+	r.RegisterObserver(hraft.NewObserver(nil, false, func(o *hraft.Observation) bool {
+		if lo, ok := o.Data.(hraft.LeaderObservation); ok && lo.LeaderID != "" {
+			n.lastLeader.Store(string(lo.LeaderID))
+		}
+		return false
+	}))
 	n.raft = r
 	n.wg.Add(1)
 	go n.serveCommits()
@@ -225,6 +236,16 @@ func (n *Node) Leader() (id, addr string) {
 	}
 	a, i := r.LeaderWithID()
 	return string(i), string(a)
+}
+
+// leaderHint returns the leader's id, or the last one seen while there is
+// none, for NOT_LEADER replies.
+func (n *Node) leaderHint() string {
+	if id, _ := n.Leader(); id != "" {
+		return id
+	}
+	id, _ := n.lastLeader.Load().(string)
+	return id
 }
 
 // leaderPollInterval is how often WaitLeader looks for a leader.

@@ -1,0 +1,104 @@
+package raft_test
+
+import (
+	"encoding/binary"
+	"errors"
+	"io"
+	"net"
+	"testing"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
+	"github.com/pipestream/pipestream/raft"
+)
+
+// rawCall sends one frame to a commit address and reads one reply frame,
+// speaking the forwarding protocol by hand: 4-byte big-endian length, then
+// the message.
+func rawCall(t *testing.T, conn net.Conn, frame []byte) (*pb.RaftClientReply, error) {
+	t.Helper()
+	conn.SetDeadline(time.Now().Add(testTimeout))
+	msg := binary.BigEndian.AppendUint32(nil, uint32(len(frame)))
+	if _, err := conn.Write(append(msg, frame...)); err != nil {
+		return nil, err
+	}
+	var hdr [4]byte
+	if _, err := io.ReadFull(conn, hdr[:]); err != nil {
+		return nil, err
+	}
+	body := make([]byte, binary.BigEndian.Uint32(hdr[:]))
+	if _, err := io.ReadFull(conn, body); err != nil {
+		return nil, err
+	}
+	var rep pb.RaftClientReply
+	if err := proto.Unmarshal(body, &rep); err != nil {
+		t.Fatalf("reply does not decode: %v", err)
+	}
+	return &rep, nil
+}
+
+func TestForwardingProtocol(t *testing.T) {
+	c := newCluster(t, 3, false, nil)
+	li := c.leader()
+	fi := c.follower(li)
+	entry, err := proto.Marshal(&pb.StreamEntry{ClientId: []byte("raw"), StreamId: 9, Message: []byte("m"), Length: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	tests := []struct {
+		name     string
+		to       int
+		frame    []byte
+		wantCode pb.ErrorCode
+		wantHint string
+	}{
+		{"to the leader", li, entry, pb.ErrorCode_ERROR_NONE, ""},
+		{"to a follower", fi, entry, pb.ErrorCode_NOT_LEADER, c.cfgs[li].ID},
+		{"malformed entry", li, []byte{0xff, 0xff, 0xff}, pb.ErrorCode_BAD_HEADER, ""},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			conn, err := net.Dial("tcp", c.peers[tc.to].CommitAddr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			// Two calls on one connection: it carries requests in turn.
+			for range 2 {
+				rep, err := rawCall(t, conn, tc.frame)
+				if err != nil {
+					t.Fatal(err)
+				}
+				if rep.GetErrorCode() != tc.wantCode || rep.GetSuccess() != (tc.wantCode == pb.ErrorCode_ERROR_NONE) ||
+					rep.GetLeaderHint() != tc.wantHint || rep.GetServerId() != c.cfgs[tc.to].ID {
+					t.Errorf("reply %v, want code %v, hint %q", rep, tc.wantCode, tc.wantHint)
+				}
+				if tc.wantCode == pb.ErrorCode_ERROR_NONE && (rep.GetLogIndex() == 0 || rep.GetCallId() != 9) {
+					t.Errorf("success reply %v lacks the entry or the call id", rep)
+				}
+			}
+		})
+	}
+
+	t.Run("oversized frame closes the connection", func(t *testing.T) {
+		conn, err := net.Dial("tcp", c.peers[li].CommitAddr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		conn.SetDeadline(time.Now().Add(testTimeout))
+		if _, err := conn.Write(binary.BigEndian.AppendUint32(nil, raft.MaxMessageSize+1)); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := conn.Read(make([]byte, 1)); !errors.Is(err, io.EOF) {
+			t.Errorf("read after an oversized length: %v, want EOF", err)
+		}
+	})
+	c.waitLinked(1) // the raw entry, once despite two calls
+	if got := c.sameEntries(); len(got) != 1 {
+		t.Errorf("linked %v, want the raw entry once", got)
+	}
+}
