@@ -525,3 +525,16 @@ func BenchmarkFileStoreStream(b *testing.B) {
 		}
 	}
 }
+
+func TestLinkClosesAnOpenChannel(t *testing.T) {
+	for _, sm := range []statemachine.StateMachine{
+		statemachine.NewMemory(),
+		openStore(t, t.TempDir(), nil),
+	} {
+		ch := write(t, sm, key(1), "f", "abc")
+		mustLink(t, sm, entry(1, key(1), "f", 3), ch)
+		if _, err := ch.Write([]byte("late")); !errors.Is(err, statemachine.ErrChannelClosed) {
+			t.Errorf("%T: Write after Link = %v, want ErrChannelClosed", sm, err)
+		}
+	}
+}
