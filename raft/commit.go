@@ -30,6 +30,10 @@ const (
 // the original entry. If the entry committed but this peer's Linker failed,
 // the error is a *LinkError and the reply has ErrorCode STATE_MACHINE.
 // A reply is returned with every error.
+//
+// An error does not prove that the entry did not commit: a timeout may
+// strike after the leader appended it. Committing the same key again is
+// safe and returns the original entry.
 func (n *Node) Commit(ctx context.Context, s statemachine.StreamInfo) (*pb.RaftClientReply, error) {
 	r, err := n.started()
 	if err != nil {

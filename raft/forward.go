@@ -45,9 +45,8 @@ func writeMessage(w io.Writer, m proto.Message) error {
 	return err
 }
 
-// readFrame reads one length-prefixed message into buf, growing it as
-// needed, and returns the message bytes.
-func readFrame(r io.Reader, buf []byte) ([]byte, error) {
+// readFrame reads one length-prefixed message into a new buffer.
+func readFrame(r io.Reader) ([]byte, error) {
 	var hdr [4]byte
 	if _, err := io.ReadFull(r, hdr[:]); err != nil {
 		return nil, err
@@ -56,12 +55,9 @@ func readFrame(r io.Reader, buf []byte) ([]byte, error) {
 	if size > MaxMessageSize {
 		return nil, fmt.Errorf("%w: frame of %d bytes", ErrTooLarge, size)
 	}
-	if cap(buf) < int(size) {
-		buf = make([]byte, size)
-	}
-	buf = buf[:size]
+	buf := make([]byte, size)
 	if _, err := io.ReadFull(r, buf); err != nil {
-		return nil, fmt.Errorf("raft: short frame: %w", io.ErrUnexpectedEOF)
+		return nil, fmt.Errorf("raft: short frame: %w", err)
 	}
 	return buf, nil
 }
@@ -88,21 +84,26 @@ func (n *Node) forward(ctx context.Context, addr string, entry []byte) (*pb.Raft
 	err = writeFrame(c, entry)
 	if err == nil {
 		var buf []byte
-		if buf, err = readFrame(c, nil); err == nil {
+		if buf, err = readFrame(c); err == nil {
 			if err = proto.Unmarshal(buf, &rep); err != nil {
 				err = fmt.Errorf("%w: reply: %v", ErrBadEntry, err)
 			}
 		}
 	}
-	if !stop() {
-		err = errors.Join(err, ctx.Err())
-	}
+	interrupted := !stop()
 	if err != nil {
 		c.Close()
+		if interrupted {
+			err = errors.Join(err, ctx.Err())
+		}
 		return nil, fmt.Errorf("raft: forward to %s: %w", addr, err)
 	}
-	c.SetDeadline(time.Time{})
-	n.putConn(addr, c)
+	if interrupted {
+		c.Close() // its deadline is in the past now
+	} else {
+		c.SetDeadline(time.Time{})
+		n.putConn(addr, c)
+	}
 	return &rep, nil
 }
 
@@ -181,17 +182,16 @@ func (n *Node) serveCommitConn(c net.Conn) {
 		n.mu.Unlock()
 		c.Close()
 	}()
-	var buf []byte
 	for {
 		c.SetReadDeadline(time.Now().Add(idleCommitConn))
-		data, err := readFrame(c, buf)
+		// A fresh buffer each time: raft keeps the entry's bytes in its log.
+		data, err := readFrame(c)
 		if err != nil {
 			if !errors.Is(err, io.EOF) && n.ctx.Err() == nil {
 				n.log.Debug("raft: commit connection", "remote", c.RemoteAddr(), "err", err)
 			}
 			return
 		}
-		buf = data
 		rep := n.serveCommit(data)
 		c.SetWriteDeadline(time.Now().Add(n.cfg.ForwardTimeout))
 		if err := writeMessage(c, rep); err != nil {

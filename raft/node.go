@@ -72,6 +72,9 @@ func New(cfg Config) (_ *Node, err error) {
 		srvConns: make(map[net.Conn]struct{}),
 		idle:     make(map[string][]net.Conn),
 	}
+	if err := hraft.ValidateConfig(n.raftConfig()); err != nil {
+		return nil, fmt.Errorf("%w: %v", ErrConfig, err)
+	}
 	defer func() {
 		if err != nil {
 			n.closeResources()

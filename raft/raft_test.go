@@ -526,6 +526,8 @@ func TestConfigErrors(t *testing.T) {
 		{"no commit address", raft.Config{ID: "a", RaftAddr: "127.0.0.1:0"}},
 		{"wildcard raft address", raft.Config{ID: "a", RaftAddr: "0.0.0.0:0", CommitAddr: "127.0.0.1:0"}},
 		{"wildcard commit address", raft.Config{ID: "a", RaftAddr: "127.0.0.1:0", CommitAddr: ":0"}},
+		{"lease longer than heartbeat", raft.Config{ID: "a", RaftAddr: "127.0.0.1:0", CommitAddr: "127.0.0.1:0",
+			HeartbeatTimeout: 100 * time.Millisecond, LeaderLeaseTimeout: time.Second}},
 	}
 	for _, tc := range newErrs {
 		t.Run("New/"+tc.name, func(t *testing.T) {
@@ -606,4 +608,19 @@ func TestNodeLifecycle(t *testing.T) {
 	if _, err := n.WaitLeader(ctx); !errors.Is(err, raft.ErrClosed) {
 		t.Errorf("WaitLeader after Shutdown: %v", err)
 	}
+}
+
+func TestShutdownLeavesNoGoroutines(t *testing.T) {
+	ignore := goleak.IgnoreCurrent()
+	c := newCluster(t, 3, true, nil)
+	li := c.leader()
+	fi := c.follower(li)
+	c.commit(fi, streamInfo("c", 1)) // forwarding connections in use and pooled
+	c.stop(li)
+	c.commit(fi, streamInfo("c", 2))
+	c.shutdown()
+	clear(c.nodes)
+	// hashicorp/raft's transport and the commit listener leave no goroutine
+	// behind once Shutdown has returned.
+	goleak.VerifyNone(t, ignore)
 }
