@@ -26,8 +26,9 @@ const (
 // leader's commit address and then waits for its own FSM. While no leader
 // is known or reachable Commit retries until ctx expires, then returns
 // ErrNoLeader and a reply with ErrorCode NOT_LEADER and the last leader it
-// knew. A stream already committed is not committed again: the reply names
-// the original entry. If the entry committed but this peer's Linker failed,
+// knew. A stream already committed is not committed again, as long as the
+// FSM remembers its key (Config.MaxDedupKeys): the reply names the original
+// entry. If the entry committed but this peer's Linker failed,
 // the error is a *LinkError and the reply has ErrorCode STATE_MACHINE.
 // A reply is returned with every error.
 //

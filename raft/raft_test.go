@@ -1,10 +1,13 @@
 package raft_test
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -573,7 +576,10 @@ func TestConfigErrors(t *testing.T) {
 }
 
 func TestNodeLifecycle(t *testing.T) {
-	n, err := raft.New(testConfig("solo"))
+	var logs bytes.Buffer
+	cfg := testConfig("solo")
+	cfg.Logger = slog.New(slog.NewTextHandler(&logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	n, err := raft.New(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -607,6 +613,10 @@ func TestNodeLifecycle(t *testing.T) {
 	}
 	if _, err := n.WaitLeader(ctx); !errors.Is(err, raft.ErrClosed) {
 		t.Errorf("WaitLeader after Shutdown: %v", err)
+	}
+	// hashicorp/raft's own log went to the slog.Logger.
+	if out := logs.String(); !strings.Contains(out, `msg="entering leader state"`) || !strings.Contains(out, "logger=raft") {
+		t.Errorf("raft's log did not reach slog:\n%s", out)
 	}
 }
 
