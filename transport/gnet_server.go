@@ -186,6 +186,10 @@ func (d *Dialer) dial(ctx context.Context, addr string, init Initializer, onDone
 	if err != nil {
 		return nil, fmt.Errorf("transport: dial %s: %w", addr, err)
 	}
+	if tc, ok := conn.(*net.TCPConn); ok {
+		// gnet only ever turns TCP_NODELAY on, and Go dials with it on.
+		_ = tc.SetNoDelay(d.events.opts.noDelay)
+	}
 	ch := newGnetChannel(d.events.opts, init)
 	ch.onDone = onDone
 	// EnrollContext duplicates the socket into the engine and closes conn;

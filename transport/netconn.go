@@ -1,6 +1,7 @@
 package transport
 
 import (
+	"bufio"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -17,6 +18,10 @@ import (
 // closeLinger bounds how long Close waits for a slow peer to take what was
 // written before it.
 const closeLinger = time.Second
+
+// tlsWriteSize is the most a connection without writev gathers into one
+// write: four TLS records of the largest size.
+const tlsWriteSize = 64 << 10
 
 // connChannel is a Channel on a net.Conn. A reader goroutine fires the
 // inbound events; a writer goroutine sends what Flush asks for with one
@@ -37,6 +42,9 @@ type connChannel struct {
 	// Owned by the writer goroutine.
 	batch []*buffer.Buf
 	iov   net.Buffers
+	// bw gathers a batch into one write for connections without writev,
+	// such as TLS, where each Write would be a record of its own.
+	bw *bufio.Writer
 
 	mu      sync.Mutex
 	q       []*buffer.Buf
@@ -46,10 +54,20 @@ type connChannel struct {
 }
 
 func newConnChannel(conn net.Conn, opts *options) *connChannel {
-	if tc, ok := conn.(*net.TCPConn); ok {
-		_ = tc.SetNoDelay(opts.noDelay)
+	var bw *bufio.Writer
+	switch c := conn.(type) {
+	case *net.TCPConn:
+		_ = c.SetNoDelay(opts.noDelay)
+	case *tls.Conn:
+		if tc, ok := c.NetConn().(*net.TCPConn); ok {
+			_ = tc.SetNoDelay(opts.noDelay)
+		}
+		bw = bufio.NewWriterSize(conn, tlsWriteSize)
+	default:
+		bw = bufio.NewWriterSize(conn, tlsWriteSize)
 	}
 	ch := &connChannel{
+		bw:         bw,
 		id:         nextID(),
 		conn:       conn,
 		opts:       opts,
@@ -210,11 +228,7 @@ func (ch *connChannel) writeLoop() {
 				n += b.Len()
 				ch.iov = append(ch.iov, b.Bytes())
 			}
-			// WriteTo consumes ch.iov; keep the backing array for reuse.
-			iov := ch.iov
-			_, err := ch.iov.WriteTo(ch.conn)
-			clear(iov)
-			ch.iov = iov[:0]
+			err := ch.write()
 			for _, b := range ch.batch {
 				b.Release()
 			}
@@ -229,6 +243,25 @@ func (ch *connChannel) writeLoop() {
 			}
 		}
 	}
+}
+
+// write sends ch.iov and empties it.
+func (ch *connChannel) write() error {
+	iov := ch.iov
+	defer func() {
+		clear(iov)
+		ch.iov = iov[:0]
+	}()
+	if ch.bw == nil {
+		_, err := ch.iov.WriteTo(ch.conn) // consumes ch.iov
+		return err
+	}
+	for _, p := range iov {
+		if _, err := ch.bw.Write(p); err != nil {
+			return err
+		}
+	}
+	return ch.bw.Flush()
 }
 
 // DialConn connects to addr ("host:port" or "tcp://host:port") over

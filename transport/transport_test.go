@@ -12,6 +12,7 @@ import (
 	"fmt"
 	"math/big"
 	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -427,22 +428,45 @@ func TestDialerClose(t *testing.T) {
 	}
 }
 
+// Over TLS, batches are gathered into few records; messages both smaller
+// and larger than the gathering buffer arrive intact.
 func TestTLS(t *testing.T) {
 	buffertest.Check(t)
 	server, client := tlsConfigs(t)
-	s := listen(t, transport.NetConn, echoServer(6), transport.WithTLS(server))
-	got := make(chan string, 1)
+	s := listen(t, transport.NetConn, func(ch transport.Channel) {
+		addFraming(t, ch.Pipeline())
+		_ = ch.Pipeline().AddLast("echo", echo{})
+	}, transport.WithTLS(server))
+	got := make(chan string, 8)
 	ctx, cancel := context.WithTimeout(context.Background(), patience)
 	defer cancel()
-	ch, err := transport.DialConn(ctx, s.Addr().String(), collect(6, got), quiet, transport.WithTLS(client))
+	ch, err := transport.DialConn(ctx, s.Addr().String(), func(ch transport.Channel) {
+		addFraming(t, ch.Pipeline())
+		_ = ch.Pipeline().AddLast("collect", pipeline.Inbound(func(_ *pipeline.Context, b *buffer.Buf) {
+			got <- string(b.Bytes())
+			b.Release()
+		}))
+	}, quiet, transport.WithTLS(client))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer func() { _ = ch.Close(); <-ch.Done() }()
-	_ = ch.Write([]byte("secret"))
-	_ = ch.Flush()
-	if m := recv(t, got, "echo over TLS"); m != "secret" {
-		t.Fatalf("echo = %q", m)
+
+	var sent []string
+	for i, size := range []int{1, 100, 5000, 100 << 10, 3} {
+		m := strings.Repeat(string(rune('a'+i)), size)
+		sent = append(sent, m)
+		if err := ch.Pipeline().Write([]byte(m)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := ch.Pipeline().Flush(); err != nil {
+		t.Fatal(err)
+	}
+	for i, want := range sent {
+		if m := recv(t, got, "echo over TLS"); m != want {
+			t.Fatalf("echo %d: %d bytes, want %d", i, len(m), len(want))
+		}
 	}
 }
 
@@ -474,4 +498,55 @@ func tlsConfigs(t *testing.T) (server, client *tls.Config) {
 	server = &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}}
 	client = &tls.Config{RootCAs: pool}
 	return server, client
+}
+
+// One flush of more buffers than one writev takes, then of more bytes than
+// one turn of the event loop sends: everything arrives, in order.
+func TestLargeBatches(t *testing.T) {
+	forEachKind(t, func(t *testing.T, k transport.Kind) {
+		buffertest.Check(t)
+		s := listen(t, k, func(ch transport.Channel) {
+			addFraming(t, ch.Pipeline())
+			_ = ch.Pipeline().AddLast("echo", echo{})
+		})
+		got := make(chan *buffer.Buf, 4096)
+		ch := dial(t, dialerFor(t, k), s.Addr().String(), func(ch transport.Channel) {
+			addFraming(t, ch.Pipeline())
+			_ = ch.Pipeline().AddLast("collect", pipeline.Inbound(func(_ *pipeline.Context, b *buffer.Buf) { got <- b }))
+		})
+		var sizes []int
+		for range 3000 {
+			sizes = append(sizes, 8)
+		}
+		for range 10 {
+			sizes = append(sizes, 1<<20)
+		}
+		for round, n := range []int{3000, 10} {
+			batch := sizes[:n]
+			sizes = sizes[n:]
+			for i, size := range batch {
+				b := buffer.Get(size)
+				for j := range b.Bytes() {
+					b.Bytes()[j] = byte(round + i + j)
+				}
+				if err := ch.Pipeline().Write(b); err != nil {
+					t.Fatal(err)
+				}
+			}
+			if err := ch.Pipeline().Flush(); err != nil {
+				t.Fatal(err)
+			}
+			for i, size := range batch {
+				b := recv(t, got, "echo")
+				ok := b.Len() == size
+				for j := 0; ok && j < size; j++ {
+					ok = b.Bytes()[j] == byte(round+i+j)
+				}
+				b.Release()
+				if !ok {
+					t.Fatalf("round %d: echo %d is not what was sent", round, i)
+				}
+			}
+		}
+	})
 }
