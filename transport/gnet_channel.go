@@ -136,8 +136,8 @@ func (ch *gnetChannel) Close() error {
 	return nil
 }
 
-// drainTask and closeTask are the channel under other method sets, so
-// that queuing them on the loop allocates no closure.
+// drainTask and closeTask are the channel under other method sets: each
+// is a gnet.Runnable made without allocating.
 type (
 	drainTask gnetChannel
 	closeTask gnetChannel

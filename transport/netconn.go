@@ -67,7 +67,6 @@ func newConnChannel(conn net.Conn, opts *options) *connChannel {
 		bw = bufio.NewWriterSize(conn, tlsWriteSize)
 	}
 	ch := &connChannel{
-		bw:         bw,
 		id:         nextID(),
 		conn:       conn,
 		opts:       opts,
@@ -77,6 +76,7 @@ func newConnChannel(conn net.Conn, opts *options) *connChannel {
 		quit:       make(chan struct{}),
 		writerDone: make(chan struct{}),
 		done:       make(chan struct{}),
+		bw:         bw,
 	}
 	ch.p = pipeline.New(ch, pipeline.WithLogger(opts.logger))
 	return ch
