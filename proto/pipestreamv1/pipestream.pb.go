@@ -231,6 +231,13 @@ const (
 	DataStreamPacketHeader_STREAM_HEADER DataStreamPacketHeader_Type = 1
 	// Carries the next data_length bytes of an open stream.
 	DataStreamPacketHeader_STREAM_DATA DataStreamPacketHeader_Type = 2
+	// Asks the peer to answer at once, with a successful reply echoing this
+	// header; belongs to no stream and carries no data. A peer sends it on a
+	// new connection to a successor and counts the connection as up only
+	// once the answer arrives: a socket that the kernel accepted for a
+	// server that is going away is otherwise indistinguishable from a live
+	// one.
+	DataStreamPacketHeader_PING DataStreamPacketHeader_Type = 3
 )
 
 // Enum value maps for DataStreamPacketHeader_Type.
@@ -239,11 +246,13 @@ var (
 		0: "TYPE_UNSPECIFIED",
 		1: "STREAM_HEADER",
 		2: "STREAM_DATA",
+		3: "PING",
 	}
 	DataStreamPacketHeader_Type_value = map[string]int32{
 		"TYPE_UNSPECIFIED": 0,
 		"STREAM_HEADER":    1,
 		"STREAM_DATA":      2,
+		"PING":             3,
 	}
 )
 
@@ -1094,7 +1103,7 @@ const file_pipestream_proto_rawDesc = "" +
 	"\x04peer\x18\x01 \x01(\tR\x04peer\x12\x1e\n" +
 	"\n" +
 	"successors\x18\x02 \x03(\tR\n" +
-	"successors\"\xfa\x02\n" +
+	"successors\"\x84\x03\n" +
 	"\x16DataStreamPacketHeader\x12\x1b\n" +
 	"\tclient_id\x18\x01 \x01(\fR\bclientId\x12>\n" +
 	"\x04type\x18\x02 \x01(\x0e2*.pipestream.v1.DataStreamPacketHeader.TypeR\x04type\x12\x1b\n" +
@@ -1102,11 +1111,12 @@ const file_pipestream_proto_rawDesc = "" +
 	"\rstream_offset\x18\x04 \x01(\x04R\fstreamOffset\x12\x1f\n" +
 	"\vdata_length\x18\x05 \x01(\x04R\n" +
 	"dataLength\x12\x18\n" +
-	"\aoptions\x18\x06 \x01(\rR\aoptions\"@\n" +
+	"\aoptions\x18\x06 \x01(\rR\aoptions\"J\n" +
 	"\x04Type\x12\x14\n" +
 	"\x10TYPE_UNSPECIFIED\x10\x00\x12\x11\n" +
 	"\rSTREAM_HEADER\x10\x01\x12\x0f\n" +
-	"\vSTREAM_DATA\x10\x02\"D\n" +
+	"\vSTREAM_DATA\x10\x02\x12\b\n" +
+	"\x04PING\x10\x03\"D\n" +
 	"\x06Option\x12\x0f\n" +
 	"\vOPTION_NONE\x10\x00\x12\b\n" +
 	"\x04SYNC\x10\x01\x12\t\n" +

@@ -1,0 +1,162 @@
+package datastream
+
+import (
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/pipestream/pipestream/buffer"
+	"github.com/pipestream/pipestream/codec"
+	"github.com/pipestream/pipestream/pipeline"
+	"github.com/pipestream/pipestream/transport"
+)
+
+// conn is the client's connection to one peer, shared by the streams whose
+// primary that peer is.
+type conn struct {
+	c    *Client
+	peer Peer
+	ch   transport.Channel
+
+	// wmu keeps a frame's prefix and its body adjacent on the wire when
+	// several streams write at once.
+	wmu sync.Mutex
+
+	mu      sync.Mutex
+	streams map[uint64]*Output
+	dead    error
+}
+
+func newConn(c *Client, p Peer) *conn {
+	return &conn{c: c, peer: p, streams: make(map[uint64]*Output)}
+}
+
+func (cn *conn) init(ch transport.Channel) {
+	frames, err := codec.NewPacketFrameDecoder(cn.c.opts.maxFrame)
+	if err == nil {
+		err = ch.Pipeline().AddLast("frame", frames)
+	}
+	if err == nil {
+		err = ch.Pipeline().AddLast("replies", (*replyHandler)(cn))
+	}
+	if err != nil {
+		cn.c.opts.logger.Error("datastream: cannot set up connection", "err", err)
+		_ = ch.Close()
+	}
+}
+
+func (cn *conn) isDead() bool {
+	cn.mu.Lock()
+	defer cn.mu.Unlock()
+	return cn.dead != nil
+}
+
+func (cn *conn) add(o *Output) error {
+	cn.mu.Lock()
+	defer cn.mu.Unlock()
+	if cn.dead != nil {
+		return cn.dead
+	}
+	cn.streams[o.id] = o
+	return nil
+}
+
+func (cn *conn) remove(o *Output) {
+	cn.mu.Lock()
+	if cn.streams[o.id] == o {
+		delete(cn.streams, o.id)
+	}
+	cn.mu.Unlock()
+}
+
+func (cn *conn) get(id uint64) *Output {
+	cn.mu.Lock()
+	defer cn.mu.Unlock()
+	return cn.streams[id]
+}
+
+// send writes one frame, or a prefix and its body, and flushes. It takes
+// over the buffers' references.
+func (cn *conn) send(prefix, body *buffer.Buf) error {
+	cn.wmu.Lock()
+	defer cn.wmu.Unlock()
+	err := cn.ch.Write(prefix)
+	if body != nil {
+		if err == nil {
+			err = cn.ch.Write(body)
+		} else {
+			body.Release()
+		}
+	}
+	if err == nil {
+		err = cn.ch.Flush()
+	}
+	if err != nil {
+		// A prefix may have gone out without its body: nothing more can
+		// be sent on this connection.
+		_ = cn.ch.Close()
+	}
+	return err
+}
+
+// failAll fails every stream on the connection and refuses new ones.
+func (cn *conn) failAll(err error) {
+	cn.mu.Lock()
+	if cn.dead == nil {
+		cn.dead = err
+	}
+	outs := make([]*Output, 0, len(cn.streams))
+	for _, o := range cn.streams {
+		outs = append(outs, o)
+	}
+	cn.mu.Unlock()
+	for _, o := range outs {
+		o.fail(err, false)
+	}
+}
+
+func (cn *conn) sweep(now time.Time, timeout time.Duration) {
+	cn.mu.Lock()
+	outs := make([]*Output, 0, len(cn.streams))
+	for _, o := range cn.streams {
+		outs = append(outs, o)
+	}
+	cn.mu.Unlock()
+	for _, o := range outs {
+		if at, ok := o.oldestSent(); ok && now.Sub(at) > timeout {
+			o.fail(fmt.Errorf("%w: %v waiting for %s", ErrReplyTimeout, timeout, cn.peer.ID), true)
+		}
+	}
+}
+
+// replyHandler is the last stage of a client connection.
+type replyHandler conn
+
+func (h *replyHandler) ChannelRead(ctx *pipeline.Context, msg any) {
+	cn := (*conn)(h)
+	frame, ok := msg.(*buffer.Buf)
+	if !ok {
+		ctx.FireChannelRead(msg)
+		return
+	}
+	rh, rcr, err := codec.DecodeReply(frame.Bytes(), codec.DefaultMaxPacketHeader)
+	frame.Release()
+	if err != nil {
+		ctx.FireError(fmt.Errorf("datastream: from %s: %w", cn.peer.ID, err))
+		return
+	}
+	if o := cn.get(rh.GetPacketHeader().GetStreamId()); o != nil {
+		o.onReply(rh, rcr)
+	}
+}
+
+func (h *replyHandler) ChannelInactive(ctx *pipeline.Context) {
+	cn := (*conn)(h)
+	cn.failAll(fmt.Errorf("%w: %s", ErrConnectionLost, cn.peer.ID))
+	ctx.FireChannelInactive()
+}
+
+func (h *replyHandler) ErrorCaught(ctx *pipeline.Context, err error) {
+	(*conn)(h).c.opts.logger.Warn("datastream: connection failed", "peer", h.peer.ID, "err", err)
+	_ = ctx.Close()
+}

@@ -1,0 +1,40 @@
+package datastream
+
+import (
+	"errors"
+
+	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
+)
+
+// Errors a stream fails with. Errors a server reports are *pb.Error values
+// matched by code: errors.Is(err, ErrUnknownStream) holds for any
+// UNKNOWN_STREAM reply, and errors.As(err, &e) with e *pb.Error gives its
+// message. See docs/protocol.md for the codes.
+var (
+	ErrUnknownStream   error = &pb.Error{Code: pb.ErrorCode_UNKNOWN_STREAM}
+	ErrDuplicateHeader error = &pb.Error{Code: pb.ErrorCode_DUPLICATE_HEADER}
+	ErrOffsetMismatch  error = &pb.Error{Code: pb.ErrorCode_OFFSET_MISMATCH}
+	ErrBadHeader       error = &pb.Error{Code: pb.ErrorCode_BAD_HEADER}
+	ErrBadRouting      error = &pb.Error{Code: pb.ErrorCode_BAD_ROUTING}
+	ErrStateMachine    error = &pb.Error{Code: pb.ErrorCode_STATE_MACHINE}
+	ErrSuccessorFailed error = &pb.Error{Code: pb.ErrorCode_SUCCESSOR_FAILED}
+	ErrTimeout         error = &pb.Error{Code: pb.ErrorCode_TIMEOUT}
+	ErrCommitFailed    error = &pb.Error{Code: pb.ErrorCode_COMMIT_FAILED}
+	ErrNotLeader       error = &pb.Error{Code: pb.ErrorCode_NOT_LEADER}
+	ErrLimitExceeded   error = &pb.Error{Code: pb.ErrorCode_LIMIT_EXCEEDED}
+	ErrForbidden       error = &pb.Error{Code: pb.ErrorCode_FORBIDDEN}
+	ErrCancelled       error = &pb.Error{Code: pb.ErrorCode_CANCELLED}
+)
+
+// Client-side errors.
+var (
+	// ErrClosed is returned for writes on a stream that was closed or on a
+	// closed client.
+	ErrClosed = errors.New("datastream: closed")
+	// ErrConnectionLost fails every pending write of the streams on a
+	// connection that ended.
+	ErrConnectionLost = errors.New("datastream: connection to peer lost")
+	// ErrReplyTimeout fails a stream whose oldest packet went unanswered
+	// for longer than the reply timeout.
+	ErrReplyTimeout = errors.New("datastream: no reply within timeout")
+)

@@ -1,0 +1,244 @@
+package handler
+
+import (
+	"fmt"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/pipestream/pipestream/codec"
+	"github.com/pipestream/pipestream/pipeline"
+	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
+)
+
+// Reply is an outbound reply: the header and, on CLOSE and on errors the
+// primary reports, a RaftClientReply as body.
+type Reply struct {
+	Header *pb.DataStreamReplyHeader
+	Body   *pb.RaftClientReply
+}
+
+// writeReply sends r from the tail, so that it passes the encoder and any
+// outbound stage a user added.
+func writeReply(p *pipeline.Pipeline, r *Reply) {
+	_ = p.Write(r)
+}
+
+func errorReply(p *pipeline.Pipeline, h *pb.DataStreamPacketHeader, e *pb.Error) {
+	writeReply(p, &Reply{Header: &pb.DataStreamReplyHeader{
+		PacketHeader: h, ErrorCode: e.Code, ErrorMessage: e.Message,
+	}})
+	_ = p.Flush()
+}
+
+// Router maps each packet to its stream. A STREAM_HEADER opens the stream
+// on this peer (and, through the later stages, on its successors); data
+// must follow in order. It runs on the connection's event loop and must not
+// block.
+type Router struct {
+	Streams *Streams
+}
+
+// ChannelRead implements pipeline.ReadHandler.
+func (r *Router) ChannelRead(ctx *pipeline.Context, msg any) {
+	p, ok := msg.(*Packet)
+	if !ok {
+		ctx.FireChannelRead(msg)
+		return
+	}
+	var (
+		st *Stream
+		e  *pb.Error
+	)
+	switch p.Header.GetType() {
+	case pb.DataStreamPacketHeader_STREAM_HEADER:
+		st, e = r.open(ctx.Pipeline(), p)
+	case pb.DataStreamPacketHeader_STREAM_DATA:
+		st, e = r.data(ctx.Pipeline(), p)
+	case pb.DataStreamPacketHeader_PING:
+		writeReply(ctx.Pipeline(), &Reply{Header: &pb.DataStreamReplyHeader{PacketHeader: p.Header, Success: true, ServerId: r.Streams.cfg.ID}})
+		_ = ctx.Pipeline().Flush()
+		p.Release()
+		return
+	default:
+		e = errorf(pb.ErrorCode_BAD_HEADER, "unknown packet type %v", p.Header.GetType())
+	}
+	if e != nil {
+		errorReply(ctx.Pipeline(), p.Header, e)
+		p.Release()
+		return
+	}
+	p.Stream = st
+	p.parts.Store(1) // the pipeline pass; the Replier ends it
+	ctx.FireChannelRead(p)
+}
+
+// ChannelInactive fails the streams whose packets came over this
+// connection.
+func (r *Router) ChannelInactive(ctx *pipeline.Context) {
+	r.Streams.UpstreamClosed(ctx.Pipeline())
+	ctx.FireChannelInactive()
+}
+
+func (r *Router) open(up *pipeline.Pipeline, p *Packet) (*Stream, *pb.Error) {
+	s := r.Streams
+	if p.Header.GetStreamOffset() != 0 || p.Has(pb.DataStreamPacketHeader_CLOSE) {
+		return nil, errorf(pb.ErrorCode_BAD_HEADER, "a stream header must have offset 0 and no CLOSE")
+	}
+	if p.Body.Len() > s.cfg.MaxHeader {
+		return nil, errorf(pb.ErrorCode_LIMIT_EXCEEDED, "header request of %d bytes exceeds %d", p.Body.Len(), s.cfg.MaxHeader)
+	}
+	req := new(pb.RaftClientRequest)
+	if err := proto.Unmarshal(p.Body.Bytes(), req); err != nil {
+		return nil, errorf(pb.ErrorCode_BAD_HEADER, "header request does not decode: %v", err)
+	}
+	if req.GetCallId() != p.Header.GetStreamId() || string(req.GetClientId()) != string(p.Header.GetClientId()) {
+		return nil, errorf(pb.ErrorCode_BAD_HEADER, "header request (client, call %d) does not match the packet's stream %d", req.GetCallId(), p.Header.GetStreamId())
+	}
+	primary := req.GetServerId()
+	if primary == "" {
+		return nil, errorf(pb.ErrorCode_BAD_ROUTING, "header request names no primary server")
+	}
+	succIDs, err := successorsOf(req.GetRoutingTable(), primary, s.cfg.ID, s.cfg.Peers)
+	if err != nil {
+		return nil, errorf(pb.ErrorCode_BAD_ROUTING, "%v", err)
+	}
+	succ := make([]Successor, len(succIDs))
+	for i, id := range succIDs {
+		c, err := s.cfg.Dial(id)
+		if err != nil {
+			return nil, errorf(pb.ErrorCode_SUCCESSOR_FAILED, "successor %s: %v", id, err)
+		}
+		succ[i] = c
+	}
+	st := newStream(s, p.Key(), req, primary == s.cfg.ID, up, succIDs, succ)
+	if e := s.add(st); e != nil {
+		return nil, e
+	}
+	return st, nil
+}
+
+// successorsOf validates the routing table and returns self's successors.
+// An empty table is the star: the primary forwards to every other peer.
+func successorsOf(t *pb.RoutingTable, primary, self string, peers []string) ([]string, error) {
+	if err := t.Validate(primary, peers); err != nil {
+		return nil, err
+	}
+	return t.OrStar(primary, peers).Successors(self), nil
+}
+
+func (r *Router) data(up *pipeline.Pipeline, p *Packet) (*Stream, *pb.Error) {
+	st := r.Streams.get(p.Key())
+	if st == nil {
+		return nil, errorf(pb.ErrorCode_UNKNOWN_STREAM, "no open stream %v", p.Key())
+	}
+	if st.upstream != up {
+		return nil, errorf(pb.ErrorCode_FORBIDDEN, "stream %v belongs to another connection", p.Key())
+	}
+	if p.Has(pb.DataStreamPacketHeader_ABORT) {
+		st.fail(errorf(pb.ErrorCode_CANCELLED, "stream aborted by its client"))
+		return st, nil
+	}
+	if st.closing {
+		e := errorf(pb.ErrorCode_BAD_HEADER, "data after CLOSE")
+		st.fail(e)
+		return nil, e
+	}
+	if off := p.Header.GetStreamOffset(); off != st.received {
+		e := errorf(pb.ErrorCode_OFFSET_MISMATCH, "offset %d, expected %d", off, st.received)
+		st.fail(e)
+		return nil, e
+	}
+	st.received += p.Header.GetDataLength()
+	st.closing = p.Has(pb.DataStreamPacketHeader_CLOSE)
+	return st, nil
+}
+
+// Writer hands each packet to its stream's executor for the local
+// state-machine write, so that disk I/O never runs on the event loop.
+type Writer struct{}
+
+// ChannelRead implements pipeline.ReadHandler.
+func (Writer) ChannelRead(ctx *pipeline.Context, msg any) {
+	if p, ok := msg.(*Packet); ok && p.Stream != nil && !p.Has(pb.DataStreamPacketHeader_ABORT) {
+		p.parts.Add(1)
+		p.Stream.exec.Submit(task{kind: taskWrite, p: p})
+	}
+	ctx.FireChannelRead(msg)
+}
+
+// Forwarder sends each packet's frame, unchanged and without a copy, to the
+// stream's successors.
+type Forwarder struct{}
+
+// ChannelRead implements pipeline.ReadHandler.
+func (Forwarder) ChannelRead(ctx *pipeline.Context, msg any) {
+	if p, ok := msg.(*Packet); ok && p.Stream != nil && !p.Has(pb.DataStreamPacketHeader_ABORT) {
+		p.Stream.forward(p)
+	}
+	ctx.FireChannelRead(msg)
+}
+
+// Replier queues each packet for its reply, which goes upstream once the
+// local write and every successor's reply are in, in stream order.
+type Replier struct{}
+
+// ChannelRead implements pipeline.ReadHandler.
+func (Replier) ChannelRead(ctx *pipeline.Context, msg any) {
+	p, ok := msg.(*Packet)
+	if !ok || p.Stream == nil {
+		ctx.FireChannelRead(msg)
+		return
+	}
+	p.Stream.admit(p)
+}
+
+// ReplyEncoder turns outbound *Reply messages into frames.
+type ReplyEncoder struct{}
+
+// Write implements pipeline.WriteHandler.
+func (ReplyEncoder) Write(ctx *pipeline.Context, msg any) error {
+	r, ok := msg.(*Reply)
+	if !ok {
+		return ctx.Write(msg)
+	}
+	var body []byte
+	if r.Body != nil {
+		b, err := proto.Marshal(r.Body)
+		if err != nil {
+			return fmt.Errorf("handler: encode reply body: %w", err)
+		}
+		body = b
+	}
+	frame, err := codec.EncodePacket(r.Header, body)
+	if err != nil {
+		return fmt.Errorf("handler: encode reply: %w", err)
+	}
+	return ctx.Write(frame)
+}
+
+// Install adds the server stages to a connection's pipeline under the Stage
+// names.
+func Install(p *pipeline.Pipeline, s *Streams, maxFrame int) error {
+	frames, err := codec.NewPacketFrameDecoder(maxFrame)
+	if err != nil {
+		return err
+	}
+	stages := []struct {
+		name string
+		h    pipeline.Handler
+	}{
+		{StageFrame, frames},
+		{StagePacket, &PacketDecoder{MaxHeader: s.cfg.MaxHeader}},
+		{StageRouter, &Router{Streams: s}},
+		{StageWrite, Writer{}},
+		{StageForward, Forwarder{}},
+		{StageReply, Replier{}},
+		{StageEncode, ReplyEncoder{}},
+	}
+	for _, st := range stages {
+		if err := p.AddLast(st.name, st.h); err != nil {
+			return err
+		}
+	}
+	return nil
+}

@@ -1,0 +1,385 @@
+package handler
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/pipestream/pipestream/codec"
+	"github.com/pipestream/pipestream/internal/serial"
+	"github.com/pipestream/pipestream/pipeline"
+	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
+	"github.com/pipestream/pipestream/statemachine"
+)
+
+// Stream is one open stream on one peer.
+type Stream struct {
+	Key     StreamKey
+	Request *pb.RaftClientRequest
+	// Primary is true on the peer the client sent the header to.
+	Primary bool
+
+	s        *Streams
+	upstream *pipeline.Pipeline // replies go here
+	succIDs  []string
+	succ     []Successor
+	exec     *serial.Queue[task]
+
+	// Owned by the upstream connection's event loop.
+	received uint64
+	closing  bool
+
+	// Owned by the executor.
+	ch      statemachine.DataChannel
+	written uint64
+
+	mu       sync.Mutex
+	replies  []*Packet   // admitted, not yet answered, in stream order
+	awaiting [][]*Packet // per successor: forwarded, not yet acknowledged
+	sentAt   [][]time.Time
+	failed   *pb.Error
+	commit   bool // closed everywhere; finishClose has started
+	length   uint64
+	parkedAt time.Time
+}
+
+type taskKind uint8
+
+const (
+	taskWrite taskKind = iota
+	taskCleanUp
+)
+
+type task struct {
+	kind taskKind
+	p    *Packet
+}
+
+func newStream(s *Streams, key StreamKey, req *pb.RaftClientRequest, primary bool, up *pipeline.Pipeline, succIDs []string, succ []Successor) *Stream {
+	st := &Stream{
+		Key: key, Request: req, Primary: primary,
+		s: s, upstream: up, succIDs: succIDs, succ: succ,
+		awaiting: make([][]*Packet, len(succ)),
+		sentAt:   make([][]time.Time, len(succ)),
+	}
+	st.exec = serial.New(st.run, &s.wg)
+	return st
+}
+
+// Successors returns the ids of the peers this stream is forwarded to.
+func (st *Stream) Successors() []string { return st.succIDs }
+
+func (st *Stream) forwardsTo(id string) bool {
+	for _, s := range st.succIDs {
+		if s == id {
+			return true
+		}
+	}
+	return false
+}
+
+// Err returns the stream's failure, or nil.
+func (st *Stream) Err() error {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	if st.failed == nil {
+		return nil
+	}
+	return st.failed
+}
+
+// run is the stream's executor: local state-machine work, in order.
+func (st *Stream) run(t task) {
+	switch t.kind {
+	case taskWrite:
+		p := t.p
+		if st.Err() == nil {
+			if err := st.writeLocal(p); err != nil {
+				e := codeOf(err, pb.ErrorCode_STATE_MACHINE)
+				st.setErr(p, e)
+				st.fail(e)
+			}
+		}
+		st.partDone(p)
+	case taskCleanUp:
+		if st.ch != nil {
+			if err := st.ch.CleanUp(); err != nil {
+				st.s.cfg.Logger.Warn("handler: state machine clean-up failed", "stream", st.Key, "err", err)
+			}
+			st.ch = nil
+		}
+	}
+}
+
+func (st *Stream) writeLocal(p *Packet) error {
+	h := p.Header
+	if h.GetType() == pb.DataStreamPacketHeader_STREAM_HEADER {
+		ch, err := st.s.cfg.StateMachine.OpenStream(context.Background(), st.Key, st.Request)
+		if err != nil {
+			return fmt.Errorf("open stream: %w", err)
+		}
+		st.ch = ch
+		return nil
+	}
+	if st.ch == nil {
+		return errorf(pb.ErrorCode_INTERNAL, "stream has no data channel")
+	}
+	if b := p.Body.Bytes(); len(b) > 0 {
+		n, err := st.ch.Write(b)
+		st.written += uint64(n)
+		if err != nil {
+			return fmt.Errorf("write at offset %d: %w", h.GetStreamOffset(), err)
+		}
+		if n != len(b) {
+			return fmt.Errorf("short write at offset %d: %d of %d bytes", h.GetStreamOffset(), n, len(b))
+		}
+	}
+	p.written = st.written
+	if p.Has(pb.DataStreamPacketHeader_SYNC) {
+		if err := st.ch.Sync(); err != nil {
+			return fmt.Errorf("sync: %w", err)
+		}
+	}
+	if p.Has(pb.DataStreamPacketHeader_CLOSE) {
+		if err := st.ch.Close(); err != nil {
+			return fmt.Errorf("close: %w", err)
+		}
+	}
+	return nil
+}
+
+func (st *Stream) setErr(p *Packet, e *pb.Error) {
+	st.mu.Lock()
+	if p.err == nil {
+		p.err = e
+	}
+	st.mu.Unlock()
+}
+
+// admit queues p for its reply and ends its pipeline pass.
+func (st *Stream) admit(p *Packet) {
+	st.mu.Lock()
+	st.replies = append(st.replies, p)
+	st.mu.Unlock()
+	st.partDone(p)
+}
+
+// partDone marks one part of p finished; the last one lets replies go.
+func (st *Stream) partDone(p *Packet) {
+	if p.parts.Add(-1) == 0 {
+		st.flushReplies()
+	}
+}
+
+// forward sends p's frame to every successor. It runs on the upstream
+// connection's event loop, so a stream's frames leave in order.
+func (st *Stream) forward(p *Packet) {
+	for i, c := range st.succ {
+		p.parts.Add(1)
+		st.mu.Lock()
+		if st.failed != nil {
+			st.mu.Unlock()
+			p.parts.Add(-1)
+			return
+		}
+		st.awaiting[i] = append(st.awaiting[i], p)
+		st.sentAt[i] = append(st.sentAt[i], time.Now())
+		st.mu.Unlock()
+		err := c.Write(p.Frame.Retain())
+		if err == nil {
+			err = c.Flush()
+		}
+		if err != nil {
+			st.fail(errorf(pb.ErrorCode_SUCCESSOR_FAILED, "forward to %s: %v", st.succIDs[i], err))
+			return
+		}
+	}
+}
+
+// ack takes successor i's reply for the oldest packet forwarded to it.
+func (st *Stream) ack(i int, r *pb.DataStreamReplyHeader) {
+	st.mu.Lock()
+	if len(st.awaiting[i]) == 0 {
+		st.mu.Unlock()
+		return // the stream failed and let go of its packets
+	}
+	p := st.awaiting[i][0]
+	st.awaiting[i] = st.awaiting[i][1:]
+	st.sentAt[i] = st.sentAt[i][1:]
+	var e *pb.Error
+	h := p.Header
+	want := h.GetStreamOffset() + h.GetDataLength()
+	switch {
+	case r.GetPacketHeader().GetStreamOffset() != h.GetStreamOffset() || r.GetPacketHeader().GetType() != h.GetType():
+		e = errorf(pb.ErrorCode_INTERNAL, "successor %s answered offset %d, expected %d", st.succIDs[i], r.GetPacketHeader().GetStreamOffset(), h.GetStreamOffset())
+	case !r.GetSuccess():
+		e = errorf(pb.ErrorCode_SUCCESSOR_FAILED, "successor %s: %s: %s", st.succIDs[i], r.GetErrorCode(), r.GetErrorMessage())
+	case h.GetType() == pb.DataStreamPacketHeader_STREAM_DATA && r.GetBytesWritten() != want:
+		e = errorf(pb.ErrorCode_SUCCESSOR_FAILED, "successor %s wrote %d bytes, expected %d", st.succIDs[i], r.GetBytesWritten(), want)
+	}
+	if e != nil && p.err == nil {
+		p.err = e
+	}
+	st.mu.Unlock()
+	if e != nil {
+		st.fail(e)
+	}
+	st.partDone(p)
+}
+
+func (st *Stream) oldestUnanswered() (time.Time, bool) {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	var oldest time.Time
+	for _, ts := range st.sentAt {
+		if len(ts) > 0 && (oldest.IsZero() || ts[0].Before(oldest)) {
+			oldest = ts[0]
+		}
+	}
+	return oldest, !oldest.IsZero()
+}
+
+// fail ends the stream with e: every queued packet is answered with the
+// error once its local part is done, successors are told to abort, and the
+// local data is cleaned up after the writes already queued.
+func (st *Stream) fail(e *pb.Error) {
+	st.mu.Lock()
+	if st.failed != nil || st.commit {
+		// Once every peer has closed the stream its fate is the commit's.
+		st.mu.Unlock()
+		return
+	}
+	st.failed = e
+	var released []*Packet
+	for i := range st.awaiting {
+		released = append(released, st.awaiting[i]...)
+		st.awaiting[i], st.sentAt[i] = nil, nil
+	}
+	st.mu.Unlock()
+
+	st.s.remove(st)
+	st.abortSuccessors()
+	st.exec.Submit(task{kind: taskCleanUp})
+	for _, p := range released {
+		st.partDone(p)
+	}
+	st.flushReplies()
+}
+
+// abortSuccessors tells each successor to drop the stream. Their replies
+// find no stream here and are dropped.
+func (st *Stream) abortSuccessors() {
+	for _, c := range st.succ {
+		frame, err := codec.EncodePacket(&pb.DataStreamPacketHeader{
+			ClientId: []byte(st.Key.ClientID),
+			Type:     pb.DataStreamPacketHeader_STREAM_DATA,
+			StreamId: st.Key.StreamID,
+			Options:  uint32(pb.DataStreamPacketHeader_ABORT),
+		}, nil)
+		if err != nil {
+			continue
+		}
+		if c.Write(frame) == nil {
+			_ = c.Flush()
+		}
+	}
+}
+
+// cleanUp discards the local data of a stream that will not be linked.
+func (st *Stream) cleanUp() { st.exec.Submit(task{kind: taskCleanUp}) }
+
+// flushReplies answers the packets at the front of the queue whose parts
+// are all done, in order. A successful CLOSE is held back until finishClose
+// has committed (primary) or parked (other peers) the stream.
+func (st *Stream) flushReplies() {
+	st.mu.Lock()
+	wrote := false
+	for len(st.replies) > 0 {
+		p := st.replies[0]
+		if p.parts.Load() != 0 {
+			break
+		}
+		err := p.err
+		if err == nil {
+			err = st.failed
+		}
+		isClose := p.Has(pb.DataStreamPacketHeader_CLOSE)
+		if isClose && err == nil && !st.commit {
+			// Commit and link may block on Raft and disk, and this may be
+			// an event loop: finish the close on a goroutine of its own.
+			st.commit = true
+			st.length = p.written
+			p.parts.Add(1)
+			st.s.wg.Add(1)
+			go st.finishClose(p)
+			break
+		}
+		st.replies = st.replies[1:]
+		writeReply(st.upstream, st.replyFor(p, err))
+		p.Release()
+		wrote = true
+	}
+	st.mu.Unlock()
+	if wrote {
+		_ = st.upstream.Flush()
+	}
+}
+
+func (st *Stream) replyFor(p *Packet, err *pb.Error) *Reply {
+	h := &pb.DataStreamReplyHeader{
+		PacketHeader: p.Header,
+		BytesWritten: p.written,
+		Success:      err == nil,
+		ServerId:     st.s.cfg.ID,
+	}
+	r := &Reply{Header: h, Body: p.reply}
+	if err != nil {
+		h.ErrorCode, h.ErrorMessage = err.Code, err.Message
+		if p.Has(pb.DataStreamPacketHeader_CLOSE) && st.Primary {
+			r.Body = &pb.RaftClientReply{
+				ClientId: st.Request.GetClientId(), CallId: st.Request.GetCallId(),
+				ServerId: st.s.cfg.ID, ErrorCode: err.Code, ErrorMessage: err.Message,
+			}
+		}
+	}
+	return r
+}
+
+// finishClose runs once the stream is closed here and on every peer
+// downstream. The stream waits for its entry among the parked ones; the
+// primary then commits it. Without a Committer every peer links at once
+// under a local index.
+func (st *Stream) finishClose(p *Packet) {
+	defer st.s.wg.Done()
+	st.s.park(st)
+	var (
+		reply *pb.RaftClientReply
+		err   error
+	)
+	switch c := st.s.commitHook(); {
+	case c == nil:
+		reply, err = st.s.linkLocal(st)
+	case st.Primary:
+		ctx, cancel := context.WithTimeout(context.Background(), st.s.cfg.CommitTimeout)
+		reply, err = c.Commit(ctx, statemachine.StreamInfo{Key: st.Key, Request: st.Request, Length: st.length})
+		cancel()
+		if err == nil && !reply.GetSuccess() {
+			err = errorf(reply.GetErrorCode(), "%s", reply.GetErrorMessage())
+		}
+		// On error the stream stays parked: a commit that timed out may
+		// still be applied, and then its data must be there to link. The
+		// link timeout sweeps it otherwise.
+	}
+	st.mu.Lock()
+	if err != nil {
+		p.err = codeOf(err, pb.ErrorCode_COMMIT_FAILED)
+		if hint := reply.GetLeaderHint(); hint != "" {
+			p.err = errorf(p.err.Code, "%s; leader is %s", p.err.Message, hint)
+		}
+	} else if st.Primary {
+		p.reply = reply
+	}
+	st.mu.Unlock()
+	st.partDone(p)
+}

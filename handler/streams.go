@@ -1,0 +1,288 @@
+package handler
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/pipestream/pipestream/codec"
+	"github.com/pipestream/pipestream/pipeline"
+	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
+	"github.com/pipestream/pipestream/statemachine"
+)
+
+// StreamKey identifies a stream: the client that opened it and its id.
+type StreamKey = statemachine.StreamKey
+
+// Successor is a connection to a peer that streams are forwarded to. Many
+// streams share one; *pipeline.Pipeline implements it.
+type Successor interface {
+	Write(msg any) error
+	Flush() error
+}
+
+// PeerDialer returns the connection to the peer with the given id. It must
+// not block: the router calls it on an event loop, so an implementation
+// keeps connections up in the background and fails fast when one is down.
+type PeerDialer func(id string) (Successor, error)
+
+// Config is what the stages of every connection of one server share.
+type Config struct {
+	// ID is this peer's id in the group.
+	ID string
+	// Peers lists every peer id of the group, this one included. Routing
+	// tables may only name these.
+	Peers []string
+	// Dial reaches successors.
+	Dial PeerDialer
+	// StateMachine stores the streams.
+	StateMachine statemachine.StateMachine
+	// Committer commits closed streams on the primary. Nil runs
+	// standalone: each peer links its stream as soon as CLOSE succeeded
+	// everywhere downstream, under a local index.
+	Committer statemachine.Committer
+	// ReplyTimeout bounds how long a packet waits for its successors.
+	ReplyTimeout time.Duration
+	// CommitTimeout bounds the commit of a closed stream.
+	CommitTimeout time.Duration
+	// LinkTimeout bounds how long a closed stream waits for its committed
+	// entry before its data is cleaned up.
+	LinkTimeout time.Duration
+	// MaxHeader bounds a packet header and a stream's header request.
+	MaxHeader int
+	Logger    *slog.Logger
+}
+
+// Defaults for Config's zero fields.
+const (
+	DefaultReplyTimeout  = 10 * time.Second
+	DefaultCommitTimeout = 30 * time.Second
+	DefaultLinkTimeout   = 5 * time.Minute
+)
+
+// Streams is one server's stream table, shared by its connections. It also
+// implements statemachine.Linker for the commit path.
+type Streams struct {
+	cfg Config
+	wg  sync.WaitGroup // executors and commit goroutines
+
+	mu     sync.Mutex
+	active map[StreamKey]*Stream
+	closed map[StreamKey]*Stream // closed everywhere, waiting for Link
+	shut   bool
+
+	localIndex atomic.Uint64 // standalone commit index
+	committer  atomic.Pointer[statemachine.Committer]
+}
+
+// SetCommitter replaces Config.Committer; see server.Server.SetCommitter.
+func (s *Streams) SetCommitter(c statemachine.Committer) { s.committer.Store(&c) }
+
+func (s *Streams) commitHook() statemachine.Committer {
+	if c := s.committer.Load(); c != nil {
+		return *c
+	}
+	return nil
+}
+
+// NewStreams returns an empty stream table.
+func NewStreams(cfg Config) *Streams {
+	if cfg.ReplyTimeout <= 0 {
+		cfg.ReplyTimeout = DefaultReplyTimeout
+	}
+	if cfg.CommitTimeout <= 0 {
+		cfg.CommitTimeout = DefaultCommitTimeout
+	}
+	if cfg.LinkTimeout <= 0 {
+		cfg.LinkTimeout = DefaultLinkTimeout
+	}
+	if cfg.MaxHeader <= 0 {
+		cfg.MaxHeader = codec.DefaultMaxPacketHeader
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	s := &Streams{
+		cfg:    cfg,
+		active: make(map[StreamKey]*Stream),
+		closed: make(map[StreamKey]*Stream),
+	}
+	if cfg.Committer != nil {
+		s.SetCommitter(cfg.Committer)
+	}
+	return s
+}
+
+// Config returns the configuration with defaults filled in.
+func (s *Streams) Config() Config { return s.cfg }
+
+// Active returns the number of open streams.
+func (s *Streams) Active() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.active)
+}
+
+// Pending returns the number of closed streams waiting for their commit.
+func (s *Streams) Pending() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.closed)
+}
+
+func (s *Streams) get(k StreamKey) *Stream {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.active[k]
+}
+
+// add registers st unless its key is taken.
+func (s *Streams) add(st *Stream) *pb.Error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.shut {
+		return errorf(pb.ErrorCode_CANCELLED, "server is shutting down")
+	}
+	if _, dup := s.active[st.Key]; dup {
+		return errorf(pb.ErrorCode_DUPLICATE_HEADER, "stream %v is already open", st.Key)
+	}
+	if _, dup := s.closed[st.Key]; dup {
+		return errorf(pb.ErrorCode_DUPLICATE_HEADER, "stream %v is already closed", st.Key)
+	}
+	s.active[st.Key] = st
+	return nil
+}
+
+func (s *Streams) remove(st *Stream) {
+	s.mu.Lock()
+	if s.active[st.Key] == st {
+		delete(s.active, st.Key)
+	}
+	s.mu.Unlock()
+}
+
+// park moves a stream closed on every peer to the table of streams waiting
+// for their entry.
+func (s *Streams) park(st *Stream) {
+	s.mu.Lock()
+	if s.active[st.Key] == st {
+		delete(s.active, st.Key)
+	}
+	st.parkedAt = time.Now()
+	s.closed[st.Key] = st
+	s.mu.Unlock()
+}
+
+func (s *Streams) unpark(k StreamKey) *Stream {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	st := s.closed[k]
+	delete(s.closed, k)
+	return st
+}
+
+// Link implements statemachine.Linker: it hands the committed entry and the
+// stream's closed channel, if this peer holds one, to the state machine.
+func (s *Streams) Link(ctx context.Context, e statemachine.Entry) error {
+	st := s.unpark(e.Key)
+	if st == nil {
+		return s.cfg.StateMachine.Link(ctx, e, nil)
+	}
+	// The channel is closed and its executor idle: no task touches it
+	// after the CLOSE write, so Link may use it from this goroutine.
+	return s.cfg.StateMachine.Link(ctx, e, st.ch)
+}
+
+// linkLocal is the standalone commit: a local index, linked at once.
+func (s *Streams) linkLocal(st *Stream) (*pb.RaftClientReply, error) {
+	idx := s.localIndex.Add(1)
+	e := statemachine.Entry{Index: idx, Key: st.Key, Request: st.Request, Length: st.length}
+	if err := s.Link(context.Background(), e); err != nil {
+		return nil, err
+	}
+	return &pb.RaftClientReply{
+		ClientId: st.Request.GetClientId(), CallId: st.Request.GetCallId(),
+		ServerId: s.cfg.ID, Success: true, LogIndex: idx,
+	}, nil
+}
+
+// PeerDown fails every stream that forwards to peer id: its connection is
+// gone, so their packets will never be acknowledged.
+func (s *Streams) PeerDown(id string, cause error) {
+	for _, st := range s.snapshot() {
+		if st.forwardsTo(id) {
+			st.fail(errorf(pb.ErrorCode_SUCCESSOR_FAILED, "connection to successor %s lost: %v", id, cause))
+		}
+	}
+}
+
+// UpstreamClosed fails every open stream whose packets came over up: the
+// client or predecessor is gone, so the stream can never be completed.
+func (s *Streams) UpstreamClosed(up *pipeline.Pipeline) {
+	for _, st := range s.snapshot() {
+		if st.upstream == up {
+			st.fail(errorf(pb.ErrorCode_CANCELLED, "upstream connection closed"))
+		}
+	}
+}
+
+func (s *Streams) snapshot() []*Stream {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := make([]*Stream, 0, len(s.active))
+	for _, st := range s.active {
+		out = append(out, st)
+	}
+	return out
+}
+
+// Sweep fails streams whose successors have not answered within the reply
+// timeout and cleans up closed streams whose entry never came. Servers call
+// it on a tick, since gnet has no deadlines.
+func (s *Streams) Sweep(now time.Time) {
+	for _, st := range s.snapshot() {
+		if since, ok := st.oldestUnanswered(); ok && now.Sub(since) > s.cfg.ReplyTimeout {
+			st.fail(errorf(pb.ErrorCode_TIMEOUT, "no reply from successors within %v", s.cfg.ReplyTimeout))
+		}
+	}
+	var stale []*Stream
+	s.mu.Lock()
+	for k, st := range s.closed {
+		if now.Sub(st.parkedAt) > s.cfg.LinkTimeout {
+			delete(s.closed, k)
+			stale = append(stale, st)
+		}
+	}
+	s.mu.Unlock()
+	for _, st := range stale {
+		s.cfg.Logger.Warn("handler: closed stream was never committed; cleaning up", "stream", st.Key)
+		st.cleanUp()
+	}
+}
+
+// Shutdown fails every open stream, cleans up every closed one waiting for
+// its entry, and waits for executors and commits to end or ctx to expire.
+func (s *Streams) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.shut = true
+	closed := s.closed
+	s.closed = make(map[StreamKey]*Stream)
+	s.mu.Unlock()
+	for _, st := range s.snapshot() {
+		st.fail(errorf(pb.ErrorCode_CANCELLED, "server is shutting down"))
+	}
+	for _, st := range closed {
+		st.cleanUp()
+	}
+	done := make(chan struct{})
+	go func() { s.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("handler: shutdown: %w", ctx.Err())
+	}
+}

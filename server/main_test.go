@@ -1,0 +1,210 @@
+package server_test
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"os"
+	"testing"
+	"time"
+
+	"github.com/pipestream/pipestream/internal/leaktest"
+
+	"github.com/pipestream/pipestream/codec"
+	"github.com/pipestream/pipestream/datastream"
+	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
+	"github.com/pipestream/pipestream/server"
+	"github.com/pipestream/pipestream/statemachine"
+	"github.com/pipestream/pipestream/transport"
+)
+
+func TestMain(m *testing.M) { leaktest.VerifyTestMain(m) }
+
+func quietLogger() *slog.Logger {
+	if os.Getenv("PIPESTREAM_TEST_LOG") != "" {
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	return slog.New(slog.NewTextHandler(io.Discard, nil))
+}
+
+// group is n peers started on loopback.
+type group struct {
+	servers []*server.Server
+	sms     []statemachine.StateMachine
+	peers   []datastream.Peer
+}
+
+type groupOpts struct {
+	kind  transport.Kind
+	sm    func(i int) statemachine.StateMachine
+	tweak func(*server.Config)
+}
+
+// startGroup starts n peers and waits until each reaches the others. Its
+// cleanup shuts them down; register buffertest.Check before calling it.
+func startGroup(t testing.TB, n int, o groupOpts) *group {
+	t.Helper()
+	if o.sm == nil {
+		o.sm = func(int) statemachine.StateMachine { return statemachine.NewMemoryHashing() }
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	g := &group{}
+	var peers []server.Peer
+	for i := 0; i < n; i++ {
+		peers = append(peers, server.Peer{ID: peerID(i)})
+	}
+	for i := 0; i < n; i++ {
+		cfg := server.Config{
+			ID: peerID(i), Peers: peers, StateMachine: o.sm(i),
+			Transport: o.kind, Logger: quietLogger(),
+		}
+		if o.tweak != nil {
+			o.tweak(&cfg)
+		}
+		s, err := server.Listen(ctx, cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			sctx, c := context.WithTimeout(context.Background(), 10*time.Second)
+			defer c()
+			if err := s.Shutdown(sctx); err != nil {
+				t.Errorf("shutdown %s: %v", s.ID(), err)
+			}
+		})
+		g.servers = append(g.servers, s)
+		g.sms = append(g.sms, cfg.StateMachine)
+		g.peers = append(g.peers, datastream.Peer{ID: peerID(i), Addr: s.Addr().String()})
+	}
+	for _, s := range g.servers {
+		for _, p := range g.peers {
+			s.SetPeerAddr(p.ID, p.Addr)
+		}
+	}
+	for _, s := range g.servers {
+		if err := s.WaitPeers(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return g
+}
+
+func peerID(i int) string { return string(rune('a'+i)) + "-peer" }
+
+func (g *group) client(t testing.TB, opts ...datastream.Option) *datastream.Client {
+	t.Helper()
+	c, err := datastream.NewClient(g.peers, append([]datastream.Option{datastream.WithLogger(quietLogger())}, opts...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
+func (g *group) memory(i int) *statemachine.Memory { return g.sms[i].(*statemachine.Memory) }
+
+// randomBytes fills n bytes from a seeded generator: fast, and the same for
+// the same seed.
+func randomBytes(seed uint64, n int) []byte {
+	r := rand.New(rand.NewChaCha8([32]byte{byte(seed), byte(seed >> 8), byte(seed >> 16)}))
+	b := make([]byte, n)
+	for i := 0; i+8 <= n; i += 8 {
+		binary.LittleEndian.PutUint64(b[i:], r.Uint64())
+	}
+	for i := n &^ 7; i < n; i++ {
+		b[i] = byte(r.Uint32())
+	}
+	return b
+}
+
+func key(c *datastream.Client, out *datastream.Output) statemachine.StreamKey {
+	return statemachine.StreamKey{ClientID: string(c.ID()), StreamID: out.ID()}
+}
+
+func sum(b []byte) [32]byte { return sha256.Sum256(b) }
+
+// raw is a bare protocol connection for sending frames a correct client
+// never would.
+type raw struct {
+	t      testing.TB
+	c      net.Conn
+	client []byte
+}
+
+func dialRaw(t testing.TB, addr string) *raw {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	return &raw{t: t, c: c, client: []byte("raw-client-0001!")}
+}
+
+func (r *raw) sendFrame(h *pb.DataStreamPacketHeader, body []byte) {
+	r.t.Helper()
+	frame, err := codec.EncodePacket(h, body)
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	defer frame.Release()
+	if _, err := r.c.Write(frame.Bytes()); err != nil {
+		r.t.Fatal(err)
+	}
+}
+
+func (r *raw) header(stream uint64, req *pb.RaftClientRequest) {
+	r.t.Helper()
+	body, err := protoMarshal(req)
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	r.sendFrame(&pb.DataStreamPacketHeader{
+		ClientId: r.client, Type: pb.DataStreamPacketHeader_STREAM_HEADER,
+		StreamId: stream, DataLength: uint64(len(body)),
+	}, body)
+}
+
+func (r *raw) data(stream, offset uint64, body []byte, opts ...pb.DataStreamPacketHeader_Option) {
+	r.t.Helper()
+	var bits uint32
+	for _, o := range opts {
+		bits |= uint32(o)
+	}
+	r.sendFrame(&pb.DataStreamPacketHeader{
+		ClientId: r.client, Type: pb.DataStreamPacketHeader_STREAM_DATA,
+		StreamId: stream, StreamOffset: offset, DataLength: uint64(len(body)), Options: bits,
+	}, body)
+}
+
+// reply reads the next reply frame.
+func (r *raw) reply() (*pb.DataStreamReplyHeader, *pb.RaftClientReply) {
+	r.t.Helper()
+	_ = r.c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	var n [4]byte
+	if _, err := io.ReadFull(r.c, n[:]); err != nil {
+		r.t.Fatalf("read reply: %v", err)
+	}
+	b := make([]byte, 4+binary.BigEndian.Uint32(n[:]))
+	copy(b, n[:])
+	if _, err := io.ReadFull(r.c, b[4:]); err != nil {
+		r.t.Fatalf("read reply: %v", err)
+	}
+	h, rcr, err := codec.DecodeReply(b, codec.DefaultMaxPacketHeader)
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	return h, rcr
+}
+
+func (r *raw) request(stream uint64, primary string, table *pb.RoutingTable) *pb.RaftClientRequest {
+	return &pb.RaftClientRequest{
+		ClientId: r.client, CallId: stream, ServerId: primary,
+		Type: pb.RaftClientRequest_STREAM, Message: []byte("raw"), RoutingTable: table,
+	}
+}

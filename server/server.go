@@ -1,0 +1,353 @@
+// Package server runs one DataStream peer: a transport listener whose
+// connections carry the handler stages, connections to the other peers of
+// the group for forwarding, and the tick that sweeps timeouts.
+package server
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/pipestream/pipestream/codec"
+	"github.com/pipestream/pipestream/handler"
+	"github.com/pipestream/pipestream/statemachine"
+	"github.com/pipestream/pipestream/transport"
+)
+
+// ErrPeerUnavailable is returned for a stream whose successor has no live
+// connection at the time its header arrives.
+var ErrPeerUnavailable = errors.New("server: peer unavailable")
+
+// DefaultPeerOutbound bounds the bytes queued on a connection to a
+// successor.
+const DefaultPeerOutbound = 512 << 20
+
+// Peer is a member of the group.
+type Peer struct {
+	ID   string
+	Addr string // DataStream address; may be empty for this server itself
+}
+
+// Config configures a Server. ID, Peers and StateMachine are required.
+type Config struct {
+	ID    string
+	Addr  string // listen address; default "127.0.0.1:0"
+	Peers []Peer // every member, this one included
+
+	StateMachine statemachine.StateMachine
+	// Committer commits closed streams; nil runs standalone (see
+	// handler.Config). It can also be set later with SetCommitter.
+	Committer statemachine.Committer
+
+	// Transport picks gnet (default) or net.Conn; TransportOptions go to
+	// both the listener and the connections to peers.
+	Transport        transport.Kind
+	TransportOptions []transport.Option
+
+	MaxFrame      int           // default codec.DefaultMaxPacketFrame
+	MaxHeader     int           // default codec.DefaultMaxPacketHeader
+	ReplyTimeout  time.Duration // default handler.DefaultReplyTimeout
+	CommitTimeout time.Duration // default handler.DefaultCommitTimeout
+	LinkTimeout   time.Duration // default handler.DefaultLinkTimeout
+	// SweepInterval is the tick on which timeouts are checked; default
+	// one second, or a tenth of the reply timeout if that is shorter.
+	SweepInterval time.Duration
+	// RedialInterval is the longest wait between attempts to reconnect to
+	// a peer; default one second.
+	RedialInterval time.Duration
+	// HandshakeTimeout bounds connecting to a peer and its answer to the
+	// first PING; default three seconds.
+	HandshakeTimeout time.Duration
+
+	Logger *slog.Logger
+}
+
+// Server is one running peer.
+type Server struct {
+	cfg      Config
+	streams  *handler.Streams
+	ln       transport.Server
+	dialer   *transport.Dialer // gnet only
+	peerOpts []transport.Option
+	log      *slog.Logger
+
+	ctx    context.Context // cancelled by Shutdown
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu    sync.Mutex
+	addrs map[string]string
+	conns map[string]transport.Channel
+	up    chan struct{} // closed and replaced whenever a peer connects
+}
+
+// Listen starts a peer: it binds the listener, starts connecting to the
+// other peers in the background and returns. Use WaitPeers to wait until
+// every peer is reachable.
+func Listen(ctx context.Context, cfg Config) (*Server, error) {
+	if cfg.ID == "" || cfg.StateMachine == nil {
+		return nil, errors.New("server: Config needs ID and StateMachine")
+	}
+	var ids []string
+	addrs := make(map[string]string)
+	for _, p := range cfg.Peers {
+		ids = append(ids, p.ID)
+		addrs[p.ID] = p.Addr
+	}
+	if _, ok := addrs[cfg.ID]; !ok {
+		return nil, fmt.Errorf("server: peer list does not include this server %q", cfg.ID)
+	}
+	if cfg.Addr == "" {
+		cfg.Addr = "127.0.0.1:0"
+	}
+	if cfg.MaxFrame <= 0 {
+		cfg.MaxFrame = codec.DefaultMaxPacketFrame
+	}
+	if cfg.RedialInterval <= 0 {
+		cfg.RedialInterval = time.Second
+	}
+	if cfg.HandshakeTimeout <= 0 {
+		cfg.HandshakeTimeout = 3 * time.Second
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
+	s := &Server{
+		cfg:   cfg,
+		log:   cfg.Logger.With("peer", cfg.ID),
+		addrs: addrs,
+		conns: make(map[string]transport.Channel),
+		up:    make(chan struct{}),
+	}
+	s.streams = handler.NewStreams(handler.Config{
+		ID:            cfg.ID,
+		Peers:         ids,
+		Dial:          s.successor,
+		StateMachine:  cfg.StateMachine,
+		Committer:     cfg.Committer,
+		ReplyTimeout:  cfg.ReplyTimeout,
+		CommitTimeout: cfg.CommitTimeout,
+		LinkTimeout:   cfg.LinkTimeout,
+		MaxHeader:     cfg.MaxHeader,
+		Logger:        s.log,
+	})
+	if cfg.SweepInterval <= 0 {
+		cfg.SweepInterval = min(time.Second, s.streams.Config().ReplyTimeout/10)
+		s.cfg.SweepInterval = cfg.SweepInterval
+	}
+	opts := append([]transport.Option{transport.WithLogger(s.log)}, cfg.TransportOptions...)
+	// A successor connection queues what every client forwards through
+	// this peer; each client bounds its own bytes in flight, so this bound
+	// is a safety net sized for several of them (issue: server-side
+	// back-pressure per connection).
+	peerOpts := append([]transport.Option{transport.WithLogger(s.log), transport.WithMaxOutbound(DefaultPeerOutbound)}, cfg.TransportOptions...)
+	s.peerOpts = peerOpts
+	if cfg.Transport == transport.Gnet {
+		d, err := transport.NewDialer(peerOpts...)
+		if err != nil {
+			return nil, err
+		}
+		s.dialer = d
+	}
+	ln, err := cfg.Transport.Listen(ctx, cfg.Addr, s.initUpstream, opts...)
+	if err != nil {
+		if s.dialer != nil {
+			_ = s.dialer.Close()
+		}
+		return nil, fmt.Errorf("server %s: %w", cfg.ID, err)
+	}
+	s.ln = ln
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	s.wg.Add(1)
+	go s.sweep()
+	for id := range addrs {
+		if id != cfg.ID {
+			s.wg.Add(1)
+			go s.connect(id)
+		}
+	}
+	return s, nil
+}
+
+// ID returns the server's peer id.
+func (s *Server) ID() string { return s.cfg.ID }
+
+// Addr returns the DataStream listen address.
+func (s *Server) Addr() net.Addr { return s.ln.Addr() }
+
+// Streams returns the stream table; it is the statemachine.Linker the
+// commit path calls on this peer.
+func (s *Server) Streams() *handler.Streams { return s.streams }
+
+// SetCommitter sets the committer, for wiring a Raft node that needs the
+// server's Linker before it can be built. Set it before streams close.
+func (s *Server) SetCommitter(c statemachine.Committer) { s.streams.SetCommitter(c) }
+
+// SetPeerAddr sets or changes the address of peer id, for groups whose
+// members learn each other's ports after binding to port 0.
+func (s *Server) SetPeerAddr(id, addr string) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.addrs[id] = addr
+}
+
+func (s *Server) initUpstream(ch transport.Channel) {
+	if err := handler.Install(ch.Pipeline(), s.streams, s.cfg.MaxFrame); err != nil {
+		s.log.Error("server: cannot set up connection", "err", err)
+		_ = ch.Close()
+	}
+}
+
+// successor is the handler.PeerDialer: the live connection to id, or an
+// error at once.
+func (s *Server) successor(id string) (handler.Successor, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if c := s.conns[id]; c != nil {
+		return c.Pipeline(), nil
+	}
+	return nil, fmt.Errorf("%w: %s", ErrPeerUnavailable, id)
+}
+
+// WaitPeers blocks until this server has a live connection to every other
+// peer, or ctx is done.
+func (s *Server) WaitPeers(ctx context.Context) error {
+	for {
+		s.mu.Lock()
+		missing := ""
+		for id := range s.addrs {
+			if id != s.cfg.ID && s.conns[id] == nil {
+				missing = id
+				break
+			}
+		}
+		up := s.up
+		s.mu.Unlock()
+		if missing == "" {
+			return nil
+		}
+		select {
+		case <-up:
+		case <-ctx.Done():
+			return fmt.Errorf("server %s: waiting for peer %s: %w", s.cfg.ID, missing, ctx.Err())
+		}
+	}
+}
+
+// connect keeps a connection to peer id up until Shutdown, redialing with
+// a capped exponential backoff.
+func (s *Server) connect(id string) {
+	defer s.wg.Done()
+	backoff := 10 * time.Millisecond
+	for s.ctx.Err() == nil {
+		s.mu.Lock()
+		addr := s.addrs[id]
+		s.mu.Unlock()
+		var ch transport.Channel
+		var err error
+		if addr == "" {
+			err = errors.New("address unknown")
+		} else {
+			ch, err = s.dial(addr, id)
+		}
+		if err == nil {
+			s.log.Debug("server: connected to peer", "to", id, "local", ch.LocalAddr(), "remote", ch.RemoteAddr())
+			backoff = 10 * time.Millisecond
+			s.mu.Lock()
+			s.conns[id] = ch
+			close(s.up)
+			s.up = make(chan struct{})
+			s.mu.Unlock()
+			select {
+			case <-ch.Done():
+			case <-s.ctx.Done():
+				_ = ch.Close()
+				<-ch.Done()
+			}
+			s.mu.Lock()
+			delete(s.conns, id)
+			s.mu.Unlock()
+			continue
+		}
+		s.log.Debug("server: peer not reachable yet", "to", id, "err", err)
+		select {
+		case <-time.After(backoff):
+		case <-s.ctx.Done():
+		}
+		backoff = min(2*backoff, s.cfg.RedialInterval)
+	}
+}
+
+// dial connects to peer id and returns once the peer has answered a PING,
+// so that a socket accepted by a server on its way down never counts as a
+// live successor.
+func (s *Server) dial(addr, id string) (transport.Channel, error) {
+	ctx, cancel := context.WithTimeout(s.ctx, s.cfg.HandshakeTimeout)
+	defer cancel()
+	var replies *handler.SuccessorReplies
+	init := func(ch transport.Channel) {
+		var err error
+		if replies, err = handler.InstallSuccessor(ch.Pipeline(), s.streams, id, s.cfg.MaxFrame); err != nil {
+			s.log.Error("server: cannot set up peer connection", "err", err)
+			_ = ch.Close()
+		}
+	}
+	var (
+		ch  transport.Channel
+		err error
+	)
+	if s.dialer != nil {
+		ch, err = s.dialer.Dial(ctx, addr, init)
+	} else {
+		ch, err = s.cfg.Transport.Dial(ctx, addr, init, s.peerOpts...)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if err := handler.Ping(ch); err != nil {
+		_ = ch.Close()
+		return nil, err
+	}
+	select {
+	case <-replies.Pong:
+		return ch, nil
+	case <-ch.Done():
+		return nil, fmt.Errorf("connection to %s closed before it answered a ping", addr)
+	case <-ctx.Done():
+		_ = ch.Close()
+		<-ch.Done()
+		return nil, fmt.Errorf("%s did not answer a ping: %w", addr, ctx.Err())
+	}
+}
+
+func (s *Server) sweep() {
+	defer s.wg.Done()
+	t := time.NewTicker(s.cfg.SweepInterval)
+	defer t.Stop()
+	for {
+		select {
+		case now := <-t.C:
+			s.streams.Sweep(now)
+		case <-s.ctx.Done():
+			return
+		}
+	}
+}
+
+// Shutdown stops accepting, closes every connection, fails the open
+// streams, and waits for every goroutine of the server to end or ctx to be
+// done.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.cancel()
+	errs := []error{s.ln.Shutdown(ctx)}
+	s.wg.Wait()
+	if s.dialer != nil {
+		errs = append(errs, s.dialer.Close())
+	}
+	errs = append(errs, s.streams.Shutdown(ctx))
+	return errors.Join(errs...)
+}
