@@ -14,6 +14,7 @@ import (
 
 	"github.com/pipestream/pipestream/codec"
 	"github.com/pipestream/pipestream/handler"
+	"github.com/pipestream/pipestream/pipeline"
 	"github.com/pipestream/pipestream/statemachine"
 	"github.com/pipestream/pipestream/transport"
 )
@@ -62,6 +63,13 @@ type Config struct {
 	// HandshakeTimeout bounds connecting to a peer and its answer to the
 	// first PING; default three seconds.
 	HandshakeTimeout time.Duration
+
+	// Pipeline, if set, is called for every client or predecessor
+	// connection after the server stages are installed (see the
+	// handler.Stage names), on the connection's event loop before its
+	// first read. It may add, wrap or replace stages; an error closes the
+	// connection. Connections to successors are not passed to it.
+	Pipeline func(p *pipeline.Pipeline) error
 
 	Logger *slog.Logger
 }
@@ -196,7 +204,11 @@ func (s *Server) SetPeerAddr(id, addr string) {
 }
 
 func (s *Server) initUpstream(ch transport.Channel) {
-	if err := handler.Install(ch.Pipeline(), s.streams, s.cfg.MaxFrame); err != nil {
+	err := handler.Install(ch.Pipeline(), s.streams, s.cfg.MaxFrame)
+	if err == nil && s.cfg.Pipeline != nil {
+		err = s.cfg.Pipeline(ch.Pipeline())
+	}
+	if err != nil {
 		s.log.Error("server: cannot set up connection", "err", err)
 		_ = ch.Close()
 	}
