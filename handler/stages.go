@@ -2,6 +2,8 @@ package handler
 
 import (
 	"fmt"
+	"sync/atomic"
+	"time"
 
 	"google.golang.org/protobuf/proto"
 
@@ -33,9 +35,23 @@ func errorReply(p *pipeline.Pipeline, h *pb.DataStreamPacketHeader, e *pb.Error)
 // Router maps each packet to its stream. A STREAM_HEADER opens the stream
 // on this peer (and, through the later stages, on its successors); data
 // must follow in order. It runs on the connection's event loop and must not
-// block.
+// block. A Router belongs to one connection.
 type Router struct {
 	Streams *Streams
+	conn    connState
+}
+
+// connState is what one connection's streams count against its limits.
+type connState struct {
+	streams  atomic.Int32 // open streams
+	inflight atomic.Int64 // body bytes admitted and not yet answered
+
+	// Owned by the event loop. A client connection is bound to the client
+	// id of its first stream; a peer connection opens with a PING and
+	// carries the streams of every client it forwards.
+	client string
+	peer   bool
+	seen   bool
 }
 
 // ChannelRead implements pipeline.ReadHandler.
@@ -45,31 +61,69 @@ func (r *Router) ChannelRead(ctx *pipeline.Context, msg any) {
 		ctx.FireChannelRead(msg)
 		return
 	}
-	var (
-		st *Stream
-		e  *pb.Error
-	)
-	switch p.Header.GetType() {
-	case pb.DataStreamPacketHeader_STREAM_HEADER:
-		st, e = r.open(ctx.Pipeline(), p)
-	case pb.DataStreamPacketHeader_STREAM_DATA:
-		st, e = r.data(ctx.Pipeline(), p)
-	case pb.DataStreamPacketHeader_PING:
+	if !r.conn.seen {
+		r.conn.seen = true
+		r.conn.peer = p.Header.GetType() == pb.DataStreamPacketHeader_PING
+	}
+	if p.Header.GetType() == pb.DataStreamPacketHeader_PING {
 		writeReply(ctx.Pipeline(), &Reply{Header: &pb.DataStreamReplyHeader{PacketHeader: p.Header, Success: true, ServerId: r.Streams.cfg.ID}})
 		_ = ctx.Pipeline().Flush()
 		p.Release()
 		return
-	default:
-		e = errorf(pb.ErrorCode_BAD_HEADER, "unknown packet type %v", p.Header.GetType())
 	}
-	if e != nil {
+	st, e := r.route(ctx.Pipeline(), p)
+	if st == nil {
 		errorReply(ctx.Pipeline(), p.Header, e)
 		p.Release()
 		return
 	}
+	// A packet refused for a stream that exists (and has now failed) still
+	// takes its place in the stream's reply order, so the client sees the
+	// replies of earlier packets first.
+	p.err = e
+	r.conn.inflight.Add(int64(p.Header.GetDataLength()))
+	st.lastActive.Store(time.Now().UnixNano())
 	p.Stream = st
 	p.parts.Store(1) // the pipeline pass; the Replier ends it
 	ctx.FireChannelRead(p)
+}
+
+// route finds or opens p's stream. A nil stream comes with an error; a
+// stream may come with one too, when p is refused and the stream failed.
+func (r *Router) route(up *pipeline.Pipeline, p *Packet) (*Stream, *pb.Error) {
+	c := &r.conn
+	if !c.peer {
+		if c.client == "" {
+			c.client = string(p.Header.GetClientId())
+		} else if c.client != string(p.Header.GetClientId()) {
+			return nil, errorf(pb.ErrorCode_FORBIDDEN, "this connection belongs to another client")
+		}
+	}
+	switch p.Header.GetType() {
+	case pb.DataStreamPacketHeader_STREAM_HEADER:
+		if e := r.checkBytes(p); e != nil {
+			return nil, e
+		}
+		return r.open(up, p)
+	case pb.DataStreamPacketHeader_STREAM_DATA:
+		st, e := r.data(up, p)
+		if e == nil {
+			e = r.checkBytes(p)
+		}
+		if st != nil && e != nil {
+			st.fail(e)
+		}
+		return st, e
+	}
+	return nil, errorf(pb.ErrorCode_BAD_HEADER, "unknown packet type %v", p.Header.GetType())
+}
+
+func (r *Router) checkBytes(p *Packet) *pb.Error {
+	n, limit := r.conn.inflight.Load(), r.Streams.cfg.MaxConnBytes
+	if n+int64(p.Header.GetDataLength()) > limit {
+		return errorf(pb.ErrorCode_LIMIT_EXCEEDED, "connection has %d bytes unanswered, its limit is %d", n, limit)
+	}
+	return nil
 }
 
 // ChannelInactive fails the streams whose packets came over this
@@ -110,10 +164,14 @@ func (r *Router) open(up *pipeline.Pipeline, p *Packet) (*Stream, *pb.Error) {
 		}
 		succ[i] = c
 	}
-	st := newStream(s, p.Key(), req, primary == s.cfg.ID, up, succIDs, succ)
+	if n := r.conn.streams.Load(); int(n) >= s.cfg.MaxStreamsPerConn {
+		return nil, errorf(pb.ErrorCode_LIMIT_EXCEEDED, "connection has %d open streams, its limit", n)
+	}
+	st := newStream(s, p.Key(), req, primary == s.cfg.ID, up, &r.conn, succIDs, succ)
 	if e := s.add(st); e != nil {
 		return nil, e
 	}
+	r.conn.streams.Add(1)
 	return st, nil
 }
 
@@ -139,14 +197,10 @@ func (r *Router) data(up *pipeline.Pipeline, p *Packet) (*Stream, *pb.Error) {
 		return st, nil
 	}
 	if st.closing {
-		e := errorf(pb.ErrorCode_BAD_HEADER, "data after CLOSE")
-		st.fail(e)
-		return nil, e
+		return st, errorf(pb.ErrorCode_BAD_HEADER, "data after CLOSE")
 	}
 	if off := p.Header.GetStreamOffset(); off != st.received {
-		e := errorf(pb.ErrorCode_OFFSET_MISMATCH, "offset %d, expected %d", off, st.received)
-		st.fail(e)
-		return nil, e
+		return st, errorf(pb.ErrorCode_OFFSET_MISMATCH, "offset %d, expected %d", off, st.received)
 	}
 	st.received += p.Header.GetDataLength()
 	st.closing = p.Has(pb.DataStreamPacketHeader_CLOSE)
@@ -159,7 +213,7 @@ type Writer struct{}
 
 // ChannelRead implements pipeline.ReadHandler.
 func (Writer) ChannelRead(ctx *pipeline.Context, msg any) {
-	if p, ok := msg.(*Packet); ok && p.Stream != nil && !p.Has(pb.DataStreamPacketHeader_ABORT) {
+	if p, ok := msg.(*Packet); ok && p.Stream != nil && p.err == nil && !p.Has(pb.DataStreamPacketHeader_ABORT) {
 		p.parts.Add(1)
 		p.Stream.exec.Submit(task{kind: taskWrite, p: p})
 	}
@@ -172,7 +226,7 @@ type Forwarder struct{}
 
 // ChannelRead implements pipeline.ReadHandler.
 func (Forwarder) ChannelRead(ctx *pipeline.Context, msg any) {
-	if p, ok := msg.(*Packet); ok && p.Stream != nil && !p.Has(pb.DataStreamPacketHeader_ABORT) {
+	if p, ok := msg.(*Packet); ok && p.Stream != nil && p.err == nil && !p.Has(pb.DataStreamPacketHeader_ABORT) {
 		p.Stream.forward(p)
 	}
 	ctx.FireChannelRead(msg)

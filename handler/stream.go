@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/pipestream/pipestream/codec"
@@ -22,6 +23,7 @@ type Stream struct {
 
 	s        *Streams
 	upstream *pipeline.Pipeline // replies go here
+	conn     *connState         // the upstream connection's counters
 	succIDs  []string
 	succ     []Successor
 	exec     *serial.Queue[task]
@@ -29,6 +31,9 @@ type Stream struct {
 	// Owned by the upstream connection's event loop.
 	received uint64
 	closing  bool
+
+	lastActive atomic.Int64 // unix nanoseconds of the last packet
+	ended      atomic.Bool  // the connection's stream count was given back
 
 	// Owned by the executor.
 	ch      statemachine.DataChannel
@@ -56,15 +61,23 @@ type task struct {
 	p    *Packet
 }
 
-func newStream(s *Streams, key StreamKey, req *pb.RaftClientRequest, primary bool, up *pipeline.Pipeline, succIDs []string, succ []Successor) *Stream {
+func newStream(s *Streams, key StreamKey, req *pb.RaftClientRequest, primary bool, up *pipeline.Pipeline, conn *connState, succIDs []string, succ []Successor) *Stream {
 	st := &Stream{
 		Key: key, Request: req, Primary: primary,
-		s: s, upstream: up, succIDs: succIDs, succ: succ,
+		s: s, upstream: up, conn: conn, succIDs: succIDs, succ: succ,
 		awaiting: make([][]*Packet, len(succ)),
 		sentAt:   make([][]time.Time, len(succ)),
 	}
 	st.exec = serial.New(st.run, &s.wg)
+	st.lastActive.Store(time.Now().UnixNano())
 	return st
+}
+
+// end gives the stream's place on its connection back, once.
+func (st *Stream) end() {
+	if st.ended.CompareAndSwap(false, true) {
+		st.conn.streams.Add(-1)
+	}
 }
 
 // Successors returns the ids of the peers this stream is forwarded to.
@@ -259,6 +272,7 @@ func (st *Stream) fail(e *pb.Error) {
 	st.mu.Unlock()
 
 	st.s.remove(st)
+	st.end()
 	st.abortSuccessors()
 	st.exec.Submit(task{kind: taskCleanUp})
 	for _, p := range released {
@@ -316,6 +330,7 @@ func (st *Stream) flushReplies() {
 			break
 		}
 		st.replies = st.replies[1:]
+		st.conn.inflight.Add(-int64(p.Header.GetDataLength()))
 		writeReply(st.upstream, st.replyFor(p, err))
 		p.Release()
 		wrote = true
@@ -353,6 +368,7 @@ func (st *Stream) replyFor(p *Packet, err *pb.Error) *Reply {
 func (st *Stream) finishClose(p *Packet) {
 	defer st.s.wg.Done()
 	st.s.park(st)
+	st.end()
 	var (
 		reply *pb.RaftClientReply
 		err   error

@@ -53,7 +53,18 @@ type Config struct {
 	LinkTimeout time.Duration
 	// MaxHeader bounds a packet header and a stream's header request.
 	MaxHeader int
-	Logger    *slog.Logger
+	// MaxStreams bounds the open streams of this peer.
+	MaxStreams int
+	// MaxStreamsPerConn bounds the open streams of one connection.
+	MaxStreamsPerConn int
+	// MaxConnBytes bounds the packet bytes one connection may have
+	// admitted and not yet answered. A client keeps within it by its
+	// window; one that does not has its packet refused and its stream
+	// failed, rather than this peer's memory grown.
+	MaxConnBytes int64
+	// IdleTimeout fails a stream that receives no packet for this long.
+	IdleTimeout time.Duration
+	Logger      *slog.Logger
 }
 
 // Defaults for Config's zero fields.
@@ -61,6 +72,11 @@ const (
 	DefaultReplyTimeout  = 10 * time.Second
 	DefaultCommitTimeout = 30 * time.Second
 	DefaultLinkTimeout   = 5 * time.Minute
+	DefaultIdleTimeout   = time.Minute
+
+	DefaultMaxStreams        = 4096
+	DefaultMaxStreamsPerConn = 1024
+	DefaultMaxConnBytes      = 256 << 20
 )
 
 // Streams is one server's stream table, shared by its connections. It also
@@ -98,6 +114,18 @@ func NewStreams(cfg Config) *Streams {
 	}
 	if cfg.LinkTimeout <= 0 {
 		cfg.LinkTimeout = DefaultLinkTimeout
+	}
+	if cfg.MaxStreams <= 0 {
+		cfg.MaxStreams = DefaultMaxStreams
+	}
+	if cfg.MaxStreamsPerConn <= 0 {
+		cfg.MaxStreamsPerConn = DefaultMaxStreamsPerConn
+	}
+	if cfg.MaxConnBytes <= 0 {
+		cfg.MaxConnBytes = DefaultMaxConnBytes
+	}
+	if cfg.IdleTimeout <= 0 {
+		cfg.IdleTimeout = DefaultIdleTimeout
 	}
 	if cfg.MaxHeader <= 0 {
 		cfg.MaxHeader = codec.DefaultMaxPacketHeader
@@ -145,6 +173,9 @@ func (s *Streams) add(st *Stream) *pb.Error {
 	defer s.mu.Unlock()
 	if s.shut {
 		return errorf(pb.ErrorCode_CANCELLED, "server is shutting down")
+	}
+	if len(s.active) >= s.cfg.MaxStreams {
+		return errorf(pb.ErrorCode_LIMIT_EXCEEDED, "this peer has %d open streams, its limit", len(s.active))
 	}
 	if _, dup := s.active[st.Key]; dup {
 		return errorf(pb.ErrorCode_DUPLICATE_HEADER, "stream %v is already open", st.Key)
@@ -246,6 +277,8 @@ func (s *Streams) Sweep(now time.Time) {
 	for _, st := range s.snapshot() {
 		if since, ok := st.oldestUnanswered(); ok && now.Sub(since) > s.cfg.ReplyTimeout {
 			st.fail(errorf(pb.ErrorCode_TIMEOUT, "no reply from successors within %v", s.cfg.ReplyTimeout))
+		} else if idle := now.Sub(time.Unix(0, st.lastActive.Load())); idle > s.cfg.IdleTimeout {
+			st.fail(errorf(pb.ErrorCode_TIMEOUT, "no packet for %v", s.cfg.IdleTimeout))
 		}
 	}
 	var stale []*Stream

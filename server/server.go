@@ -54,6 +54,11 @@ type Config struct {
 	ReplyTimeout  time.Duration // default handler.DefaultReplyTimeout
 	CommitTimeout time.Duration // default handler.DefaultCommitTimeout
 	LinkTimeout   time.Duration // default handler.DefaultLinkTimeout
+	IdleTimeout   time.Duration // default handler.DefaultIdleTimeout
+	// Limits; see handler.Config. Zero means the handler's default.
+	MaxStreams        int
+	MaxStreamsPerConn int
+	MaxConnBytes      int64
 	// SweepInterval is the tick on which timeouts are checked; default
 	// one second, or a tenth of the reply timeout if that is shorter.
 	SweepInterval time.Duration
@@ -140,11 +145,17 @@ func Listen(ctx context.Context, cfg Config) (*Server, error) {
 		ReplyTimeout:  cfg.ReplyTimeout,
 		CommitTimeout: cfg.CommitTimeout,
 		LinkTimeout:   cfg.LinkTimeout,
+		IdleTimeout:   cfg.IdleTimeout,
 		MaxHeader:     cfg.MaxHeader,
-		Logger:        s.log,
+
+		MaxStreams:        cfg.MaxStreams,
+		MaxStreamsPerConn: cfg.MaxStreamsPerConn,
+		MaxConnBytes:      cfg.MaxConnBytes,
+		Logger:            s.log,
 	})
 	if cfg.SweepInterval <= 0 {
-		cfg.SweepInterval = min(time.Second, s.streams.Config().ReplyTimeout/10)
+		hc := s.streams.Config()
+		cfg.SweepInterval = min(time.Second, hc.ReplyTimeout/10, hc.IdleTimeout/10)
 		s.cfg.SweepInterval = cfg.SweepInterval
 	}
 	opts := append([]transport.Option{transport.WithLogger(s.log)}, cfg.TransportOptions...)

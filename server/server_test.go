@@ -406,3 +406,28 @@ func TestSuccessorDies(t *testing.T) {
 		t.Fatalf("stream through a dead peer: %v, want SUCCESSOR_FAILED", err)
 	}
 }
+
+type statemachineSM = statemachine.StateMachine
+
+func newMemory() *statemachine.Memory { return statemachine.NewMemory() }
+
+// blockingSM holds every write until hold is closed.
+type blockingSM struct {
+	*statemachine.Memory
+	hold chan struct{}
+}
+
+func (b *blockingSM) OpenStream(ctx context.Context, k statemachine.StreamKey, req *pb.RaftClientRequest) (statemachine.DataChannel, error) {
+	ch, err := b.Memory.OpenStream(ctx, k, req)
+	return &blockingChannel{DataChannel: ch, hold: b.hold}, err
+}
+
+type blockingChannel struct {
+	statemachine.DataChannel
+	hold chan struct{}
+}
+
+func (c *blockingChannel) Write(p []byte) (int, error) {
+	<-c.hold
+	return c.DataChannel.Write(p)
+}

@@ -1,0 +1,133 @@
+package server_test
+
+import (
+	"testing"
+	"time"
+
+	"github.com/pipestream/pipestream/buffer/buffertest"
+	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
+	"github.com/pipestream/pipestream/server"
+)
+
+func TestStreamLimits(t *testing.T) {
+	buffertest.Check(t)
+	g := startGroup(t, 1, groupOpts{tweak: func(c *server.Config) {
+		c.MaxStreamsPerConn = 2
+		c.MaxStreams = 3
+	}})
+	a := dialRaw(t, g.peers[0].Addr)
+	for id := uint64(1); id <= 2; id++ {
+		a.header(id, a.request(id, g.peers[0].ID, nil))
+		if h, _ := a.reply(); !h.GetSuccess() {
+			t.Fatalf("stream %d refused: %v", id, h)
+		}
+	}
+	a.header(3, a.request(3, g.peers[0].ID, nil))
+	if h, _ := a.reply(); h.GetErrorCode() != pb.ErrorCode_LIMIT_EXCEEDED {
+		t.Fatalf("third stream on one connection: %v, want LIMIT_EXCEEDED", h)
+	}
+
+	b := dialRaw(t, g.peers[0].Addr)
+	b.client = []byte("another-client!!")
+	b.header(1, b.request(1, g.peers[0].ID, nil))
+	if h, _ := b.reply(); !h.GetSuccess() {
+		t.Fatalf("stream on a second connection refused: %v", h)
+	}
+	b.header(2, b.request(2, g.peers[0].ID, nil))
+	if h, _ := b.reply(); h.GetErrorCode() != pb.ErrorCode_LIMIT_EXCEEDED {
+		t.Fatalf("fourth stream on the peer: %v, want LIMIT_EXCEEDED", h)
+	}
+
+	// Closing a stream gives its place back.
+	a.data(1, 0, nil, pb.DataStreamPacketHeader_CLOSE)
+	if h, _ := a.reply(); !h.GetSuccess() {
+		t.Fatalf("close: %v", h)
+	}
+	a.header(4, a.request(4, g.peers[0].ID, nil))
+	if h, _ := a.reply(); !h.GetSuccess() {
+		t.Fatalf("stream after a close: %v", h)
+	}
+}
+
+func TestConnectionBoundToClient(t *testing.T) {
+	buffertest.Check(t)
+	g := startGroup(t, 1, groupOpts{})
+	r := dialRaw(t, g.peers[0].Addr)
+	r.header(1, r.request(1, g.peers[0].ID, nil))
+	r.reply()
+
+	other := []byte("intruder-client!")
+	r.client, other = other, r.client
+	r.header(2, r.request(2, g.peers[0].ID, nil))
+	if h, _ := r.reply(); h.GetErrorCode() != pb.ErrorCode_FORBIDDEN {
+		t.Fatalf("header for another client: %v, want FORBIDDEN", h)
+	}
+	r.data(1, 0, []byte("x"))
+	if h, _ := r.reply(); h.GetErrorCode() != pb.ErrorCode_FORBIDDEN {
+		t.Fatalf("data for another client's stream: %v, want FORBIDDEN", h)
+	}
+
+	// Nor can a second connection write to the first one's stream.
+	r2 := dialRaw(t, g.peers[0].Addr)
+	r2.client = other
+	r2.data(1, 0, []byte("x"))
+	if h, _ := r2.reply(); h.GetErrorCode() != pb.ErrorCode_FORBIDDEN {
+		t.Fatalf("data from another connection: %v, want FORBIDDEN", h)
+	}
+	r.client = other
+	r.data(1, 0, []byte("mine"), pb.DataStreamPacketHeader_CLOSE)
+	if h, _ := r.reply(); !h.GetSuccess() || h.GetBytesWritten() != 4 {
+		t.Fatalf("the owner's close: %v", h)
+	}
+}
+
+func TestConnectionByteLimit(t *testing.T) {
+	buffertest.Check(t)
+	hold := make(chan struct{})
+	g := startGroup(t, 1, groupOpts{
+		sm:    func(int) statemachineSM { return &blockingSM{Memory: newMemory(), hold: hold} },
+		tweak: func(c *server.Config) { c.MaxConnBytes = 1 << 20 },
+	})
+	r := dialRaw(t, g.peers[0].Addr)
+	r.header(1, r.request(1, g.peers[0].ID, nil))
+	r.reply()
+	// The state machine holds the writes, so nothing is answered: the
+	// second packet would put the connection over its limit.
+	r.data(1, 0, make([]byte, 600<<10))
+	r.data(1, 600<<10, make([]byte, 600<<10))
+	// Refusing the second packet fails the stream, which takes it out of
+	// the table; only then may the first write finish.
+	deadline := time.Now().Add(10 * time.Second)
+	for g.servers[0].Streams().Active() != 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the stream is still open after a packet over the limit")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	close(hold)
+	first, _ := r.reply()
+	second, _ := r.reply()
+	if second.GetErrorCode() != pb.ErrorCode_LIMIT_EXCEEDED {
+		t.Fatalf("packet over the connection's limit: %v, want LIMIT_EXCEEDED", second)
+	}
+	if first.GetSuccess() {
+		t.Fatalf("the stream went on after a refused packet: %v", first)
+	}
+	g.waitClean(t)
+}
+
+func TestIdleStreamTimesOut(t *testing.T) {
+	buffertest.Check(t)
+	g := startGroup(t, 3, groupOpts{tweak: func(c *server.Config) { c.IdleTimeout = 200 * time.Millisecond }})
+	r := dialRaw(t, g.peers[0].Addr)
+	r.header(1, r.request(1, g.peers[0].ID, nil))
+	if h, _ := r.reply(); !h.GetSuccess() {
+		t.Fatal(h)
+	}
+	// Nothing more is sent; every peer drops the stream on its own.
+	g.waitClean(t)
+	r.data(1, 0, []byte("late"))
+	if h, _ := r.reply(); h.GetErrorCode() != pb.ErrorCode_UNKNOWN_STREAM {
+		t.Fatalf("data after the idle timeout: %v, want UNKNOWN_STREAM", h)
+	}
+}
