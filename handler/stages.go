@@ -20,9 +20,14 @@ type Reply struct {
 }
 
 // writeReply sends r from the tail, so that it passes the encoder and any
-// outbound stage a user added.
+// outbound stage a user added. A reply that cannot be queued, because the
+// peer stopped reading and the connection's outbound bound is reached or it
+// is closed, leaves that connection unusable: it is closed, which fails its
+// streams, instead of holding their replies in memory.
 func writeReply(p *pipeline.Pipeline, r *Reply) {
-	_ = p.Write(r)
+	if err := p.Write(r); err != nil {
+		_ = p.Close()
+	}
 }
 
 func errorReply(p *pipeline.Pipeline, h *pb.DataStreamPacketHeader, e *pb.Error) {
