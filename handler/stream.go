@@ -355,6 +355,10 @@ func (st *Stream) replyFor(p *Packet, err *pb.Error) *Reply {
 			r.Body = &pb.RaftClientReply{
 				ClientId: st.Request.GetClientId(), CallId: st.Request.GetCallId(),
 				ServerId: st.s.cfg.ID, ErrorCode: err.Code, ErrorMessage: err.Message,
+				// From a failed commit: the leader to retry with, and the
+				// entry if it committed but this peer could not link it.
+				LeaderHint: p.reply.GetLeaderHint(),
+				LogIndex:   p.reply.GetLogIndex(), Term: p.reply.GetTerm(),
 			}
 		}
 	}
@@ -389,12 +393,19 @@ func (st *Stream) finishClose(p *Packet) {
 	}
 	st.mu.Lock()
 	if err != nil {
-		p.err = codeOf(err, pb.ErrorCode_COMMIT_FAILED)
+		// The committer's reply says why (NOT_LEADER, TIMEOUT, ...); its
+		// error is often a plain one.
+		code := pb.ErrorCode_COMMIT_FAILED
+		if c := reply.GetErrorCode(); c != pb.ErrorCode_ERROR_NONE {
+			code = c
+		}
+		p.err = codeOf(err, code)
 		if hint := reply.GetLeaderHint(); hint != "" {
 			p.err = errorf(p.err.Code, "%s; leader is %s", p.err.Message, hint)
 		}
-	} else if st.Primary {
-		p.reply = reply
+	}
+	if st.Primary {
+		p.reply = reply // on failure, replyFor keeps its hint and entry
 	}
 	st.mu.Unlock()
 	st.partDone(p)
