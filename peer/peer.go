@@ -1,0 +1,279 @@
+package peer
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"path/filepath"
+	"slices"
+	"sync"
+
+	"github.com/pipestream/pipestream/raft"
+	"github.com/pipestream/pipestream/server"
+	"github.com/pipestream/pipestream/statemachine"
+)
+
+// Errors of a Peer's life cycle.
+var (
+	// ErrStarted is returned by Start on a Peer already started.
+	ErrStarted = errors.New("peer: already started")
+	// ErrClosed is returned once the Peer has been shut down.
+	ErrClosed = errors.New("peer: shut down")
+)
+
+// Peer is one member of a group: its stream server, Raft node and state
+// machine. Its methods are safe for concurrent use.
+type Peer struct {
+	cfg   Config
+	sm    statemachine.StateMachine
+	files *statemachine.FileStore // the FileStore New opened; nil otherwise
+	srv   *server.Server
+	node  *raft.Node
+
+	mu       sync.Mutex
+	members  []Member // set by Start
+	started  bool
+	shutdown bool
+	done     chan struct{} // closed when Shutdown has finished
+	shutErr  error
+}
+
+// New checks cfg, opens the state machine and the Raft stores, binds every
+// address and returns the Peer. It takes no part in the group until Start.
+// ctx bounds the binding only.
+func New(ctx context.Context, cfg Config) (_ *Peer, err error) {
+	if cfg, err = cfg.withDefaults(); err != nil {
+		return nil, err
+	}
+	p := &Peer{cfg: cfg, sm: cfg.StateMachine, done: make(chan struct{})}
+	defer func() {
+		if err != nil {
+			p.release(context.Background())
+		}
+	}()
+	raftDir := ""
+	if cfg.DataDir != "" {
+		raftDir = filepath.Join(cfg.DataDir, "raft")
+	}
+	if p.sm == nil {
+		if cfg.DataDir == "" {
+			p.sm = statemachine.NewMemory()
+		} else {
+			p.files, err = statemachine.NewFileStore(filepath.Join(cfg.DataDir, "files"),
+				statemachine.WithLogger(cfg.Logger.With("peer", cfg.ID)))
+			if err != nil {
+				return nil, fmt.Errorf("peer %s: %w", cfg.ID, err)
+			}
+			p.sm = p.files
+		}
+	}
+
+	peers := make([]server.Peer, len(cfg.Peers))
+	for i, m := range cfg.Peers {
+		peers[i] = server.Peer{ID: m.ID, Addr: m.StreamAddr}
+	}
+	p.srv, err = server.Listen(ctx, server.Config{
+		ID:               cfg.ID,
+		Addr:             cfg.StreamAddr,
+		Peers:            peers,
+		StateMachine:     p.sm,
+		Transport:        cfg.Transport,
+		TransportOptions: cfg.TransportOptions,
+		ReplyTimeout:     cfg.ReplyTimeout,
+		CommitTimeout:    cfg.CommitTimeout,
+		LinkTimeout:      cfg.LinkTimeout,
+		SweepInterval:    cfg.SweepInterval,
+		RedialInterval:   cfg.RedialInterval,
+		Logger:           cfg.Logger,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("peer %s: %w", cfg.ID, err)
+	}
+	t := cfg.Raft
+	p.node, err = raft.New(raft.Config{
+		ID:                 cfg.ID,
+		RaftAddr:           cfg.RaftAddr,
+		CommitAddr:         cfg.CommitAddr,
+		Dir:                raftDir,
+		Linker:             p.srv.Streams(),
+		Logger:             cfg.Logger,
+		HeartbeatTimeout:   t.HeartbeatTimeout,
+		ElectionTimeout:    t.ElectionTimeout,
+		LeaderLeaseTimeout: t.LeaderLeaseTimeout,
+		CommitTimeout:      t.CommitTimeout,
+		SnapshotInterval:   t.SnapshotInterval,
+		SnapshotThreshold:  t.SnapshotThreshold,
+		TrailingLogs:       t.TrailingLogs,
+		MaxDedupKeys:       t.MaxDedupKeys,
+		ForwardTimeout:     t.ForwardTimeout,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("peer %s: %w", cfg.ID, err)
+	}
+	p.srv.SetCommitter(p.node)
+	return p, nil
+}
+
+// Start is New followed by Peer.Start with cfg.Peers, which must then give
+// every address of every member, this peer's as it binds them.
+func Start(ctx context.Context, cfg Config) (*Peer, error) {
+	p, err := New(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	if err := p.Start(ctx, cfg.Peers); err != nil {
+		return nil, errors.Join(err, p.Shutdown(context.Background()))
+	}
+	return p, nil
+}
+
+// Addrs returns this peer as the others must list it: its id and the
+// addresses it is bound to, any port 0 resolved.
+func (p *Peer) Addrs() Member {
+	r := p.node.Addr()
+	return Member{ID: p.cfg.ID, StreamAddr: p.srv.Addr().String(), RaftAddr: r.RaftAddr, CommitAddr: r.CommitAddr}
+}
+
+// Start joins the group: it tells the stream server where the other
+// members are and starts the Raft node, which bootstraps the group with
+// members as its voters if its log is empty (every peer may do so with the
+// same list) and otherwise keeps the membership it has. members must hold
+// the same ids as Config.Peers, with every address, and this peer's entry
+// must equal Addrs. ctx bounds the start only.
+func (p *Peer) Start(ctx context.Context, members []Member) error {
+	if err := p.checkMembers(members); err != nil {
+		return err
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	switch {
+	case p.shutdown:
+		return ErrClosed
+	case p.started:
+		return ErrStarted
+	}
+	rp := make([]raft.Peer, len(members))
+	for i, m := range members {
+		rp[i] = raft.Peer{ID: m.ID, RaftAddr: m.RaftAddr, CommitAddr: m.CommitAddr}
+		p.srv.SetPeerAddr(m.ID, m.StreamAddr)
+	}
+	if err := p.node.Start(ctx, rp); err != nil {
+		return fmt.Errorf("peer %s: %w", p.cfg.ID, err)
+	}
+	p.members = slices.Clone(members)
+	p.started = true
+	return nil
+}
+
+func (p *Peer) checkMembers(members []Member) error {
+	if len(members) != len(p.cfg.Peers) {
+		return fmt.Errorf("%w: %d members given, the configuration has %d", ErrConfig, len(members), len(p.cfg.Peers))
+	}
+	self, err := findSelf(members, p.cfg.ID)
+	if err != nil {
+		return err
+	}
+	for _, m := range members {
+		if !m.complete() {
+			return fmt.Errorf("%w: member %q lacks an address: %+v", ErrConfig, m.ID, m)
+		}
+		if !slices.ContainsFunc(p.cfg.Peers, func(c Member) bool { return c.ID == m.ID }) {
+			return fmt.Errorf("%w: member %q is not in the configuration", ErrConfig, m.ID)
+		}
+	}
+	if addrs := p.Addrs(); self != addrs {
+		return fmt.Errorf("%w: %q is listed as %+v but bound to %+v", ErrConfig, self.ID, self, addrs)
+	}
+	return nil
+}
+
+// WaitReady waits until this peer knows a Raft leader and has a live
+// stream connection to every other member, or ctx is done.
+func (p *Peer) WaitReady(ctx context.Context) error {
+	if _, err := p.node.WaitLeader(ctx); err != nil {
+		return fmt.Errorf("peer %s: %w", p.cfg.ID, err)
+	}
+	return p.srv.WaitPeers(ctx)
+}
+
+// ID returns the peer's id.
+func (p *Peer) ID() string { return p.cfg.ID }
+
+// Members returns the group as Start was given it, or nil before Start.
+func (p *Peer) Members() []Member {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return slices.Clone(p.members)
+}
+
+// Leader returns the member this peer knows as the Raft leader, and false
+// while it knows of none.
+func (p *Peer) Leader() (Member, bool) {
+	id, _ := p.node.Leader()
+	if id == "" {
+		return Member{}, false
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, m := range p.members {
+		if m.ID == id {
+			return m, true
+		}
+	}
+	return Member{ID: id}, true
+}
+
+// IsLeader reports whether this peer is the Raft leader.
+func (p *Peer) IsLeader() bool { return p.node.IsLeader() }
+
+// StateMachine returns the state machine the peer stores streams in: a
+// *statemachine.FileStore with a DataDir, a *statemachine.Memory without,
+// or Config.StateMachine.
+func (p *Peer) StateMachine() statemachine.StateMachine { return p.sm }
+
+// Server returns the DataStream server.
+func (p *Peer) Server() *server.Server { return p.srv }
+
+// Node returns the Raft node.
+func (p *Peer) Node() *raft.Node { return p.node }
+
+// Shutdown stops the peer and waits for every goroutine it started, or for
+// ctx. The Raft node goes first, which ends commits in progress at once;
+// then the stream server fails open streams and discards the data of those
+// waiting for their entry; last the state machine New opened is closed.
+// It is safe to call more than once; later calls wait for the first.
+func (p *Peer) Shutdown(ctx context.Context) error {
+	p.mu.Lock()
+	if p.shutdown {
+		p.mu.Unlock()
+		select {
+		case <-p.done:
+			return p.shutErr
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	p.shutdown = true
+	p.mu.Unlock()
+	p.shutErr = p.release(ctx)
+	close(p.done)
+	return p.shutErr
+}
+
+// release stops whatever New managed to start.
+func (p *Peer) release(ctx context.Context) error {
+	var errs []error
+	if p.node != nil {
+		errs = append(errs, p.node.Shutdown())
+	}
+	if p.srv != nil {
+		errs = append(errs, p.srv.Shutdown(ctx))
+	}
+	if p.files != nil {
+		errs = append(errs, p.files.Close())
+	}
+	if err := errors.Join(errs...); err != nil {
+		return fmt.Errorf("peer %s: shutdown: %w", p.cfg.ID, err)
+	}
+	return nil
+}
