@@ -40,24 +40,54 @@ type connChannel struct {
 	onDone     func() // runs before done is closed; servers untrack the channel
 
 	// Owned by the writer goroutine.
-	batch []*buffer.Buf
+	batch []outbound
 	iov   net.Buffers
 	// bw gathers a batch into one write for connections without writev,
 	// such as TLS, where each Write would be a record of its own.
 	bw *bufio.Writer
+	// tcp is set on plain TCP connections, which send file regions with
+	// sendfile(2).
+	tcp *net.TCPConn
 
 	mu      sync.Mutex
-	q       []*buffer.Buf
+	q       []outbound
 	pending int // bytes in q and in the writer's batch
 	closing bool
 	closed  bool
 }
 
+// outbound is a queued message: a buffer, or a file region for sendfile.
+type outbound struct {
+	buf    *buffer.Buf
+	region *FileRegion
+}
+
+func (m outbound) len() int {
+	if m.region != nil {
+		return int(m.region.Count)
+	}
+	return m.buf.Len()
+}
+
+func (m outbound) release() {
+	if m.region != nil {
+		m.region.Release()
+	} else {
+		m.buf.Release()
+	}
+}
+
 func newConnChannel(conn net.Conn, opts *options) *connChannel {
-	var bw *bufio.Writer
+	var (
+		bw  *bufio.Writer
+		tcp *net.TCPConn
+	)
 	switch c := conn.(type) {
 	case *net.TCPConn:
 		_ = c.SetNoDelay(opts.noDelay)
+		if sendfileSupported {
+			tcp = c
+		}
 	case *tls.Conn:
 		if tc, ok := c.NetConn().(*net.TCPConn); ok {
 			_ = tc.SetNoDelay(opts.noDelay)
@@ -77,6 +107,7 @@ func newConnChannel(conn net.Conn, opts *options) *connChannel {
 		writerDone: make(chan struct{}),
 		done:       make(chan struct{}),
 		bw:         bw,
+		tcp:        tcp,
 	}
 	ch.p = pipeline.New(ch, pipeline.WithLogger(opts.logger))
 	return ch
@@ -88,25 +119,36 @@ func (ch *connChannel) Done() <-chan struct{}        { return ch.done }
 func (ch *connChannel) LocalAddr() net.Addr          { return ch.local }
 func (ch *connChannel) RemoteAddr() net.Addr         { return ch.remote }
 
-// Write queues msg; see package doc for ownership.
+// Write queues msg; see package doc for ownership. A file region's bytes
+// count towards WithMaxOutbound like a buffer's.
 func (ch *connChannel) Write(msg any) error {
-	b, err := toBuf(msg)
-	if err != nil {
-		return err
+	var m outbound
+	if r, ok := msg.(*FileRegion); ok && ch.tcp != nil {
+		if r.Count < 0 || r.Offset < 0 {
+			r.Release()
+			return fmt.Errorf("transport: file region of %d bytes at %d is out of range", r.Count, r.Offset)
+		}
+		m.region = r
+	} else {
+		b, err := toBuf(msg)
+		if err != nil {
+			return err
+		}
+		m.buf = b
 	}
-	n := b.Len()
+	n := m.len()
 	ch.mu.Lock()
 	if ch.closed || ch.closing {
 		ch.mu.Unlock()
-		b.Release()
+		m.release()
 		return ErrClosed
 	}
 	if ch.pending+n > ch.opts.maxOutbound {
 		ch.mu.Unlock()
-		b.Release()
+		m.release()
 		return ErrOutboundFull
 	}
-	ch.q = append(ch.q, b)
+	ch.q = append(ch.q, m)
 	ch.pending += n
 	ch.mu.Unlock()
 	return nil
@@ -187,8 +229,8 @@ func (ch *connChannel) readLoop() {
 	close(ch.quit)
 	_ = ch.conn.Close() // unblocks a writer stuck on a slow peer
 	<-ch.writerDone
-	for _, b := range q {
-		b.Release()
+	for _, m := range q {
+		m.release()
 	}
 	ch.p.FireChannelInactive()
 	if ch.onDone != nil {
@@ -224,13 +266,28 @@ func (ch *connChannel) writeLoop() {
 			ch.mu.Unlock()
 
 			n := 0
-			for _, b := range ch.batch {
-				n += b.Len()
-				ch.iov = append(ch.iov, b.Bytes())
+			var err error
+			for _, m := range ch.batch {
+				n += m.len()
+				if err != nil {
+					continue
+				}
+				if m.region == nil {
+					ch.iov = append(ch.iov, m.buf.Bytes())
+					continue
+				}
+				// The buffers before a region go first.
+				if err = ch.write(); err == nil {
+					err = sendRegion(ch.tcp, m.region)
+				}
 			}
-			err := ch.write()
-			for _, b := range ch.batch {
-				b.Release()
+			if err == nil {
+				err = ch.write()
+			}
+			clear(ch.iov)
+			ch.iov = ch.iov[:0]
+			for _, m := range ch.batch {
+				m.release()
 			}
 			clear(ch.batch)
 			ch.batch = ch.batch[:0]
@@ -248,6 +305,9 @@ func (ch *connChannel) writeLoop() {
 // write sends ch.iov and empties it.
 func (ch *connChannel) write() error {
 	iov := ch.iov
+	if len(iov) == 0 {
+		return nil
+	}
 	defer func() {
 		clear(iov)
 		ch.iov = iov[:0]
@@ -262,6 +322,23 @@ func (ch *connChannel) write() error {
 		}
 	}
 	return ch.bw.Flush()
+}
+
+// TLSConnectionState returns the TLS state of t's connection, after the
+// handshake: the peer's verified certificates are in it, for a server that
+// decides what a connection may do by who holds it. ok is false unless t
+// is a channel of the net.Conn transport speaking TLS. A handler passes
+// ctx.Pipeline().Transport().
+func TLSConnectionState(t pipeline.Transport) (state tls.ConnectionState, ok bool) {
+	ch, ok := t.(*connChannel)
+	if !ok {
+		return tls.ConnectionState{}, false
+	}
+	tc, ok := ch.conn.(*tls.Conn)
+	if !ok {
+		return tls.ConnectionState{}, false
+	}
+	return tc.ConnectionState(), true
 }
 
 // DialConn connects to addr ("host:port" or "tcp://host:port") over

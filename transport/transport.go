@@ -20,8 +20,9 @@
 //
 // Writing: Write, Flush and Close may be called from any goroutine. Write
 // queues a message (a *buffer.Buf, whose reference the transport takes over
-// and releases once the bytes are handed to the socket or on error, or a
-// []byte, which it copies); Flush makes sure everything written before it is
+// and releases once the bytes are handed to the socket or on error; a
+// []byte, which it copies; or a *FileRegion, sent with sendfile(2) where
+// the connection allows); Flush makes sure everything written before it is
 // sent, without waiting for the socket. Bytes may leave before a Flush. The
 // bytes queued on a connection and not yet taken by the kernel are bounded
 // by WithMaxOutbound: a Write past the bound fails with ErrOutboundFull.
@@ -154,6 +155,8 @@ func toBuf(msg any) (*buffer.Buf, error) {
 		return m, nil
 	case []byte:
 		return buffer.Copy(m), nil
+	case *FileRegion:
+		return readRegion(m)
 	}
 	pipeline.Release(msg)
 	return nil, fmt.Errorf("transport: cannot write a %T; encode it to a *buffer.Buf or []byte first", msg)

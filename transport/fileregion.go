@@ -1,0 +1,55 @@
+package transport
+
+import (
+	"fmt"
+	"io"
+	"os"
+
+	"github.com/pipestream/pipestream/buffer"
+)
+
+// FileRegion is a message that sends Count bytes of File from Offset, as
+// Netty's FileRegion. On a net.Conn channel over plain TCP on Linux the
+// kernel copies them from the page cache to the socket with sendfile(2),
+// never through user space, when the writer goroutine gets to them. Every
+// other channel (gnet, TLS, other systems) reads them into a pooled buffer
+// inside Write, on the caller's goroutine: gnet copies whatever it is given
+// into its own buffers, and TLS must encrypt in user space.
+//
+// Write takes over the region like a buffer: it calls Release exactly once,
+// when it no longer needs File, after the bytes went to the socket or on
+// any failure. File must stay open and the region unchanged until then. The
+// bytes must exist: a region past the end of the file fails when it is sent
+// and closes the connection, since the frame before it announced them.
+type FileRegion struct {
+	File   *os.File
+	Offset int64
+	Count  int64
+	// OnRelease, if not nil, is called by Release.
+	OnRelease func()
+}
+
+// Release calls OnRelease. The transport calls it; a stage that drops the
+// message calls it through pipeline.Release.
+func (r *FileRegion) Release() {
+	if r.OnRelease != nil {
+		r.OnRelease()
+	}
+}
+
+// readRegion reads r into a pooled buffer and releases r.
+func readRegion(r *FileRegion) (*buffer.Buf, error) {
+	defer r.Release()
+	if r.Count < 0 || r.Offset < 0 || r.Count > 1<<31-1 {
+		return nil, fmt.Errorf("transport: file region of %d bytes at %d is out of range", r.Count, r.Offset)
+	}
+	b := buffer.Get(int(r.Count))
+	if _, err := r.File.ReadAt(b.Bytes(), r.Offset); err != nil {
+		b.Release()
+		if err == io.EOF {
+			err = io.ErrUnexpectedEOF
+		}
+		return nil, fmt.Errorf("transport: read file region: %w", err)
+	}
+	return b, nil
+}
