@@ -1,0 +1,48 @@
+// Package bench holds pipestream's end-to-end benchmarks and the baselines
+// they are judged against. It has no API: everything is in its _test.go
+// files. Run them all with
+//
+//	go test -run '^$' -bench . ./bench
+//
+// # BenchmarkChain
+//
+// One stream through a chain of three peers on loopback, 1 MiB packets,
+// beside the cheapest way to move the same bytes over the same three hops.
+// One op is one 1 MiB packet (the MB/s column is the stream's payload rate).
+//
+//   - stream: three server.Server peers on gnet (the default transport) and
+//     a datastream.Client. The stream is opened, and its header answered,
+//     before the timer starts; the timed part writes b.N packets with
+//     WriteAsync (the client's window keeps up to 16 MiB in flight) and then
+//     closes the stream and waits for the reply to CLOSE, which comes once
+//     every peer has written, forwarded, acknowledged and linked all of it.
+//     The state machine counts bytes and stores nothing, so that the numbers
+//     are the data path's and not a hash's or a disk's.
+//   - stream-netconn: the same over the net.Conn transport.
+//   - stream-sha256: the same as stream with statemachine.NewMemoryHashing,
+//     which hashes every byte on every peer: what a state machine that
+//     touches the data costs on top.
+//   - relay: the baseline. The client writes the same bytes to hop 1, which
+//     copies them to hop 2 and on to hop 3 through a 1 MiB user-space buffer
+//     per hop (io.CopyBuffer with splice and sendfile ruled out), with no
+//     framing, no replies and no state machine; hop 3 counts and discards,
+//     and at the end sends the total back along the chain, so that the
+//     client knows that everything arrived.
+//
+// Each stream variant also reports vs-relay: its throughput as a fraction
+// of the relay's, where the relay carries the same number of packets right
+// after the stream's timed part (untimed, so it does not change ns/op). The
+// machine these run on is shared and loopback throughput swings from run
+// to run; a ratio of two runs moments apart is steadier than either
+// number. Compare with -count and benchstat rather than single numbers.
+//
+// Besides B/op and allocs/op, each variant reports allocs/packet: the
+// process-wide heap allocations (runtime.MemStats.Mallocs) in the timed
+// part divided by the packets, which allocs/op also counts but rounds.
+// Client and servers share the process, so this counts both; to see which
+// sites allocate, and which side they are on, profile every allocation:
+//
+//	go test -run '^$' -bench 'Chain/stream$' -memprofile mem.out -memprofilerate 1 ./bench
+//	go tool pprof -sample_index=alloc_objects -top mem.out
+//	go tool pprof -sample_index=alloc_objects -top -focus=datastream mem.out  # the client's share
+package bench

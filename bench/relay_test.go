@@ -1,0 +1,204 @@
+package bench_test
+
+import (
+	"encoding/binary"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"testing"
+	"time"
+)
+
+// relayBuffer is each hop's user-space copy buffer: the size of a packet,
+// as the gnet transport's read buffer is.
+const relayBuffer = 1 << 20
+
+// benchRelay moves b.N packets' worth of bytes from a client through two
+// relaying hops to a counting sink, the cheapest data path a three-peer
+// chain could have: no framing, no replies until the end, no state
+// machine.
+func benchRelay(b *testing.B) {
+	r := startRelay(b)
+	defer r.wait()
+	b.SetBytes(packetSize)
+	b.ReportAllocs()
+	m := startMallocs(b)
+	err := r.send(b.N)
+	m.stop(b)
+	if err != nil {
+		b.Fatal(err)
+	}
+}
+
+// relayTime runs n packets through a fresh relay chain, untimed by b, and
+// returns how long they took.
+func relayTime(b *testing.B, n int) time.Duration {
+	r := startRelay(b)
+	defer r.wait()
+	start := time.Now()
+	if err := r.send(n); err != nil {
+		b.Fatal(err)
+	}
+	return time.Since(start)
+}
+
+// relayChain is a client connection to the first of three hops, all
+// connected and ready to carry bytes.
+type relayChain struct {
+	c  *net.TCPConn
+	wg sync.WaitGroup
+}
+
+func startRelay(b *testing.B) *relayChain {
+	r := &relayChain{}
+	var ready []chan struct{}
+	addr, rd := startSink(b, &r.wg)
+	ready = append(ready, rd)
+	for range chainLen - 1 {
+		addr, rd = startHop(b, &r.wg, addr)
+		ready = append(ready, rd)
+	}
+	c, err := net.DialTimeout("tcp", addr, patience)
+	if err != nil {
+		b.Fatal(err)
+	}
+	r.c = c.(*net.TCPConn)
+	_ = r.c.SetDeadline(time.Now().Add(patience + time.Duration(b.N)*100*time.Millisecond))
+	for _, rd := range ready {
+		select {
+		case <-rd:
+		case <-time.After(patience):
+			_ = r.c.Close()
+			b.Fatal("relay chain did not connect")
+		}
+	}
+	return r
+}
+
+// send writes n packets, ends the stream and waits for the sink's count.
+func (r *relayChain) send(n int) error {
+	payload := make([]byte, packetSize)
+	for i := range payload {
+		payload[i] = byte(i)
+	}
+	for range n {
+		if _, err := r.c.Write(payload); err != nil {
+			return err
+		}
+	}
+	if err := r.c.CloseWrite(); err != nil {
+		return err
+	}
+	var ack [8]byte
+	if _, err := io.ReadFull(r.c, ack[:]); err != nil {
+		return err
+	}
+	if got, want := binary.BigEndian.Uint64(ack[:]), uint64(n)*packetSize; got != want {
+		return fmt.Errorf("sink counted %d bytes, want %d", got, want)
+	}
+	return nil
+}
+
+// wait closes the client's connection and waits for the hops to end.
+func (r *relayChain) wait() {
+	_ = r.c.Close()
+	r.wg.Wait()
+}
+
+// startSink accepts one connection, counts and discards what it reads
+// until EOF, and answers with the count as a big-endian uint64. ready is
+// closed once the connection is accepted.
+func startSink(b *testing.B, wg *sync.WaitGroup) (addr string, ready chan struct{}) {
+	ln := listenLoopback(b)
+	ready = make(chan struct{})
+	wg.Go(func() {
+		defer ln.Close()
+		c, err := ln.Accept()
+		if err != nil {
+			b.Error(err)
+			return
+		}
+		defer c.Close()
+		_ = c.SetDeadline(time.Now().Add(patience + time.Duration(b.N)*100*time.Millisecond))
+		close(ready)
+		buf := make([]byte, relayBuffer)
+		var total uint64
+		for {
+			n, err := c.Read(buf)
+			total += uint64(n)
+			if err == io.EOF {
+				break
+			}
+			if err != nil {
+				b.Error(err)
+				return
+			}
+		}
+		binary.BigEndian.PutUint64(buf, total)
+		if _, err := c.Write(buf[:8]); err != nil {
+			b.Error(err)
+		}
+	})
+	return ln.Addr().String(), ready
+}
+
+// startHop accepts one connection and relays it to next in both
+// directions through user-space buffers. ready is closed once both
+// connections are up.
+func startHop(b *testing.B, wg *sync.WaitGroup, next string) (addr string, ready chan struct{}) {
+	ln := listenLoopback(b)
+	ready = make(chan struct{})
+	wg.Go(func() {
+		defer ln.Close()
+		up, err := ln.Accept()
+		if err != nil {
+			b.Error(err)
+			return
+		}
+		defer up.Close()
+		down, err := net.DialTimeout("tcp", next, patience)
+		if err != nil {
+			b.Error(err)
+			return
+		}
+		defer down.Close()
+		deadline := time.Now().Add(patience + time.Duration(b.N)*100*time.Millisecond)
+		_ = up.SetDeadline(deadline)
+		_ = down.SetDeadline(deadline)
+		close(ready)
+		var forward sync.WaitGroup
+		forward.Go(func() {
+			if err := relay(down, up); err != nil {
+				b.Error(err)
+			}
+			_ = down.(*net.TCPConn).CloseWrite()
+		})
+		if err := relay(up, down); err != nil { // the sink's count
+			b.Error(err)
+		}
+		forward.Wait()
+	})
+	return ln.Addr().String(), ready
+}
+
+// relay copies src to dst until EOF through a buffer of its own. The
+// wrappers hide ReadFrom and WriteTo, which for TCP would splice in the
+// kernel and skip the user-space copy being measured.
+func relay(dst io.Writer, src io.Reader) error {
+	buf := make([]byte, relayBuffer)
+	_, err := io.CopyBuffer(struct{ io.Writer }{dst}, struct{ io.Reader }{src}, buf)
+	if err != nil {
+		return fmt.Errorf("relay: %w", err)
+	}
+	return nil
+}
+
+func listenLoopback(b *testing.B) net.Listener {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { _ = ln.Close() })
+	return ln
+}

@@ -1,0 +1,202 @@
+package bench_test
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"runtime"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/pipestream/pipestream/datastream"
+	"github.com/pipestream/pipestream/internal/leaktest"
+	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
+	"github.com/pipestream/pipestream/server"
+	"github.com/pipestream/pipestream/statemachine"
+	"github.com/pipestream/pipestream/transport"
+)
+
+func TestMain(m *testing.M) { leaktest.VerifyTestMain(m) }
+
+const (
+	packetSize = 1 << 20
+	chainLen   = 3
+	// patience bounds every wait, so that a bug fails a benchmark instead
+	// of hanging it.
+	patience = 60 * time.Second
+)
+
+// BenchmarkChain compares one stream through three peers with a plain TCP
+// relay over three hops; see the package doc. Each stream variant also runs
+// the relay with as many packets right after its timed part, untimed, and
+// reports its throughput as a fraction of that relay's (vs-relay), so the
+// ratio compares two runs moments apart on the same, possibly busy,
+// machine.
+func BenchmarkChain(b *testing.B) {
+	b.Run("relay", benchRelay)
+	for _, v := range []struct {
+		name string
+		kind transport.Kind
+		sm   func() statemachine.StateMachine
+	}{
+		{"stream", transport.Gnet, func() statemachine.StateMachine { return &countingSM{} }},
+		{"stream-netconn", transport.NetConn, func() statemachine.StateMachine { return &countingSM{} }},
+		{"stream-sha256", transport.Gnet, func() statemachine.StateMachine { return statemachine.NewMemoryHashing() }},
+	} {
+		b.Run(v.name, func(b *testing.B) {
+			benchStream(b, v.kind, v.sm)
+			relay := relayTime(b, b.N)
+			b.ReportMetric(float64(relay)/float64(b.Elapsed()), "vs-relay")
+		})
+	}
+}
+
+// benchStream writes b.N packets on one stream through a chain of three
+// peers and closes it.
+func benchStream(b *testing.B, kind transport.Kind, sm func() statemachine.StateMachine) {
+	peers, sms := startChain(b, kind, sm)
+	c, err := datastream.NewClient(peers, datastream.WithTransport(kind), datastream.WithLogger(discardLogger()))
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), patience+time.Duration(b.N)*100*time.Millisecond)
+	defer cancel()
+	ids := make([]string, len(peers))
+	for i, p := range peers {
+		ids[i] = p.ID
+	}
+	out, err := c.Stream(ctx, []byte("bench"), datastream.WithRoutingTable(pb.Chain(ids...)))
+	if err != nil {
+		b.Fatal(err)
+	}
+	if _, err := out.HeaderFuture().Wait(ctx); err != nil {
+		b.Fatal(err)
+	}
+	payload := make([]byte, packetSize)
+	for i := range payload {
+		payload[i] = byte(i)
+	}
+
+	b.SetBytes(packetSize)
+	b.ReportAllocs()
+	m := startMallocs(b)
+	for range b.N {
+		out.WriteAsync(ctx, payload)
+	}
+	reply, err := out.Close(ctx).Wait(ctx)
+	m.stop(b)
+	if err != nil {
+		b.Fatal(err)
+	}
+	want := uint64(b.N) * packetSize
+	if got := reply.BytesWritten(); got != want {
+		b.Fatalf("stream closed at %d bytes, want %d", got, want)
+	}
+	for i, sm := range sms {
+		if n, ok := sm.(*countingSM); ok && n.linked.Load() != want {
+			b.Fatalf("%s linked %d bytes, want %d", peers[i].ID, n.linked.Load(), want)
+		}
+	}
+}
+
+// startChain starts three peers and waits until each reaches the others.
+// They are shut down when b ends.
+func startChain(b *testing.B, kind transport.Kind, newSM func() statemachine.StateMachine) ([]datastream.Peer, []statemachine.StateMachine) {
+	b.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), patience)
+	defer cancel()
+	var group []server.Peer
+	for i := range chainLen {
+		group = append(group, server.Peer{ID: fmt.Sprintf("s%d", i+1)})
+	}
+	var (
+		servers []*server.Server
+		peers   []datastream.Peer
+		sms     []statemachine.StateMachine
+	)
+	for _, p := range group {
+		sm := newSM()
+		s, err := server.Listen(ctx, server.Config{
+			ID: p.ID, Peers: group, StateMachine: sm,
+			Transport: kind, Logger: discardLogger(),
+		})
+		if err != nil {
+			b.Fatal(err)
+		}
+		b.Cleanup(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), patience)
+			defer cancel()
+			if err := s.Shutdown(ctx); err != nil {
+				b.Errorf("shutdown %s: %v", s.ID(), err)
+			}
+		})
+		servers = append(servers, s)
+		sms = append(sms, sm)
+		peers = append(peers, datastream.Peer{ID: p.ID, Addr: s.Addr().String()})
+	}
+	for _, s := range servers {
+		for _, p := range peers {
+			s.SetPeerAddr(p.ID, p.Addr)
+		}
+	}
+	for _, s := range servers {
+		if err := s.WaitPeers(ctx); err != nil {
+			b.Fatal(err)
+		}
+	}
+	return peers, sms
+}
+
+func discardLogger() *slog.Logger { return slog.New(slog.DiscardHandler) }
+
+// countingSM is a state machine that stores nothing: it counts each
+// stream's bytes, so that Link can check the length and the benchmark can
+// check that every byte reached every peer.
+type countingSM struct {
+	linked atomic.Uint64 // bytes of the streams linked so far
+}
+
+func (m *countingSM) OpenStream(context.Context, statemachine.StreamKey, *pb.RaftClientRequest) (statemachine.DataChannel, error) {
+	return &countingChannel{}, nil
+}
+
+func (m *countingSM) Link(_ context.Context, e statemachine.Entry, ch statemachine.DataChannel) error {
+	if ch == nil {
+		return nil
+	}
+	if n := ch.(*countingChannel).n; n != e.Length {
+		return fmt.Errorf("bench: stream %v holds %d bytes, entry names %d", e.Key, n, e.Length)
+	}
+	m.linked.Add(e.Length)
+	return nil
+}
+
+// countingChannel is used by one executor at a time.
+type countingChannel struct{ n uint64 }
+
+func (c *countingChannel) Write(p []byte) (int, error) { c.n += uint64(len(p)); return len(p), nil }
+func (c *countingChannel) Sync() error                 { return nil }
+func (c *countingChannel) Close() error                { return nil }
+func (c *countingChannel) CleanUp() error              { return nil }
+
+// mallocs measures the heap allocations of the whole process over the
+// timed part of a benchmark and reports them per packet.
+type mallocs struct{ start uint64 }
+
+// startMallocs resets the timer and starts counting.
+func startMallocs(b *testing.B) mallocs {
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	b.ResetTimer()
+	return mallocs{start: ms.Mallocs}
+}
+
+// stop stops the timer and reports allocs/packet.
+func (m mallocs) stop(b *testing.B) {
+	b.StopTimer()
+	var ms runtime.MemStats
+	runtime.ReadMemStats(&ms)
+	b.ReportMetric(float64(ms.Mallocs-m.start)/float64(b.N), "allocs/packet")
+}
