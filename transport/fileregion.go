@@ -53,3 +53,12 @@ func readRegion(r *FileRegion) (*buffer.Buf, error) {
 	}
 	return b, nil
 }
+
+// SendsFileRegions reports whether ch sends a FileRegion from its writer
+// goroutine with sendfile(2). When it does not, Write reads the region on
+// the caller's goroutine, and a caller that holds a lock around Write does
+// better to read the file into a buffer itself first.
+func SendsFileRegions(ch Channel) bool {
+	c, ok := ch.(*connChannel)
+	return ok && c.tcp != nil
+}

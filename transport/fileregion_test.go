@@ -5,6 +5,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"runtime"
 	"sync/atomic"
 	"testing"
 
@@ -100,6 +101,17 @@ func TestFileRegionPastEOF(t *testing.T) {
 		waitFor(t, ch.Done(), "channel to end")
 		if n := released.Load(); n != 1 {
 			t.Fatalf("region released %d times, want 1", n)
+		}
+	})
+}
+
+func TestSendsFileRegions(t *testing.T) {
+	forEachKind(t, func(t *testing.T, k transport.Kind) {
+		s := listen(t, k, nil)
+		ch := dial(t, dialerFor(t, k), s.Addr().String(), nil)
+		want := k == transport.NetConn && runtime.GOOS == "linux"
+		if got := transport.SendsFileRegions(ch); got != want {
+			t.Fatalf("SendsFileRegions = %v, want %v", got, want)
 		}
 	})
 }
