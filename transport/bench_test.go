@@ -5,6 +5,7 @@ import (
 	"testing"
 
 	"github.com/pipestream/pipestream/buffer"
+	"github.com/pipestream/pipestream/internal/testcert"
 	"github.com/pipestream/pipestream/pipeline"
 	"github.com/pipestream/pipestream/transport"
 )
@@ -12,25 +13,42 @@ import (
 // BenchmarkEcho measures echo throughput over loopback: one client writes
 // length-prefixed messages from its own goroutine, flushing each, with up
 // to 4 MiB in flight; the server echoes them. One op is one message there
-// and back; allocations count both sides.
+// and back; allocations count both sides. The netconn-tls variant is the
+// net.Conn transport with mutual TLS (TLS 1.3, ECDSA P-256 certificates),
+// so one run prices encryption against both plaintext transports.
 func BenchmarkEcho(b *testing.B) {
-	for _, k := range kinds {
+	ca := testcert.NewCA(b, "bench-ca")
+	variants := []struct {
+		name         string
+		kind         transport.Kind
+		server, dial []transport.Option
+	}{
+		{name: "gnet", kind: transport.Gnet},
+		{name: "netconn", kind: transport.NetConn},
+		{
+			name:   "netconn-tls",
+			kind:   transport.NetConn,
+			server: []transport.Option{transport.WithTLS(ca.ServerConfig(ca.Peer(b, "server")))},
+			dial:   []transport.Option{transport.WithTLS(ca.ClientConfig(ca.Client(b, "client")))},
+		},
+	}
+	for _, v := range variants {
 		for _, size := range []int{1 << 10, 64 << 10, 1 << 20} {
-			name := fmt.Sprintf("%v/%dKiB", k, size>>10)
-			b.Run(name, func(b *testing.B) { benchEcho(b, k, size) })
+			name := fmt.Sprintf("%s/%dKiB", v.name, size>>10)
+			b.Run(name, func(b *testing.B) { benchEcho(b, v.kind, size, v.server, v.dial) })
 		}
 	}
 }
 
-func benchEcho(b *testing.B, k transport.Kind, size int) {
+func benchEcho(b *testing.B, k transport.Kind, size int, serverOpts, dialOpts []transport.Option) {
 	s := listen(b, k, func(ch transport.Channel) {
 		addFraming(b, ch.Pipeline())
 		_ = ch.Pipeline().AddLast("echo", echo{})
-	})
+	}, serverOpts...)
 	window := make(chan struct{}, max(4, 4<<20/size))
 	done := make(chan struct{})
 	received := 0 // on the client's inbound goroutine only
-	ch := dial(b, dialerFor(b, k), s.Addr().String(), func(ch transport.Channel) {
+	ch := dial(b, dialerFor(b, k, dialOpts...), s.Addr().String(), func(ch transport.Channel) {
 		addFraming(b, ch.Pipeline())
 		_ = ch.Pipeline().AddLast("sink", pipeline.Inbound(func(_ *pipeline.Context, m *buffer.Buf) {
 			m.Release()
