@@ -4,14 +4,20 @@
 // when it is closed.
 //
 //	c, err := datastream.NewClient(peers)
+//	defer c.Close()
 //	out, err := c.Stream(ctx, []byte("name-of-the-blob"))
-//	out.WriteAsync(ctx, chunk)            // as many times as needed
+//	out.WriteAsync(ctx, chunk)             // as many times as needed
 //	reply, err := out.Close(ctx).Wait(ctx) // reply.RaftClientReply has the log index
 //
 // Every write returns a Future; replies come back in order, and a failed
 // packet fails the stream and every later future with the same error. A
-// bounded window of bytes and packets in flight per stream makes a writer
-// faster than the peers wait instead of growing memory.
+// bounded window of bytes and packets in flight per stream, and another per
+// client, make a writer faster than the peers wait instead of growing
+// memory.
+//
+// A Client keeps one connection per peer and multiplexes any number of
+// streams over it. Errors a server reports are *pb.Error values that
+// errors.Is matches against ErrUnknownStream and its siblings by code.
 package datastream
 
 import (
@@ -19,7 +25,6 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
-	"log/slog"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -36,60 +41,6 @@ type Peer struct {
 	Addr string // DataStream address, host:port
 }
 
-// Defaults for the client options.
-const (
-	DefaultWindowBytes         = 16 << 20
-	DefaultWindowPackets       = 64
-	DefaultMaxOutstanding      = 1024
-	DefaultMaxOutstandingBytes = 128 << 20
-	DefaultPacketSize          = 1 << 20
-	DefaultReplyTimeout        = 30 * time.Second
-)
-
-type options struct {
-	kind           transport.Kind
-	topts          []transport.Option
-	windowBytes    int64
-	windowPackets  int
-	maxOutstanding int
-	maxBytes       int64
-	packetSize     int
-	replyTimeout   time.Duration
-	maxFrame       int
-	logger         *slog.Logger
-}
-
-// Option configures a Client.
-type Option func(*options)
-
-// WithTransport picks the transport (gnet by default) and its options.
-func WithTransport(k transport.Kind, opts ...transport.Option) Option {
-	return func(o *options) { o.kind, o.topts = k, opts }
-}
-
-// WithWindow bounds each stream's bytes and packets in flight: sent and not
-// yet answered. A write that would exceed either waits.
-func WithWindow(bytes int64, packets int) Option {
-	return func(o *options) { o.windowBytes, o.windowPackets = bytes, packets }
-}
-
-// WithMaxOutstanding bounds the packets and bytes in flight over all of the
-// client's streams, as Ratis bounds requests per client, so that many
-// streams together cannot queue more than a connection should hold.
-func WithMaxOutstanding(packets int, bytes int64) Option {
-	return func(o *options) { o.maxOutstanding, o.maxBytes = packets, bytes }
-}
-
-// WithPacketSize sets the packet size WriteFile and Writer cut data into.
-func WithPacketSize(n int) Option { return func(o *options) { o.packetSize = n } }
-
-// WithReplyTimeout fails a stream whose oldest packet has waited this long
-// for its reply.
-func WithReplyTimeout(d time.Duration) Option { return func(o *options) { o.replyTimeout = d } }
-
-// WithLogger sets the client's logger.
-func WithLogger(l *slog.Logger) Option { return func(o *options) { o.logger = l } }
-
 // Client streams to one group of peers. It is safe for concurrent use and
 // keeps one connection per peer, shared by its streams.
 type Client struct {
@@ -101,38 +52,38 @@ type Client struct {
 	slots  chan struct{}       // outstanding packets over all streams
 	bytes  *semaphore.Weighted // outstanding bytes over all streams
 
-	ctx    context.Context
+	ctx    context.Context // cancelled by Close
 	cancel context.CancelFunc
-	wg     sync.WaitGroup
+	wg     sync.WaitGroup // sweep and dials
 
-	mu     sync.Mutex
-	conns  map[string]*conn
-	closed bool
+	mu      sync.Mutex
+	conns   map[string]*conn
+	retired []*conn // replaced after they died; Close waits for them
+	closed  bool
 }
 
-// NewClient returns a client for the group of peers.
+// NewClient returns a client for the group of peers. It connects to a peer
+// when the first stream to it opens.
 func NewClient(peers []Peer, opts ...Option) (*Client, error) {
 	if len(peers) == 0 {
 		return nil, errors.New("datastream: no peers")
 	}
-	o := options{
-		windowBytes:    DefaultWindowBytes,
-		windowPackets:  DefaultWindowPackets,
-		maxOutstanding: DefaultMaxOutstanding,
-		maxBytes:       DefaultMaxOutstandingBytes,
-		packetSize:     DefaultPacketSize,
-		replyTimeout:   DefaultReplyTimeout,
-		maxFrame:       codec.DefaultMaxPacketFrame,
-		logger:         slog.Default(),
+	seen := make(map[string]bool, len(peers))
+	for _, p := range peers {
+		if p.ID == "" || p.Addr == "" {
+			return nil, fmt.Errorf("datastream: peer %q needs an id and an address", p.ID)
+		}
+		if seen[p.ID] {
+			return nil, fmt.Errorf("datastream: peer %q listed twice", p.ID)
+		}
+		seen[p.ID] = true
 	}
+	o := defaultOptions()
 	for _, opt := range opts {
 		opt(&o)
 	}
-	if o.windowBytes <= 0 || o.windowPackets <= 0 || o.maxOutstanding <= 0 || o.maxBytes <= 0 || o.packetSize <= 0 {
-		return nil, errors.New("datastream: window, outstanding limit and packet size must be positive")
-	}
-	if o.packetSize > o.maxFrame-codec.DefaultMaxPacketHeader {
-		return nil, fmt.Errorf("datastream: packet size %d exceeds the frame limit", o.packetSize)
+	if err := o.validate(); err != nil {
+		return nil, err
 	}
 	c := &Client{
 		id:    make([]byte, 16),
@@ -143,11 +94,16 @@ func NewClient(peers []Peer, opts ...Option) (*Client, error) {
 		conns: make(map[string]*conn),
 	}
 	_, _ = rand.Read(c.id)
-	// The outbound queue of a connection never holds more than the bytes
-	// in flight, plus the frames' prefixes.
-	o.topts = append([]transport.Option{transport.WithLogger(o.logger), transport.WithMaxOutbound(int(o.maxBytes) + o.maxOutstanding*codec.DefaultMaxPacketHeader)}, o.topts...)
+	// The client's own budget bounds what a connection queues; the
+	// transport's bound, a little above it (frame prefixes, aborts), is
+	// only a safety net.
+	outbound := o.maxBytes + int64(o.maxOutstanding)*codec.DefaultMaxPacketHeader
+	c.opts.topts = append([]transport.Option{
+		transport.WithLogger(o.logger),
+		transport.WithMaxOutbound(int(min(outbound, 1<<40))),
+	}, o.topts...)
 	if o.kind == transport.Gnet {
-		d, err := transport.NewDialer(append([]transport.Option{transport.WithEventLoops(1)}, o.topts...)...)
+		d, err := transport.NewDialer(append([]transport.Option{transport.WithEventLoops(1)}, c.opts.topts...)...)
 		if err != nil {
 			return nil, err
 		}
@@ -163,7 +119,7 @@ func NewClient(peers []Peer, opts ...Option) (*Client, error) {
 func (c *Client) ID() []byte { return c.id }
 
 // Peers returns the group.
-func (c *Client) Peers() []Peer { return c.peers }
+func (c *Client) Peers() []Peer { return append([]Peer(nil), c.peers...) }
 
 func (c *Client) peer(id string) (Peer, bool) {
 	for _, p := range c.peers {
@@ -174,42 +130,82 @@ func (c *Client) peer(id string) (Peer, bool) {
 	return Peer{}, false
 }
 
-// connFor returns the connection to peer, dialing it if needed.
+// connFor returns the connection to p, dialing it if there is none or the
+// last one died. Streams opening at the same time share one dial; each
+// waits for it up to its own ctx.
 func (c *Client) connFor(ctx context.Context, p Peer) (*conn, error) {
 	c.mu.Lock()
 	if c.closed {
 		c.mu.Unlock()
 		return nil, ErrClosed
 	}
-	if cn := c.conns[p.ID]; cn != nil && !cn.isDead() {
-		c.mu.Unlock()
-		return cn, nil
+	cn := c.conns[p.ID]
+	if cn == nil || cn.isDead() {
+		if cn != nil {
+			c.retireLocked(cn)
+		}
+		cn = newConn(c, p)
+		c.conns[p.ID] = cn
+		c.wg.Add(1)
+		go c.dial(cn)
 	}
 	c.mu.Unlock()
+	select {
+	case <-cn.ready:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	if cn.ch == nil {
+		return nil, cn.err()
+	}
+	return cn, nil
+}
 
-	cn := newConn(c, p)
-	var err error
+// dial connects cn on behalf of every stream waiting for it. It runs under
+// the client's context, not a stream's: one stream giving up must not fail
+// the others.
+func (c *Client) dial(cn *conn) {
+	defer c.wg.Done()
+	ctx, cancel := context.WithTimeout(c.ctx, c.opts.dialTimeout)
+	defer cancel()
+	var (
+		ch  transport.Channel
+		err error
+	)
 	if c.dialer != nil {
-		cn.ch, err = c.dialer.Dial(ctx, p.Addr, cn.init)
+		ch, err = c.dialer.Dial(ctx, cn.peer.Addr, cn.init)
 	} else {
-		cn.ch, err = c.opts.kind.Dial(ctx, p.Addr, cn.init, c.opts.topts...)
+		ch, err = c.opts.kind.Dial(ctx, cn.peer.Addr, cn.init, c.opts.topts...)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("datastream: connect to %s: %w", p.ID, err)
+		if c.ctx.Err() != nil {
+			err = ErrClosed
+		} else {
+			err = fmt.Errorf("datastream: connect to %s: %w", cn.peer.ID, err)
+		}
+		cn.markDead(err)
+		c.mu.Lock()
+		if c.conns[cn.peer.ID] == cn {
+			delete(c.conns, cn.peer.ID)
+		}
+		c.mu.Unlock()
+	} else {
+		cn.ch, cn.sendfile = ch, transport.SendsFileRegions(ch)
 	}
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.closed {
-		_ = cn.ch.Close()
-		return nil, ErrClosed
+	close(cn.ready)
+}
+
+// retireLocked keeps a dead connection until its goroutines have ended, so
+// that Close can wait for them, and forgets those that have.
+func (c *Client) retireLocked(cn *conn) {
+	live := c.retired[:0]
+	for _, r := range c.retired {
+		if !r.ended() {
+			live = append(live, r)
+		}
 	}
-	if old := c.conns[p.ID]; old != nil && !old.isDead() {
-		// Another stream dialed at the same time; keep one connection.
-		_ = cn.ch.Close()
-		return old, nil
-	}
-	c.conns[p.ID] = cn
-	return cn, nil
+	clear(c.retired[len(live):])
+	c.retired = append(live, cn)
 }
 
 // acquireSlot takes one of the client's outstanding-packet slots and n of
@@ -240,11 +236,12 @@ func (c *Client) sweep() {
 	defer c.wg.Done()
 	t := time.NewTicker(min(time.Second, c.opts.replyTimeout/4))
 	defer t.Stop()
+	var conns []*conn
 	for {
 		select {
 		case now := <-t.C:
 			c.mu.Lock()
-			conns := make([]*conn, 0, len(c.conns))
+			conns = conns[:0]
 			for _, cn := range c.conns {
 				conns = append(conns, cn)
 			}
@@ -259,7 +256,8 @@ func (c *Client) sweep() {
 }
 
 // Close fails every open stream with ErrClosed, closes the connections and
-// waits for the client's goroutines to end.
+// waits for the client's goroutines to end. Streams whose CLOSE was sent
+// may still commit on the peers. Closing a closed client does nothing.
 func (c *Client) Close() error {
 	c.mu.Lock()
 	if c.closed {
@@ -267,14 +265,21 @@ func (c *Client) Close() error {
 		return nil
 	}
 	c.closed = true
-	conns := c.conns
-	c.conns = nil
+	conns := make([]*conn, 0, len(c.conns)+len(c.retired))
+	for _, cn := range c.conns {
+		conns = append(conns, cn)
+	}
+	conns = append(conns, c.retired...)
+	c.conns, c.retired = nil, nil
 	c.mu.Unlock()
 	c.cancel()
 	for _, cn := range conns {
+		<-cn.ready
 		cn.failAll(ErrClosed)
-		_ = cn.ch.Close()
-		<-cn.ch.Done()
+		if cn.ch != nil {
+			_ = cn.ch.Close()
+			<-cn.ch.Done()
+		}
 	}
 	c.wg.Wait()
 	if c.dialer != nil {

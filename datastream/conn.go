@@ -16,7 +16,13 @@ import (
 type conn struct {
 	c    *Client
 	peer Peer
-	ch   transport.Channel
+	// ready is closed once the dial finished; ch is set then if it
+	// succeeded, and never changes.
+	ready chan struct{}
+	ch    transport.Channel
+	// sendfile is set with ch when the transport sends file regions with
+	// sendfile(2) rather than reading them inside Write.
+	sendfile bool
 
 	// wmu keeps a frame's prefix and its body adjacent on the wire when
 	// several streams write at once.
@@ -28,11 +34,11 @@ type conn struct {
 }
 
 func newConn(c *Client, p Peer) *conn {
-	return &conn{c: c, peer: p, streams: make(map[uint64]*Output)}
+	return &conn{c: c, peer: p, ready: make(chan struct{}), streams: make(map[uint64]*Output)}
 }
 
 func (cn *conn) init(ch transport.Channel) {
-	frames, err := codec.NewPacketFrameDecoder(cn.c.opts.maxFrame)
+	frames, err := codec.NewPacketFrameDecoder(codec.DefaultMaxPacketFrame)
 	if err == nil {
 		err = ch.Pipeline().AddLast("frame", frames)
 	}
@@ -49,6 +55,39 @@ func (cn *conn) isDead() bool {
 	cn.mu.Lock()
 	defer cn.mu.Unlock()
 	return cn.dead != nil
+}
+
+func (cn *conn) err() error {
+	cn.mu.Lock()
+	defer cn.mu.Unlock()
+	return cn.dead
+}
+
+func (cn *conn) markDead(err error) {
+	cn.mu.Lock()
+	if cn.dead == nil {
+		cn.dead = err
+	}
+	cn.mu.Unlock()
+}
+
+// ended reports whether the dial and, if it succeeded, the channel's
+// goroutines have finished.
+func (cn *conn) ended() bool {
+	select {
+	case <-cn.ready:
+	default:
+		return false
+	}
+	if cn.ch == nil {
+		return true
+	}
+	select {
+	case <-cn.ch.Done():
+		return true
+	default:
+		return false
+	}
 }
 
 func (cn *conn) add(o *Output) error {
@@ -76,8 +115,9 @@ func (cn *conn) get(id uint64) *Output {
 }
 
 // send writes one frame, or a prefix and its body, and flushes. It takes
-// over the buffers' references.
-func (cn *conn) send(prefix, body *buffer.Buf) error {
+// over the messages' references; body is a *buffer.Buf or a
+// transport.FileRegion, or nil.
+func (cn *conn) send(prefix *buffer.Buf, body any) error {
 	cn.wmu.Lock()
 	defer cn.wmu.Unlock()
 	err := cn.ch.Write(prefix)
@@ -85,7 +125,7 @@ func (cn *conn) send(prefix, body *buffer.Buf) error {
 		if err == nil {
 			err = cn.ch.Write(body)
 		} else {
-			body.Release()
+			pipeline.Release(body)
 		}
 	}
 	if err == nil {
@@ -123,7 +163,7 @@ func (cn *conn) sweep(now time.Time, timeout time.Duration) {
 	}
 	cn.mu.Unlock()
 	for _, o := range outs {
-		if at, ok := o.oldestSent(); ok && now.Sub(at) > timeout {
+		if at, ok := o.waitingSince(); ok && now.Sub(at) > timeout {
 			o.fail(fmt.Errorf("%w: %v waiting for %s", ErrReplyTimeout, timeout, cn.peer.ID), true)
 		}
 	}
@@ -145,6 +185,8 @@ func (h *replyHandler) ChannelRead(ctx *pipeline.Context, msg any) {
 		ctx.FireError(fmt.Errorf("datastream: from %s: %w", cn.peer.ID, err))
 		return
 	}
+	// A reply for a stream that is not open here (an abort's, or one that
+	// crossed a local failure) has nobody to go to.
 	if o := cn.get(rh.GetPacketHeader().GetStreamId()); o != nil {
 		o.onReply(rh, rcr)
 	}
@@ -156,6 +198,8 @@ func (h *replyHandler) ChannelInactive(ctx *pipeline.Context) {
 	ctx.FireChannelInactive()
 }
 
+// ErrorCaught closes the connection: a peer that sends what cannot be
+// decoded cannot be trusted with any stream.
 func (h *replyHandler) ErrorCaught(ctx *pipeline.Context, err error) {
 	(*conn)(h).c.opts.logger.Warn("datastream: connection failed", "peer", h.peer.ID, "err", err)
 	_ = ctx.Close()

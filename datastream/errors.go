@@ -24,17 +24,22 @@ var (
 	ErrLimitExceeded   error = &pb.Error{Code: pb.ErrorCode_LIMIT_EXCEEDED}
 	ErrForbidden       error = &pb.Error{Code: pb.ErrorCode_FORBIDDEN}
 	ErrCancelled       error = &pb.Error{Code: pb.ErrorCode_CANCELLED}
+	ErrGroupMismatch   error = &pb.Error{Code: pb.ErrorCode_GROUP_MISMATCH}
+	ErrInternal        error = &pb.Error{Code: pb.ErrorCode_INTERNAL}
 )
 
 // Client-side errors.
 var (
-	// ErrClosed is returned for writes on a stream that was closed or on a
-	// closed client.
+	// ErrClosed is returned for writes on a stream that was closed or
+	// committed, and fails every stream of a client that is closed.
 	ErrClosed = errors.New("datastream: closed")
-	// ErrConnectionLost fails every pending write of the streams on a
-	// connection that ended.
+	// ErrConnectionLost fails every stream on a connection to a primary
+	// that ended.
 	ErrConnectionLost = errors.New("datastream: connection to peer lost")
-	// ErrReplyTimeout fails a stream whose oldest packet went unanswered
-	// for longer than the reply timeout.
+	// ErrReplyTimeout fails a stream that had packets in flight and got no
+	// reply for longer than the reply timeout (WithReplyTimeout).
 	ErrReplyTimeout = errors.New("datastream: no reply within timeout")
+	// ErrTooLarge is returned for a packet larger than a frame may carry.
+	// Nothing is sent and the stream carries on.
+	ErrTooLarge = errors.New("datastream: packet too large")
 )

@@ -14,7 +14,15 @@ type Future[T any] struct {
 	err  error
 }
 
-func newFuture[T any]() *Future[T] { return &Future[T]{done: make(chan struct{})} }
+func newFuture[T any]() *Future[T] {
+	f := new(Future[T])
+	f.init()
+	return f
+}
+
+// init prepares a Future embedded in a larger struct, which saves an
+// allocation per packet.
+func (f *Future[T]) init() { f.done = make(chan struct{}) }
 
 func failedFuture[T any](err error) *Future[T] {
 	f := newFuture[T]()
@@ -30,12 +38,17 @@ func (f *Future[T]) complete(v T, err error) {
 	})
 }
 
-// Done is closed when the result is ready.
+// Done is closed when the result is ready; Wait then returns at once.
 func (f *Future[T]) Done() <-chan struct{} { return f.done }
 
 // Wait returns the result once it is ready, or ctx's error if ctx ends
 // first. A ctx that ends does not cancel the operation.
 func (f *Future[T]) Wait(ctx context.Context) (T, error) {
+	select {
+	case <-f.done:
+		return f.v, f.err
+	default:
+	}
 	select {
 	case <-f.done:
 		return f.v, f.err
@@ -45,13 +58,12 @@ func (f *Future[T]) Wait(ctx context.Context) (T, error) {
 	}
 }
 
-// Result returns the result if it is ready, and whether it is.
-func (f *Future[T]) Result() (T, error, bool) {
+// failedNow returns the future's error if it has already failed.
+func (f *Future[T]) failedNow() error {
 	select {
 	case <-f.done:
-		return f.v, f.err, true
+		return f.err
 	default:
-		var zero T
-		return zero, nil, false
+		return nil
 	}
 }

@@ -2,10 +2,7 @@ package datastream
 
 import (
 	"context"
-	"errors"
 	"fmt"
-	"io"
-	"os"
 	"sync"
 	"time"
 
@@ -13,6 +10,7 @@ import (
 
 	"github.com/pipestream/pipestream/buffer"
 	"github.com/pipestream/pipestream/codec"
+	"github.com/pipestream/pipestream/pipeline"
 	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
 )
 
@@ -30,7 +28,8 @@ const (
 	Close = pb.DataStreamPacketHeader_CLOSE
 )
 
-// Reply is a peer's answer to one packet.
+// Reply is the primary's answer to one packet, given once every peer of the
+// routing table handled it.
 type Reply struct {
 	Header *pb.DataStreamReplyHeader
 	// RaftClientReply is set on the reply to CLOSE: the commit's log
@@ -54,7 +53,8 @@ type StreamOption func(*streamOptions)
 func WithPrimary(id string) StreamOption { return func(o *streamOptions) { o.primary = id } }
 
 // WithRoutingTable sets how peers forward the stream. The default is a
-// chain through the group's peers, primary first.
+// chain through the group's peers, primary first, in the order NewClient
+// got them.
 func WithRoutingTable(t *pb.RoutingTable) StreamOption {
 	return func(o *streamOptions) { o.routing = t }
 }
@@ -63,32 +63,36 @@ func WithRoutingTable(t *pb.RoutingTable) StreamOption {
 func WithGroupID(id []byte) StreamOption { return func(o *streamOptions) { o.group = id } }
 
 // Output is one open stream. Its methods are safe for concurrent use;
-// packets are sent in the order their writes are called.
+// packets are sent in the order their writes take the stream's turn, so a
+// caller that cares about the order of its data writes from one goroutine.
 type Output struct {
 	c   *Client
 	cn  *conn
 	id  uint64
 	req *pb.RaftClientRequest
 
-	header  *Future[*Reply]
-	raft    *Future[*pb.RaftClientReply]
-	stopCtx func() bool
+	header *Future[*Reply]
+	raft   *Future[*pb.RaftClientReply]
 
-	mu       sync.Mutex
-	offset   uint64
-	pending  []*pendingPacket
-	err      error
-	closeF   *Future[*Reply]
-	inBytes  int64
-	inPkts   int
-	peak     int64
-	space    chan struct{} // closed and replaced when the window frees
-	finished bool
-	ended    bool // finished or failed; stopCtx has been called
+	mu        sync.Mutex
+	hdr       pb.DataStreamPacketHeader // reused for every packet, under mu
+	offset    uint64
+	pending   []*pendingPacket // sent, not yet answered, in order
+	err       error            // the stream failed
+	closeF    *Future[*Reply]  // CLOSE was sent
+	committed bool
+	inBytes   int64
+	inPkts    int
+	peak      int64
+	waits     int
+	space     chan struct{} // made by a waiting writer, closed when the window frees
+	lastReply time.Time
+	stopCtx   func() bool
+	ended     bool // committed or failed; stopCtx has been called
 }
 
 type pendingPacket struct {
-	f      *Future[*Reply]
+	f      Future[*Reply]
 	typ    pb.DataStreamPacketHeader_Type
 	offset uint64
 	length int64
@@ -97,9 +101,14 @@ type pendingPacket struct {
 }
 
 // Stream opens a stream whose header request carries message, and returns
-// once the header is sent. ctx governs the whole stream: cancelling it
-// before the stream is committed aborts the stream on every peer.
+// once the header is sent; HeaderFuture reports the peers' answer. ctx
+// governs the whole stream: cancelling it before the stream is committed
+// fails the stream and aborts it on every peer. A ctx cancelled after
+// CLOSE was sent leaves the commit's outcome unknown.
 func (c *Client) Stream(ctx context.Context, message []byte, opts ...StreamOption) (*Output, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
 	so := streamOptions{primary: c.peers[0].ID}
 	for _, opt := range opts {
 		opt(&so)
@@ -123,8 +132,7 @@ func (c *Client) Stream(ctx context.Context, message []byte, opts ...StreamOptio
 	}
 	o := &Output{
 		c: c, cn: cn, id: c.callID.Add(1),
-		raft:  newFuture[*pb.RaftClientReply](),
-		space: make(chan struct{}),
+		raft: newFuture[*pb.RaftClientReply](),
 	}
 	o.req = &pb.RaftClientRequest{
 		ClientId:     c.id,
@@ -142,20 +150,18 @@ func (c *Client) Stream(ctx context.Context, message []byte, opts ...StreamOptio
 	if err := cn.add(o); err != nil {
 		return nil, err
 	}
-	o.header = o.send(ctx, pb.DataStreamPacketHeader_STREAM_HEADER, body, nil, 0)
-	if _, err, done := o.header.Result(); done && err != nil {
-		return nil, err
-	}
-	stop := context.AfterFunc(ctx, func() {
-		o.fail(fmt.Errorf("datastream: stream aborted: %w", context.Cause(ctx)), true)
-	})
 	o.mu.Lock()
-	if o.ended {
-		stop()
-	} else {
-		o.stopCtx = stop
+	if !o.ended { // the connection may have died already
+		o.stopCtx = context.AfterFunc(ctx, func() {
+			o.fail(fmt.Errorf("datastream: stream aborted: %w", context.Cause(ctx)), true)
+		})
 	}
 	o.mu.Unlock()
+	o.header = o.send(ctx, pb.DataStreamPacketHeader_STREAM_HEADER, body, nil, int64(len(body)), 0, false)
+	if err := o.header.failedNow(); err != nil {
+		o.fail(err, false)
+		return nil, err
+	}
 	return o, nil
 }
 
@@ -169,63 +175,39 @@ func (o *Output) Request() *pb.RaftClientRequest { return o.req }
 // stream.
 func (o *Output) HeaderFuture() *Future[*Reply] { return o.header }
 
-// RaftClientReplyFuture completes once the stream is closed and committed.
-// It does not close the stream.
+// RaftClientReplyFuture completes once the stream is closed and committed,
+// or fails with the stream. It does not close the stream.
 func (o *Output) RaftClientReplyFuture() *Future[*pb.RaftClientReply] { return o.raft }
 
 // WriteAsync sends data as one packet with the given options and returns
 // the future of its reply. data may be reused as soon as WriteAsync
-// returns. It waits while the stream's window is full, up to ctx.
+// returns. It waits while the stream's or the client's window is full; if
+// ctx ends meanwhile, the packet is not sent, the future fails with ctx's
+// error, and the stream carries on. A packet over the frame limit fails
+// with ErrTooLarge, likewise without touching the stream.
 func (o *Output) WriteAsync(ctx context.Context, data []byte, opts ...WriteOption) *Future[*Reply] {
-	return o.send(ctx, pb.DataStreamPacketHeader_STREAM_DATA, data, nil, optionBits(opts))
+	return o.send(ctx, pb.DataStreamPacketHeader_STREAM_DATA, data, nil, int64(len(data)), optionBits(opts), false)
 }
 
-// WriteBufAsync sends b as one packet without copying it, taking over the
-// caller's reference.
+// WriteBufAsync is WriteAsync for a pooled buffer: b is sent as the
+// packet's body without a copy. It takes over the caller's reference, on
+// every path, and releases it once the bytes are on the wire.
 func (o *Output) WriteBufAsync(ctx context.Context, b *buffer.Buf, opts ...WriteOption) *Future[*Reply] {
-	return o.send(ctx, pb.DataStreamPacketHeader_STREAM_DATA, nil, b, optionBits(opts))
-}
-
-// WriteFile sends count bytes of f from position pos, in packets of the
-// client's packet size read straight into pooled buffers, with opts on the
-// last packet. It returns the future of the last packet, which fails if any
-// packet fails.
-func (o *Output) WriteFile(ctx context.Context, f *os.File, pos, count int64, opts ...WriteOption) *Future[*Reply] {
-	if count == 0 {
-		return o.WriteAsync(ctx, nil, opts...)
-	}
-	var last *Future[*Reply]
-	for off := int64(0); off < count; {
-		n := min(int64(o.c.opts.packetSize), count-off)
-		b := buffer.Get(int(n))
-		if _, err := f.ReadAt(b.Bytes(), pos+off); err != nil {
-			b.Release()
-			return failedFuture[*Reply](fmt.Errorf("datastream: read %s at %d: %w", f.Name(), pos+off, err))
-		}
-		off += n
-		var bits uint32
-		if off == count {
-			bits = optionBits(opts)
-		}
-		last = o.send(ctx, pb.DataStreamPacketHeader_STREAM_DATA, nil, b, bits)
-		if _, err, done := last.Result(); done && err != nil {
-			return last
-		}
-	}
-	return last
+	return o.send(ctx, pb.DataStreamPacketHeader_STREAM_DATA, nil, b, int64(b.Len()), optionBits(opts), false)
 }
 
 // Close sends CLOSE and returns the future of its reply, which carries the
-// RaftClientReply once the stream is committed. Calling it again returns
-// the same future.
+// RaftClientReply once the stream is committed. Calling it again, or after
+// a write with the Close option, returns the same future; on a failed
+// stream it returns the stream's error.
 func (o *Output) Close(ctx context.Context) *Future[*Reply] {
 	o.mu.Lock()
-	if f := o.closeF; f != nil {
-		o.mu.Unlock()
+	f := o.closeF
+	o.mu.Unlock()
+	if f != nil {
 		return f
 	}
-	o.mu.Unlock()
-	return o.send(ctx, pb.DataStreamPacketHeader_STREAM_DATA, nil, nil, uint32(Close))
+	return o.send(ctx, pb.DataStreamPacketHeader_STREAM_DATA, nil, nil, 0, uint32(Close), true)
 }
 
 // Err returns the error the stream failed with, or nil.
@@ -251,79 +233,78 @@ func optionBits(opts []WriteOption) uint32 {
 	return bits
 }
 
-// send queues one packet: data is copied into the frame, or buf is sent as
-// the body without a copy.
-func (o *Output) send(ctx context.Context, typ pb.DataStreamPacketHeader_Type, data []byte, buf *buffer.Buf, opts uint32) *Future[*Reply] {
-	n := int64(len(data))
-	if buf != nil {
-		n = int64(buf.Len())
+// send queues one packet of n bytes: data is copied into the frame, or
+// body (a *buffer.Buf or a transport.FileRegion, whose reference send takes
+// over) follows the frame's prefix without a copy. closeCall marks Close,
+// which returns the CLOSE already sent rather than failing.
+func (o *Output) send(ctx context.Context, typ pb.DataStreamPacketHeader_Type, data []byte, body any, n int64, opts uint32, closeCall bool) *Future[*Reply] {
+	if n > maxPayload {
+		pipeline.Release(body)
+		return failedFuture[*Reply](fmt.Errorf("%w: %d bytes, at most %d", ErrTooLarge, n, maxPayload))
+	}
+	// A done ctx fails the write even when the window has room.
+	if err := ctx.Err(); err != nil {
+		pipeline.Release(body)
+		return failedFuture[*Reply](err)
 	}
 	if err := o.acquire(ctx, n); err != nil {
-		if buf != nil {
-			buf.Release()
-		}
+		pipeline.Release(body)
 		return failedFuture[*Reply](err)
 	}
 	if err := o.c.acquireSlot(ctx, n); err != nil {
 		o.releaseWindow(n)
-		if buf != nil {
-			buf.Release()
-		}
+		pipeline.Release(body)
 		return failedFuture[*Reply](err)
 	}
 
 	o.mu.Lock()
-	err := o.err
-	if err == nil && o.closeF != nil {
+	f, err := o.closeF, o.err
+	if err == nil && f != nil && !closeCall {
 		err = fmt.Errorf("%w: write after Close", ErrClosed)
 	}
-	if err != nil {
-		o.mu.Unlock()
-		o.releaseWindow(n)
-		o.c.releaseSlot(n)
-		if buf != nil {
-			buf.Release()
+	if err == nil && f == nil {
+		h := &o.hdr
+		h.ClientId, h.Type, h.StreamId = o.c.id, typ, o.id
+		h.StreamOffset, h.DataLength, h.Options = o.offset, uint64(n), opts
+		var frame *buffer.Buf
+		if body != nil {
+			frame, err = codec.EncodePacketPrefix(h, int(n))
+		} else {
+			frame, err = codec.EncodePacket(h, data)
 		}
-		return failedFuture[*Reply](err)
-	}
-	h := &pb.DataStreamPacketHeader{
-		ClientId:     o.c.id,
-		Type:         typ,
-		StreamId:     o.id,
-		StreamOffset: o.offset,
-		DataLength:   uint64(n),
-		Options:      opts,
-	}
-	var prefix *buffer.Buf
-	if buf != nil {
-		prefix, err = codec.EncodePacketPrefix(h, buf.Len())
-	} else {
-		prefix, err = codec.EncodePacket(h, data)
-	}
-	if err != nil {
-		o.mu.Unlock()
-		o.releaseWindow(n)
-		o.c.releaseSlot(n)
-		if buf != nil {
-			buf.Release()
+		if err == nil {
+			return o.queueLocked(frame, body, typ, n, opts)
 		}
-		return failedFuture[*Reply](err)
 	}
-	p := &pendingPacket{f: newFuture[*Reply](), typ: typ, offset: o.offset, length: n, close: opts&uint32(Close) != 0, sentAt: time.Now()}
+	o.releaseWindowLocked(n)
+	o.mu.Unlock()
+	o.c.releaseSlot(n)
+	pipeline.Release(body)
+	if err == nil {
+		return f // a second Close
+	}
+	return failedFuture[*Reply](err)
+}
+
+// queueLocked records the packet as pending and writes it. Writing under
+// o.mu keeps the stream's packets in offset order on the wire. It unlocks
+// o.mu.
+func (o *Output) queueLocked(frame *buffer.Buf, body any, typ pb.DataStreamPacketHeader_Type, n int64, opts uint32) *Future[*Reply] {
+	p := &pendingPacket{typ: typ, offset: o.offset, length: n, close: opts&uint32(Close) != 0, sentAt: time.Now()}
+	p.f.init()
 	o.pending = append(o.pending, p)
 	if typ == pb.DataStreamPacketHeader_STREAM_DATA {
 		o.offset += uint64(n)
 	}
 	if p.close {
-		o.closeF = p.f
+		o.closeF = &p.f
 	}
-	// Sending under o.mu keeps this stream's packets in offset order.
-	err = o.cn.send(prefix, buf)
+	err := o.cn.send(frame, body)
 	o.mu.Unlock()
 	if err != nil {
 		o.fail(fmt.Errorf("%w: %s: %v", ErrConnectionLost, o.cn.peer.ID, err), false)
 	}
-	return p.f
+	return &p.f
 }
 
 // acquire waits for room for n bytes and one packet in the window. A
@@ -331,8 +312,7 @@ func (o *Output) send(ctx context.Context, typ pb.DataStreamPacketHeader_Type, d
 func (o *Output) acquire(ctx context.Context, n int64) error {
 	for {
 		o.mu.Lock()
-		if o.err != nil {
-			err := o.err
+		if err := o.err; err != nil {
 			o.mu.Unlock()
 			return err
 		}
@@ -343,7 +323,11 @@ func (o *Output) acquire(ctx context.Context, n int64) error {
 			o.mu.Unlock()
 			return nil
 		}
+		if o.space == nil {
+			o.space = make(chan struct{})
+		}
 		space := o.space
+		o.waits++
 		o.mu.Unlock()
 		select {
 		case <-space:
@@ -362,8 +346,10 @@ func (o *Output) releaseWindow(n int64) {
 func (o *Output) releaseWindowLocked(n int64) {
 	o.inBytes -= n
 	o.inPkts--
-	close(o.space)
-	o.space = make(chan struct{})
+	if o.space != nil {
+		close(o.space)
+		o.space = nil
+	}
 }
 
 // onReply completes the oldest pending packet. Replies for a stream come in
@@ -378,40 +364,65 @@ func (o *Output) onReply(h *pb.DataStreamReplyHeader, rcr *pb.RaftClientReply) {
 	ph := h.GetPacketHeader()
 	if ph.GetType() != p.typ || ph.GetStreamOffset() != p.offset {
 		o.mu.Unlock()
-		o.fail(pb.Errorf(pb.ErrorCode_INTERNAL, "reply for offset %d, expected %d", ph.GetStreamOffset(), p.offset), true)
+		o.fail(pb.Errorf(pb.ErrorCode_INTERNAL, "reply from %s for %v at offset %d, expected %v at %d",
+			o.cn.peer.ID, ph.GetType(), ph.GetStreamOffset(), p.typ, p.offset), true)
 		return
 	}
 	if !h.GetSuccess() {
 		o.mu.Unlock()
-		err := error(&pb.Error{Code: h.GetErrorCode(), Message: h.GetErrorMessage()})
-		if rcr != nil && rcr.GetLeaderHint() != "" {
-			err = fmt.Errorf("%w (leader hint %s)", err, rcr.GetLeaderHint())
-		}
-		// The peer has dropped the stream; no abort is needed.
-		o.fail(err, false)
+		// The peer has dropped the stream and aborted it downstream.
+		o.fail(replyError(h, rcr), false)
 		return
 	}
+	if err := checkReply(p, h, rcr); err != nil {
+		o.mu.Unlock()
+		o.fail(err, true)
+		return
+	}
+	o.pending[0] = nil
 	o.pending = o.pending[1:]
 	o.releaseWindowLocked(p.length)
-	finished := p.close
-	if finished {
-		o.finished = true
-		o.err = fmt.Errorf("%w: stream committed", ErrClosed)
-	}
+	o.lastReply = time.Now()
+	o.committed = p.close
 	o.mu.Unlock()
 	o.c.releaseSlot(p.length)
 	p.f.complete(&Reply{Header: h, RaftClientReply: rcr}, nil)
-	if finished {
+	if p.close {
 		o.raft.complete(rcr, nil)
 		o.done()
 	}
 }
 
+// checkReply checks a successful reply against the packet it answers.
+func checkReply(p *pendingPacket, h *pb.DataStreamReplyHeader, rcr *pb.RaftClientReply) error {
+	if want := p.offset + uint64(p.length); p.typ == pb.DataStreamPacketHeader_STREAM_DATA && h.GetBytesWritten() != want {
+		return pb.Errorf(pb.ErrorCode_INTERNAL, "peer %s wrote %d bytes, expected %d", h.GetServerId(), h.GetBytesWritten(), want)
+	}
+	if p.close && !rcr.GetSuccess() {
+		return pb.Errorf(pb.ErrorCode_INTERNAL, "peer %s answered CLOSE without a successful RaftClientReply", h.GetServerId())
+	}
+	return nil
+}
+
+// replyError turns a failed reply into the error the stream fails with.
+func replyError(h *pb.DataStreamReplyHeader, rcr *pb.RaftClientReply) error {
+	code := h.GetErrorCode()
+	if code == pb.ErrorCode_ERROR_NONE {
+		code = pb.ErrorCode_INTERNAL // failed without saying why
+	}
+	err := error(&pb.Error{Code: code, Message: h.GetErrorMessage()})
+	if hint := rcr.GetLeaderHint(); hint != "" {
+		err = fmt.Errorf("%w (leader hint %s)", err, hint)
+	}
+	return err
+}
+
 // fail fails the stream: every pending future and every later write get
-// err. With abort, the peers are told to drop the stream.
+// err. With abort, the peers are told to drop the stream. A committed
+// stream cannot fail.
 func (o *Output) fail(err error, abort bool) {
 	o.mu.Lock()
-	if o.err != nil {
+	if o.err != nil || o.committed {
 		o.mu.Unlock()
 		return
 	}
@@ -440,6 +451,7 @@ func (o *Output) fail(err error, abort bool) {
 	o.done()
 }
 
+// done lets go of a stream that committed or failed.
 func (o *Output) done() {
 	o.cn.remove(o)
 	o.mu.Lock()
@@ -451,53 +463,18 @@ func (o *Output) done() {
 	}
 }
 
-func (o *Output) oldestSent() (time.Time, bool) {
+// waitingSince returns when the stream last made progress, if it has
+// packets in flight: the later of its oldest packet's send and its last
+// reply.
+func (o *Output) waitingSince() (time.Time, bool) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	if len(o.pending) == 0 {
 		return time.Time{}, false
 	}
-	return o.pending[0].sentAt, true
-}
-
-// Writer returns an io.WriteCloser view of the stream: Write sends p in
-// packets of the client's packet size and returns once they are queued;
-// Close closes the stream and waits for its commit. Errors of earlier
-// packets surface on a later Write or on Close.
-func (o *Output) Writer(ctx context.Context) io.WriteCloser { return &writer{o: o, ctx: ctx} }
-
-type writer struct {
-	o   *Output
-	ctx context.Context
-}
-
-func (w *writer) Write(p []byte) (int, error) {
-	if err := w.o.Err(); err != nil {
-		return 0, err
+	at := o.pending[0].sentAt
+	if o.lastReply.After(at) {
+		at = o.lastReply
 	}
-	written := 0
-	for len(p) > 0 {
-		n := min(len(p), w.o.c.opts.packetSize)
-		f := w.o.WriteAsync(w.ctx, p[:n])
-		if _, err, done := f.Result(); done && err != nil {
-			return written, err
-		}
-		written += n
-		p = p[n:]
-	}
-	return written, nil
-}
-
-func (w *writer) Close() error {
-	_, err := w.o.Close(w.ctx).Wait(w.ctx)
-	if errors.Is(err, ErrClosed) && w.o.finished0() {
-		return nil
-	}
-	return err
-}
-
-func (o *Output) finished0() bool {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	return o.finished
+	return at, true
 }

@@ -1,0 +1,114 @@
+package datastream
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	"github.com/pipestream/pipestream/codec"
+	"github.com/pipestream/pipestream/transport"
+)
+
+// Defaults for the client options.
+const (
+	// DefaultWindowBytes and DefaultWindowPackets bound one stream's
+	// packets in flight.
+	DefaultWindowBytes   = 16 << 20
+	DefaultWindowPackets = 64
+	// DefaultMaxOutstanding and DefaultMaxOutstandingBytes bound the
+	// packets in flight over all of a client's streams.
+	DefaultMaxOutstanding      = 1024
+	DefaultMaxOutstandingBytes = 128 << 20
+	// DefaultPacketSize is the packet size of WriteFile and Writer.
+	DefaultPacketSize = 1 << 20
+	// DefaultReplyTimeout is longer than the server's own commit timeout
+	// (handler.DefaultCommitTimeout), so that a slow commit is reported by
+	// the server, with its code, rather than by the client.
+	DefaultReplyTimeout = time.Minute
+	// DefaultDialTimeout bounds connecting to a peer.
+	DefaultDialTimeout = 10 * time.Second
+)
+
+// maxPayload is the largest packet body a frame of the default size holds.
+const maxPayload = codec.DefaultMaxPacketFrame - codec.DefaultMaxPacketHeader
+
+type options struct {
+	kind           transport.Kind
+	topts          []transport.Option
+	windowBytes    int64
+	windowPackets  int
+	maxOutstanding int
+	maxBytes       int64
+	packetSize     int
+	replyTimeout   time.Duration
+	dialTimeout    time.Duration
+	logger         *slog.Logger
+}
+
+func defaultOptions() options {
+	return options{
+		windowBytes:    DefaultWindowBytes,
+		windowPackets:  DefaultWindowPackets,
+		maxOutstanding: DefaultMaxOutstanding,
+		maxBytes:       DefaultMaxOutstandingBytes,
+		packetSize:     DefaultPacketSize,
+		replyTimeout:   DefaultReplyTimeout,
+		dialTimeout:    DefaultDialTimeout,
+		logger:         slog.Default(),
+	}
+}
+
+func (o *options) validate() error {
+	switch {
+	case o.windowBytes <= 0 || o.windowPackets <= 0:
+		return errors.New("datastream: window must be positive")
+	case o.maxOutstanding <= 0 || o.maxBytes <= 0:
+		return errors.New("datastream: outstanding limits must be positive")
+	case o.packetSize <= 0 || o.packetSize > maxPayload:
+		return fmt.Errorf("datastream: packet size %d is not in (0, %d]", o.packetSize, maxPayload)
+	case o.replyTimeout <= 0 || o.dialTimeout <= 0:
+		return errors.New("datastream: timeouts must be positive")
+	case o.logger == nil:
+		return errors.New("datastream: nil logger")
+	}
+	return nil
+}
+
+// Option configures a Client.
+type Option func(*options)
+
+// WithTransport picks the transport (gnet by default) and its options. The
+// net.Conn transport is the one with TLS (transport.WithTLS) and the one on
+// which WriteFile uses sendfile(2).
+func WithTransport(k transport.Kind, opts ...transport.Option) Option {
+	return func(o *options) { o.kind, o.topts = k, opts }
+}
+
+// WithWindow bounds each stream's bytes and packets in flight: sent and not
+// yet answered. A write that would exceed either waits. A single packet
+// larger than the byte window is sent alone.
+func WithWindow(bytes int64, packets int) Option {
+	return func(o *options) { o.windowBytes, o.windowPackets = bytes, packets }
+}
+
+// WithMaxOutstanding bounds the packets and bytes in flight over all of the
+// client's streams, as Ratis bounds requests per client, so that many
+// streams together cannot queue more than a connection should hold.
+func WithMaxOutstanding(packets int, bytes int64) Option {
+	return func(o *options) { o.maxOutstanding, o.maxBytes = packets, bytes }
+}
+
+// WithPacketSize sets the packet size WriteFile and Writer cut data into.
+func WithPacketSize(n int) Option { return func(o *options) { o.packetSize = n } }
+
+// WithReplyTimeout fails a stream that has packets in flight and has had no
+// reply for this long, with ErrReplyTimeout. It is checked on a tick of a
+// quarter of the timeout (at most a second), since gnet has no deadlines.
+func WithReplyTimeout(d time.Duration) Option { return func(o *options) { o.replyTimeout = d } }
+
+// WithDialTimeout bounds connecting to a peer.
+func WithDialTimeout(d time.Duration) Option { return func(o *options) { o.dialTimeout = d } }
+
+// WithLogger sets the client's logger.
+func WithLogger(l *slog.Logger) Option { return func(o *options) { o.logger = l } }
