@@ -19,6 +19,10 @@ import (
 // written before it.
 const closeLinger = time.Second
 
+// tlsHandshakeTimeout bounds a server's TLS handshake, so that a client
+// that connects and says nothing holds no goroutine for long.
+const tlsHandshakeTimeout = 10 * time.Second
+
 // tlsWriteSize is the most a connection without writev gathers into one
 // write: four TLS records of the largest size.
 const tlsWriteSize = 64 << 10
@@ -384,7 +388,8 @@ type connServer struct {
 // ListenConn starts a net.Conn server on addr ("host:port" or
 // "tcp://host:port"; port 0 picks a free port), with TLS when WithTLS is
 // given. Each connection gets a reader and a writer goroutine; init runs on
-// the reader.
+// the reader, after the TLS handshake, which must finish within ten
+// seconds.
 func ListenConn(ctx context.Context, addr string, init Initializer, opts ...Option) (Server, error) {
 	network, hostport, err := splitAddr(addr)
 	if err != nil {
@@ -439,7 +444,10 @@ func (s *connServer) serve(conn net.Conn) {
 	defer s.wg.Done()
 	if s.opts.tls != nil {
 		tc := tls.Server(conn, s.opts.tls)
-		if err := tc.HandshakeContext(s.ctx); err != nil {
+		ctx, cancel := context.WithTimeout(s.ctx, tlsHandshakeTimeout)
+		err := tc.HandshakeContext(ctx)
+		cancel()
+		if err != nil {
 			s.opts.logger.Debug("transport: TLS handshake failed", "remote", conn.RemoteAddr(), "err", err)
 			_ = conn.Close()
 			return
