@@ -47,6 +47,9 @@ type Router struct {
 }
 
 // connState is what one connection's streams count against its limits.
+// A peer connection carries what its predecessor forwards for all of that
+// peer's clients, each already held to these limits there, so only the
+// per-peer stream limit applies to it.
 type connState struct {
 	streams  atomic.Int32 // open streams
 	inflight atomic.Int64 // body bytes admitted and not yet answered
@@ -125,7 +128,7 @@ func (r *Router) route(up *pipeline.Pipeline, p *Packet) (*Stream, *pb.Error) {
 
 func (r *Router) checkBytes(p *Packet) *pb.Error {
 	n, limit := r.conn.inflight.Load(), r.Streams.cfg.MaxConnBytes
-	if n+int64(p.Header.GetDataLength()) > limit {
+	if !r.conn.peer && n+int64(p.Header.GetDataLength()) > limit {
 		return errorf(pb.ErrorCode_LIMIT_EXCEEDED, "connection has %d bytes unanswered, its limit is %d", n, limit)
 	}
 	return nil
@@ -169,7 +172,7 @@ func (r *Router) open(up *pipeline.Pipeline, p *Packet) (*Stream, *pb.Error) {
 		}
 		succ[i] = c
 	}
-	if n := r.conn.streams.Load(); int(n) >= s.cfg.MaxStreamsPerConn {
+	if n := r.conn.streams.Load(); !r.conn.peer && int(n) >= s.cfg.MaxStreamsPerConn {
 		return nil, errorf(pb.ErrorCode_LIMIT_EXCEEDED, "connection has %d open streams, its limit", n)
 	}
 	st := newStream(s, p.Key(), req, primary == s.cfg.ID, up, &r.conn, succIDs, succ)

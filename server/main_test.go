@@ -208,3 +208,12 @@ func (r *raw) request(stream uint64, primary string, table *pb.RoutingTable) *pb
 		Type: pb.RaftClientRequest_STREAM, Message: []byte("raw"), RoutingTable: table,
 	}
 }
+
+func encodeFrameBytes(h *pb.DataStreamPacketHeader, body []byte) ([]byte, error) {
+	frame, err := codec.EncodePacket(h, body)
+	if err != nil {
+		return nil, err
+	}
+	defer frame.Release()
+	return append([]byte(nil), frame.Bytes()...), nil
+}
