@@ -5,6 +5,8 @@ package server
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -15,13 +17,23 @@ import (
 	"github.com/pipestream/pipestream/codec"
 	"github.com/pipestream/pipestream/handler"
 	"github.com/pipestream/pipestream/pipeline"
+	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
 	"github.com/pipestream/pipestream/statemachine"
 	"github.com/pipestream/pipestream/transport"
 )
 
-// ErrPeerUnavailable is returned for a stream whose successor has no live
-// connection at the time its header arrives.
-var ErrPeerUnavailable = errors.New("server: peer unavailable")
+var (
+	// ErrPeerUnavailable is returned for a stream whose successor has no
+	// live connection at the time its header arrives.
+	ErrPeerUnavailable = errors.New("server: peer unavailable")
+	// ErrTLSNeedsNetConn is returned by Listen for a Config with TLS,
+	// PeerTLS or AuthorizePeer and the gnet transport, which has no TLS.
+	ErrTLSNeedsNetConn = errors.New("server: TLS needs the netconn transport")
+)
+
+// StageAuthorizePeer names the stage that Config.AuthorizePeer adds to
+// client and predecessor connections, right before handler.StageRouter.
+const StageAuthorizePeer = "authorize-peer"
 
 // DefaultPeerOutbound bounds the bytes queued on a connection to a
 // successor.
@@ -45,9 +57,33 @@ type Config struct {
 	Committer statemachine.Committer
 
 	// Transport picks gnet (default) or net.Conn; TransportOptions go to
-	// both the listener and the connections to peers.
+	// both the listener and the connections to peers. TLS is set with the
+	// fields below rather than transport.WithTLS, because the two sides
+	// need different configurations.
 	Transport        transport.Kind
 	TransportOptions []transport.Option
+
+	// TLS, if set, makes the listener speak TLS, to clients and to the
+	// other peers alike: Certificates, and for mutual TLS ClientAuth
+	// tls.RequireAndVerifyClientCert with ClientCAs. PeerTLS is the
+	// dialing side, for the connections to the other peers: RootCAs, and
+	// for mutual TLS this peer's certificate in Certificates; ServerName
+	// defaults to the host of each peer's address. Both need Transport
+	// transport.NetConn (else ErrTLSNeedsNetConn), and one needs the other
+	// when the group has other peers. See docs/security.md.
+	TLS     *tls.Config
+	PeerTLS *tls.Config
+	// AuthorizePeer, if set, decides which connections may act as a peer.
+	// A connection that opens with a PING becomes a predecessor, which may
+	// carry the streams of every client; without AuthorizePeer any
+	// connection may, including one holding a valid client certificate.
+	// AuthorizePeer is called with the leaf of the connection's verified
+	// certificate chain when such a connection sends its PING; if it
+	// returns false, or there is no verified certificate, the connection
+	// is closed. A connection that opens with a stream is a client's
+	// connection and is not asked about. It needs TLS, and TLS.ClientAuth
+	// set to verify client certificates.
+	AuthorizePeer func(cert *x509.Certificate) bool
 
 	MaxFrame      int           // default codec.DefaultMaxPacketFrame
 	MaxHeader     int           // default codec.DefaultMaxPacketHeader
@@ -114,6 +150,9 @@ func Listen(ctx context.Context, cfg Config) (*Server, error) {
 	if _, ok := addrs[cfg.ID]; !ok {
 		return nil, fmt.Errorf("server: peer list does not include this server %q", cfg.ID)
 	}
+	if err := checkTLS(&cfg, len(addrs) > 1); err != nil {
+		return nil, err
+	}
 	if cfg.Addr == "" {
 		cfg.Addr = "127.0.0.1:0"
 	}
@@ -159,11 +198,17 @@ func Listen(ctx context.Context, cfg Config) (*Server, error) {
 		s.cfg.SweepInterval = cfg.SweepInterval
 	}
 	opts := append([]transport.Option{transport.WithLogger(s.log)}, cfg.TransportOptions...)
+	if cfg.TLS != nil {
+		opts = append(opts, transport.WithTLS(cfg.TLS))
+	}
 	// A successor connection queues what every client forwards through
 	// this peer; each client bounds its own bytes in flight, so this bound
 	// is a safety net sized for several of them (issue: server-side
 	// back-pressure per connection).
 	peerOpts := append([]transport.Option{transport.WithLogger(s.log), transport.WithMaxOutbound(DefaultPeerOutbound)}, cfg.TransportOptions...)
+	if cfg.PeerTLS != nil {
+		peerOpts = append(peerOpts, transport.WithTLS(cfg.PeerTLS))
+	}
 	s.peerOpts = peerOpts
 	if cfg.Transport == transport.Gnet {
 		d, err := transport.NewDialer(peerOpts...)
@@ -214,8 +259,30 @@ func (s *Server) SetPeerAddr(id, addr string) {
 	s.addrs[id] = addr
 }
 
+// checkTLS refuses TLS settings that cannot work; others is whether the
+// group has peers besides this one.
+func checkTLS(cfg *Config, others bool) error {
+	if cfg.TLS == nil && cfg.PeerTLS == nil && cfg.AuthorizePeer == nil {
+		return nil
+	}
+	switch {
+	case cfg.Transport != transport.NetConn:
+		return ErrTLSNeedsNetConn
+	case cfg.AuthorizePeer != nil && cfg.TLS == nil:
+		return errors.New("server: AuthorizePeer needs TLS")
+	case others && (cfg.TLS == nil || cfg.PeerTLS == nil):
+		// The peers dial the listener the clients use: if one side
+		// speaks TLS, both must.
+		return errors.New("server: TLS and PeerTLS must be set together")
+	}
+	return nil
+}
+
 func (s *Server) initUpstream(ch transport.Channel) {
 	err := handler.Install(ch.Pipeline(), s.streams, s.cfg.MaxFrame)
+	if err == nil && s.cfg.AuthorizePeer != nil {
+		err = ch.Pipeline().AddBefore(handler.StageRouter, StageAuthorizePeer, &peerGate{s: s})
+	}
 	if err == nil && s.cfg.Pipeline != nil {
 		err = s.cfg.Pipeline(ch.Pipeline())
 	}
@@ -223,6 +290,52 @@ func (s *Server) initUpstream(ch transport.Channel) {
 		s.log.Error("server: cannot set up connection", "err", err)
 		_ = ch.Close()
 	}
+}
+
+// peerGate asks Config.AuthorizePeer about a connection that opens with a
+// PING. The router decides on the first packet whether a connection is a
+// peer's, so the gate steps out of the pipeline after that packet.
+type peerGate struct {
+	s       *Server
+	refused bool
+}
+
+// ChannelRead implements pipeline.ReadHandler.
+func (g *peerGate) ChannelRead(ctx *pipeline.Context, msg any) {
+	if g.refused {
+		// Packets already read when the connection was refused.
+		pipeline.Release(msg)
+		return
+	}
+	p, ok := msg.(*handler.Packet)
+	if !ok {
+		ctx.FireChannelRead(msg)
+		return
+	}
+	if p.Header.GetType() == pb.DataStreamPacketHeader_PING && !g.authorized(ctx.Pipeline().Transport()) {
+		g.refused = true
+		p.Release()
+		// Closed without a reply: any answer to a PING counts as a pong
+		// to the dialing peer.
+		_ = ctx.Close()
+		return
+	}
+	_, _ = ctx.Pipeline().Remove(ctx.Name())
+	ctx.FireChannelRead(p)
+}
+
+func (g *peerGate) authorized(t pipeline.Transport) bool {
+	st, ok := transport.TLSConnectionState(t)
+	if !ok || len(st.VerifiedChains) == 0 || len(st.VerifiedChains[0]) == 0 {
+		g.s.log.Warn("server: refused a peer connection without a verified certificate", "remote", t.RemoteAddr())
+		return false
+	}
+	cert := st.VerifiedChains[0][0]
+	if !g.s.cfg.AuthorizePeer(cert) {
+		g.s.log.Warn("server: refused a peer connection: AuthorizePeer said no", "remote", t.RemoteAddr(), "subject", cert.Subject.String())
+		return false
+	}
+	return true
 }
 
 // successor is the handler.PeerDialer: the live connection to id, or an
