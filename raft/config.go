@@ -1,6 +1,7 @@
 package raft
 
 import (
+	"crypto/tls"
 	"fmt"
 	"log/slog"
 	"time"
@@ -29,6 +30,16 @@ type Config struct {
 	RaftAddr string
 	// CommitAddr is the TCP address for forwarded commits, like RaftAddr.
 	CommitAddr string
+
+	// TLS, if set, makes both listeners, Raft's and the commit address,
+	// speak TLS: Certificates, and for mutual TLS ClientAuth
+	// tls.RequireAndVerifyClientCert with ClientCAs. PeerTLS is the dialing
+	// side, for Raft RPCs and forwarded commits to the other peers:
+	// RootCAs, and for mutual TLS this peer's certificate in Certificates;
+	// ServerName defaults to the host of the address dialed. Set both or
+	// neither: every peer dials the others' listeners.
+	TLS     *tls.Config
+	PeerTLS *tls.Config
 
 	// Dir holds the Raft log and stable store (raft.db, raft-boltdb) and the
 	// snapshots. Empty means everything is kept in memory, for tests.
@@ -93,6 +104,9 @@ func (c Config) withDefaults() (Config, error) {
 	}
 	if c.RaftAddr == "" || c.CommitAddr == "" {
 		return c, fmt.Errorf("%w: %s needs both RaftAddr and CommitAddr", ErrConfig, c.ID)
+	}
+	if (c.TLS == nil) != (c.PeerTLS == nil) {
+		return c, fmt.Errorf("%w: %s: TLS and PeerTLS must be set together", ErrConfig, c.ID)
 	}
 	setDuration(&c.HeartbeatTimeout, DefaultHeartbeatTimeout)
 	setDuration(&c.ElectionTimeout, max(DefaultElectionTimeout, c.HeartbeatTimeout))

@@ -16,6 +16,16 @@
 // waits until its own FSM has applied the entry, so when it returns the
 // calling peer's data is linked, not just the leader's.
 //
+// # TLS
+//
+// Config.TLS and Config.PeerTLS put TLS on both of a Node's connections:
+// hashicorp/raft's RPCs, through a stream layer of its own, and the
+// commit-forwarding RPC. With mutual TLS (ClientAuth
+// tls.RequireAndVerifyClientCert) a process without a certificate the
+// group trusts can neither vote, nor replicate, nor forward a commit. An
+// accepted connection's handshake runs on the goroutine that serves it, so
+// a silent or failing client never holds up the accept loop.
+//
 // # Leader loss
 //
 // While there is no leader (an election is under way, or the leader just

@@ -2,6 +2,7 @@ package raft
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -116,10 +117,7 @@ func (n *Node) getConn(ctx context.Context, addr string) (net.Conn, error) {
 		return c, nil
 	}
 	n.mu.Unlock()
-	var d net.Dialer
-	ctx, cancel := context.WithTimeout(ctx, n.cfg.ForwardTimeout)
-	defer cancel()
-	c, err := d.DialContext(ctx, "tcp", addr)
+	c, err := dial(ctx, addr, n.cfg.ForwardTimeout, n.cfg.PeerTLS)
 	if err != nil {
 		return nil, fmt.Errorf("raft: forward: %w", err)
 	}
@@ -174,14 +172,28 @@ func (n *Node) serveCommits() {
 // for its next request.
 const idleCommitConn = 5 * time.Minute
 
-func (n *Node) serveCommitConn(c net.Conn) {
+// serveCommitConn serves the accepted connection raw, which Shutdown
+// closes to end it.
+func (n *Node) serveCommitConn(raw net.Conn) {
 	defer n.wg.Done()
+	c := raw
 	defer func() {
 		n.mu.Lock()
-		delete(n.srvConns, c)
+		delete(n.srvConns, raw)
 		n.mu.Unlock()
 		c.Close()
 	}()
+	if n.cfg.TLS != nil {
+		tc := tls.Server(raw, n.cfg.TLS)
+		ctx, cancel := context.WithTimeout(n.ctx, handshakeTimeout)
+		err := tc.HandshakeContext(ctx)
+		cancel()
+		if err != nil {
+			n.log.Debug("raft: commit connection: TLS handshake", "remote", raw.RemoteAddr(), "err", err)
+			return
+		}
+		c = tc
+	}
 	for {
 		c.SetReadDeadline(time.Now().Add(idleCommitConn))
 		// A fresh buffer each time: raft keeps the entry's bytes in its log.

@@ -80,7 +80,7 @@ func New(cfg Config) (_ *Node, err error) {
 			n.closeResources()
 		}
 	}()
-	if n.layer, err = listenStream(cfg.RaftAddr); err != nil {
+	if n.layer, err = listenStream(cfg.RaftAddr, cfg.TLS, cfg.PeerTLS); err != nil {
 		return nil, err
 	}
 	if n.commit, err = listenTCP(cfg.CommitAddr); err != nil {

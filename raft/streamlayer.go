@@ -1,6 +1,8 @@
 package raft
 
 import (
+	"context"
+	"crypto/tls"
 	"fmt"
 	"net"
 	"sync"
@@ -15,8 +17,10 @@ import (
 // would live until the remote end hung up. streamLayer remembers every
 // connection, closes them all in Close, and lets wait block until the
 // transport's handlers have closed the inbound ones, which they do on exit.
+// With TLS configs it speaks TLS both ways.
 type streamLayer struct {
-	ln *net.TCPListener
+	ln             *net.TCPListener
+	server, client *tls.Config // nil for plain TCP
 
 	mu      sync.Mutex
 	closed  bool
@@ -26,12 +30,12 @@ type streamLayer struct {
 
 var _ hraft.StreamLayer = (*streamLayer)(nil)
 
-func listenStream(addr string) (*streamLayer, error) {
+func listenStream(addr string, server, client *tls.Config) (*streamLayer, error) {
 	ln, err := listenTCP(addr)
 	if err != nil {
 		return nil, err
 	}
-	return &streamLayer{ln: ln, conns: make(map[*trackedConn]struct{})}, nil
+	return &streamLayer{ln: ln, server: server, client: client, conns: make(map[*trackedConn]struct{})}, nil
 }
 
 // listenTCP binds addr, refusing wildcard addresses: the bound address is
@@ -54,25 +58,29 @@ func (s *streamLayer) Accept() (net.Conn, error) {
 	if err != nil {
 		return nil, err
 	}
-	return s.track(c, true)
+	if s.server == nil {
+		return s.track(c, c, true)
+	}
+	return s.track(&lazyTLSConn{Conn: tls.Server(c, s.server)}, c, true)
 }
 
 func (s *streamLayer) Dial(addr hraft.ServerAddress, timeout time.Duration) (net.Conn, error) {
-	c, err := net.DialTimeout("tcp", string(addr), timeout)
+	c, err := dial(context.Background(), string(addr), timeout, s.client)
 	if err != nil {
 		return nil, err
 	}
-	return s.track(c, false)
+	return s.track(c, netConn(c), false)
 }
 
-func (s *streamLayer) track(c net.Conn, inbound bool) (net.Conn, error) {
+// track remembers c, whose TCP connection is raw.
+func (s *streamLayer) track(c, raw net.Conn, inbound bool) (net.Conn, error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
-		c.Close()
+		raw.Close()
 		return nil, net.ErrClosed
 	}
-	tc := &trackedConn{Conn: c, s: s, inbound: inbound}
+	tc := &trackedConn{Conn: c, raw: raw, s: s, inbound: inbound}
 	s.conns[tc] = struct{}{}
 	if inbound {
 		s.inbound.Add(1)
@@ -91,7 +99,7 @@ func (s *streamLayer) Close() error {
 	s.closed = true
 	err := s.ln.Close()
 	for c := range s.conns {
-		c.Conn.Close()
+		c.raw.Close()
 	}
 	return err
 }
@@ -105,6 +113,7 @@ func (s *streamLayer) Addr() net.Addr { return s.ln.Addr() }
 // trackedConn removes itself from its streamLayer when closed.
 type trackedConn struct {
 	net.Conn
+	raw     net.Conn // the TCP connection under Conn
 	s       *streamLayer
 	inbound bool
 	once    sync.Once
