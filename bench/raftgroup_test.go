@@ -31,6 +31,13 @@ const groupSize = 3
 // groupPatience bounds starting a group and waiting for its leader.
 const groupPatience = 30 * time.Second
 
+// Raft timeouts for benchmarks: generous, so that a busy machine syncing
+// large batches does not depose the leader in the middle of a transfer.
+const (
+	benchHeartbeat   = 2 * time.Second
+	benchLeaderLease = time.Second
+)
+
 func quietLog() *slog.Logger { return slog.New(slog.DiscardHandler) }
 
 // raftGroup is groupSize raft.Nodes on loopback.
@@ -58,13 +65,16 @@ func startRaftGroup(b *testing.B, onDisk bool, sink func(i int) raft.DataSink) *
 	var peers []raft.Peer
 	for i := range groupSize {
 		cfg := raft.Config{
-			ID:                fmt.Sprintf("n%d", i),
-			RaftAddr:          "127.0.0.1:0",
-			CommitAddr:        "127.0.0.1:0",
-			Logger:            quietLog(),
-			SnapshotInterval:  50 * time.Millisecond,
-			SnapshotThreshold: 16,
-			TrailingLogs:      16,
+			ID:                 fmt.Sprintf("n%d", i),
+			RaftAddr:           "127.0.0.1:0",
+			CommitAddr:         "127.0.0.1:0",
+			Logger:             quietLog(),
+			HeartbeatTimeout:   benchHeartbeat,
+			ElectionTimeout:    benchHeartbeat,
+			LeaderLeaseTimeout: benchLeaderLease,
+			SnapshotInterval:   50 * time.Millisecond,
+			SnapshotThreshold:  16,
+			TrailingLogs:       16,
 		}
 		if onDisk {
 			cfg.Dir = b.TempDir()
@@ -173,7 +183,11 @@ func startPeerGroup(b *testing.B, onDisk bool, newSM func() statemachine.StateMa
 	ctx, cancel := context.WithTimeout(context.Background(), groupPatience)
 	defer cancel()
 	for _, m := range ids {
-		cfg := peer.Config{ID: m.ID, Peers: ids, Logger: quietLog()}
+		cfg := peer.Config{ID: m.ID, Peers: ids, Logger: quietLog(), Raft: peer.RaftTuning{
+			HeartbeatTimeout:   benchHeartbeat,
+			ElectionTimeout:    benchHeartbeat,
+			LeaderLeaseTimeout: benchLeaderLease,
+		}}
 		if onDisk {
 			cfg.DataDir = b.TempDir()
 		} else {
@@ -254,6 +268,23 @@ type logFront struct {
 	leader   *raft.Node
 	inFlight int
 	wg       sync.WaitGroup
+
+	mu  sync.Mutex
+	err error // the last ApplyData error
+}
+
+func (f *logFront) setErr(err error) {
+	f.mu.Lock()
+	f.err = err
+	f.mu.Unlock()
+}
+
+// lastErr returns the last error ApplyData returned, for the client's
+// report; the client runs in the same process.
+func (f *logFront) lastErr() error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.err
 }
 
 // startLogFront listens on loopback for clients of leader and applies up
@@ -327,6 +358,7 @@ func (f *logFront) serve(c net.Conn) {
 		go func() {
 			defer applying.Done()
 			if err := f.leader.ApplyData(ctx, data); err != nil {
+				f.setErr(err)
 				failed.Store(true)
 			} else {
 				applied.Add(1)
@@ -337,7 +369,10 @@ func (f *logFront) serve(c net.Conn) {
 }
 
 // logClient sends transfers to a logFront.
-type logClient struct{ c net.Conn }
+type logClient struct {
+	c net.Conn
+	f *logFront
+}
 
 func dialLogFront(b *testing.B, f *logFront) *logClient {
 	b.Helper()
@@ -346,7 +381,7 @@ func dialLogFront(b *testing.B, f *logFront) *logClient {
 		b.Fatal(err)
 	}
 	b.Cleanup(func() { c.Close() })
-	return &logClient{c: c}
+	return &logClient{c: c, f: f}
 }
 
 // transfer sends n bytes of payload, len(payload) at a time, and waits
@@ -371,7 +406,7 @@ func (l *logClient) transfer(n int64, payload []byte) error {
 		return err
 	}
 	if got := binary.BigEndian.Uint64(hdr[:]); got != entries {
-		return fmt.Errorf("bench: leader applied %d of %d entries", int64(got), entries)
+		return fmt.Errorf("bench: the leader failed to apply all %d entries: %w", entries, l.f.lastErr())
 	}
 	return nil
 }
