@@ -36,9 +36,9 @@
 //
 // With a DataDir, the Raft log lives in DataDir/raft (raft-boltdb) and the
 // files in DataDir/files (statemachine.FileStore), so a restarted peer keeps
-// every stream it linked. Raft replays the log after a restart, and every
-// replayed entry is linked again with no data; the FileStore knows the ones
-// it holds and ignores them.
+// every stream it linked. After a restart Raft replays the entries since
+// its last snapshot, each linked again with no data; the FileStore knows the
+// ones it holds and ignores them.
 //
 // A peer holds a stream's bytes only if it received them while the stream
 // was open: Raft replicates the small entry, not the data. A peer that was
