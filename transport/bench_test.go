@@ -1,6 +1,7 @@
 package transport_test
 
 import (
+	"context"
 	"fmt"
 	"testing"
 
@@ -73,4 +74,38 @@ func benchEcho(b *testing.B, k transport.Kind, size int, serverOpts, dialOpts []
 		}
 	}
 	waitFor(b, done, "the last echo")
+}
+
+// BenchmarkDialConn measures setting up and tearing down one net.Conn
+// connection, plain and with a mutual TLS 1.3 handshake (ECDSA P-256): the
+// price paid once per connection, which clients and peers keep open.
+func BenchmarkDialConn(b *testing.B) {
+	ca := testcert.NewCA(b, "bench-ca")
+	for _, v := range []struct {
+		name         string
+		server, dial []transport.Option
+	}{
+		{name: "plain"},
+		{
+			name:   "mtls",
+			server: []transport.Option{transport.WithTLS(ca.ServerConfig(ca.Peer(b, "server")))},
+			dial:   []transport.Option{transport.WithTLS(ca.ClientConfig(ca.Client(b, "client")))},
+		},
+	} {
+		b.Run(v.name, func(b *testing.B) {
+			s := listen(b, transport.NetConn, nil, v.server...)
+			d := dialerFor(b, transport.NetConn, v.dial...)
+			ctx := context.Background()
+			b.ReportAllocs()
+			b.ResetTimer()
+			for range b.N {
+				ch, err := d(ctx, s.Addr().String(), nil)
+				if err != nil {
+					b.Fatal(err)
+				}
+				_ = ch.Close()
+				<-ch.Done()
+			}
+		})
+	}
 }
