@@ -169,6 +169,17 @@ func TestLeaderLostBeforeClose(t *testing.T) {
 			primary := g.other(leader)
 			last := g.other(leader, primary)
 			c := g.client()
+			before, err := putFile(g, c, g.members[leader].ID, "before", []byte("in the first leader's term"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			term := before.GetTerm()
+			for i := range g.peers {
+				g.eventually(g.members[i].ID+" links the first stream", func() bool {
+					_, ok := g.files(i).Lookup("before")
+					return ok
+				})
+			}
 			ids := []string{g.members[primary].ID, g.members[leader].ID, g.members[last].ID}
 			out, err := c.Stream(g.ctx, []byte("doomed"), datastream.WithPrimary(ids[0]), datastream.WithRoutingTable(pb.Chain(ids...)))
 			if err != nil {
@@ -191,13 +202,14 @@ func TestLeaderLostBeforeClose(t *testing.T) {
 						s := g.peers[i].Server().Streams()
 						return s.Active() == 0 && s.Pending() == 0 && len(g.tmpFiles(i)) == 0
 					})
-					if l := g.files(i).List(); len(l) != 0 {
-						t.Errorf("%s lists %v", ids[i], names(l))
+					if l := names(g.files(i).List()); !slices.Equal(l, []string{"before"}) {
+						t.Errorf("%s lists %v, want [before]", g.members[i].ID, l)
 					}
 				}
-				if _, err := g.peers[primary].Node().WaitLeader(g.ctx); err != nil {
-					t.Errorf("no new leader: %v", err)
-				}
+				g.eventually("the others elect a new leader", func() bool {
+					m, ok := g.peers[primary].Leader()
+					return ok && m.ID != ids[1]
+				})
 				return
 			}
 
@@ -205,8 +217,8 @@ func TestLeaderLostBeforeClose(t *testing.T) {
 				t.Fatalf("commit after the election: %v", err)
 			}
 			rep := r.RaftClientReply
-			if rep.GetTerm() <= 1 {
-				t.Errorf("committed in term %d, before the old leader was lost", rep.GetTerm())
+			if rep.GetTerm() <= term {
+				t.Errorf("committed in term %d, the lost leader's term was %d", rep.GetTerm(), term)
 			}
 			g.checkFile(primary, "doomed", data, rep.GetLogIndex(), rep.GetTerm())
 			g.eventually(ids[2]+" links the stream", func() bool {
@@ -215,8 +227,8 @@ func TestLeaderLostBeforeClose(t *testing.T) {
 			})
 			g.checkFile(last, "doomed", data, rep.GetLogIndex(), rep.GetTerm())
 			// The old leader has the data but no Raft node to link it.
-			if l := g.files(leader).List(); len(l) != 0 {
-				t.Errorf("%s without Raft lists %v", ids[1], names(l))
+			if l := names(g.files(leader).List()); !slices.Equal(l, []string{"before"}) {
+				t.Errorf("%s without Raft lists %v, want [before]", ids[1], l)
 			}
 			g.stop(leader) // discards the copy waiting for its entry
 			if tmp := g.tmpFiles(leader); len(tmp) != 0 {
