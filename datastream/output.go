@@ -353,12 +353,22 @@ func (o *Output) releaseWindowLocked(n int64) {
 }
 
 // onReply completes the oldest pending packet. Replies for a stream come in
-// order; one that does not match the oldest packet is a protocol error.
+// order; a success that does not match the oldest packet is a protocol
+// error.
 func (o *Output) onReply(h *pb.DataStreamReplyHeader, rcr *pb.RaftClientReply) {
 	o.mu.Lock()
 	if len(o.pending) == 0 {
 		o.mu.Unlock()
 		return // the stream already failed locally
+	}
+	if !h.GetSuccess() {
+		o.mu.Unlock()
+		// The peer has dropped the stream and aborted it downstream. A
+		// failure fails the stream whichever packet it answers: a peer
+		// that refuses a late packet of a failed stream at once may do so
+		// ahead of the replies it still owes.
+		o.fail(replyError(h, rcr), false)
+		return
 	}
 	p := o.pending[0]
 	ph := h.GetPacketHeader()
@@ -366,12 +376,6 @@ func (o *Output) onReply(h *pb.DataStreamReplyHeader, rcr *pb.RaftClientReply) {
 		o.mu.Unlock()
 		o.fail(pb.Errorf(pb.ErrorCode_INTERNAL, "reply from %s for %v at offset %d, expected %v at %d",
 			o.cn.peer.ID, ph.GetType(), ph.GetStreamOffset(), p.typ, p.offset), true)
-		return
-	}
-	if !h.GetSuccess() {
-		o.mu.Unlock()
-		// The peer has dropped the stream and aborted it downstream.
-		o.fail(replyError(h, rcr), false)
 		return
 	}
 	if err := checkReply(p, h, rcr); err != nil {

@@ -1,0 +1,429 @@
+package datastream_test
+
+import (
+	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"fmt"
+	"io"
+	"log/slog"
+	"math/rand/v2"
+	"net"
+	"os"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"google.golang.org/protobuf/proto"
+
+	"github.com/pipestream/pipestream/codec"
+	"github.com/pipestream/pipestream/datastream"
+	"github.com/pipestream/pipestream/internal/leaktest"
+	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
+	"github.com/pipestream/pipestream/server"
+	"github.com/pipestream/pipestream/statemachine"
+	"github.com/pipestream/pipestream/transport"
+)
+
+func TestMain(m *testing.M) { leaktest.VerifyTestMain(m) }
+
+// patience bounds every wait, so that a bug fails a test instead of hanging
+// it. Nothing is asserted about how long things take.
+const patience = 20 * time.Second
+
+func quietLogger() *slog.Logger {
+	if os.Getenv("PIPESTREAM_TEST_LOG") != "" {
+		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
+	return slog.New(slog.DiscardHandler)
+}
+
+func testCtx(t testing.TB) context.Context {
+	ctx, cancel := context.WithTimeout(context.Background(), patience)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// group is n peers started on loopback.
+type group struct {
+	t       testing.TB
+	servers []*server.Server
+	sms     []statemachine.StateMachine
+	peers   []datastream.Peer
+	stopped []bool
+}
+
+type groupOpts struct {
+	kind  transport.Kind
+	sm    func(i int) statemachine.StateMachine // default NewMemory
+	tweak func(*server.Config)
+}
+
+// startGroup starts n peers and waits until each reaches the others. Its
+// cleanup shuts down those still running; register buffertest.Check before
+// calling it, and release any gate after it.
+func startGroup(t testing.TB, n int, o groupOpts) *group {
+	t.Helper()
+	if o.sm == nil {
+		o.sm = func(int) statemachine.StateMachine { return statemachine.NewMemory() }
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), patience)
+	defer cancel()
+	g := &group{t: t, stopped: make([]bool, n)}
+	var peers []server.Peer
+	for i := 0; i < n; i++ {
+		peers = append(peers, server.Peer{ID: peerID(i)})
+	}
+	for i := 0; i < n; i++ {
+		cfg := server.Config{
+			ID: peerID(i), Peers: peers, StateMachine: o.sm(i),
+			Transport: o.kind, Logger: quietLogger(),
+		}
+		if o.tweak != nil {
+			o.tweak(&cfg)
+		}
+		s, err := server.Listen(ctx, cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			if !g.stopped[i] {
+				g.stop(i)
+			}
+		})
+		g.servers = append(g.servers, s)
+		g.sms = append(g.sms, cfg.StateMachine)
+		g.peers = append(g.peers, datastream.Peer{ID: peerID(i), Addr: s.Addr().String()})
+	}
+	for _, s := range g.servers {
+		for _, p := range g.peers {
+			s.SetPeerAddr(p.ID, p.Addr)
+		}
+	}
+	for _, s := range g.servers {
+		if err := s.WaitPeers(ctx); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return g
+}
+
+func peerID(i int) string { return fmt.Sprintf("s%d", i+1) }
+
+// stop shuts peer i down.
+func (g *group) stop(i int) {
+	g.t.Helper()
+	g.stopped[i] = true
+	ctx, cancel := context.WithTimeout(context.Background(), patience)
+	defer cancel()
+	if err := g.servers[i].Shutdown(ctx); err != nil {
+		g.t.Errorf("shutdown %s: %v", g.peers[i].ID, err)
+	}
+}
+
+// client returns a client of the group, closed when the test ends.
+func (g *group) client(t testing.TB, opts ...datastream.Option) *datastream.Client {
+	t.Helper()
+	c, err := datastream.NewClient(g.peers, append([]datastream.Option{datastream.WithLogger(quietLogger())}, opts...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if err := c.Close(); err != nil {
+			t.Errorf("client Close: %v", err)
+		}
+	})
+	return c
+}
+
+func (g *group) memory(i int) *statemachine.Memory {
+	switch sm := g.sms[i].(type) {
+	case *gatedSM:
+		return sm.Memory
+	default:
+		return sm.(*statemachine.Memory)
+	}
+}
+
+// checkCommitted checks that every running peer committed want for out.
+func (g *group) checkCommitted(t testing.TB, c *datastream.Client, out *datastream.Output, want []byte) {
+	t.Helper()
+	k := key(c, out)
+	for i := range g.servers {
+		if g.stopped[i] {
+			continue
+		}
+		m := g.memory(i)
+		if got, ok := m.Sum(k); !ok || got != sha256.Sum256(want) {
+			t.Errorf("%s: committed=%v, checksum match=%v (want %d bytes)", g.peers[i].ID, ok, got == sha256.Sum256(want), len(want))
+		}
+	}
+}
+
+// waitClean waits until no running peer holds an open stream or
+// uncommitted data, and checks that none committed anything. Failures
+// release resources asynchronously, across peers, so the test polls for
+// that state, bounded.
+func (g *group) waitClean(t testing.TB) {
+	t.Helper()
+	deadline := time.Now().Add(patience)
+	for {
+		busy := ""
+		for i, s := range g.servers {
+			if g.stopped[i] {
+				continue
+			}
+			if n := s.Streams().Active(); n != 0 {
+				busy = fmt.Sprintf("%s has %d open streams", g.peers[i].ID, n)
+			} else if n := g.memory(i).Open(); n != 0 {
+				busy = fmt.Sprintf("%s holds %d uncommitted streams", g.peers[i].ID, n)
+			}
+		}
+		if busy == "" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal(busy)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	for i := range g.servers {
+		if n := len(g.memory(i).Committed()); !g.stopped[i] && n != 0 {
+			t.Errorf("%s committed %d streams", g.peers[i].ID, n)
+		}
+	}
+}
+
+func key(c *datastream.Client, out *datastream.Output) statemachine.StreamKey {
+	return statemachine.StreamKey{ClientID: string(c.ID()), StreamID: out.ID()}
+}
+
+// randomBytes returns n bytes from a generator seeded with seed.
+func randomBytes(seed uint64, n int) []byte {
+	r := rand.New(rand.NewChaCha8([32]byte{byte(seed), byte(seed >> 8), byte(seed >> 16)}))
+	b := make([]byte, n)
+	for i := 0; i+8 <= n; i += 8 {
+		binary.LittleEndian.PutUint64(b[i:], r.Uint64())
+	}
+	for i := n &^ 7; i < n; i++ {
+		b[i] = byte(r.Uint32())
+	}
+	return b
+}
+
+// gatedSM is a Memory that counts what reaches it and, if gated, holds
+// every write until the gate opens, so that a test can hold replies back.
+type gatedSM struct {
+	*statemachine.Memory
+	gate   chan struct{}
+	once   sync.Once
+	writes atomic.Int64 // writes that reached the state machine (and the gate)
+	closes atomic.Int64 // CLOSE packets that reached it
+}
+
+func newGated(gate bool) *gatedSM {
+	g := &gatedSM{Memory: statemachine.NewMemory(), gate: make(chan struct{})}
+	if !gate {
+		g.open()
+	}
+	return g
+}
+
+// open lets every write through, now and later.
+func (g *gatedSM) open() { g.once.Do(func() { close(g.gate) }) }
+
+func (g *gatedSM) OpenStream(ctx context.Context, k statemachine.StreamKey, req *pb.RaftClientRequest) (statemachine.DataChannel, error) {
+	ch, err := g.Memory.OpenStream(ctx, k, req)
+	if err != nil {
+		return nil, err
+	}
+	return &gatedChannel{DataChannel: ch, sm: g}, nil
+}
+
+func (g *gatedSM) Link(ctx context.Context, e statemachine.Entry, ch statemachine.DataChannel) error {
+	if gc, ok := ch.(*gatedChannel); ok {
+		ch = gc.DataChannel
+	}
+	return g.Memory.Link(ctx, e, ch)
+}
+
+type gatedChannel struct {
+	statemachine.DataChannel
+	sm *gatedSM
+}
+
+func (c *gatedChannel) Write(p []byte) (int, error) {
+	c.sm.writes.Add(1)
+	<-c.sm.gate
+	return c.DataChannel.Write(p)
+}
+
+func (c *gatedChannel) Close() error {
+	c.sm.closes.Add(1)
+	return c.DataChannel.Close()
+}
+
+// gated returns a groupOpts.sm that gives every peer a gatedSM, gated for
+// the peers for which which(i) holds, and the state machines. Open them in
+// a cleanup registered after startGroup, so that the peers can shut down.
+func gated(which func(i int) bool) (func(int) statemachine.StateMachine, []*gatedSM) {
+	sms := make([]*gatedSM, 8)
+	return func(i int) statemachine.StateMachine {
+		sms[i] = newGated(which(i))
+		return sms[i]
+	}, sms
+}
+
+func openAll(sms []*gatedSM) {
+	for _, g := range sms {
+		if g != nil {
+			g.open()
+		}
+	}
+}
+
+// fakePeer is a loopback server that speaks the framing but answers as a
+// test says: never, wrongly, or with errors.
+type fakePeer struct {
+	t  testing.TB
+	ln net.Listener
+	// answer is called for every request packet, on the connection's
+	// goroutine; it writes replies with reply.
+	answer  func(c net.Conn, h *pb.DataStreamPacketHeader)
+	packets chan *pb.DataStreamPacketHeader // every packet received
+
+	wg    sync.WaitGroup
+	mu    sync.Mutex
+	conns []net.Conn
+}
+
+func startFake(t testing.TB, answer func(c net.Conn, h *pb.DataStreamPacketHeader)) *fakePeer {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	f := &fakePeer{t: t, ln: ln, answer: answer, packets: make(chan *pb.DataStreamPacketHeader, 1024)}
+	f.wg.Add(1)
+	go f.accept()
+	t.Cleanup(func() {
+		_ = ln.Close()
+		f.mu.Lock()
+		for _, c := range f.conns {
+			_ = c.Close()
+		}
+		f.mu.Unlock()
+		f.wg.Wait()
+	})
+	return f
+}
+
+func (f *fakePeer) peers() []datastream.Peer {
+	return []datastream.Peer{{ID: "fake", Addr: f.ln.Addr().String()}}
+}
+
+func (f *fakePeer) accept() {
+	defer f.wg.Done()
+	for {
+		c, err := f.ln.Accept()
+		if err != nil {
+			return
+		}
+		f.mu.Lock()
+		f.conns = append(f.conns, c)
+		f.mu.Unlock()
+		f.wg.Add(1)
+		go f.serve(c)
+	}
+}
+
+func (f *fakePeer) serve(c net.Conn) {
+	defer f.wg.Done()
+	defer c.Close()
+	for {
+		var n [4]byte
+		if _, err := io.ReadFull(c, n[:]); err != nil {
+			return
+		}
+		frame := make([]byte, 4+binary.BigEndian.Uint32(n[:]))
+		copy(frame, n[:])
+		if _, err := io.ReadFull(c, frame[4:]); err != nil {
+			return
+		}
+		h, _, err := codec.DecodePacket(frame, codec.DefaultMaxPacketHeader)
+		if err != nil {
+			f.t.Errorf("fake peer: %v", err)
+			return
+		}
+		select {
+		case f.packets <- h:
+		default:
+		}
+		if f.answer != nil {
+			f.answer(c, h)
+		}
+	}
+}
+
+// waitPacket waits for a packet that match accepts.
+func (f *fakePeer) waitPacket(t testing.TB, what string, match func(*pb.DataStreamPacketHeader) bool) {
+	t.Helper()
+	timeout := time.After(patience)
+	for {
+		select {
+		case h := <-f.packets:
+			if match(h) {
+				return
+			}
+		case <-timeout:
+			t.Fatalf("fake peer never got %s", what)
+		}
+	}
+}
+
+// reply writes a reply frame for h; rcr, if not nil, is its body.
+func reply(c net.Conn, h *pb.DataStreamReplyHeader, rcr *pb.RaftClientReply) {
+	var body []byte
+	if rcr != nil {
+		var err error
+		if body, err = proto.Marshal(rcr); err != nil {
+			panic(err)
+		}
+	}
+	frame, err := codec.EncodePacket(h, body)
+	if err != nil {
+		panic(err)
+	}
+	defer frame.Release()
+	_, _ = c.Write(frame.Bytes())
+}
+
+// success answers h as a healthy single peer would.
+func success(c net.Conn, h *pb.DataStreamPacketHeader) {
+	var rcr *pb.RaftClientReply
+	if h.HasOption(pb.DataStreamPacketHeader_CLOSE) {
+		rcr = &pb.RaftClientReply{ClientId: h.GetClientId(), CallId: h.GetStreamId(), Success: true, LogIndex: 1}
+	}
+	written := uint64(0)
+	if h.GetType() == pb.DataStreamPacketHeader_STREAM_DATA {
+		written = h.GetStreamOffset() + h.GetDataLength()
+	}
+	reply(c, &pb.DataStreamReplyHeader{PacketHeader: h, BytesWritten: written, Success: true, ServerId: "fake"}, rcr)
+}
+
+// eventually polls cond, bounded by patience, for state that settles
+// asynchronously.
+func eventually(t testing.TB, what string, cond func() bool, detail ...*string) {
+	t.Helper()
+	deadline := time.Now().Add(patience)
+	for !cond() {
+		if time.Now().After(deadline) {
+			for _, d := range detail {
+				what += ":" + *d
+			}
+			t.Fatalf("gave up waiting for %s", what)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
+}
