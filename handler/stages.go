@@ -204,6 +204,9 @@ func (r *Router) data(up *pipeline.Pipeline, p *Packet) (*Stream, *pb.Error) {
 		st.fail(errorf(pb.ErrorCode_CANCELLED, "stream aborted by its client"))
 		return st, nil
 	}
+	if err := st.Err(); err != nil {
+		return st, err.(*pb.Error)
+	}
 	if st.closing {
 		return st, errorf(pb.ErrorCode_BAD_HEADER, "data after CLOSE")
 	}

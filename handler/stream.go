@@ -255,7 +255,9 @@ func (st *Stream) oldestUnanswered() (time.Time, bool) {
 
 // fail ends the stream with e: every queued packet is answered with the
 // error once its local part is done, successors are told to abort, and the
-// local data is cleaned up after the writes already queued.
+// local data is cleaned up after the writes already queued. The stream stays
+// in the table until its queued replies are out, so that packets still
+// arriving for it are answered in order, after them, with the same error.
 func (st *Stream) fail(e *pb.Error) {
 	st.mu.Lock()
 	if st.failed != nil || st.commit {
@@ -271,7 +273,6 @@ func (st *Stream) fail(e *pb.Error) {
 	}
 	st.mu.Unlock()
 
-	st.s.remove(st)
 	st.end()
 	st.abortSuccessors()
 	st.exec.Submit(task{kind: taskCleanUp})
@@ -335,7 +336,11 @@ func (st *Stream) flushReplies() {
 		p.Release()
 		wrote = true
 	}
+	drained := st.failed != nil && len(st.replies) == 0
 	st.mu.Unlock()
+	if drained {
+		st.s.remove(st)
+	}
 	if wrote {
 		_ = st.upstream.Flush()
 	}

@@ -161,6 +161,10 @@ func (s *Streams) Pending() int {
 	return len(s.closed)
 }
 
+// Lookup returns the stream with key k while this peer holds it open (or
+// failed, until its last reply is out), or nil.
+func (s *Streams) Lookup(k StreamKey) *Stream { return s.get(k) }
+
 func (s *Streams) get(k StreamKey) *Stream {
 	s.mu.Lock()
 	defer s.mu.Unlock()

@@ -7,6 +7,7 @@ import (
 	"github.com/pipestream/pipestream/buffer/buffertest"
 	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
 	"github.com/pipestream/pipestream/server"
+	"github.com/pipestream/pipestream/statemachine"
 )
 
 func TestStreamLimits(t *testing.T) {
@@ -95,10 +96,11 @@ func TestConnectionByteLimit(t *testing.T) {
 	// second packet would put the connection over its limit.
 	r.data(1, 0, make([]byte, 600<<10))
 	r.data(1, 600<<10, make([]byte, 600<<10))
-	// Refusing the second packet fails the stream, which takes it out of
-	// the table; only then may the first write finish.
+	// Refusing the second packet fails the stream; only then may the first
+	// write finish.
 	deadline := time.Now().Add(10 * time.Second)
-	for g.servers[0].Streams().Active() != 0 {
+	k := statemachine.StreamKey{ClientID: string(r.client), StreamID: 1}
+	for g.servers[0].Streams().Lookup(k).Err() == nil {
 		if time.Now().After(deadline) {
 			t.Fatal("the stream is still open after a packet over the limit")
 		}
