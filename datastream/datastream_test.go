@@ -848,3 +848,42 @@ func TestNewClientErrors(t *testing.T) {
 		})
 	}
 }
+
+// TestLateFailureInOrder has the primary lose its successor while its own
+// write of the stream's first packet is slow, and keeps writing: the
+// primary must answer every packet in order, so every future fails with
+// the cause, SUCCESSOR_FAILED. A server that refuses the late packets at
+// once (UNKNOWN_STREAM) answers them ahead of the first one and hides the
+// cause. The late packets are paced until the primary has surely noticed
+// the loss; the assertion holds for a correct server whatever the timing.
+func TestLateFailureInOrder(t *testing.T) {
+	buffertest.Check(t)
+	sm, sms := gated(func(i int) bool { return i == 0 })
+	g := startGroup(t, 2, groupOpts{sm: sm, tweak: func(c *server.Config) { c.ReplyTimeout = time.Hour }})
+	t.Cleanup(func() { openAll(sms) })
+	c := g.client(t, datastream.WithWindow(1<<20, 1000))
+	ctx := testCtx(t)
+	out, err := c.Stream(ctx, []byte("late"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := out.HeaderFuture().Wait(ctx); err != nil {
+		t.Fatal(err)
+	}
+	futures := []*datastream.Future[*datastream.Reply]{out.WriteAsync(ctx, []byte("first"))}
+	eventually(t, "both peers to take the first packet", func() bool {
+		return sms[0].writes.Load() == 1 && sms[1].writes.Load() == 1
+	})
+	g.stop(1)
+	for i := 0; i < 100 && out.Err() == nil; i++ {
+		futures = append(futures, out.WriteAsync(ctx, []byte("late")))
+		time.Sleep(time.Millisecond)
+	}
+	openAll(sms)
+	for i, f := range futures {
+		if _, err := f.Wait(ctx); !errors.Is(err, datastream.ErrSuccessorFailed) {
+			t.Fatalf("future %d of %d: %v, want SUCCESSOR_FAILED", i, len(futures), err)
+		}
+	}
+	g.waitClean(t)
+}
