@@ -105,7 +105,7 @@ func TestStream(t *testing.T) {
 	}
 }
 
-func writeTemp(t *testing.T, data []byte) *os.File {
+func writeTemp(t testing.TB, data []byte) *os.File {
 	t.Helper()
 	path := filepath.Join(t.TempDir(), "data")
 	if err := os.WriteFile(path, data, 0o600); err != nil {

@@ -8,62 +8,77 @@ import (
 // Future is the result of an asynchronous operation. It completes once;
 // Wait and Done may be used from any number of goroutines.
 type Future[T any] struct {
-	once sync.Once
-	done chan struct{}
-	v    T
-	err  error
+	mu    sync.Mutex
+	ready bool
+	done  chan struct{} // made when first asked for: most futures are never waited on
+	v     T
+	err   error
 }
 
-func newFuture[T any]() *Future[T] {
-	f := new(Future[T])
-	f.init()
-	return f
-}
-
-// init prepares a Future embedded in a larger struct, which saves an
-// allocation per packet.
-func (f *Future[T]) init() { f.done = make(chan struct{}) }
+// closedChan is the Done channel of futures that completed before anyone
+// asked for one.
+var closedChan = func() chan struct{} {
+	c := make(chan struct{})
+	close(c)
+	return c
+}()
 
 func failedFuture[T any](err error) *Future[T] {
-	f := newFuture[T]()
-	f.complete(*new(T), err)
-	return f
+	return &Future[T]{ready: true, done: closedChan, err: err}
 }
 
 // complete sets the result; later calls do nothing.
 func (f *Future[T]) complete(v T, err error) {
-	f.once.Do(func() {
-		f.v, f.err = v, err
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.ready {
+		return
+	}
+	f.ready, f.v, f.err = true, v, err
+	if f.done != nil {
 		close(f.done)
-	})
+	}
 }
 
 // Done is closed when the result is ready; Wait then returns at once.
-func (f *Future[T]) Done() <-chan struct{} { return f.done }
+func (f *Future[T]) Done() <-chan struct{} {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.done == nil {
+		if f.ready {
+			f.done = closedChan
+		} else {
+			f.done = make(chan struct{})
+		}
+	}
+	return f.done
+}
 
 // Wait returns the result once it is ready, or ctx's error if ctx ends
 // first. A ctx that ends does not cancel the operation.
 func (f *Future[T]) Wait(ctx context.Context) (T, error) {
-	select {
-	case <-f.done:
-		return f.v, f.err
-	default:
+	if v, ok, err := f.result(); ok {
+		return v, err
 	}
 	select {
-	case <-f.done:
-		return f.v, f.err
+	case <-f.Done():
+		v, _, err := f.result()
+		return v, err
 	case <-ctx.Done():
 		var zero T
 		return zero, ctx.Err()
 	}
 }
 
+func (f *Future[T]) result() (v T, ready bool, err error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.v, f.ready, f.err
+}
+
 // failedNow returns the future's error if it has already failed.
 func (f *Future[T]) failedNow() error {
-	select {
-	case <-f.done:
-		return f.err
-	default:
-		return nil
-	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.err
 }

@@ -91,8 +91,11 @@ type Output struct {
 	ended     bool // committed or failed; stopCtx has been called
 }
 
+// pendingPacket is a packet in flight. Its future and reply live in it, to
+// save allocations per packet.
 type pendingPacket struct {
 	f      Future[*Reply]
+	reply  Reply
 	typ    pb.DataStreamPacketHeader_Type
 	offset uint64
 	length int64
@@ -132,7 +135,7 @@ func (c *Client) Stream(ctx context.Context, message []byte, opts ...StreamOptio
 	}
 	o := &Output{
 		c: c, cn: cn, id: c.callID.Add(1),
-		raft: newFuture[*pb.RaftClientReply](),
+		raft: new(Future[*pb.RaftClientReply]),
 	}
 	o.req = &pb.RaftClientRequest{
 		ClientId:     c.id,
@@ -267,6 +270,11 @@ func (o *Output) send(ctx context.Context, typ pb.DataStreamPacketHeader_Type, d
 		h.ClientId, h.Type, h.StreamId = o.c.id, typ, o.id
 		h.StreamOffset, h.DataLength, h.Options = o.offset, uint64(n), opts
 		var frame *buffer.Buf
+		if body == nil && len(data) > buffer.MaxPooled-1<<10 {
+			// A frame this large would not come from the pool; the
+			// body alone may.
+			body = buffer.Copy(data)
+		}
 		if body != nil {
 			frame, err = codec.EncodePacketPrefix(h, int(n))
 		} else {
@@ -291,7 +299,6 @@ func (o *Output) send(ctx context.Context, typ pb.DataStreamPacketHeader_Type, d
 // o.mu.
 func (o *Output) queueLocked(frame *buffer.Buf, body any, typ pb.DataStreamPacketHeader_Type, n int64, opts uint32) *Future[*Reply] {
 	p := &pendingPacket{typ: typ, offset: o.offset, length: n, close: opts&uint32(Close) != 0, sentAt: time.Now()}
-	p.f.init()
 	o.pending = append(o.pending, p)
 	if typ == pb.DataStreamPacketHeader_STREAM_DATA {
 		o.offset += uint64(n)
@@ -390,7 +397,8 @@ func (o *Output) onReply(h *pb.DataStreamReplyHeader, rcr *pb.RaftClientReply) {
 	o.committed = p.close
 	o.mu.Unlock()
 	o.c.releaseSlot(p.length)
-	p.f.complete(&Reply{Header: h, RaftClientReply: rcr}, nil)
+	p.reply = Reply{Header: h, RaftClientReply: rcr}
+	p.f.complete(&p.reply, nil)
 	if p.close {
 		o.raft.complete(rcr, nil)
 		o.done()
