@@ -887,3 +887,108 @@ func TestLateFailureInOrder(t *testing.T) {
 	}
 	g.waitClean(t)
 }
+
+// TestClientWindow holds every reply back and has several streams write at
+// once: the packets in flight over all of them stop at the client's bound.
+func TestClientWindow(t *testing.T) {
+	buffertest.Check(t)
+	sm, sms := gated(func(int) bool { return true })
+	g := startGroup(t, 3, groupOpts{sm: sm})
+	t.Cleanup(func() { openAll(sms) })
+	const limit, streams, each = 6, 4, 5
+	c := g.client(t, datastream.WithMaxOutstanding(limit, 1<<20))
+	ctx := testCtx(t)
+	outs := make([]*datastream.Output, streams)
+	for i := range outs {
+		out, err := c.Stream(ctx, []byte("shared budget"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if _, err := out.HeaderFuture().Wait(ctx); err != nil {
+			t.Fatal(err)
+		}
+		outs[i] = out
+	}
+	var wg sync.WaitGroup
+	for _, out := range outs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < each; i++ {
+				out.WriteAsync(ctx, []byte("held"))
+			}
+		}()
+	}
+	inFlight := func() int {
+		sum := 0
+		for _, out := range outs {
+			_, n, _ := out.InFlight()
+			sum += n
+		}
+		return sum
+	}
+	eventually(t, "the client's budget to fill", func() bool {
+		if n := inFlight(); n > limit {
+			t.Fatalf("%d packets in flight, limit %d", n, limit)
+		}
+		return inFlight() == limit
+	})
+	openAll(sms)
+	wg.Wait()
+	for _, out := range outs {
+		if r, err := out.Close(ctx).Wait(ctx); err != nil || r.BytesWritten() != each*4 {
+			t.Fatalf("close: %v, %v", r, err)
+		}
+	}
+}
+
+// TestOneConnection opens many streams at once to one peer: they share a
+// single connection, and a peer that cannot be reached fails Stream.
+func TestOneConnection(t *testing.T) {
+	buffertest.Check(t)
+	f := startFake(t, success)
+	c, err := datastream.NewClient(f.peers(), datastream.WithLogger(quietLogger()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ctx := testCtx(t)
+	var wg sync.WaitGroup
+	for i := 0; i < 50; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			out, err := c.Stream(ctx, []byte("s"))
+			if err == nil {
+				_, err = out.WriteAsync(ctx, []byte("x"), datastream.Close).Wait(ctx)
+			}
+			if err != nil {
+				t.Error(err)
+			}
+		}()
+	}
+	wg.Wait()
+	f.mu.Lock()
+	n := len(f.conns)
+	f.mu.Unlock()
+	if n != 1 {
+		t.Fatalf("%d connections, want 1", n)
+	}
+
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	dead := ln.Addr().String()
+	_ = ln.Close()
+	c2, err := datastream.NewClient([]datastream.Peer{{ID: "gone", Addr: dead}}, datastream.WithLogger(quietLogger()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c2.Close()
+	for i := 0; i < 2; i++ { // a failed dial is not remembered
+		if _, err := c2.Stream(ctx, []byte("s")); err == nil || !strings.Contains(err.Error(), "connect to gone") {
+			t.Fatalf("Stream to a closed port: %v", err)
+		}
+	}
+}

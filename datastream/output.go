@@ -81,9 +81,10 @@ type Output struct {
 	err       error            // the stream failed
 	closeF    *Future[*Reply]  // CLOSE was sent
 	committed bool
-	inBytes   int64
-	inPkts    int
-	peak      int64
+	winBytes  int64 // window taken: sent, or about to be, and not answered
+	winPkts   int
+	flight    int64 // bytes of the pending packets
+	peak      int64 // most bytes ever in flight
 	waits     int
 	space     chan struct{} // made by a waiting writer, closed when the window frees
 	lastReply time.Time
@@ -221,11 +222,11 @@ func (o *Output) Err() error {
 }
 
 // InFlight returns the bytes and packets sent and not yet answered, and the
-// most bytes that were ever in flight at once.
+// most bytes that were ever in flight at once. The window bounds them.
 func (o *Output) InFlight() (bytes int64, packets int, peak int64) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	return o.inBytes, o.inPkts, o.peak
+	return o.flight, len(o.pending), o.peak
 }
 
 func optionBits(opts []WriteOption) uint32 {
@@ -300,6 +301,8 @@ func (o *Output) send(ctx context.Context, typ pb.DataStreamPacketHeader_Type, d
 func (o *Output) queueLocked(frame *buffer.Buf, body any, typ pb.DataStreamPacketHeader_Type, n int64, opts uint32) *Future[*Reply] {
 	p := &pendingPacket{typ: typ, offset: o.offset, length: n, close: opts&uint32(Close) != 0, sentAt: time.Now()}
 	o.pending = append(o.pending, p)
+	o.flight += n
+	o.peak = max(o.peak, o.flight)
 	if typ == pb.DataStreamPacketHeader_STREAM_DATA {
 		o.offset += uint64(n)
 	}
@@ -323,10 +326,9 @@ func (o *Output) acquire(ctx context.Context, n int64) error {
 			o.mu.Unlock()
 			return err
 		}
-		if o.inPkts == 0 || o.inBytes+n <= o.c.opts.windowBytes && o.inPkts < o.c.opts.windowPackets {
-			o.inBytes += n
-			o.inPkts++
-			o.peak = max(o.peak, o.inBytes)
+		if o.winPkts == 0 || o.winBytes+n <= o.c.opts.windowBytes && o.winPkts < o.c.opts.windowPackets {
+			o.winBytes += n
+			o.winPkts++
 			o.mu.Unlock()
 			return nil
 		}
@@ -351,8 +353,8 @@ func (o *Output) releaseWindow(n int64) {
 }
 
 func (o *Output) releaseWindowLocked(n int64) {
-	o.inBytes -= n
-	o.inPkts--
+	o.winBytes -= n
+	o.winPkts--
 	if o.space != nil {
 		close(o.space)
 		o.space = nil
@@ -392,6 +394,7 @@ func (o *Output) onReply(h *pb.DataStreamReplyHeader, rcr *pb.RaftClientReply) {
 	}
 	o.pending[0] = nil
 	o.pending = o.pending[1:]
+	o.flight -= p.length
 	o.releaseWindowLocked(p.length)
 	o.lastReply = time.Now()
 	o.committed = p.close
@@ -440,7 +443,7 @@ func (o *Output) fail(err error, abort bool) {
 	}
 	o.err = err
 	pending := o.pending
-	o.pending = nil
+	o.pending, o.flight = nil, 0
 	for _, p := range pending {
 		o.releaseWindowLocked(p.length)
 	}
