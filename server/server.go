@@ -107,7 +107,8 @@ type Config struct {
 
 	// Pipeline, if set, is called for every client or predecessor
 	// connection after the server stages are installed (see the
-	// handler.Stage names), on the connection's event loop before its
+	// handler.Stage names, and StageAuthorizePeer), on the connection's
+	// event loop (its reader goroutine, for net.Conn) before its
 	// first read. It may add, wrap or replace stages; an error closes the
 	// connection. Connections to successors are not passed to it.
 	Pipeline func(p *pipeline.Pipeline) error
