@@ -3,6 +3,7 @@ package datastream
 import (
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/pipestream/pipestream/buffer"
@@ -27,6 +28,8 @@ type conn struct {
 	// wmu keeps a frame's prefix and its body adjacent on the wire when
 	// several streams write at once.
 	wmu sync.Mutex
+	// lastRead is when the peer last sent a reply (unix nanoseconds).
+	lastRead atomic.Int64
 
 	mu      sync.Mutex
 	streams map[uint64]*Output
@@ -34,7 +37,9 @@ type conn struct {
 }
 
 func newConn(c *Client, p Peer) *conn {
-	return &conn{c: c, peer: p, ready: make(chan struct{}), streams: make(map[uint64]*Output)}
+	cn := &conn{c: c, peer: p, ready: make(chan struct{}), streams: make(map[uint64]*Output)}
+	cn.lastRead.Store(time.Now().UnixNano())
+	return cn
 }
 
 func (cn *conn) init(ch transport.Channel) {
@@ -155,6 +160,10 @@ func (cn *conn) failAll(err error) {
 	}
 }
 
+// sweep fails the streams that have waited too long for a reply. If the
+// peer has sent nothing at all for that long, the connection is closed
+// too: a peer that has stopped reading may hold the transport's writer,
+// and with it a WriteFile that waits for its regions, forever.
 func (cn *conn) sweep(now time.Time, timeout time.Duration) {
 	cn.mu.Lock()
 	outs := make([]*Output, 0, len(cn.streams))
@@ -162,10 +171,23 @@ func (cn *conn) sweep(now time.Time, timeout time.Duration) {
 		outs = append(outs, o)
 	}
 	cn.mu.Unlock()
+	var late []*Output
 	for _, o := range outs {
 		if at, ok := o.waitingSince(); ok && now.Sub(at) > timeout {
-			o.fail(fmt.Errorf("%w: %v waiting for %s", ErrReplyTimeout, timeout, cn.peer.ID), true)
+			late = append(late, o)
 		}
+	}
+	if len(late) == 0 {
+		return
+	}
+	err := fmt.Errorf("%w: %v waiting for %s", ErrReplyTimeout, timeout, cn.peer.ID)
+	if now.Sub(time.Unix(0, cn.lastRead.Load())) > timeout {
+		cn.failAll(err)
+		_ = cn.ch.Close()
+		return
+	}
+	for _, o := range late {
+		o.fail(err, true)
 	}
 }
 
@@ -179,6 +201,7 @@ func (h *replyHandler) ChannelRead(ctx *pipeline.Context, msg any) {
 		ctx.FireChannelRead(msg)
 		return
 	}
+	cn.lastRead.Store(time.Now().UnixNano())
 	rh, rcr, err := codec.DecodeReply(frame.Bytes(), codec.DefaultMaxPacketHeader)
 	frame.Release()
 	if err != nil {

@@ -547,7 +547,8 @@ func TestPeerKilled(t *testing.T) {
 }
 
 // TestReplyTimeout streams to a peer that accepts and never answers: every
-// pending future fails with ErrReplyTimeout, and the peer is told to abort.
+// pending future fails with ErrReplyTimeout, and since the peer has sent
+// nothing at all, the client closes the connection.
 func TestReplyTimeout(t *testing.T) {
 	buffertest.Check(t)
 	f := startFake(t, nil)
@@ -570,9 +571,56 @@ func TestReplyTimeout(t *testing.T) {
 			t.Fatalf("future %d: %v, want ErrReplyTimeout", i, err)
 		}
 	}
-	f.waitPacket(t, "an ABORT", func(h *pb.DataStreamPacketHeader) bool {
-		return h.HasOption(pb.DataStreamPacketHeader_ABORT) && h.GetStreamId() == out.ID()
+	eventually(t, "the client to close the connection", func() bool { return f.ended.Load() == 1 })
+}
+
+// A peer that answers one stream and not another: only the silent stream
+// times out, and it is aborted; the other carries on over the same
+// connection.
+func TestReplyTimeoutOneStream(t *testing.T) {
+	buffertest.Check(t)
+	var silent atomic.Uint64
+	f := startFake(t, func(c net.Conn, h *pb.DataStreamPacketHeader) {
+		if h.GetStreamId() != silent.Load() {
+			success(c, h)
+		}
 	})
+	c, err := datastream.NewClient(f.peers(), datastream.WithLogger(quietLogger()), datastream.WithReplyTimeout(200*time.Millisecond))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	ctx := testCtx(t)
+	busy, err := c.Stream(ctx, []byte("busy"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	silent.Store(busy.ID() + 1)
+	quiet, err := c.Stream(ctx, []byte("quiet"))
+	if err != nil || quiet.ID() != silent.Load() {
+		t.Fatalf("second stream: id %d, %v", quiet.ID(), err)
+	}
+	pending := quiet.WriteAsync(ctx, []byte("hello?"))
+	for i := 0; ; i++ {
+		if _, err := busy.WriteAsync(ctx, []byte("tick")).Wait(ctx); err != nil {
+			t.Fatalf("busy stream, write %d: %v", i, err)
+		}
+		select {
+		case <-pending.Done():
+		default:
+			continue
+		}
+		break
+	}
+	if _, err := pending.Wait(ctx); !errors.Is(err, datastream.ErrReplyTimeout) {
+		t.Fatalf("quiet stream: %v, want ErrReplyTimeout", err)
+	}
+	f.waitPacket(t, "an ABORT", func(h *pb.DataStreamPacketHeader) bool {
+		return h.HasOption(pb.DataStreamPacketHeader_ABORT) && h.GetStreamId() == quiet.ID()
+	})
+	if _, err := busy.Close(ctx).Wait(ctx); err != nil {
+		t.Fatalf("busy stream: %v", err)
+	}
 }
 
 // TestPeerReplies answers a stream the way a broken or unhappy peer would.

@@ -21,7 +21,9 @@ import (
 //
 // WriteFile returns once every packet is queued and the transport is done
 // with f, so f may be closed or changed then; it does not read f's position
-// or move it. If WriteFile fails after some of the region was sent, the
+// or move it. With sendfile that means the bytes were handed to the
+// kernel, which a peer that stops reading delays until the reply timeout
+// closes the connection. If WriteFile fails after some of the region was sent, the
 // stream fails with it, since its offset no longer says what the caller
 // meant to send; if it fails before, the stream carries on.
 func (o *Output) WriteFile(ctx context.Context, f *os.File, pos, count int64, opts ...WriteOption) *Future[*Reply] {

@@ -290,12 +290,13 @@ type fakePeer struct {
 	ln net.Listener
 	// answer is called for every request packet, on the connection's
 	// goroutine; it writes replies with reply.
-	answer  func(c net.Conn, h *pb.DataStreamPacketHeader)
-	packets chan *pb.DataStreamPacketHeader // every packet received
+	answer func(c net.Conn, h *pb.DataStreamPacketHeader)
+	ended  atomic.Int32 // connections the client closed
 
-	wg    sync.WaitGroup
-	mu    sync.Mutex
-	conns []net.Conn
+	wg      sync.WaitGroup
+	mu      sync.Mutex
+	conns   []net.Conn
+	packets []*pb.DataStreamPacketHeader // every packet received
 }
 
 func startFake(t testing.TB, answer func(c net.Conn, h *pb.DataStreamPacketHeader)) *fakePeer {
@@ -304,7 +305,7 @@ func startFake(t testing.TB, answer func(c net.Conn, h *pb.DataStreamPacketHeade
 	if err != nil {
 		t.Fatal(err)
 	}
-	f := &fakePeer{t: t, ln: ln, answer: answer, packets: make(chan *pb.DataStreamPacketHeader, 1024)}
+	f := &fakePeer{t: t, ln: ln, answer: answer}
 	f.wg.Add(1)
 	go f.accept()
 	t.Cleanup(func() {
@@ -344,6 +345,9 @@ func (f *fakePeer) serve(c net.Conn) {
 	for {
 		var n [4]byte
 		if _, err := io.ReadFull(c, n[:]); err != nil {
+			if err == io.EOF {
+				f.ended.Add(1)
+			}
 			return
 		}
 		frame := make([]byte, 4+binary.BigEndian.Uint32(n[:]))
@@ -356,10 +360,9 @@ func (f *fakePeer) serve(c net.Conn) {
 			f.t.Errorf("fake peer: %v", err)
 			return
 		}
-		select {
-		case f.packets <- h:
-		default:
-		}
+		f.mu.Lock()
+		f.packets = append(f.packets, h)
+		f.mu.Unlock()
 		if f.answer != nil {
 			f.answer(c, h)
 		}
@@ -369,17 +372,17 @@ func (f *fakePeer) serve(c net.Conn) {
 // waitPacket waits for a packet that match accepts.
 func (f *fakePeer) waitPacket(t testing.TB, what string, match func(*pb.DataStreamPacketHeader) bool) {
 	t.Helper()
-	timeout := time.After(patience)
-	for {
-		select {
-		case h := <-f.packets:
-			if match(h) {
-				return
+	seen := 0
+	eventually(t, "the fake peer to get "+what, func() bool {
+		f.mu.Lock()
+		defer f.mu.Unlock()
+		for ; seen < len(f.packets); seen++ {
+			if match(f.packets[seen]) {
+				return true
 			}
-		case <-timeout:
-			t.Fatalf("fake peer never got %s", what)
 		}
-	}
+		return false
+	})
 }
 
 // reply writes a reply frame for h; rcr, if not nil, is its body.

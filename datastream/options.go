@@ -103,8 +103,10 @@ func WithMaxOutstanding(packets int, bytes int64) Option {
 func WithPacketSize(n int) Option { return func(o *options) { o.packetSize = n } }
 
 // WithReplyTimeout fails a stream that has packets in flight and has had no
-// reply for this long, with ErrReplyTimeout. It is checked on a tick of a
-// quarter of the timeout (at most a second), since gnet has no deadlines.
+// reply for this long, with ErrReplyTimeout, and aborts it; if the peer has
+// sent nothing on the connection for this long, the connection is closed,
+// failing all its streams. It is checked on a tick of a quarter of the
+// timeout (at most a second), since gnet has no deadlines.
 func WithReplyTimeout(d time.Duration) Option { return func(o *options) { o.replyTimeout = d } }
 
 // WithDialTimeout bounds connecting to a peer.
