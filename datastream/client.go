@@ -243,7 +243,11 @@ func (c *Client) sweep() {
 			c.mu.Lock()
 			conns = conns[:0]
 			for _, cn := range c.conns {
-				conns = append(conns, cn)
+				select {
+				case <-cn.ready: // a connection still dialing has no streams
+					conns = append(conns, cn)
+				default:
+				}
 			}
 			c.mu.Unlock()
 			for _, cn := range conns {
