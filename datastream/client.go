@@ -1,23 +1,3 @@
-// Package datastream is the client of pipestream's DataStream protocol: it
-// streams bytes to a primary peer, which writes them locally and forwards
-// them along the routing table, and commits the stream with one Raft entry
-// when it is closed.
-//
-//	c, err := datastream.NewClient(peers)
-//	defer c.Close()
-//	out, err := c.Stream(ctx, []byte("name-of-the-blob"))
-//	out.WriteAsync(ctx, chunk)             // as many times as needed
-//	reply, err := out.Close(ctx).Wait(ctx) // reply.RaftClientReply has the log index
-//
-// Every write returns a Future; replies come back in order, and a failed
-// packet fails the stream and every later future with the same error. A
-// bounded window of bytes and packets in flight per stream, and another per
-// client, make a writer faster than the peers wait instead of growing
-// memory.
-//
-// A Client keeps one connection per peer and multiplexes any number of
-// streams over it. Errors a server reports are *pb.Error values that
-// errors.Is matches against ErrUnknownStream and its siblings by code.
 package datastream
 
 import (

@@ -1,0 +1,47 @@
+// Package datastream is the client of pipestream's DataStream protocol
+// (docs/protocol.md): it streams bytes to a primary peer, which writes them
+// locally and forwards them along the stream's routing table, and commits
+// the stream with one Raft entry when it is closed, so the bulk bytes never
+// pass through the Raft log.
+//
+//	c, err := datastream.NewClient(peers)
+//	defer c.Close()
+//	out, err := c.Stream(ctx, []byte("name-of-the-blob"))
+//	out.WriteAsync(ctx, chunk)             // as many times as needed
+//	reply, err := out.Close(ctx).Wait(ctx) // reply.RaftClientReply has the log index
+//
+// # Writes and replies
+//
+// Every write returns a Future of the primary's reply, given once every
+// peer has the packet. Replies come back in order. A failed packet fails
+// the stream: every pending and later future gets the same error, and so
+// does RaftClientReplyFuture. WriteAsync copies the caller's bytes;
+// WriteBufAsync sends a pooled buffer as it is; WriteFile sends a file
+// region with sendfile(2) where the transport can; Writer is an
+// io.WriteCloser for io.Copy.
+//
+// # Flow control
+//
+// Each stream has a window of bytes and packets in flight (WithWindow) and
+// the client a budget over all its streams (WithMaxOutstanding). A write
+// that does not fit waits, up to its ctx, so a writer faster than the peers
+// blocks instead of growing memory.
+//
+// # Connections and lifetimes
+//
+// A Client keeps one connection per peer, dialed by the first stream to
+// that peer and shared by every stream; it is safe for concurrent use. A
+// stream's ctx governs it: cancelling it aborts the stream on every peer.
+// A connection that drops fails its streams with ErrConnectionLost; a
+// stream without a reply for the reply timeout fails with ErrReplyTimeout.
+// Client.Close fails what is open and ends every goroutine the client
+// started.
+//
+// # Errors
+//
+// Errors a server reports are *pb.Error values: errors.Is matches them
+// against ErrUnknownStream and its siblings by code, and errors.As gives
+// the code and the server's message. Errors the client detects itself are
+// ErrClosed, ErrConnectionLost, ErrReplyTimeout and ErrTooLarge, or the
+// ctx's error.
+package datastream
