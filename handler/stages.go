@@ -93,6 +93,7 @@ func (r *Router) ChannelRead(ctx *pipeline.Context, msg any) {
 	st.lastActive.Store(time.Now().UnixNano())
 	p.Stream = st
 	p.parts.Store(1) // the pipeline pass; the Replier ends it
+	st.enqueue(p)
 	ctx.FireChannelRead(p)
 }
 
@@ -155,6 +156,12 @@ func (r *Router) open(up *pipeline.Pipeline, p *Packet) (*Stream, *pb.Error) {
 	}
 	if req.GetCallId() != p.Header.GetStreamId() || string(req.GetClientId()) != string(p.Header.GetClientId()) {
 		return nil, errorf(pb.ErrorCode_BAD_HEADER, "header request (client, call %d) does not match the packet's stream %d", req.GetCallId(), p.Header.GetStreamId())
+	}
+	if req.GetType() != pb.RaftClientRequest_STREAM {
+		return nil, errorf(pb.ErrorCode_BAD_HEADER, "header request of type %v, want STREAM", req.GetType())
+	}
+	if g := s.cfg.GroupID; len(g) > 0 && string(req.GetGroupId()) != string(g) {
+		return nil, errorf(pb.ErrorCode_GROUP_MISMATCH, "header request is for group %x, this peer serves %x", req.GetGroupId(), g)
 	}
 	primary := req.GetServerId()
 	if primary == "" {
@@ -243,8 +250,9 @@ func (Forwarder) ChannelRead(ctx *pipeline.Context, msg any) {
 	ctx.FireChannelRead(msg)
 }
 
-// Replier queues each packet for its reply, which goes upstream once the
-// local write and every successor's reply are in, in stream order.
+// Replier ends each packet's pass through the stages. The packet's reply,
+// in the place the router gave it in its stream's order, goes upstream
+// once this, the local write and every successor's reply are done.
 type Replier struct{}
 
 // ChannelRead implements pipeline.ReadHandler.
@@ -254,7 +262,7 @@ func (Replier) ChannelRead(ctx *pipeline.Context, msg any) {
 		ctx.FireChannelRead(msg)
 		return
 	}
-	p.Stream.admit(p)
+	p.Stream.partDone(p)
 }
 
 // ReplyEncoder turns outbound *Reply messages into frames.

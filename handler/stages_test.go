@@ -356,3 +356,33 @@ func TestStagesStateMachine(t *testing.T) {
 		t.Errorf("open %d, cleaned up %d; want 0 and 1", c.sm.Open(), c.sm.CleanedUp())
 	}
 }
+
+// TestUserStageFailsStream: a stage between the router and the replier
+// refuses a stream with Stream.Fail and passes the packet on; the refused
+// packet is answered with its error, in order, and a later one with an
+// error too: the stream's own while it still owes replies, UNKNOWN_STREAM
+// once it is gone.
+func TestUserStageFailsStream(t *testing.T) {
+	buffertest.Check(t)
+	c := newConn(t, false)
+	quota := pipeline.Inbound(func(ctx *pipeline.Context, p *handler.Packet) {
+		if p.Header.GetStreamOffset() >= 6 {
+			p.Stream.Fail(&pb.Error{Code: pb.ErrorCode_LIMIT_EXCEEDED, Message: "quota"})
+		}
+		ctx.FireChannelRead(p)
+	})
+	if err := c.p.AddAfter(handler.StageRouter, "quota", quota); err != nil {
+		t.Fatal(err)
+	}
+	c.header(1)
+	c.data(1, 0, "abc")
+	c.data(1, 3, "def")
+	c.data(1, 6, "ghi")
+	c.data(1, 9, "jkl")
+	c.await(5)
+	over := pb.ErrorCode_LIMIT_EXCEEDED
+	c.check([]want{{1, 0, pb.ErrorCode_ERROR_NONE, 0}, {1, 0, pb.ErrorCode_ERROR_NONE, 3}, {1, 3, pb.ErrorCode_ERROR_NONE, 6}, {1, 6, over, 0}})
+	if last := c.got[4].h; last.GetSuccess() || (last.GetErrorCode() != over && last.GetErrorCode() != pb.ErrorCode_UNKNOWN_STREAM) {
+		t.Errorf("packet after the refusal: %v", last)
+	}
+}

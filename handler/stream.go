@@ -40,7 +40,7 @@ type Stream struct {
 	written uint64
 
 	mu       sync.Mutex
-	replies  []*Packet   // admitted, not yet answered, in stream order
+	replies  []*Packet   // routed, not yet answered, in stream order
 	awaiting [][]*Packet // per successor: forwarded, not yet acknowledged
 	sentAt   [][]time.Time
 	failed   *pb.Error
@@ -91,6 +91,14 @@ func (st *Stream) forwardsTo(id string) bool {
 	}
 	return false
 }
+
+// Fail fails the stream with e, as the server's own stages do: every
+// packet not yet answered gets e, successors are told to abort, and the
+// local data is cleaned up. A user stage between the router and the
+// replier calls it to refuse a stream mid-way (an auth or quota check) and
+// then passes the packet on as usual, so that its reply keeps its place.
+// It does nothing once the stream failed or closed on every peer.
+func (st *Stream) Fail(e *pb.Error) { st.fail(e) }
 
 // Err returns the stream's failure, or nil.
 func (st *Stream) Err() error {
@@ -170,12 +178,13 @@ func (st *Stream) setErr(p *Packet, e *pb.Error) {
 	st.mu.Unlock()
 }
 
-// admit queues p for its reply and ends its pipeline pass.
-func (st *Stream) admit(p *Packet) {
+// enqueue gives p its place in the stream's reply order. The router calls
+// it as soon as p is routed, so that a failed stream is not taken out of
+// the table while p is still on its way through the stages.
+func (st *Stream) enqueue(p *Packet) {
 	st.mu.Lock()
 	st.replies = append(st.replies, p)
 	st.mu.Unlock()
-	st.partDone(p)
 }
 
 // partDone marks one part of p finished; the last one lets replies go.

@@ -31,6 +31,8 @@ type PeerDialer func(id string) (Successor, error)
 
 // Config is what the stages of every connection of one server share.
 type Config struct {
+	// GroupID, if set, is the only group id a header request may name.
+	GroupID []byte
 	// ID is this peer's id in the group.
 	ID string
 	// Peers lists every peer id of the group, this one included. Routing

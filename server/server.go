@@ -47,9 +47,12 @@ type Peer struct {
 
 // Config configures a Server. ID, Peers and StateMachine are required.
 type Config struct {
-	ID    string
-	Addr  string // listen address; default "127.0.0.1:0"
-	Peers []Peer // every member, this one included
+	// GroupID, if set, refuses header requests naming another group with
+	// GROUP_MISMATCH.
+	GroupID []byte
+	ID      string
+	Addr    string // listen address; default "127.0.0.1:0"
+	Peers   []Peer // every member, this one included
 
 	StateMachine statemachine.StateMachine
 	// Committer commits closed streams; nil runs standalone (see
@@ -177,6 +180,7 @@ func Listen(ctx context.Context, cfg Config) (*Server, error) {
 		up:    make(chan struct{}),
 	}
 	s.streams = handler.NewStreams(handler.Config{
+		GroupID:       cfg.GroupID,
 		ID:            cfg.ID,
 		Peers:         ids,
 		Dial:          s.successor,

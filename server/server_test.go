@@ -14,6 +14,7 @@ import (
 	"github.com/pipestream/pipestream/buffer/buffertest"
 	"github.com/pipestream/pipestream/datastream"
 	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
+	"github.com/pipestream/pipestream/server"
 	"github.com/pipestream/pipestream/statemachine"
 	"github.com/pipestream/pipestream/transport"
 )
@@ -430,4 +431,27 @@ type blockingChannel struct {
 func (c *blockingChannel) Write(p []byte) (int, error) {
 	<-c.hold
 	return c.DataChannel.Write(p)
+}
+
+func TestHeaderRequestChecks(t *testing.T) {
+	buffertest.Check(t)
+	g := startGroup(t, 1, groupOpts{tweak: func(c *server.Config) { c.GroupID = []byte("group-1") }})
+	r := dialRaw(t, g.peers[0].Addr)
+	for _, tc := range []struct {
+		name string
+		edit func(*pb.RaftClientRequest)
+		want pb.ErrorCode
+	}{
+		{"not a stream request", func(q *pb.RaftClientRequest) { q.Type = pb.RaftClientRequest_WRITE }, pb.ErrorCode_BAD_HEADER},
+		{"another group", func(q *pb.RaftClientRequest) { q.GroupId = []byte("group-2") }, pb.ErrorCode_GROUP_MISMATCH},
+		{"this group", func(*pb.RaftClientRequest) {}, pb.ErrorCode_ERROR_NONE},
+	} {
+		req := r.request(1, g.peers[0].ID, nil)
+		req.GroupId = []byte("group-1")
+		tc.edit(req)
+		r.header(1, req)
+		if h, _ := r.reply(); h.GetErrorCode() != tc.want {
+			t.Errorf("%s: %v, want %v", tc.name, h, tc.want)
+		}
+	}
 }
