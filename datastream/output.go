@@ -1,6 +1,7 @@
 package datastream
 
 import (
+	"bytes"
 	"context"
 	"fmt"
 	"sync"
@@ -104,11 +105,12 @@ type pendingPacket struct {
 	sentAt time.Time
 }
 
-// Stream opens a stream whose header request carries message, and returns
-// once the header is sent; HeaderFuture reports the peers' answer. ctx
-// governs the whole stream: cancelling it before the stream is committed
-// fails the stream and aborts it on every peer. A ctx cancelled after
-// CLOSE was sent leaves the commit's outcome unknown.
+// Stream opens a stream whose header request carries a copy of message
+// (say, the name of the blob), and returns once the header is sent;
+// HeaderFuture reports the peers' answer. ctx governs the whole stream:
+// cancelling it before the stream is committed fails the stream and aborts
+// it on every peer. A ctx cancelled after CLOSE was sent leaves the
+// commit's outcome unknown.
 func (c *Client) Stream(ctx context.Context, message []byte, opts ...StreamOption) (*Output, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
@@ -144,7 +146,7 @@ func (c *Client) Stream(ctx context.Context, message []byte, opts ...StreamOptio
 		GroupId:      so.group,
 		ServerId:     primary.ID,
 		Type:         pb.RaftClientRequest_STREAM,
-		Message:      message,
+		Message:      bytes.Clone(message),
 		RoutingTable: so.routing,
 	}
 	body, err := proto.Marshal(o.req)
