@@ -8,7 +8,8 @@
 // packet's body once off the wire and then write it locally and forward it to
 // every successor without another copy.
 //
-// Sizes from 256 bytes to 4 MiB are pooled in power-of-two classes; larger
+// Sizes from 256 bytes to 32 MiB are pooled in power-of-two classes, so that
+// the largest DataStream frame (16 MiB of body and its header) is; larger
 // buffers are allocated and left to the garbage collector, but are still
 // reference-counted and counted as live.
 //
@@ -25,7 +26,7 @@ import (
 
 const (
 	minClassShift = 8  // 256 B
-	maxClassShift = 22 // 4 MiB
+	maxClassShift = 25 // 32 MiB
 	numClasses    = maxClassShift - minClassShift + 1
 
 	// MaxPooled is the largest size served from the pool.

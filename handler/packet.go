@@ -35,7 +35,11 @@ type Packet struct {
 	// itself, the local write, and one per successor.
 	parts   atomic.Int32
 	written uint64 // stream bytes written locally after this packet
-	err     *pb.Error
+	err     *pb.Error // guarded by the stream's mutex once routed
+	// refused is set by the router, before other goroutines see p, when
+	// the packet is answered with an error without being written or
+	// forwarded.
+	refused bool
 	reply   *pb.RaftClientReply
 }
 

@@ -88,7 +88,7 @@ func (r *Router) ChannelRead(ctx *pipeline.Context, msg any) {
 	// A packet refused for a stream that exists (and has now failed) still
 	// takes its place in the stream's reply order, so the client sees the
 	// replies of earlier packets first.
-	p.err = e
+	p.err, p.refused = e, e != nil
 	r.conn.inflight.Add(int64(p.Header.GetDataLength()))
 	st.lastActive.Store(time.Now().UnixNano())
 	p.Stream = st
@@ -231,7 +231,7 @@ type Writer struct{}
 
 // ChannelRead implements pipeline.ReadHandler.
 func (Writer) ChannelRead(ctx *pipeline.Context, msg any) {
-	if p, ok := msg.(*Packet); ok && p.Stream != nil && p.err == nil && !p.Has(pb.DataStreamPacketHeader_ABORT) {
+	if p, ok := msg.(*Packet); ok && p.Stream != nil && !p.refused && !p.Has(pb.DataStreamPacketHeader_ABORT) {
 		p.parts.Add(1)
 		p.Stream.exec.Submit(task{kind: taskWrite, p: p})
 	}
@@ -244,7 +244,7 @@ type Forwarder struct{}
 
 // ChannelRead implements pipeline.ReadHandler.
 func (Forwarder) ChannelRead(ctx *pipeline.Context, msg any) {
-	if p, ok := msg.(*Packet); ok && p.Stream != nil && p.err == nil && !p.Has(pb.DataStreamPacketHeader_ABORT) {
+	if p, ok := msg.(*Packet); ok && p.Stream != nil && !p.refused && !p.Has(pb.DataStreamPacketHeader_ABORT) {
 		p.Stream.forward(p)
 	}
 	ctx.FireChannelRead(msg)
