@@ -82,18 +82,27 @@ func splitPacket(b []byte, maxHeader int) (header []byte, bodyOff int, err error
 // DecodePacket parses a request frame's header and checks that its data
 // length matches the body, which starts at bodyOff.
 func DecodePacket(frame []byte, maxHeader int) (h *pb.DataStreamPacketHeader, bodyOff int, err error) {
-	hb, off, err := splitPacket(frame, maxHeader)
-	if err != nil {
+	h = new(pb.DataStreamPacketHeader)
+	if bodyOff, err = DecodePacketInto(frame, maxHeader, h); err != nil {
 		return nil, 0, err
 	}
-	h = new(pb.DataStreamPacketHeader)
-	if err := proto.Unmarshal(hb, h); err != nil {
-		return nil, 0, fmt.Errorf("%w: %v", ErrBadPacket, err)
+	return h, bodyOff, nil
+}
+
+// DecodePacketInto is DecodePacket without allocating: it decodes into h,
+// whose ClientId then aliases frame.
+func DecodePacketInto(frame []byte, maxHeader int, h *pb.DataStreamPacketHeader) (bodyOff int, err error) {
+	hb, off, err := splitPacket(frame, maxHeader)
+	if err != nil {
+		return 0, err
+	}
+	if err := UnmarshalPacketHeader(hb, h); err != nil {
+		return 0, err
 	}
 	if n := len(frame) - off; h.GetDataLength() != uint64(n) {
-		return nil, 0, fmt.Errorf("%w: data length %d but %d body bytes", ErrBadPacket, h.GetDataLength(), n)
+		return 0, fmt.Errorf("%w: data length %d but %d body bytes", ErrBadPacket, h.GetDataLength(), n)
 	}
-	return h, off, nil
+	return off, nil
 }
 
 // DecodeReply parses a reply frame: the reply header and, when the frame
