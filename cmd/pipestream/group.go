@@ -1,0 +1,114 @@
+package main
+
+import (
+	"fmt"
+	"net"
+	"strconv"
+	"strings"
+
+	"github.com/BurntSushi/toml"
+
+	"github.com/pipestream/pipestream/datastream"
+	"github.com/pipestream/pipestream/peer"
+)
+
+// loadGroup returns the members a group file lists, checked by
+// peer.LoadConfig.
+func loadGroup(path string) ([]peer.Member, error) {
+	// LoadConfig wants the id of a member; take the first one's. Every
+	// other key is LoadConfig's to check.
+	var ids struct {
+		Peers []struct {
+			ID string `toml:"id"`
+		} `toml:"peers"`
+	}
+	if _, err := toml.DecodeFile(path, &ids); err != nil {
+		return nil, fmt.Errorf("%w: %v", peer.ErrConfig, err)
+	}
+	if len(ids.Peers) == 0 {
+		return nil, fmt.Errorf("%w: %s lists no [[peers]]", peer.ErrConfig, path)
+	}
+	cfg, err := peer.LoadConfig(path, ids.Peers[0].ID)
+	if err != nil {
+		return nil, err
+	}
+	return cfg.Peers, nil
+}
+
+// streamPeers returns the group as a datastream client sees it.
+func streamPeers(members []peer.Member) []datastream.Peer {
+	out := make([]datastream.Peer, len(members))
+	for i, m := range members {
+		out[i] = datastream.Peer{ID: m.ID, Addr: m.StreamAddr}
+	}
+	return out
+}
+
+// parsePeers parses put's --peers: "p1=127.0.0.1:7001,p2=127.0.0.1:7002",
+// each peer's id and stream address.
+func parsePeers(s string) ([]datastream.Peer, error) {
+	var out []datastream.Peer
+	for _, item := range strings.Split(s, ",") {
+		id, addr, ok := strings.Cut(strings.TrimSpace(item), "=")
+		if !ok || id == "" || addr == "" {
+			return nil, fmt.Errorf("--peers: %q is not id=host:port", item)
+		}
+		out = append(out, datastream.Peer{ID: id, Addr: addr})
+	}
+	return out, nil
+}
+
+// parseMember parses serve's --member: "p1=STREAM,RAFT,COMMIT", the three
+// host:port addresses of peer p1.
+func parseMember(s string) (peer.Member, error) {
+	id, addrs, ok := strings.Cut(s, "=")
+	a := strings.Split(addrs, ",")
+	if !ok || id == "" || len(a) != 3 || a[0] == "" || a[1] == "" || a[2] == "" {
+		return peer.Member{}, fmt.Errorf("--member: %q is not id=STREAM_ADDR,RAFT_ADDR,COMMIT_ADDR", s)
+	}
+	return peer.Member{ID: id, StreamAddr: a[0], RaftAddr: a[1], CommitAddr: a[2]}, nil
+}
+
+// sampleConfig returns a group file for n peers on host, stream ports from
+// port, Raft ports from port+100 and commit ports from port+200, keeping
+// data in dataDir/<id>.
+func sampleConfig(n int, host string, port int, dataDir string) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, `# A pipestream group: every peer reads this file and picks its own entry
+# by id (pipestream serve --config group.toml --id p1). See docs/operations.md.
+
+# Peer <id> keeps its Raft log in data_dir/<id>/raft and its files in
+# data_dir/<id>/files. Relative to this file; leave it out to keep
+# everything in memory.
+data_dir = %q
+transport = "gnet" # or "netconn"
+
+[stream]
+reply_timeout = "10s"   # a packet's wait for its successors' replies
+commit_timeout = "30s"  # a closed stream's commit, election included
+link_timeout = "5m"     # a closed stream's wait for its entry; > commit_timeout
+sweep_interval = "1s"   # the tick that checks the timeouts above
+redial_interval = "1s"  # the longest wait between reconnects to a peer
+
+[raft]
+heartbeat_timeout = "500ms"
+election_timeout = "500ms"
+leader_lease_timeout = "250ms"
+commit_timeout = "20ms"
+snapshot_interval = "2m"
+snapshot_threshold = 8192
+trailing_logs = 10240
+`, dataDir)
+	for i := range n {
+		fmt.Fprintf(&b, `
+[[peers]]
+id = "p%d"
+stream_addr = %q
+raft_addr = %q
+commit_addr = %q
+`, i+1, hostPort(host, port+i), hostPort(host, port+100+i), hostPort(host, port+200+i))
+	}
+	return b.String()
+}
+
+func hostPort(host string, port int) string { return net.JoinHostPort(host, strconv.Itoa(port)) }

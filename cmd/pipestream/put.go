@@ -1,0 +1,124 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+
+	"github.com/pipestream/pipestream/datastream"
+	"github.com/pipestream/pipestream/statemachine"
+)
+
+const putHelp = `
+Usage: pipestream put FILE (--config group.toml | --peers ID=ADDR,...) [flags]
+
+Streams FILE to a running group and waits until it is committed: the file
+goes to the primary (--primary, by default the first peer listed), which
+writes it and forwards it along the chain of the other peers in the order
+listed; closing the stream commits one Raft entry naming it. Each peer's
+file store then holds it as --name (default: FILE's base name).
+
+Prints the log index and term of the commit and the throughput. Exits
+non-zero, with the reason, if the stream fails or is not committed.
+`
+
+func runPut(ctx context.Context, args []string, e *env) int {
+	fs := newFlagSet(e, "put", putHelp)
+	config := fs.String("config", "", "group `file` to learn the peers' stream addresses from")
+	peers := fs.String("peers", "", "the peers as `ID=HOST:PORT,...` (stream addresses), instead of --config")
+	name := fs.String("name", "", "`name` to store the file under; subdirectories allowed (default: FILE's base name)")
+	primary := fs.String("primary", "", "`id` of the peer to send the stream to (default: the first peer)")
+	quiet := fs.Bool("quiet", false, "draw no progress bar (none is drawn unless stderr is a terminal)")
+	kind := fs.transportFlag("DataStream `transport`: gnet or netconn, as the group's")
+	logger := fs.logFlag(slog.LevelWarn)
+	pos, err := fs.parse(args)
+	if err != nil {
+		return e.exit(ctx, "put", err)
+	}
+	p := &put{env: e, name: *name, primary: *primary, bar: !*quiet && isTerminal(e.stderr)}
+	if err := p.check(pos, *config, *peers); err != nil {
+		return e.exit(ctx, "put", err)
+	}
+	log, _ := logger()
+	return e.exit(ctx, "put", p.run(ctx, log, kind))
+}
+
+// put is one run of the put command.
+type put struct {
+	*env
+	file, name, primary string
+	peers               []datastream.Peer
+	bar                 bool
+}
+
+// check validates the arguments and fills in the defaults.
+func (p *put) check(pos []string, config, peers string) error {
+	switch {
+	case len(pos) == 0:
+		return usageError("which file? pipestream put FILE")
+	case len(pos) > 1:
+		return usageError("one file at a time; got %d arguments", len(pos))
+	case config == "" && peers == "":
+		return usageError("give the group with --config FILE or --peers ID=HOST:PORT,...")
+	case config != "" && peers != "":
+		return usageError("--config and --peers do not go together")
+	}
+	p.file = pos[0]
+	if p.name == "" {
+		p.name = filepath.Base(p.file)
+	}
+	// The peers check the name too; checking it here fails before any
+	// connection, with the same words.
+	clean, err := statemachine.CleanName(p.name)
+	if err != nil {
+		return usageError("--name: %v", err)
+	}
+	p.name = filepath.ToSlash(clean)
+	if config != "" {
+		members, err := loadGroup(config)
+		if err != nil {
+			return err
+		}
+		p.peers = streamPeers(members)
+	} else if p.peers, err = parsePeers(peers); err != nil {
+		return usageError("%v", err)
+	}
+	if p.primary == "" {
+		p.primary = p.peers[0].ID
+	}
+	if !slices.ContainsFunc(p.peers, func(x datastream.Peer) bool { return x.ID == p.primary }) {
+		return usageError("--primary %q is not a peer of the group", p.primary)
+	}
+	return nil
+}
+
+func (p *put) run(ctx context.Context, log *slog.Logger, kind *transportValue) error {
+	f, err := os.Open(p.file)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return err
+	}
+	if !fi.Mode().IsRegular() {
+		return fmt.Errorf("%s is not a regular file", p.file)
+	}
+	c, err := datastream.NewClient(p.peers, datastream.WithLogger(log), datastream.WithTransport(kind.kind))
+	if err != nil {
+		return err
+	}
+	defer c.Close()
+	bar := newProgress(p.stderr, fi.Size(), "put "+p.name, p.bar && fi.Size() > 0)
+	res, err := putFile(ctx, c, f, fi.Size(), p.name, p.primary, bar)
+	bar.finish(err == nil)
+	if err != nil {
+		return hint(err)
+	}
+	fmt.Fprintln(p.stdout, res.summary(p.name))
+	return nil
+}

@@ -1,0 +1,161 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/pipestream/pipestream/peer"
+)
+
+const serveHelp = `
+Usage: pipestream serve --config group.toml --id ID [flags]
+       pipestream serve --id ID --member ID=STREAM,RAFT,COMMIT ... [--data-dir DIR] [flags]
+
+Runs one peer of a group: its DataStream server, its Raft node and its file
+store. Every peer of the group is started the same way, with its own id;
+"pipestream config" prints a group file to start from.
+
+The peer prints one line to stdout when it is bound ("ID serving: ...") and
+one when the group has a leader and every other peer is connected ("ID
+ready: ..."). It serves until SIGINT (Ctrl-C) or SIGTERM, then shuts down:
+open streams fail, the Raft node and the stores are closed. It exits 0
+after a clean shutdown. A second Ctrl-C kills it at once.
+
+Instead of a group file, list every member (this one too) with --member;
+without --data-dir the peer then keeps its Raft log and files in memory.
+The flags other than --config override the file.
+`
+
+// serveShutdownTimeout bounds a peer's shutdown after the signal.
+const serveShutdownTimeout = 30 * time.Second
+
+func runServe(ctx context.Context, args []string, e *env) int {
+	fs := newFlagSet(e, "serve", serveHelp)
+	config := fs.String("config", "", "group `file` (TOML; see pipestream config)")
+	id := fs.String("id", "", "this peer's `id` in the group (required)")
+	var members stringList
+	fs.Var(&members, "member", "a member as `ID=STREAM,RAFT,COMMIT` addresses; repeat for every member, instead of --config")
+	dataDir := fs.String("data-dir", "", "this peer's data `directory` (overrides the group file's data_dir/ID)")
+	kind := fs.transportFlag("DataStream `transport`, gnet or netconn (overrides the group file)")
+	stats := fs.Duration("stats", 0, "log the peer's counters every `interval` (0: never)")
+	logger := fs.logFlag(slog.LevelInfo)
+	pos, err := fs.parse(args)
+	if err == nil {
+		err = checkServeArgs(pos, *config, *id, members)
+	}
+	if err != nil {
+		return e.exit(ctx, "serve", err)
+	}
+	cfg, err := serveConfig(*config, *id, members)
+	if err != nil {
+		return e.exit(ctx, "serve", err)
+	}
+	if *dataDir != "" {
+		cfg.DataDir = *dataDir
+	}
+	if kind.set {
+		cfg.Transport = kind.kind
+	}
+	var closing func()
+	cfg.Logger, closing = logger()
+	return e.exit(ctx, "serve", serve(ctx, e, cfg, *stats, closing))
+}
+
+func checkServeArgs(pos []string, config, id string, members []string) error {
+	switch {
+	case len(pos) > 0:
+		return usageError("unexpected argument %q", pos[0])
+	case id == "":
+		return usageError("--id is required")
+	case config == "" && len(members) == 0:
+		return usageError("give the group with --config FILE or with --member for every member")
+	case config != "" && len(members) > 0:
+		return usageError("--config and --member do not go together")
+	}
+	return nil
+}
+
+// serveConfig returns peer id's config from the group file or the
+// --member flags.
+func serveConfig(config, id string, members []string) (peer.Config, error) {
+	if config != "" {
+		return peer.LoadConfig(config, id)
+	}
+	cfg := peer.Config{ID: id}
+	for _, s := range members {
+		m, err := parseMember(s)
+		if err != nil {
+			return cfg, usageError("%v", err)
+		}
+		cfg.Peers = append(cfg.Peers, m)
+	}
+	return cfg, nil
+}
+
+// serve runs the peer until ctx is done.
+// closing is called as the peer starts shutting down.
+func serve(ctx context.Context, e *env, cfg peer.Config, stats time.Duration, closing func()) error {
+	log := cfg.Logger
+	p, err := peer.Start(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	a := p.Addrs()
+	data := cfg.DataDir
+	if data == "" {
+		data = "(memory)"
+	}
+	fmt.Fprintf(e.stdout, "%s serving: stream %s, raft %s, commit %s, data %s\n", a.ID, a.StreamAddr, a.RaftAddr, a.CommitAddr, data)
+
+	// WaitReady returns early on a signal, which is then served below.
+	start := time.Now()
+	err = p.WaitReady(ctx)
+	switch {
+	case err == nil:
+		leader, _ := p.Leader()
+		fmt.Fprintf(e.stdout, "%s ready: leader %s, after %s\n", a.ID, leader.ID, since(start))
+	case ctx.Err() == nil:
+		closing()
+		return errors.Join(err, p.Shutdown(context.Background()))
+	}
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	if stats > 0 && err == nil {
+		wg.Go(func() { logStats(ctx, log, p, stats) })
+	}
+	<-ctx.Done()
+
+	log.Info("shutting down", "peer", a.ID, "cause", context.Cause(ctx))
+	closing()
+	sctx, cancel := context.WithTimeout(context.Background(), serveShutdownTimeout)
+	defer cancel()
+	if err := p.Shutdown(sctx); err != nil {
+		return err
+	}
+	fmt.Fprintf(e.stdout, "%s stopped\n", a.ID)
+	return nil
+}
+
+// logStats logs p's counters every interval until ctx is done: what there
+// is to watch, without a metrics endpoint (see docs/operations.md).
+func logStats(ctx context.Context, log *slog.Logger, p *peer.Peer, interval time.Duration) {
+	t := time.NewTicker(interval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		st := p.Server().Streams()
+		rs := p.Node().Stats()
+		leader, _ := p.Leader()
+		log.Info("stats", "peer", p.ID(), "leader", leader.ID,
+			"streams_open", st.Active(), "streams_awaiting_commit", st.Pending(),
+			"applied_index", rs.LastIndex, "applied_term", rs.LastTerm, "streams_committed", rs.Streams)
+	}
+}

@@ -1,0 +1,268 @@
+package main
+
+import (
+	"bufio"
+	"bytes"
+	"cmp"
+	"context"
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"text/tabwriter"
+
+	"github.com/pipestream/pipestream/peer"
+	"github.com/pipestream/pipestream/statemachine"
+)
+
+const lsHelp = `
+Usage: pipestream ls (--config group.toml --id ID | --data-dir DIR)
+
+Lists the files peer ID's file store holds: name, size, the log index and
+term of the entry that wrote it, and the SHA-256 the peer computed while
+writing it.
+
+It reads the peer's data directory on this machine, without opening it for
+writing, so it works whether the peer runs or not: the DataStream protocol
+only writes, so there is no network read. Run it where the peer's data is.
+`
+
+const getHelp = `
+Usage: pipestream get NAME (--config group.toml --id ID | --data-dir DIR) [-o FILE]
+
+Copies the file peer ID's store holds as NAME to stdout, or to FILE with
+-o, and checks its length and SHA-256 against what the peer recorded when
+it committed it; a mismatch is an error (and FILE is removed).
+
+Like ls, it reads the peer's data directory on this machine, and only
+reads it.
+`
+
+func runLs(ctx context.Context, args []string, e *env) int {
+	fs := newFlagSet(e, "ls", lsHelp)
+	loc := storeFlags(fs)
+	pos, err := fs.parse(args)
+	if err == nil && len(pos) > 0 {
+		err = usageError("unexpected argument %q", pos[0])
+	}
+	if err != nil {
+		return e.exit(ctx, "ls", err)
+	}
+	return e.exit(ctx, "ls", ls(e, loc))
+}
+
+func ls(e *env, loc *storeLocation) error {
+	s, err := loc.open()
+	if err != nil {
+		return err
+	}
+	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
+	fmt.Fprintln(tw, "NAME\tBYTES\tINDEX\tTERM\tSHA256")
+	for _, f := range s.list() {
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%x\n", f.Name, f.Length, f.Index, f.Term, f.SHA256)
+	}
+	return tw.Flush()
+}
+
+func runGet(ctx context.Context, args []string, e *env) int {
+	fs := newFlagSet(e, "get", getHelp)
+	loc := storeFlags(fs)
+	out := fs.String("o", "", "write to `file` instead of stdout")
+	pos, err := fs.parse(args)
+	switch {
+	case err != nil:
+	case len(pos) == 0:
+		err = usageError("which file? pipestream get NAME")
+	case len(pos) > 1:
+		err = usageError("one file at a time; got %d arguments", len(pos))
+	}
+	if err != nil {
+		return e.exit(ctx, "get", err)
+	}
+	return e.exit(ctx, "get", get(e, loc, pos[0], *out))
+}
+
+func get(e *env, loc *storeLocation, name, out string) (err error) {
+	s, err := loc.open()
+	if err != nil {
+		return err
+	}
+	var w io.Writer = e.stdout
+	if out != "" {
+		f, err := os.Create(out)
+		if err != nil {
+			return err
+		}
+		defer func() {
+			err = errors.Join(err, f.Close())
+			if err != nil {
+				_ = os.Remove(out)
+			}
+		}()
+		w = f
+	}
+	return s.copy(w, name)
+}
+
+// storeLocation is where ls and get find a peer's data directory.
+type storeLocation struct {
+	config, id, dataDir string
+}
+
+func storeFlags(fs *flagSet) *storeLocation {
+	l := new(storeLocation)
+	fs.StringVar(&l.config, "config", "", "group `file`; the peer's data directory is data_dir/ID, or its own data_dir")
+	fs.StringVar(&l.id, "id", "", "the `id` of the peer whose store to read, with --config")
+	fs.StringVar(&l.dataDir, "data-dir", "", "the peer's data `directory`, as serve's --data-dir, instead of --config and --id")
+	return l
+}
+
+// open reads the store the flags point at.
+func (l *storeLocation) open() (*localStore, error) {
+	dir := l.dataDir
+	switch {
+	case dir != "" && (l.config != "" || l.id != ""):
+		return nil, usageError("--data-dir goes without --config and --id")
+	case dir == "" && (l.config == "" || l.id == ""):
+		return nil, usageError("give --config FILE and --id ID, or --data-dir DIR")
+	case dir == "":
+		cfg, err := peer.LoadConfig(l.config, l.id)
+		if err != nil {
+			return nil, err
+		}
+		if cfg.DataDir == "" {
+			return nil, fmt.Errorf("%s keeps no data on disk (no data_dir): its peers store in memory", l.config)
+		}
+		dir = cfg.DataDir
+	}
+	return openLocalStore(filepath.Join(dir, "files"))
+}
+
+// localStore is a read-only view of a statemachine.FileStore's directory.
+// ls and get must not open it as a FileStore: that would take it over from
+// a running peer (removing the files of streams in progress, appending to
+// its log), and only one FileStore may use a directory at a time. The view
+// reads what the FileStore documents: committed.log, one JSON record per
+// linked stream, oldest first, and the files under data/.
+type localStore struct {
+	dir    string
+	byName map[string]statemachine.StoredFile
+}
+
+// logRecord is one line of committed.log.
+type logRecord struct {
+	Index  uint64 `json:"index"`
+	Term   uint64 `json:"term"`
+	Client string `json:"client"` // hex
+	Stream uint64 `json:"stream"`
+	Name   string `json:"name"` // slash-separated
+	Length uint64 `json:"length"`
+	SHA256 string `json:"sha256"` // hex
+}
+
+// openLocalStore reads the FileStore directory dir.
+func openLocalStore(dir string) (*localStore, error) {
+	data, err := os.ReadFile(filepath.Join(dir, "committed.log"))
+	if errors.Is(err, fs.ErrNotExist) {
+		if _, serr := os.Stat(dir); serr != nil {
+			return nil, fmt.Errorf("no file store at %s: %w", dir, serr)
+		}
+		data, err = nil, nil // a store that has linked nothing yet
+	}
+	if err != nil {
+		return nil, err
+	}
+	s := &localStore{dir: dir, byName: make(map[string]statemachine.StoredFile)}
+	// A last line without a newline is a record being written (or torn by
+	// a crash, which the FileStore drops when it next opens).
+	if i := bytes.LastIndexByte(data, '\n'); i+1 < len(data) {
+		data = data[:i+1]
+	}
+	sc := bufio.NewScanner(bytes.NewReader(data))
+	sc.Buffer(nil, 1<<20)
+	for line := 1; sc.Scan(); line++ {
+		sf, err := parseLogRecord(sc.Bytes())
+		if err != nil {
+			return nil, fmt.Errorf("%s line %d: %w", filepath.Join(dir, "committed.log"), line, err)
+		}
+		s.byName[sf.Name] = sf // a later entry replaced the file
+	}
+	return s, sc.Err()
+}
+
+func parseLogRecord(line []byte) (statemachine.StoredFile, error) {
+	var r logRecord
+	if err := json.Unmarshal(line, &r); err != nil {
+		return statemachine.StoredFile{}, err
+	}
+	client, err := hex.DecodeString(r.Client)
+	if err != nil {
+		return statemachine.StoredFile{}, fmt.Errorf("client: %w", err)
+	}
+	sum, err := hex.DecodeString(r.SHA256)
+	if err != nil || len(sum) != sha256.Size {
+		return statemachine.StoredFile{}, fmt.Errorf("bad sha256 %q", r.SHA256)
+	}
+	name, err := statemachine.CleanName(filepath.FromSlash(r.Name))
+	if err != nil {
+		return statemachine.StoredFile{}, err
+	}
+	return statemachine.StoredFile{
+		Name: filepath.ToSlash(name), Index: r.Index, Term: r.Term,
+		Key:    statemachine.StreamKey{ClientID: string(client), StreamID: r.Stream},
+		Length: r.Length, SHA256: [32]byte(sum),
+	}, nil
+}
+
+// list returns the stored files in log order.
+func (s *localStore) list() []statemachine.StoredFile {
+	out := make([]statemachine.StoredFile, 0, len(s.byName))
+	for _, sf := range s.byName {
+		out = append(out, sf)
+	}
+	slices.SortFunc(out, func(a, b statemachine.StoredFile) int {
+		return cmp.Or(cmp.Compare(a.Index, b.Index), strings.Compare(a.Name, b.Name))
+	})
+	return out
+}
+
+// copy writes the stored file name to w and checks it against its record.
+func (s *localStore) copy(w io.Writer, name string) error {
+	clean, err := statemachine.CleanName(name)
+	if err != nil {
+		return usageError("%v", err)
+	}
+	sf, ok := s.byName[filepath.ToSlash(clean)]
+	if !ok {
+		return fmt.Errorf("%s holds no file %q (pipestream ls lists what it holds)", s.dir, name)
+	}
+	root, err := os.OpenRoot(filepath.Join(s.dir, "data"))
+	if err != nil {
+		return err
+	}
+	defer root.Close()
+	f, err := root.Open(clean)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	h := sha256.New()
+	n, err := io.Copy(io.MultiWriter(w, h), f)
+	if err != nil {
+		return err
+	}
+	if uint64(n) != sf.Length || [32]byte(h.Sum(nil)) != sf.SHA256 {
+		// The file under a name is replaced after its new record is
+		// written, so a get racing a put of the same name may see this.
+		return fmt.Errorf("%s: read %d bytes with sha256 %x; the store recorded %d bytes with sha256 %x at log index %d (was it being replaced? try again)",
+			name, n, h.Sum(nil), sf.Length, sf.SHA256, sf.Index)
+	}
+	return nil
+}

@@ -1,0 +1,112 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/pipestream/pipestream/datastream"
+)
+
+// chunk is how much of a file one WriteFile call sends between updates of
+// the progress bar: a few packets, so that the bar moves smoothly without
+// a call per packet.
+const chunk = 4 * datastream.DefaultPacketSize
+
+// committed is the outcome of a put.
+type committed struct {
+	bytes       int64
+	elapsed     time.Duration // from opening the stream to the commit's reply
+	index, term uint64        // the stream's Raft entry
+	primary     string
+}
+
+// rate returns the throughput in MiB/s.
+func (c committed) rate() float64 {
+	return float64(c.bytes) / (1 << 20) / max(c.elapsed.Seconds(), 1e-9)
+}
+
+// summary describes the put in one line.
+func (c committed) summary(name string) string {
+	return fmt.Sprintf("committed %s: %s in %s (%.1f MiB/s), log index %d, term %d, primary %s",
+		name, formatBytes(c.bytes), c.elapsed.Round(time.Millisecond), c.rate(), c.index, c.term, c.primary)
+}
+
+// putFile streams the first size bytes of f to the group as name, through
+// primary, and waits until the stream is committed. The bar counts the
+// bytes every peer has acknowledged.
+func putFile(ctx context.Context, c *datastream.Client, f *os.File, size int64, name, primary string, bar *progress) (committed, error) {
+	res := committed{primary: primary}
+	start := time.Now()
+	out, err := c.Stream(ctx, []byte(name), datastream.WithPrimary(primary))
+	if err != nil {
+		return res, err
+	}
+	// Chunks sent and not yet acknowledged, oldest first. Replies come in
+	// order, and a chunk's future is its last packet's.
+	type sent struct {
+		f *datastream.Future[*datastream.Reply]
+		n int64
+	}
+	var pending []sent
+	credit := func(s sent) error {
+		if _, err := s.f.Wait(ctx); err != nil {
+			return err
+		}
+		bar.add(s.n)
+		return nil
+	}
+	for off := int64(0); off < size; {
+		n := min(chunk, size-off)
+		pending = append(pending, sent{out.WriteFile(ctx, f, off, n), n})
+		off += n
+		for len(pending) > 0 && isDone(pending[0].f) {
+			if err := credit(pending[0]); err != nil {
+				return res, err
+			}
+			pending = pending[1:]
+		}
+		if err := out.Err(); err != nil {
+			return res, err
+		}
+	}
+	for _, s := range pending {
+		if err := credit(s); err != nil {
+			return res, err
+		}
+	}
+	reply, err := out.Close(ctx).Wait(ctx)
+	if err != nil {
+		return res, err
+	}
+	res.elapsed = time.Since(start)
+	rcr := reply.RaftClientReply
+	if !rcr.GetSuccess() {
+		return res, fmt.Errorf("not committed: %s %s", rcr.GetErrorCode(), rcr.GetErrorMessage())
+	}
+	res.bytes = int64(reply.BytesWritten())
+	if res.bytes != size {
+		return res, fmt.Errorf("the group wrote %d bytes, the file has %d", res.bytes, size)
+	}
+	res.index, res.term = rcr.GetLogIndex(), rcr.GetTerm()
+	return res, nil
+}
+
+// hint adds what to check to an error connecting to the group.
+func hint(err error) error {
+	if s := err.Error(); strings.Contains(s, "connect to") || strings.Contains(s, "connection refused") {
+		return fmt.Errorf("%w (is the group running? start it with pipestream serve)", err)
+	}
+	return err
+}
+
+func isDone[T any](f *datastream.Future[T]) bool {
+	select {
+	case <-f.Done():
+		return true
+	default:
+		return false
+	}
+}
