@@ -20,6 +20,7 @@ type SuccessorReplies struct {
 	// successor is really there.
 	Pong     chan struct{}
 	pongOnce sync.Once
+	view     codec.ReplyView // decoded on the connection's event loop only
 }
 
 // ChannelRead implements pipeline.ReadHandler.
@@ -29,28 +30,29 @@ func (d *SuccessorReplies) ChannelRead(ctx *pipeline.Context, msg any) {
 		ctx.FireChannelRead(msg)
 		return
 	}
-	h, _, err := codec.DecodeReply(frame.Bytes(), d.Streams.cfg.MaxHeader)
-	frame.Release()
-	if err != nil {
+	// The view aliases the frame, which is released once the reply has
+	// been taken; ack copies what it keeps.
+	defer frame.Release()
+	v := &d.view
+	if err := codec.DecodeReplyView(frame.Bytes(), d.Streams.cfg.MaxHeader, v); err != nil {
 		// A successor that speaks garbage cannot be trusted with any
 		// stream: drop the connection, which fails them all.
 		ctx.FireError(fmt.Errorf("handler: from successor %s: %w", d.Peer, err))
 		return
 	}
-	ph := h.GetPacketHeader()
-	if ph.GetType() == pb.DataStreamPacketHeader_PING {
+	if v.Type == pb.DataStreamPacketHeader_PING {
 		if d.Pong != nil {
 			d.pongOnce.Do(func() { close(d.Pong) })
 		}
 		return
 	}
-	st := d.Streams.get(StreamKey{ClientID: string(ph.GetClientId()), StreamID: ph.GetStreamId()})
+	st := d.Streams.get(StreamKey{ClientID: string(v.ClientID), StreamID: v.StreamID})
 	if st == nil {
 		return // an abort's reply, or the stream failed meanwhile
 	}
 	for i, id := range st.succIDs {
 		if id == d.Peer {
-			st.ack(i, h)
+			st.ack(i, v)
 			return
 		}
 	}

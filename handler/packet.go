@@ -1,6 +1,9 @@
 package handler
 
 import (
+	"sync"
+	"time"
+
 	"sync/atomic"
 
 	"github.com/pipestream/pipestream/buffer"
@@ -20,8 +23,10 @@ const (
 	StageEncode  = "encode"
 )
 
-// Packet is one decoded DataStream packet.
+// Packet is one decoded DataStream packet. Packets are pooled: once
+// released, a packet and its Header belong to the next frame.
 type Packet struct {
+	// Header is the packet header; its ClientId aliases Frame.
 	Header *pb.DataStreamPacketHeader
 	// Frame is the whole frame as received; the forwarder sends it on
 	// unchanged.
@@ -34,26 +39,34 @@ type Packet struct {
 	// parts counts what must finish before the reply: the pipeline pass
 	// itself, the local write, and one per successor.
 	parts   atomic.Int32
-	written uint64 // stream bytes written locally after this packet
+	written uint64    // stream bytes written locally after this packet
+	sentAt  time.Time // when it was forwarded to the successors
 	err     *pb.Error // guarded by the stream's mutex once routed
 	// refused is set by the router, before other goroutines see p, when
 	// the packet is answered with an error without being written or
 	// forwarded.
 	refused bool
 	reply   *pb.RaftClientReply
+
+	hdr pb.DataStreamPacketHeader // what Header points to
 }
 
-// Release drops the packet's buffers. The Replier calls it once the reply is
-// written; a stage that consumes a packet without passing it on calls it.
+var packets = sync.Pool{New: func() any { p := new(Packet); p.Header = &p.hdr; return p }}
+
+// Release drops the packet's buffers and returns it to the pool. The
+// Replier calls it once the reply is written; a stage that consumes a
+// packet without passing it on calls it. Nothing may use p afterwards.
 func (p *Packet) Release() {
 	if p.Body != nil {
 		p.Body.Release()
-		p.Body = nil
 	}
 	if p.Frame != nil {
 		p.Frame.Release()
-		p.Frame = nil
 	}
+	p.Frame, p.Body, p.Stream = nil, nil, nil
+	p.written, p.sentAt, p.err, p.refused, p.reply = 0, time.Time{}, nil, false, nil
+	p.hdr.ClientId = nil
+	packets.Put(p)
 }
 
 // Key returns the packet's stream key.
@@ -78,16 +91,19 @@ func (d *PacketDecoder) ChannelRead(ctx *pipeline.Context, msg any) {
 		ctx.FireChannelRead(msg)
 		return
 	}
-	h, off, err := codec.DecodePacket(frame.Bytes(), d.MaxHeader)
+	p := packets.Get().(*Packet)
+	p.Frame = frame
+	off, err := codec.DecodePacketInto(frame.Bytes(), d.MaxHeader, p.Header)
 	if err != nil {
-		frame.Release()
 		errorReply(ctx.Pipeline(), nil, pb.Errorf(pb.ErrorCode_BAD_HEADER, "%v", err))
+		p.Release()
 		return
 	}
-	if unknown := h.GetOptions() &^ pb.KnownOptions; unknown != 0 {
-		frame.Release()
-		errorReply(ctx.Pipeline(), h, pb.Errorf(pb.ErrorCode_BAD_HEADER, "unknown option bits %#x", unknown))
+	if unknown := p.Header.GetOptions() &^ pb.KnownOptions; unknown != 0 {
+		errorReply(ctx.Pipeline(), p.Header, pb.Errorf(pb.ErrorCode_BAD_HEADER, "unknown option bits %#x", unknown))
+		p.Release()
 		return
 	}
-	ctx.FireChannelRead(&Packet{Header: h, Frame: frame, Body: frame.Slice(off, frame.Len())})
+	p.Body = frame.Slice(off, frame.Len())
+	ctx.FireChannelRead(p)
 }

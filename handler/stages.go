@@ -12,13 +12,6 @@ import (
 	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
 )
 
-// Reply is an outbound reply: the header and, on CLOSE and on errors the
-// primary reports, a RaftClientReply as body.
-type Reply struct {
-	Header *pb.DataStreamReplyHeader
-	Body   *pb.RaftClientReply
-}
-
 // writeReply sends r from the tail, so that it passes the encoder and any
 // outbound stage a user added. A reply that cannot be queued, because the
 // peer stopped reading and the connection's outbound bound is reached or it
@@ -31,9 +24,9 @@ func writeReply(p *pipeline.Pipeline, r *Reply) {
 }
 
 func errorReply(p *pipeline.Pipeline, h *pb.DataStreamPacketHeader, e *pb.Error) {
-	writeReply(p, &Reply{Header: &pb.DataStreamReplyHeader{
-		PacketHeader: h, ErrorCode: e.Code, ErrorMessage: e.Message,
-	}})
+	r := newReply(h)
+	r.hdr.ErrorCode, r.hdr.ErrorMessage = e.Code, e.Message
+	writeReply(p, r)
 	_ = p.Flush()
 }
 
@@ -74,7 +67,9 @@ func (r *Router) ChannelRead(ctx *pipeline.Context, msg any) {
 		r.conn.peer = p.Header.GetType() == pb.DataStreamPacketHeader_PING
 	}
 	if p.Header.GetType() == pb.DataStreamPacketHeader_PING {
-		writeReply(ctx.Pipeline(), &Reply{Header: &pb.DataStreamReplyHeader{PacketHeader: p.Header, Success: true, ServerId: r.Streams.cfg.ID}})
+		reply := newReply(p.Header)
+		reply.hdr.Success, reply.hdr.ServerId = true, r.Streams.cfg.ID
+		writeReply(ctx.Pipeline(), reply)
 		_ = ctx.Pipeline().Flush()
 		p.Release()
 		return
@@ -278,11 +273,13 @@ func (ReplyEncoder) Write(ctx *pipeline.Context, msg any) error {
 	if r.Body != nil {
 		b, err := proto.Marshal(r.Body)
 		if err != nil {
+			r.Release()
 			return fmt.Errorf("handler: encode reply body: %w", err)
 		}
 		body = b
 	}
 	frame, err := codec.EncodePacket(r.Header, body)
+	r.Release()
 	if err != nil {
 		return fmt.Errorf("handler: encode reply: %w", err)
 	}

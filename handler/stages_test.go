@@ -377,9 +377,10 @@ func TestUserStageFailsStream(t *testing.T) {
 	c.header(1)
 	c.data(1, 0, "abc")
 	c.data(1, 3, "def")
+	c.await(3) // a failure fails every packet not yet answered
 	c.data(1, 6, "ghi")
 	c.data(1, 9, "jkl")
-	c.await(5)
+	c.await(2)
 	over := pb.ErrorCode_LIMIT_EXCEEDED
 	c.check([]want{{1, 0, pb.ErrorCode_ERROR_NONE, 0}, {1, 0, pb.ErrorCode_ERROR_NONE, 3}, {1, 3, pb.ErrorCode_ERROR_NONE, 6}, {1, 6, over, 0}})
 	if last := c.got[4].h; last.GetSuccess() || (last.GetErrorCode() != over && last.GetErrorCode() != pb.ErrorCode_UNKNOWN_STREAM) {

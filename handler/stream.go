@@ -40,9 +40,8 @@ type Stream struct {
 	written uint64
 
 	mu       sync.Mutex
-	replies  []*Packet   // routed, not yet answered, in stream order
-	awaiting [][]*Packet // per successor: forwarded, not yet acknowledged
-	sentAt   [][]time.Time
+	replies  fifo[*Packet]   // routed, not yet answered, in stream order
+	awaiting []fifo[*Packet] // per successor: forwarded, not yet acknowledged
 	failed   *pb.Error
 	commit   bool // closed everywhere; finishClose has started
 	length   uint64
@@ -65,8 +64,7 @@ func newStream(s *Streams, key StreamKey, req *pb.RaftClientRequest, primary boo
 	st := &Stream{
 		Key: key, Request: req, Primary: primary,
 		s: s, upstream: up, conn: conn, succIDs: succIDs, succ: succ,
-		awaiting: make([][]*Packet, len(succ)),
-		sentAt:   make([][]time.Time, len(succ)),
+		awaiting: make([]fifo[*Packet], len(succ)),
 	}
 	st.exec = serial.New(st.run, &s.wg)
 	st.lastActive.Store(time.Now().UnixNano())
@@ -183,7 +181,7 @@ func (st *Stream) setErr(p *Packet, e *pb.Error) {
 // the table while p is still on its way through the stages.
 func (st *Stream) enqueue(p *Packet) {
 	st.mu.Lock()
-	st.replies = append(st.replies, p)
+	st.replies.push(p)
 	st.mu.Unlock()
 }
 
@@ -197,6 +195,9 @@ func (st *Stream) partDone(p *Packet) {
 // forward sends p's frame to every successor. It runs on the upstream
 // connection's event loop, so a stream's frames leave in order.
 func (st *Stream) forward(p *Packet) {
+	if len(st.succ) > 0 {
+		p.sentAt = time.Now()
+	}
 	for i, c := range st.succ {
 		p.parts.Add(1)
 		st.mu.Lock()
@@ -205,8 +206,7 @@ func (st *Stream) forward(p *Packet) {
 			p.parts.Add(-1)
 			return
 		}
-		st.awaiting[i] = append(st.awaiting[i], p)
-		st.sentAt[i] = append(st.sentAt[i], time.Now())
+		st.awaiting[i].push(p)
 		st.mu.Unlock()
 		err := c.Write(p.Frame.Retain())
 		if err == nil {
@@ -220,25 +220,23 @@ func (st *Stream) forward(p *Packet) {
 }
 
 // ack takes successor i's reply for the oldest packet forwarded to it.
-func (st *Stream) ack(i int, r *pb.DataStreamReplyHeader) {
+func (st *Stream) ack(i int, r *codec.ReplyView) {
 	st.mu.Lock()
-	if len(st.awaiting[i]) == 0 {
+	if st.awaiting[i].len() == 0 {
 		st.mu.Unlock()
 		return // the stream failed and let go of its packets
 	}
-	p := st.awaiting[i][0]
-	st.awaiting[i] = st.awaiting[i][1:]
-	st.sentAt[i] = st.sentAt[i][1:]
+	p := st.awaiting[i].pop()
 	var e *pb.Error
 	h := p.Header
 	want := h.GetStreamOffset() + h.GetDataLength()
 	switch {
-	case r.GetPacketHeader().GetStreamOffset() != h.GetStreamOffset() || r.GetPacketHeader().GetType() != h.GetType():
-		e = errorf(pb.ErrorCode_INTERNAL, "successor %s answered offset %d, expected %d", st.succIDs[i], r.GetPacketHeader().GetStreamOffset(), h.GetStreamOffset())
-	case !r.GetSuccess():
-		e = errorf(pb.ErrorCode_SUCCESSOR_FAILED, "successor %s: %s: %s", st.succIDs[i], r.GetErrorCode(), r.GetErrorMessage())
-	case h.GetType() == pb.DataStreamPacketHeader_STREAM_DATA && r.GetBytesWritten() != want:
-		e = errorf(pb.ErrorCode_SUCCESSOR_FAILED, "successor %s wrote %d bytes, expected %d", st.succIDs[i], r.GetBytesWritten(), want)
+	case r.StreamOffset != h.GetStreamOffset() || r.Type != h.GetType():
+		e = errorf(pb.ErrorCode_INTERNAL, "successor %s answered offset %d, expected %d", st.succIDs[i], r.StreamOffset, h.GetStreamOffset())
+	case !r.Success:
+		e = errorf(pb.ErrorCode_SUCCESSOR_FAILED, "successor %s: %s: %s", st.succIDs[i], r.ErrorCode, r.ErrorMessage)
+	case h.GetType() == pb.DataStreamPacketHeader_STREAM_DATA && r.BytesWritten != want:
+		e = errorf(pb.ErrorCode_SUCCESSOR_FAILED, "successor %s wrote %d bytes, expected %d", st.succIDs[i], r.BytesWritten, want)
 	}
 	if e != nil && p.err == nil {
 		p.err = e
@@ -254,9 +252,9 @@ func (st *Stream) oldestUnanswered() (time.Time, bool) {
 	st.mu.Lock()
 	defer st.mu.Unlock()
 	var oldest time.Time
-	for _, ts := range st.sentAt {
-		if len(ts) > 0 && (oldest.IsZero() || ts[0].Before(oldest)) {
-			oldest = ts[0]
+	for i := range st.awaiting {
+		if q := &st.awaiting[i]; q.len() > 0 && (oldest.IsZero() || q.peek().sentAt.Before(oldest)) {
+			oldest = q.peek().sentAt
 		}
 	}
 	return oldest, !oldest.IsZero()
@@ -277,8 +275,7 @@ func (st *Stream) fail(e *pb.Error) {
 	st.failed = e
 	var released []*Packet
 	for i := range st.awaiting {
-		released = append(released, st.awaiting[i]...)
-		st.awaiting[i], st.sentAt[i] = nil, nil
+		released = append(released, st.awaiting[i].take()...)
 	}
 	st.mu.Unlock()
 
@@ -319,8 +316,8 @@ func (st *Stream) cleanUp() { st.exec.Submit(task{kind: taskCleanUp}) }
 func (st *Stream) flushReplies() {
 	st.mu.Lock()
 	wrote := false
-	for len(st.replies) > 0 {
-		p := st.replies[0]
+	for st.replies.len() > 0 {
+		p := st.replies.peek()
 		if p.parts.Load() != 0 {
 			break
 		}
@@ -339,13 +336,13 @@ func (st *Stream) flushReplies() {
 			go st.finishClose(p)
 			break
 		}
-		st.replies = st.replies[1:]
+		st.replies.pop()
 		st.conn.inflight.Add(-int64(p.Header.GetDataLength()))
 		writeReply(st.upstream, st.replyFor(p, err))
 		p.Release()
 		wrote = true
 	}
-	drained := st.failed != nil && len(st.replies) == 0
+	drained := st.failed != nil && st.replies.len() == 0
 	st.mu.Unlock()
 	if drained {
 		st.s.remove(st)
@@ -356,13 +353,10 @@ func (st *Stream) flushReplies() {
 }
 
 func (st *Stream) replyFor(p *Packet, err *pb.Error) *Reply {
-	h := &pb.DataStreamReplyHeader{
-		PacketHeader: p.Header,
-		BytesWritten: p.written,
-		Success:      err == nil,
-		ServerId:     st.s.cfg.ID,
-	}
-	r := &Reply{Header: h, Body: p.reply}
+	r := newReply(p.Header)
+	h := r.Header
+	h.BytesWritten, h.Success, h.ServerId = p.written, err == nil, st.s.cfg.ID
+	r.Body = p.reply
 	if err != nil {
 		h.ErrorCode, h.ErrorMessage = err.Code, err.Message
 		if p.Has(pb.DataStreamPacketHeader_CLOSE) && st.Primary {
