@@ -282,6 +282,7 @@ func (st *Stream) fail(e *pb.Error) {
 	st.end()
 	st.abortSuccessors()
 	st.exec.Submit(task{kind: taskCleanUp})
+	st.exec.Close()
 	for _, p := range released {
 		st.partDone(p)
 	}
@@ -381,6 +382,9 @@ func (st *Stream) finishClose(p *Packet) {
 	defer st.s.wg.Done()
 	st.s.park(st)
 	st.end()
+	// CLOSE was the stream's last write; a later clean-up runs on a
+	// goroutine of its own.
+	st.exec.Close()
 	var (
 		reply *pb.RaftClientReply
 		err   error

@@ -1,9 +1,11 @@
 // Package serial runs tasks one at a time, in submission order, on a
-// goroutine that exists only while there is work.
+// goroutine of their own.
 //
 // Each DataStream stream gets one: writes within a stream must stay in order,
-// which a shared worker pool would not keep, and a goroutine parked per idle
-// stream would cost memory for thousands of open streams.
+// which a shared worker pool would not keep. The goroutine starts with the
+// first task and waits for more until Close, so that a stream receiving a
+// packet every millisecond does not start a goroutine per packet; a stream
+// that is never closed keeps one parked goroutine.
 package serial
 
 import "sync"
@@ -16,29 +18,50 @@ type Queue[T any] struct {
 	mu      sync.Mutex
 	items   []T
 	spare   []T
-	running bool
+	running bool // a goroutine is draining or parked
+	parked  bool // it waits on wake
+	closed  bool
+	wake    chan struct{}
 }
 
-// New returns a queue that runs fn. If wg is not nil, each running drain
-// goroutine is counted in it, so an owner can wait for all of them to end.
+// New returns a queue that runs fn. If wg is not nil, the queue's goroutine
+// is counted in it while it exists, so an owner can wait for it to end.
 func New[T any](fn func(T), wg *sync.WaitGroup) *Queue[T] {
-	return &Queue[T]{fn: fn, wg: wg}
+	return &Queue[T]{fn: fn, wg: wg, wake: make(chan struct{}, 1)}
 }
 
-// Submit queues v. It never blocks on fn.
+// Submit queues v. It never blocks on fn. After Close, it still runs v, on
+// a goroutine that ends once the queue is empty again.
 func (q *Queue[T]) Submit(v T) {
 	q.mu.Lock()
 	q.items = append(q.items, v)
-	if q.running {
+	switch {
+	case q.parked:
+		q.parked = false
 		q.mu.Unlock()
-		return
+		q.wake <- struct{}{}
+	case q.running:
+		q.mu.Unlock()
+	default:
+		q.running = true
+		if q.wg != nil {
+			q.wg.Add(1)
+		}
+		q.mu.Unlock()
+		go q.drain()
 	}
-	q.running = true
-	if q.wg != nil {
-		q.wg.Add(1)
-	}
+}
+
+// Close lets the goroutine end once it has run everything submitted.
+func (q *Queue[T]) Close() {
+	q.mu.Lock()
+	q.closed = true
+	wake := q.parked
+	q.parked = false
 	q.mu.Unlock()
-	go q.drain()
+	if wake {
+		q.wake <- struct{}{}
+	}
 }
 
 func (q *Queue[T]) drain() {
@@ -50,9 +73,15 @@ func (q *Queue[T]) drain() {
 		q.mu.Lock()
 		batch := q.items
 		if len(batch) == 0 {
-			q.running = false
+			if q.closed {
+				q.running = false
+				q.mu.Unlock()
+				return
+			}
+			q.parked = true
 			q.mu.Unlock()
-			return
+			<-q.wake
+			continue
 		}
 		// Swap in the spare slice so producers append without waiting for
 		// this batch, and neither slice is reallocated in steady state.

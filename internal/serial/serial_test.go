@@ -24,6 +24,7 @@ func TestOrderAndExclusion(t *testing.T) {
 	for i := 0; i < n; i++ {
 		q.Submit(i)
 	}
+	q.Close()
 	wg.Wait()
 	if len(got) != n {
 		t.Fatalf("ran %d tasks, want %d", len(got), n)
@@ -58,6 +59,7 @@ func TestConcurrentSubmitters(t *testing.T) {
 		}()
 	}
 	subs.Wait()
+	q.Close()
 	wg.Wait()
 	for s := 0; s < 4; s++ {
 		if last[s] != 1999 {
@@ -73,5 +75,29 @@ func BenchmarkSubmit(b *testing.B) {
 	for b.Loop() {
 		q.Submit(1)
 	}
+	q.Close()
 	wg.Wait()
+}
+
+// TestParkAndClose: the goroutine waits for work between bursts, ends on
+// Close after running what was queued, and a Submit after Close still runs.
+func TestParkAndClose(t *testing.T) {
+	var wg sync.WaitGroup
+	ran := make(chan int, 10)
+	q := serial.New(func(v int) { ran <- v }, &wg)
+	q.Submit(1)
+	if v := <-ran; v != 1 {
+		t.Fatalf("ran %d", v)
+	}
+	q.Submit(2) // wakes the parked goroutine
+	if v := <-ran; v != 2 {
+		t.Fatalf("ran %d", v)
+	}
+	q.Close()
+	wg.Wait() // ends: nothing is left to run
+	q.Submit(3)
+	wg.Wait()
+	if v := <-ran; v != 3 {
+		t.Fatalf("after Close ran %d", v)
+	}
 }
