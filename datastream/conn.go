@@ -9,7 +9,9 @@ import (
 	"github.com/pipestream/pipestream/buffer"
 	"github.com/pipestream/pipestream/codec"
 	"github.com/pipestream/pipestream/pipeline"
+	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
 	"github.com/pipestream/pipestream/transport"
+	"google.golang.org/protobuf/proto"
 )
 
 // conn is the client's connection to one peer, shared by the streams whose
@@ -30,6 +32,9 @@ type conn struct {
 	wmu sync.Mutex
 	// lastRead is when the peer last sent a reply (unix nanoseconds).
 	lastRead atomic.Int64
+	// view is the reply being handled, decoded on the connection's event
+	// loop only.
+	view codec.ReplyView
 
 	mu      sync.Mutex
 	streams map[uint64]*Output
@@ -202,16 +207,25 @@ func (h *replyHandler) ChannelRead(ctx *pipeline.Context, msg any) {
 		return
 	}
 	cn.lastRead.Store(time.Now().UnixNano())
-	rh, rcr, err := codec.DecodeReply(frame.Bytes(), codec.DefaultMaxPacketHeader)
-	frame.Release()
+	// The view aliases the frame, and is used before the frame goes back.
+	defer frame.Release()
+	v := &cn.view
+	err := codec.DecodeReplyView(frame.Bytes(), codec.DefaultMaxPacketHeader, v)
+	var rcr *pb.RaftClientReply
+	if err == nil && v.Body != nil {
+		rcr = new(pb.RaftClientReply)
+		if e := proto.Unmarshal(v.Body, rcr); e != nil {
+			err = fmt.Errorf("%w: reply body: %v", codec.ErrBadPacket, e)
+		}
+	}
 	if err != nil {
 		ctx.FireError(fmt.Errorf("datastream: from %s: %w", cn.peer.ID, err))
 		return
 	}
 	// A reply for a stream that is not open here (an abort's, or one that
 	// crossed a local failure) has nobody to go to.
-	if o := cn.get(rh.GetPacketHeader().GetStreamId()); o != nil {
-		o.onReply(rh, rcr)
+	if o := cn.get(v.StreamID); o != nil {
+		o.onReply(v, rcr)
 	}
 }
 

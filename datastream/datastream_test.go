@@ -78,9 +78,9 @@ func TestStream(t *testing.T) {
 				t.Fatal(err)
 			}
 			if reply.BytesWritten() != uint64(len(data)) || !reply.RaftClientReply.GetSuccess() || reply.RaftClientReply.GetLogIndex() == 0 {
-				t.Fatalf("close reply: %v, %v", reply.Header, reply.RaftClientReply)
+				t.Fatalf("close reply: %+v, %v", reply, reply.RaftClientReply)
 			}
-			if h, err := out.HeaderFuture().Wait(ctx); err != nil || !h.Header.GetSuccess() {
+			if h, err := out.HeaderFuture().Wait(ctx); err != nil || h.Offset != 0 || h.Server != g.peers[0].ID {
 				t.Fatalf("header: %v, %v", h, err)
 			}
 			for i, f := range futures {

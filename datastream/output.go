@@ -32,14 +32,19 @@ const (
 // Reply is the primary's answer to one packet, given once every peer of the
 // routing table handled it.
 type Reply struct {
-	Header *pb.DataStreamReplyHeader
+	// Offset and Length locate the packet in the stream.
+	Offset, Length uint64
+	// Server is the id of the peer that answered: the stream's primary.
+	Server string
 	// RaftClientReply is set on the reply to CLOSE: the commit's log
 	// index and term.
 	RaftClientReply *pb.RaftClientReply
+
+	bytesWritten uint64
 }
 
 // BytesWritten returns the stream length on every peer after the packet.
-func (r *Reply) BytesWritten() uint64 { return r.Header.GetBytesWritten() }
+func (r *Reply) BytesWritten() uint64 { return r.bytesWritten }
 
 type streamOptions struct {
 	primary string
@@ -366,13 +371,13 @@ func (o *Output) releaseWindowLocked(n int64) {
 // onReply completes the oldest pending packet. Replies for a stream come in
 // order; a success that does not match the oldest packet is a protocol
 // error.
-func (o *Output) onReply(h *pb.DataStreamReplyHeader, rcr *pb.RaftClientReply) {
+func (o *Output) onReply(h *codec.ReplyView, rcr *pb.RaftClientReply) {
 	o.mu.Lock()
 	if len(o.pending) == 0 {
 		o.mu.Unlock()
 		return // the stream already failed locally
 	}
-	if !h.GetSuccess() {
+	if !h.Success {
 		o.mu.Unlock()
 		// The peer has dropped the stream and aborted it downstream. A
 		// failure fails the stream whichever packet it answers: a peer
@@ -382,11 +387,10 @@ func (o *Output) onReply(h *pb.DataStreamReplyHeader, rcr *pb.RaftClientReply) {
 		return
 	}
 	p := o.pending[0]
-	ph := h.GetPacketHeader()
-	if ph.GetType() != p.typ || ph.GetStreamOffset() != p.offset {
+	if h.Type != p.typ || h.StreamOffset != p.offset {
 		o.mu.Unlock()
 		o.fail(pb.Errorf(pb.ErrorCode_INTERNAL, "reply from %s for %v at offset %d, expected %v at %d",
-			o.cn.peer.ID, ph.GetType(), ph.GetStreamOffset(), p.typ, p.offset), true)
+			o.cn.peer.ID, h.Type, h.StreamOffset, p.typ, p.offset), true)
 		return
 	}
 	if err := checkReply(p, h, rcr); err != nil {
@@ -402,7 +406,7 @@ func (o *Output) onReply(h *pb.DataStreamReplyHeader, rcr *pb.RaftClientReply) {
 	o.committed = p.close
 	o.mu.Unlock()
 	o.c.releaseSlot(p.length)
-	p.reply = Reply{Header: h, RaftClientReply: rcr}
+	p.reply = Reply{Offset: p.offset, Length: uint64(p.length), Server: o.cn.peer.ID, RaftClientReply: rcr, bytesWritten: h.BytesWritten}
 	p.f.complete(&p.reply, nil)
 	if p.close {
 		o.raft.complete(rcr, nil)
@@ -411,23 +415,23 @@ func (o *Output) onReply(h *pb.DataStreamReplyHeader, rcr *pb.RaftClientReply) {
 }
 
 // checkReply checks a successful reply against the packet it answers.
-func checkReply(p *pendingPacket, h *pb.DataStreamReplyHeader, rcr *pb.RaftClientReply) error {
-	if want := p.offset + uint64(p.length); p.typ == pb.DataStreamPacketHeader_STREAM_DATA && h.GetBytesWritten() != want {
-		return pb.Errorf(pb.ErrorCode_INTERNAL, "peer %s wrote %d bytes, expected %d", h.GetServerId(), h.GetBytesWritten(), want)
+func checkReply(p *pendingPacket, h *codec.ReplyView, rcr *pb.RaftClientReply) error {
+	if want := p.offset + uint64(p.length); p.typ == pb.DataStreamPacketHeader_STREAM_DATA && h.BytesWritten != want {
+		return pb.Errorf(pb.ErrorCode_INTERNAL, "peer %s wrote %d bytes, expected %d", h.ServerID, h.BytesWritten, want)
 	}
 	if p.close && !rcr.GetSuccess() {
-		return pb.Errorf(pb.ErrorCode_INTERNAL, "peer %s answered CLOSE without a successful RaftClientReply", h.GetServerId())
+		return pb.Errorf(pb.ErrorCode_INTERNAL, "peer %s answered CLOSE without a successful RaftClientReply", h.ServerID)
 	}
 	return nil
 }
 
 // replyError turns a failed reply into the error the stream fails with.
-func replyError(h *pb.DataStreamReplyHeader, rcr *pb.RaftClientReply) error {
-	code := h.GetErrorCode()
+func replyError(h *codec.ReplyView, rcr *pb.RaftClientReply) error {
+	code := h.ErrorCode
 	if code == pb.ErrorCode_ERROR_NONE {
 		code = pb.ErrorCode_INTERNAL // failed without saying why
 	}
-	err := error(&pb.Error{Code: code, Message: h.GetErrorMessage()})
+	err := error(&pb.Error{Code: code, Message: string(h.ErrorMessage)})
 	if hint := rcr.GetLeaderHint(); hint != "" {
 		err = fmt.Errorf("%w (leader hint %s)", err, hint)
 	}
