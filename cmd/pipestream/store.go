@@ -96,9 +96,9 @@ func get(e *env, loc *storeLocation, name, out string) (err error) {
 	}
 	var w io.Writer = e.stdout
 	if out != "" {
-		f, err := os.Create(out)
-		if err != nil {
-			return err
+		f, cerr := os.Create(out)
+		if cerr != nil {
+			return cerr
 		}
 		defer func() {
 			err = errors.Join(err, f.Close())

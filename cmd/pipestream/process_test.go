@@ -1,0 +1,211 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"runtime"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// stopTimeout bounds how long a peer may take to exit after SIGINT.
+const stopTimeout = 30 * time.Second
+
+// The README's three-process flow, with the real binary: three serve
+// processes from one group file, a put, and a get from every peer's data
+// directory that gives back the same bytes; SIGINT stops each cleanly.
+func TestThreeProcesses(t *testing.T) {
+	if testing.Short() {
+		t.Skip("builds the binary and runs three processes")
+	}
+	bin := buildBinary(t)
+	dir := t.TempDir()
+	config := filepath.Join(dir, "group.toml")
+
+	var peers []*process
+	for attempt := 1; ; attempt++ {
+		// Ports free a moment ago may have been taken since; a peer that
+		// cannot bind exits, and the group is started again.
+		addrs := freeAddrs(t, 9)
+		if err := os.WriteFile(config, []byte(testGroupFile(addrs)), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		var err error
+		if peers, err = startPeers(t, bin, config); err == nil {
+			break
+		}
+		if attempt == 3 || !strings.Contains(err.Error(), "address already in use") {
+			t.Fatal(err)
+		}
+		t.Logf("attempt %d: %v; retrying on other ports", attempt, err)
+	}
+
+	data := make([]byte, 3<<20+12345)
+	rng := rand.NewChaCha8([32]byte{7})
+	_, _ = rng.Read(data)
+	file := filepath.Join(dir, "payload.bin")
+	if err := os.WriteFile(file, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	put := runBinary(t, bin, "put", file, "--config", config, "--name", "in/payload.bin", "--primary", "p2")
+	if !regexp.MustCompile(`(?m)^committed in/payload\.bin: 3 MiB in .*, log index \d+, term \d+, primary p2$`).MatchString(put) {
+		t.Errorf("put printed:\n%s", put)
+	}
+	for _, id := range []string{"p1", "p2", "p3"} {
+		out := filepath.Join(t.TempDir(), "out")
+		runBinary(t, bin, "get", "in/payload.bin", "--config", config, "--id", id, "-o", out)
+		got, err := os.ReadFile(out)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !bytes.Equal(got, data) {
+			t.Errorf("%s: get gave %d bytes that differ from the %d put", id, len(got), len(data))
+		}
+		if ls := runBinary(t, bin, "ls", "--config", config, "--id", id); !strings.Contains(ls, fmt.Sprintf("in/payload.bin  %d ", len(data))) {
+			t.Errorf("%s: ls printed:\n%s", id, ls)
+		}
+	}
+
+	for _, p := range peers {
+		p.interrupt(t)
+	}
+	for _, p := range peers {
+		p.wait(t)
+	}
+}
+
+// buildBinary builds the command into a temporary directory.
+func buildBinary(t *testing.T) string {
+	t.Helper()
+	goTool, err := exec.LookPath("go")
+	if err != nil {
+		goTool = filepath.Join(runtime.GOROOT(), "bin", "go")
+	}
+	bin := filepath.Join(t.TempDir(), "pipestream")
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	if out, err := exec.CommandContext(ctx, goTool, "build", "-o", bin, ".").CombinedOutput(); err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// testGroupFile returns a group file of three peers on the given nine
+// addresses, with data next to it.
+func testGroupFile(addrs []string) string {
+	var b strings.Builder
+	b.WriteString("data_dir = \"data\"\n[raft]\nheartbeat_timeout = \"1s\"\nelection_timeout = \"1s\"\nleader_lease_timeout = \"500ms\"\n")
+	for i := range 3 {
+		fmt.Fprintf(&b, "\n[[peers]]\nid = \"p%d\"\nstream_addr = %q\nraft_addr = %q\ncommit_addr = %q\n",
+			i+1, addrs[3*i], addrs[3*i+1], addrs[3*i+2])
+	}
+	return b.String()
+}
+
+// runBinary runs the binary to completion and returns its stdout, failing
+// the test unless it exits 0.
+func runBinary(t *testing.T, bin string, args ...string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
+	defer cancel()
+	var stdout, stderr bytes.Buffer
+	cmd := exec.CommandContext(ctx, bin, args...)
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	if err := cmd.Run(); err != nil {
+		t.Fatalf("pipestream %s: %v\n--- stdout\n%s--- stderr\n%s", strings.Join(args, " "), err, stdout.String(), stderr.String())
+	}
+	return stdout.String()
+}
+
+// process is a running "pipestream serve".
+type process struct {
+	id     string
+	cmd    *exec.Cmd
+	stdout *lineWriter
+	stderr *lineWriter
+	exited chan struct{} // closed when Wait returned
+	err    error         // Wait's, once exited is closed
+}
+
+// startPeers starts a serve process for each of p1, p2 and p3 and waits
+// until each says it is ready. If one fails, it stops them all and
+// returns the failure.
+func startPeers(t *testing.T, bin, config string) ([]*process, error) {
+	t.Helper()
+	var peers []*process
+	for _, id := range []string{"p1", "p2", "p3"} {
+		p := &process{
+			id:     id,
+			cmd:    exec.Command(bin, "serve", "--config", config, "--id", id, "--log-level", "warn"),
+			stdout: newLineWriter(),
+			stderr: newLineWriter(),
+			exited: make(chan struct{}),
+		}
+		p.cmd.Stdout, p.cmd.Stderr = p.stdout, p.stderr
+		if err := p.cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		go func() {
+			p.err = p.cmd.Wait()
+			p.stdout.close()
+			close(p.exited)
+		}()
+		peers = append(peers, p)
+		// A process killed by the test's end is reaped by its goroutine.
+		t.Cleanup(func() {
+			_ = p.cmd.Process.Kill()
+			<-p.exited
+		})
+	}
+	for _, p := range peers {
+		if err := p.waitReady(); err != nil {
+			for _, q := range peers {
+				_ = q.cmd.Process.Kill()
+				<-q.exited
+			}
+			return nil, err
+		}
+	}
+	return peers, nil
+}
+
+// waitReady waits for the "ready" line; it gives up if the process exits.
+func (p *process) waitReady() error {
+	if _, err := p.stdout.waitFor(p.id+" ready: ", testTimeout); err != nil {
+		return fmt.Errorf("%s: %w\n--- stderr\n%s", p.id, err, p.stderr.String())
+	}
+	return nil
+}
+
+func (p *process) interrupt(t *testing.T) {
+	t.Helper()
+	if err := p.cmd.Process.Signal(syscall.SIGINT); err != nil {
+		t.Errorf("%s: %v", p.id, err)
+	}
+}
+
+// wait checks that the process exits with 0, within stopTimeout of the
+// signal, and says it stopped.
+func (p *process) wait(t *testing.T) {
+	t.Helper()
+	select {
+	case <-p.exited:
+	case <-time.After(stopTimeout):
+		t.Errorf("%s still running %v after SIGINT\n--- stderr\n%s", p.id, stopTimeout, p.stderr.String())
+		return
+	}
+	if p.err != nil {
+		t.Errorf("%s: %v after SIGINT\n--- stdout\n%s--- stderr\n%s", p.id, p.err, p.stdout.String(), p.stderr.String())
+	}
+	if _, err := p.stdout.waitFor(p.id+" stopped", 0); err != nil {
+		t.Error(err)
+	}
+}
