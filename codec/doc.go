@@ -32,13 +32,15 @@
 // # Copies and memory
 //
 // The decoder consumes the buffer.Inbound that a transport fires, which for
-// the gnet transport is gnet's own inbound buffer. It reads only the bytes up
-// to the end of the length field until a frame is whole, then copies that
-// frame once into a pooled *buffer.Buf and passes the buffer on; a partial
-// frame stays in the transport's buffer and costs nothing. A frame is never
-// allocated from its announced length alone, so a peer cannot make the
-// decoder reserve memory it has not sent, and a frame announced longer than
-// MaxFrameLength fails as soon as its length field arrives.
+// the gnet transport is gnet's own inbound buffer, and copies each frame
+// once into a pooled *buffer.Buf that it passes on. A small partial frame
+// stays in the transport's buffer until it is whole; a large one (64 KiB or
+// more) is taken into its buffer once a quarter of it has arrived, and the
+// rest is copied straight there, so that the transport does not copy it
+// again to keep it. A frame is never allocated from its announced length
+// alone: the decoder holds at most four times what a peer has sent of a
+// frame, and a frame announced longer than MaxFrameLength fails as soon as
+// its length field arrives.
 //
 // The prepender copies a small body behind its prefix into one buffer and
 // writes a large *buffer.Buf as two messages, the prefix and the body

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"math"
+	"sync"
 	"sync/atomic"
 
 	"github.com/pipestream/pipestream/buffer"
@@ -98,7 +99,18 @@ type FrameDecoder struct {
 	end     int   // offset of the first byte after the length field
 	err     error // the error that failed the stream, for good
 	removed atomic.Bool
+
+	// A large frame that has partly arrived is assembled in place: see
+	// Decode. mu guards partial against HandlerRemoved on another
+	// goroutine.
+	mu      sync.Mutex
+	partial *buffer.Buf
+	have    int // bytes of partial filled
 }
+
+// eagerMin is the smallest frame assembled before it is whole; smaller
+// frames wait in the transport's buffer, where they cost little.
+const eagerMin = 64 << 10
 
 // NewFrameDecoder returns a decoder for frames laid out as c describes. It
 // fails if c is inconsistent.
@@ -141,8 +153,23 @@ func (d *FrameDecoder) ChannelRead(ctx *pipeline.Context, msg any) {
 }
 
 // HandlerRemoved stops a decode loop in progress, so that the rest of the
-// input goes to whatever replaced the decoder.
-func (d *FrameDecoder) HandlerRemoved(*pipeline.Context) { d.removed.Store(true) }
+// input goes to whatever replaced the decoder, and drops a frame being
+// assembled.
+func (d *FrameDecoder) HandlerRemoved(*pipeline.Context) {
+	d.removed.Store(true)
+	d.Reset()
+}
+
+// Reset drops a frame being assembled, releasing its buffer. A decoder used
+// without a pipeline calls it when its connection ends.
+func (d *FrameDecoder) Reset() {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.partial != nil {
+		d.partial.Release()
+		d.partial, d.have = nil, 0
+	}
+}
 
 // Decode takes the next whole frame out of in and returns it, stripped, in a
 // new buffer that the caller must release. It returns (nil, nil), consuming
@@ -155,10 +182,23 @@ func (d *FrameDecoder) HandlerRemoved(*pipeline.Context) { d.removed.Store(true)
 // connection does, the frame is read into its buffer with Read, which spares
 // an Inbound whose Peek must join two pieces of memory (gnet's, for a frame
 // that wraps its ring buffer) a second copy of the frame.
+//
+// A frame of 64 KiB or more of which at least a quarter has arrived is
+// taken out of in into its buffer before it is whole, and its remaining
+// bytes go straight there as they come: a transport that keeps what a
+// decoder leaves (gnet parks it in a ring buffer) would otherwise copy
+// every byte of a large frame twice. The decoder so holds at most four
+// times the bytes a peer has sent of a frame, never its announced length
+// alone.
 func (d *FrameDecoder) Decode(in buffer.Inbound) (*buffer.Buf, error) {
 	if d.err != nil {
 		discardAll(in)
 		return nil, d.err
+	}
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.partial != nil {
+		return d.fill(in)
 	}
 	buffered := in.Buffered()
 	if buffered < d.end {
@@ -173,6 +213,13 @@ func (d *FrameDecoder) Decode(in buffer.Inbound) (*buffer.Buf, error) {
 		return nil, d.fail(in, err)
 	}
 	if buffered < total {
+		if strip := d.cfg.InitialBytesToStrip; total >= eagerMin && buffered >= total/4 && buffered > strip {
+			d.partial = buffer.Get(total - strip)
+			if err := take(in, d.partial.Bytes()[:buffered-strip], strip); err != nil {
+				return nil, d.fail(in, err)
+			}
+			d.have = buffered - strip
+		}
 		return nil, nil
 	}
 	frame := buffer.Get(total - d.cfg.InitialBytesToStrip)
@@ -183,8 +230,31 @@ func (d *FrameDecoder) Decode(in buffer.Inbound) (*buffer.Buf, error) {
 	return frame, nil
 }
 
+// fill moves what has arrived of the frame being assembled into it, and
+// returns the frame once it is whole.
+func (d *FrameDecoder) fill(in buffer.Inbound) (*buffer.Buf, error) {
+	dst := d.partial.Bytes()
+	if n := min(len(dst)-d.have, in.Buffered()); n > 0 {
+		if err := take(in, dst[d.have:d.have+n], 0); err != nil {
+			return nil, d.fail(in, err)
+		}
+		d.have += n
+	}
+	if d.have < len(dst) {
+		return nil, nil
+	}
+	frame := d.partial
+	d.partial, d.have = nil, 0
+	return frame, nil
+}
+
+// fail fails the decoder for good; d.mu is held.
 func (d *FrameDecoder) fail(in buffer.Inbound, err error) error {
 	d.err = err
+	if d.partial != nil {
+		d.partial.Release()
+		d.partial, d.have = nil, 0
+	}
 	discardAll(in)
 	return err
 }

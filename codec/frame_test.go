@@ -2,6 +2,7 @@ package codec_test
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -438,4 +439,50 @@ func BenchmarkFrameDecoder(b *testing.B) {
 			}
 		})
 	}
+}
+
+// TestFrameDecoderAssemblesLargeFrames: a large frame is taken out of the
+// transport's buffer once a quarter of it has arrived, and not before, and
+// comes out whole and unchanged.
+func TestFrameDecoderAssemblesLargeFrames(t *testing.T) {
+	buffertest.Check(t)
+	d, err := codec.NewFrameDecoder(codec.FrameConfig{LengthFieldLength: 4, InitialBytesToStrip: 4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	body := bytes.Repeat([]byte("0123456789abcdef"), 1<<16) // 1 MiB
+	wire := binary.BigEndian.AppendUint32(nil, uint32(len(body)))
+	wire = append(wire, body...)
+	var q buffer.Queue
+	feed := func(n int) *buffer.Buf {
+		t.Helper()
+		_, _ = q.Write(wire[:n])
+		wire = wire[n:]
+		f, err := d.Decode(&q)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return f
+	}
+	live := buffer.Live()
+	if f := feed(200 << 10); f != nil || q.Buffered() != 200<<10 || buffer.Live() != live {
+		t.Fatalf("under a quarter of the frame: frame %v, %d bytes left buffered, %d buffers taken", f, q.Buffered(), buffer.Live()-live)
+	}
+	if f := feed(100 << 10); f != nil || q.Buffered() != 0 || buffer.Live() != live+1 {
+		t.Fatalf("past a quarter: frame %v, %d bytes left buffered, %d buffers taken; want the bytes moved into one buffer", f, q.Buffered(), buffer.Live()-live)
+	}
+	feed(300 << 10)
+	f := feed(len(wire))
+	if f == nil || !bytes.Equal(f.Bytes(), body) {
+		t.Fatal("assembled frame differs from the one sent")
+	}
+	f.Release()
+
+	// A decoder removed or reset mid-frame gives its buffer back.
+	_, _ = q.Write(binary.BigEndian.AppendUint32(nil, uint32(len(body))))
+	_, _ = q.Write(body[:len(body)/2])
+	if f, err := d.Decode(&q); f != nil || err != nil {
+		t.Fatalf("half a frame: %v, %v", f, err)
+	}
+	d.Reset()
 }
