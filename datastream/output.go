@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/valyala/bytebufferpool"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/pipestream/pipestream/buffer"
@@ -154,10 +155,15 @@ func (c *Client) Stream(ctx context.Context, message []byte, opts ...StreamOptio
 		Message:      bytes.Clone(message),
 		RoutingTable: so.routing,
 	}
-	body, err := proto.Marshal(o.req)
+	// The request is marshaled into a pooled scratch buffer, which send
+	// copies into the frame.
+	scratch := bytebufferpool.Get()
+	defer bytebufferpool.Put(scratch)
+	body, err := (proto.MarshalOptions{}).MarshalAppend(scratch.B[:0], o.req)
 	if err != nil {
 		return nil, fmt.Errorf("datastream: encode header: %w", err)
 	}
+	scratch.B = body
 	if err := cn.add(o); err != nil {
 		return nil, err
 	}

@@ -5,6 +5,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/valyala/bytebufferpool"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/pipestream/pipestream/codec"
@@ -269,14 +270,18 @@ func (ReplyEncoder) Write(ctx *pipeline.Context, msg any) error {
 	if !ok {
 		return ctx.Write(msg)
 	}
+	// The body is marshaled into a pooled scratch buffer (bytebufferpool
+	// sizes its pool to what is usually needed) and copied into the frame.
 	var body []byte
 	if r.Body != nil {
-		b, err := proto.Marshal(r.Body)
+		scratch := bytebufferpool.Get()
+		defer bytebufferpool.Put(scratch)
+		b, err := (proto.MarshalOptions{}).MarshalAppend(scratch.B[:0], r.Body)
 		if err != nil {
 			r.Release()
 			return fmt.Errorf("handler: encode reply body: %w", err)
 		}
-		body = b
+		scratch.B, body = b, b
 	}
 	frame, err := codec.EncodePacket(r.Header, body)
 	r.Release()
