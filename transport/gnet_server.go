@@ -24,6 +24,10 @@ func gnetOptions(o *options) []gnet.Option {
 		gnet.WithReadBufferCap(o.readBufferCap),
 		gnet.WithTCPNoDelay(nodelay),
 		gnet.WithLogger(gnetLogger{o.logger}),
+		// A restarted server must be able to bind its port again while
+		// connections of its previous run wait in TIME_WAIT, as net.Listen
+		// allows.
+		gnet.WithReuseAddr(true),
 	}
 }
 

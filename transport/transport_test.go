@@ -550,3 +550,35 @@ func TestLargeBatches(t *testing.T) {
 		}
 	})
 }
+
+// TestRelistenAfterShutdown: a server can bind the port of one that just
+// shut down while that one's connections are still in TIME_WAIT.
+func TestRelistenAfterShutdown(t *testing.T) {
+	for _, kind := range []transport.Kind{transport.Gnet, transport.NetConn} {
+		t.Run(kind.String(), func(t *testing.T) {
+			ctx := context.Background()
+			srv, err := kind.Listen(ctx, "127.0.0.1:0", func(transport.Channel) {})
+			if err != nil {
+				t.Fatal(err)
+			}
+			addr := srv.Addr().String()
+			ch, err := kind.Dial(ctx, addr, func(transport.Channel) {})
+			if err != nil {
+				t.Fatal(err)
+			}
+			// The server closes first, so its side of the connection is
+			// the one left in TIME_WAIT.
+			if err := srv.Shutdown(ctx); err != nil {
+				t.Fatal(err)
+			}
+			<-ch.Done()
+			again, err := kind.Listen(ctx, addr, func(transport.Channel) {})
+			if err != nil {
+				t.Fatalf("listen on %s again: %v", addr, err)
+			}
+			if err := again.Shutdown(ctx); err != nil {
+				t.Fatal(err)
+			}
+		})
+	}
+}
