@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"strings"
@@ -94,10 +95,16 @@ func putFile(ctx context.Context, c *datastream.Client, f *os.File, size int64, 
 	return res, nil
 }
 
-// hint adds what to check to an error connecting to the group.
+// hint adds what to check to an error a put failed with, when the error
+// is one that a group not (yet) running gives.
 func hint(err error) error {
-	if s := err.Error(); strings.Contains(s, "connect to") || strings.Contains(s, "connection refused") {
+	switch {
+	case strings.Contains(err.Error(), "connect to"):
 		return fmt.Errorf("%w (is the group running? start it with pipestream serve)", err)
+	case errors.Is(err, datastream.ErrSuccessorFailed):
+		return fmt.Errorf("%w (is every peer up and ready? each serve prints a ready line)", err)
+	case errors.Is(err, datastream.ErrNotLeader):
+		return fmt.Errorf("%w (the group has no leader: is a majority of its peers up?)", err)
 	}
 	return err
 }
