@@ -63,7 +63,7 @@ func runDemo(ctx context.Context, args []string, e *env) int {
 	keep := fs.Bool("keep", false, "keep the temporary directory: the generated file, every peer's data and a group.toml to read them with ls and get")
 	dir := fs.String("dir", "", "`directory` to create the temporary directory in (default: the system's)")
 	quiet := fs.Bool("quiet", false, "draw no progress bar (none is drawn unless stderr is a terminal)")
-	kind := fs.transportFlag("DataStream `transport`: gnet or netconn")
+	kind := fs.transportFlag("DataStream `transport`: gnet or netconn (default gnet)")
 	// Warnings would show every election, and a fresh group holds one.
 	logger := fs.logFlag(slog.LevelError)
 	pos, err := fs.parse(args)
@@ -121,7 +121,7 @@ func (d *demo) run(ctx context.Context, parent string, keep bool) (err error) {
 
 	src := filepath.Join(dir, demoName)
 	start := time.Now()
-	sum, err := generate(src, d.size)
+	sum, err := generate(ctx, src, d.size)
 	if err != nil {
 		return err
 	}
@@ -158,7 +158,7 @@ func (d *demo) run(ctx context.Context, parent string, keep bool) (err error) {
 			return err
 		}
 	}
-	d.printf("throughput: %.1f MiB/s, %s written to disk on each of %d peers\n",
+	d.printf("throughput: %s, %s written to disk on each of %d peers\n",
 		res.rate(), formatBytes(res.bytes), len(d.peers))
 	return nil
 }
@@ -304,7 +304,7 @@ func (d *demo) shutdown() error {
 // generate writes size pseudo-random bytes to a new file at path and
 // returns their SHA-256. The seed is fixed: the same size gives the same
 // file, and the same hash, on every run.
-func generate(path string, size int64) (sum [32]byte, err error) {
+func generate(ctx context.Context, path string, size int64) (sum [32]byte, err error) {
 	f, err := os.Create(path)
 	if err != nil {
 		return sum, err
@@ -312,8 +312,17 @@ func generate(path string, size int64) (sum [32]byte, err error) {
 	defer func() { err = errors.Join(err, f.Close()) }()
 	h := sha256.New()
 	src := rand.NewChaCha8(sha256.Sum256([]byte("pipestream demo")))
-	if _, err := io.CopyBuffer(io.MultiWriter(f, h), io.LimitReader(src, size), make([]byte, 1<<20)); err != nil {
-		return sum, fmt.Errorf("generate %s: %w", path, err)
+	buf := make([]byte, 1<<20)
+	for left := size; left > 0; left -= int64(len(buf)) {
+		if err := ctx.Err(); err != nil {
+			return sum, err
+		}
+		buf = buf[:min(int64(len(buf)), left)]
+		_, _ = src.Read(buf) // never fails
+		h.Write(buf)
+		if _, err := f.Write(buf); err != nil {
+			return sum, fmt.Errorf("generate %s: %w", path, err)
+		}
 	}
 	h.Sum(sum[:0])
 	return sum, nil

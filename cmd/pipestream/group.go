@@ -12,9 +12,9 @@ import (
 	"github.com/pipestream/pipestream/peer"
 )
 
-// loadGroup returns the members a group file lists, checked by
-// peer.LoadConfig.
-func loadGroup(path string) ([]peer.Member, error) {
+// loadGroup returns a group file as peer.LoadConfig reads it for its first
+// member: the members and the group-wide settings.
+func loadGroup(path string) (peer.Config, error) {
 	// LoadConfig wants the id of a member; take the first one's. Every
 	// other key is LoadConfig's to check.
 	var ids struct {
@@ -23,16 +23,12 @@ func loadGroup(path string) ([]peer.Member, error) {
 		} `toml:"peers"`
 	}
 	if _, err := toml.DecodeFile(path, &ids); err != nil {
-		return nil, fmt.Errorf("%w: %v", peer.ErrConfig, err)
+		return peer.Config{}, fmt.Errorf("%w: %v", peer.ErrConfig, err)
 	}
 	if len(ids.Peers) == 0 {
-		return nil, fmt.Errorf("%w: %s lists no [[peers]]", peer.ErrConfig, path)
+		return peer.Config{}, fmt.Errorf("%w: %s lists no [[peers]]", peer.ErrConfig, path)
 	}
-	cfg, err := peer.LoadConfig(path, ids.Peers[0].ID)
-	if err != nil {
-		return nil, err
-	}
-	return cfg.Peers, nil
+	return peer.LoadConfig(path, ids.Peers[0].ID)
 }
 
 // streamPeers returns the group as a datastream client sees it.

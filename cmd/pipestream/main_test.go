@@ -66,7 +66,7 @@ func TestDemo(t *testing.T) {
 	r.want(t, exitOK,
 		`(?m)^generated .*demo\.bin: 8 MiB of random bytes in .*, sha256 [0-9a-f]{64}$`,
 		`(?m)^leader: p[123], elected in `,
-		`(?m)^committed demo\.bin: 8 MiB in .* MiB/s\), log index \d+, term \d+, primary p1$`,
+		`(?m)^committed demo\.bin: 8 MiB in \S+ \([0-9.]+ [KMG]?i?B/s\), log index \d+, term \d+, primary p1$`,
 		`(?m)^p1: demo\.bin holds 8388608 bytes, sha256 matches, log index \d+$`,
 		`(?m)^p2: demo\.bin holds 8388608 bytes, sha256 matches, log index \d+$`,
 		`(?m)^p3: demo\.bin holds 8388608 bytes, sha256 matches, log index \d+$`,
@@ -285,9 +285,23 @@ func TestConfig(t *testing.T) {
 			t.Errorf("%s: %+v in %s, want %+v in data/%s", id, cfg.Peers[i], cfg.DataDir, want, id)
 		}
 	}
-	members, err := loadGroup(path)
-	if err != nil || len(members) != 5 {
-		t.Errorf("loadGroup: %v, %v", members, err)
+	group, err := loadGroup(path)
+	if err != nil || len(group.Peers) != 5 {
+		t.Errorf("loadGroup: %v, %v", group.Peers, err)
+	}
+}
+
+// docs/operations.md shows what config prints by default, so that the
+// sample there is one the code reads.
+func TestConfigSampleInDocs(t *testing.T) {
+	doc, err := os.ReadFile("../../docs/operations.md")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := runCmd(t, "config")
+	r.want(t, exitOK)
+	if !strings.Contains(string(doc), "```toml\n"+r.stdout+"```\n") {
+		t.Errorf("docs/operations.md does not show the group file pipestream config prints:\n%s", r.stdout)
 	}
 }
 

@@ -10,6 +10,7 @@ import (
 
 	"github.com/pipestream/pipestream/datastream"
 	"github.com/pipestream/pipestream/statemachine"
+	"github.com/pipestream/pipestream/transport"
 )
 
 const putHelp = `
@@ -32,7 +33,7 @@ func runPut(ctx context.Context, args []string, e *env) int {
 	name := fs.String("name", "", "`name` to store the file under; subdirectories allowed (default: FILE's base name)")
 	primary := fs.String("primary", "", "`id` of the peer to send the stream to (default: the first peer)")
 	quiet := fs.Bool("quiet", false, "draw no progress bar (none is drawn unless stderr is a terminal)")
-	kind := fs.transportFlag("DataStream `transport`: gnet or netconn, as the group's")
+	kind := fs.transportFlag("DataStream `transport`: gnet or netconn (default: the group file's, else gnet)")
 	logger := fs.logFlag(slog.LevelWarn)
 	pos, err := fs.parse(args)
 	if err != nil {
@@ -42,8 +43,11 @@ func runPut(ctx context.Context, args []string, e *env) int {
 	if err := p.check(pos, *config, *peers); err != nil {
 		return e.exit(ctx, "put", err)
 	}
+	if kind.set {
+		p.kind = kind.kind
+	}
 	log, _ := logger()
-	return e.exit(ctx, "put", p.run(ctx, log, kind))
+	return e.exit(ctx, "put", p.run(ctx, log))
 }
 
 // put is one run of the put command.
@@ -51,6 +55,7 @@ type put struct {
 	*env
 	file, name, primary string
 	peers               []datastream.Peer
+	kind                transport.Kind // the group file's, or --transport
 	bar                 bool
 }
 
@@ -78,11 +83,11 @@ func (p *put) check(pos []string, config, peers string) error {
 	}
 	p.name = filepath.ToSlash(clean)
 	if config != "" {
-		members, err := loadGroup(config)
+		cfg, err := loadGroup(config)
 		if err != nil {
 			return err
 		}
-		p.peers = streamPeers(members)
+		p.peers, p.kind = streamPeers(cfg.Peers), cfg.Transport
 	} else if p.peers, err = parsePeers(peers); err != nil {
 		return usageError("%v", err)
 	}
@@ -95,7 +100,7 @@ func (p *put) check(pos []string, config, peers string) error {
 	return nil
 }
 
-func (p *put) run(ctx context.Context, log *slog.Logger, kind *transportValue) error {
+func (p *put) run(ctx context.Context, log *slog.Logger) error {
 	f, err := os.Open(p.file)
 	if err != nil {
 		return err
@@ -108,7 +113,7 @@ func (p *put) run(ctx context.Context, log *slog.Logger, kind *transportValue) e
 	if !fi.Mode().IsRegular() {
 		return fmt.Errorf("%s is not a regular file", p.file)
 	}
-	c, err := datastream.NewClient(p.peers, datastream.WithLogger(log), datastream.WithTransport(kind.kind))
+	c, err := datastream.NewClient(p.peers, datastream.WithLogger(log), datastream.WithTransport(p.kind))
 	if err != nil {
 		return err
 	}

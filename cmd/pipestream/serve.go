@@ -38,9 +38,9 @@ func runServe(ctx context.Context, args []string, e *env) int {
 	config := fs.String("config", "", "group `file` (TOML; see pipestream config)")
 	id := fs.String("id", "", "this peer's `id` in the group (required)")
 	var members stringList
-	fs.Var(&members, "member", "a member as `ID=STREAM,RAFT,COMMIT` addresses; repeat for every member, instead of --config")
+	fs.Var(&members, "member", "one member, `ID=STREAM,RAFT,COMMIT`: its id and three host:port addresses; repeat for every member, this one too, instead of --config")
 	dataDir := fs.String("data-dir", "", "this peer's data `directory` (overrides the group file's data_dir/ID)")
-	kind := fs.transportFlag("DataStream `transport`, gnet or netconn (overrides the group file)")
+	kind := fs.transportFlag("DataStream `transport`, gnet or netconn (default: the group file's, else gnet)")
 	stats := fs.Duration("stats", 0, "log the peer's counters every `interval` (0: never)")
 	logger := fs.logFlag(slog.LevelInfo)
 	pos, err := fs.parse(args)

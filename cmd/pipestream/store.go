@@ -29,9 +29,9 @@ Lists the files peer ID's file store holds: name, size, the log index and
 term of the entry that wrote it, and the SHA-256 the peer computed while
 writing it.
 
-It reads the peer's data directory on this machine, without opening it for
-writing, so it works whether the peer runs or not: the DataStream protocol
-only writes, so there is no network read. Run it where the peer's data is.
+It reads the peer's data directory on this machine, not the network (the
+DataStream protocol only writes), and only reads it, so it works whether
+the peer runs or not. Run it where the peer's data is.
 `
 
 const getHelp = `

@@ -24,14 +24,14 @@ type committed struct {
 	primary     string
 }
 
-// rate returns the throughput in MiB/s.
-func (c committed) rate() float64 {
-	return float64(c.bytes) / (1 << 20) / max(c.elapsed.Seconds(), 1e-9)
+// rate returns the throughput, such as "164.1 MiB/s".
+func (c committed) rate() string {
+	return formatBytes(int64(float64(c.bytes)/max(c.elapsed.Seconds(), 1e-9))) + "/s"
 }
 
 // summary describes the put in one line.
 func (c committed) summary(name string) string {
-	return fmt.Sprintf("committed %s: %s in %s (%.1f MiB/s), log index %d, term %d, primary %s",
+	return fmt.Sprintf("committed %s: %s in %s (%s), log index %d, term %d, primary %s",
 		name, formatBytes(c.bytes), c.elapsed.Round(time.Millisecond), c.rate(), c.index, c.term, c.primary)
 }
 
