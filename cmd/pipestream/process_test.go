@@ -60,6 +60,9 @@ func TestThreeProcesses(t *testing.T) {
 		t.Errorf("put printed:\n%s", put)
 	}
 	for _, id := range []string{"p1", "p2", "p3"} {
+		// The primary answered once it had applied the entry; the others
+		// apply it a moment later.
+		waitStored(t, bin, config, id, "in/payload.bin")
 		out := filepath.Join(t.TempDir(), "out")
 		runBinary(t, bin, "get", "in/payload.bin", "--config", config, "--id", id, "-o", out)
 		got, err := os.ReadFile(out)
@@ -123,6 +126,19 @@ func runBinary(t *testing.T, bin string, args ...string) string {
 		t.Fatalf("pipestream %s: %v\n--- stdout\n%s--- stderr\n%s", strings.Join(args, " "), err, stdout.String(), stderr.String())
 	}
 	return stdout.String()
+}
+
+// waitStored polls ls until peer id's store lists name, for up to
+// testTimeout.
+func waitStored(t *testing.T, bin, config, id, name string) {
+	t.Helper()
+	deadline := time.Now().Add(testTimeout)
+	for !strings.Contains(runBinary(t, bin, "ls", "--config", config, "--id", id), "\n"+name+" ") {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s has not stored %s within %v", id, name, testTimeout)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
 
 // process is a running "pipestream serve".
