@@ -5,7 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"strings"
+	"syscall"
 	"time"
 
 	"github.com/pipestream/pipestream/datastream"
@@ -99,7 +99,7 @@ func putFile(ctx context.Context, c *datastream.Client, f *os.File, size int64, 
 // is one that a group not (yet) running gives.
 func hint(err error) error {
 	switch {
-	case strings.Contains(err.Error(), "connect to"):
+	case errors.Is(err, syscall.ECONNREFUSED):
 		return fmt.Errorf("%w (is the group running? start it with pipestream serve)", err)
 	case errors.Is(err, datastream.ErrSuccessorFailed):
 		return fmt.Errorf("%w (is every peer up and ready? each serve prints a ready line)", err)
@@ -109,6 +109,7 @@ func hint(err error) error {
 	return err
 }
 
+// isDone reports whether f has completed, without waiting.
 func isDone[T any](f *datastream.Future[T]) bool {
 	select {
 	case <-f.Done():
