@@ -1,0 +1,236 @@
+package bench_test
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+	"io"
+	"math"
+	"net"
+	"runtime/metrics"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/pipestream/pipestream/datastream"
+	"github.com/pipestream/pipestream/server"
+	"github.com/pipestream/pipestream/statemachine"
+	"github.com/pipestream/pipestream/transport"
+)
+
+// Helpers shared by BenchmarkMatrix, BenchmarkLatency and
+// TestMemoryBounded: groups of any size, state machines by name, and a
+// relay of any length.
+
+// smKind names the state machine a benchmark's peers store into.
+type smKind string
+
+const (
+	// smMem keeps nothing but a count of each stream's bytes: the data
+	// path alone, comparable with the relay, which stores nothing either.
+	smMem smKind = "mem"
+	// smFile is a statemachine.FileStore in a temporary directory: a file
+	// per stream, a SHA-256 of it, and an fsync on close and on SYNC.
+	smFile smKind = "file"
+)
+
+// newSM returns a state machine of kind k for one peer. A FileStore is
+// closed when tb ends, after the peers (cleanups run last-registered first).
+func newSM(tb testing.TB, k smKind) statemachine.StateMachine {
+	tb.Helper()
+	switch k {
+	case smMem:
+		return &countingSM{}
+	case smFile:
+		fs, err := statemachine.NewFileStore(tb.TempDir(), statemachine.WithLogger(discardLogger()))
+		if err != nil {
+			tb.Fatal(err)
+		}
+		tb.Cleanup(func() {
+			if err := fs.Close(); err != nil {
+				tb.Error(err)
+			}
+		})
+		return fs
+	}
+	tb.Fatalf("unknown state machine %q", k)
+	return nil
+}
+
+// startPeers starts n server.Server peers on loopback, storing into state
+// machines of kind sm, and waits until each reaches the others. They are
+// shut down when tb ends.
+func startPeers(tb testing.TB, n int, kind transport.Kind, sm smKind) []datastream.Peer {
+	tb.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), patience)
+	defer cancel()
+	group := make([]server.Peer, n)
+	for i := range group {
+		group[i].ID = fmt.Sprintf("s%d", i+1)
+	}
+	// The state machines first, so that their cleanups run after the
+	// servers have shut down.
+	sms := make([]statemachine.StateMachine, n)
+	for i := range sms {
+		sms[i] = newSM(tb, sm)
+	}
+	var (
+		servers []*server.Server
+		peers   []datastream.Peer
+	)
+	for i, p := range group {
+		s, err := server.Listen(ctx, server.Config{
+			ID: p.ID, Peers: group, StateMachine: sms[i],
+			Transport: kind, Logger: discardLogger(),
+		})
+		if err != nil {
+			tb.Fatal(err)
+		}
+		tb.Cleanup(func() {
+			ctx, cancel := context.WithTimeout(context.Background(), patience)
+			defer cancel()
+			if err := s.Shutdown(ctx); err != nil {
+				tb.Errorf("shutdown %s: %v", s.ID(), err)
+			}
+		})
+		servers = append(servers, s)
+		peers = append(peers, datastream.Peer{ID: p.ID, Addr: s.Addr().String()})
+	}
+	for _, s := range servers {
+		for _, p := range peers {
+			s.SetPeerAddr(p.ID, p.Addr)
+		}
+	}
+	for _, s := range servers {
+		if err := s.WaitPeers(ctx); err != nil {
+			tb.Fatal(err)
+		}
+	}
+	return peers
+}
+
+// peerIDs returns the ids of peers, in order.
+func peerIDs(peers []datastream.Peer) []string {
+	ids := make([]string, len(peers))
+	for i, p := range peers {
+		ids[i] = p.ID
+	}
+	return ids
+}
+
+// sizeName names a byte count the way the benchmarks' names do: 4KiB, 1MiB.
+func sizeName(n int) string {
+	switch {
+	case n >= 1<<30 && n%(1<<30) == 0:
+		return fmt.Sprintf("%dGiB", n>>30)
+	case n >= 1<<20 && n%(1<<20) == 0:
+		return fmt.Sprintf("%dMiB", n>>20)
+	case n >= 1<<10 && n%(1<<10) == 0:
+		return fmt.Sprintf("%dKiB", n>>10)
+	}
+	return fmt.Sprintf("%dB", n)
+}
+
+// relayOver moves n bytes from a client through a relay of conns TCP
+// connections (conns-1 relaying hops and a counting sink, as benchRelay's
+// chain has three) in writes of relayBuffer bytes, untimed by b, and
+// returns how long that took: the ceiling of a topology of conns peers.
+func relayOver(b *testing.B, conns int, n int64) time.Duration {
+	b.Helper()
+	var wg sync.WaitGroup
+	addr, ready := startSink(b, &wg)
+	readies := []chan struct{}{ready}
+	for range conns - 1 {
+		addr, ready = startHop(b, &wg, addr)
+		readies = append(readies, ready)
+	}
+	c := dialRelay(b, addr, readies)
+	defer func() {
+		_ = c.Close()
+		wg.Wait()
+	}()
+
+	payload := make([]byte, relayBuffer)
+	for i := range payload {
+		payload[i] = byte(i)
+	}
+	start := time.Now()
+	for left := n; left > 0; left -= int64(len(payload)) {
+		if _, err := c.Write(payload[:min(int64(len(payload)), left)]); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if err := c.CloseWrite(); err != nil {
+		b.Fatal(err)
+	}
+	var ack [8]byte
+	if _, err := io.ReadFull(c, ack[:]); err != nil {
+		b.Fatal(err)
+	}
+	elapsed := time.Since(start)
+	if got := binary.BigEndian.Uint64(ack[:]); got != uint64(n) {
+		b.Fatalf("relay sink counted %d bytes, want %d", got, n)
+	}
+	return elapsed
+}
+
+// dialRelay connects to the first hop at addr and waits until every hop
+// of the relay is connected.
+func dialRelay(b *testing.B, addr string, readies []chan struct{}) *net.TCPConn {
+	b.Helper()
+	c, err := net.DialTimeout("tcp", addr, patience)
+	if err != nil {
+		b.Fatal(err)
+	}
+	tc := c.(*net.TCPConn)
+	_ = tc.SetDeadline(time.Now().Add(patience + time.Duration(b.N)*100*time.Millisecond))
+	for _, rd := range readies {
+		select {
+		case <-rd:
+		case <-time.After(patience):
+			_ = tc.Close()
+			b.Fatal("relay did not connect")
+		}
+	}
+	return tc
+}
+
+// schedLatency measures how long goroutines waited to run, from becoming
+// runnable to running (the runtime's /sched/latencies:seconds), over part
+// of a benchmark.
+type schedLatency struct{ start *metrics.Float64Histogram }
+
+func startSchedLatency() schedLatency { return schedLatency{readSchedLatencies()} }
+
+func readSchedLatencies() *metrics.Float64Histogram {
+	s := []metrics.Sample{{Name: "/sched/latencies:seconds"}}
+	metrics.Read(s)
+	return s[0].Value.Float64Histogram()
+}
+
+// report reports the median and the 99th percentile of the waits since
+// start, in µs, as the upper bounds of the runtime's histogram buckets.
+func (s schedLatency) report(b *testing.B) {
+	end := readSchedLatencies()
+	counts := make([]uint64, len(end.Counts))
+	var total uint64
+	for i := range counts {
+		counts[i] = end.Counts[i] - s.start.Counts[i]
+		total += counts[i]
+	}
+	if total == 0 {
+		return
+	}
+	quantile := func(q float64) float64 {
+		rank := uint64(q * float64(total))
+		var cum uint64
+		for i, c := range counts {
+			if cum += c; cum > rank {
+				return end.Buckets[i+1] * 1e6
+			}
+		}
+		return math.Inf(1)
+	}
+	b.ReportMetric(quantile(0.5), "sched-p50-µs")
+	b.ReportMetric(quantile(0.99), "sched-p99-µs")
+}
