@@ -1,6 +1,8 @@
 package peer
 
 import (
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -83,9 +85,34 @@ type Config struct {
 	// a peer. Default one second.
 	RedialInterval time.Duration
 
+	// Limits bound what clients may hold on this peer; see
+	// server.Config. Zero fields take the server's defaults.
+	Limits Limits
+
+	// TLS and PeerTLS secure the stream traffic and the Raft and commit
+	// traffic alike: TLS is the listening side (certificate, and for
+	// mutual TLS ClientAuth and ClientCAs), PeerTLS the dialing side (root
+	// CAs and this peer's certificate). They need the netconn transport.
+	// AuthorizePeer, if set, tells a peer's certificate from a client's:
+	// only a peer may open a peer connection on the stream port (see
+	// server.Config), and only a peer may speak Raft or forward a commit.
+	// See docs/security.md.
+	TLS, PeerTLS  *tls.Config
+	AuthorizePeer func(*x509.Certificate) bool
+
 	// Raft tunes the Raft node; see raft.Config for the meaning and
 	// defaults of each field.
 	Raft RaftTuning
+}
+
+// Limits are the server.Config limits a Peer passes through.
+type Limits struct {
+	MaxFrame          int
+	MaxHeader         int
+	MaxStreams        int
+	MaxStreamsPerConn int
+	MaxConnBytes      int64
+	IdleTimeout       time.Duration
 }
 
 // RaftTuning holds the raft.Config fields a Peer passes through.

@@ -2,6 +2,8 @@ package peer
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"fmt"
 	"path/filepath"
@@ -85,6 +87,17 @@ func New(ctx context.Context, cfg Config) (_ *Peer, err error) {
 		SweepInterval:    cfg.SweepInterval,
 		RedialInterval:   cfg.RedialInterval,
 		Logger:           cfg.Logger,
+
+		MaxFrame:          cfg.Limits.MaxFrame,
+		MaxHeader:         cfg.Limits.MaxHeader,
+		MaxStreams:        cfg.Limits.MaxStreams,
+		MaxStreamsPerConn: cfg.Limits.MaxStreamsPerConn,
+		MaxConnBytes:      cfg.Limits.MaxConnBytes,
+		IdleTimeout:       cfg.Limits.IdleTimeout,
+
+		TLS:           cfg.TLS,
+		PeerTLS:       cfg.PeerTLS,
+		AuthorizePeer: cfg.AuthorizePeer,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("peer %s: %w", cfg.ID, err)
@@ -106,6 +119,8 @@ func New(ctx context.Context, cfg Config) (_ *Peer, err error) {
 		TrailingLogs:       t.TrailingLogs,
 		MaxDedupKeys:       t.MaxDedupKeys,
 		ForwardTimeout:     t.ForwardTimeout,
+		TLS:                peersOnly(cfg.TLS, cfg.AuthorizePeer),
+		PeerTLS:            cfg.PeerTLS,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("peer %s: %w", cfg.ID, err)
@@ -276,4 +291,25 @@ func (p *Peer) release(ctx context.Context) error {
 		return fmt.Errorf("peer %s: shutdown: %w", p.cfg.ID, err)
 	}
 	return nil
+}
+
+// peersOnly returns the listening TLS config for Raft and commit traffic:
+// c itself, or with authorize, a copy that refuses every certificate but a
+// peer's, since clients of the same CA have no business there.
+func peersOnly(c *tls.Config, authorize func(*x509.Certificate) bool) *tls.Config {
+	if c == nil || authorize == nil {
+		return c
+	}
+	c = c.Clone()
+	verify := c.VerifyConnection
+	c.VerifyConnection = func(cs tls.ConnectionState) error {
+		if len(cs.PeerCertificates) == 0 || !authorize(cs.PeerCertificates[0]) {
+			return errors.New("peer: not a peer certificate")
+		}
+		if verify != nil {
+			return verify(cs)
+		}
+		return nil
+	}
+	return c
 }
