@@ -1,0 +1,137 @@
+#!/usr/bin/env bash
+# report.sh runs pipestream's key benchmarks -count times (3 by default)
+# and prints a markdown report of the medians and the ratios the issue
+# asks about: the streamed 3-peer chain against a raw TCP relay, gnet
+# against net.Conn, streaming against the Raft log, a SYNC write's latency
+# against a raw ping-pong, and the heap's peak against its formula. Each
+# ratio comes from two runs moments apart in the same process (see
+# `go doc ./bench`), which a shared machine's load shifts far less than it
+# shifts either number alone.
+#
+#	bench/report.sh                 # about four minutes
+#	COUNT=5 bench/report.sh > report.md
+#	MEMORY_GIB=4 bench/report.sh    # the issue's 4 GiB memory run
+#
+# The raw `go test` output goes to stderr, the report to stdout. Needs only
+# bash, awk and go.
+set -euo pipefail
+
+count=${COUNT:-3}
+chain_packets=${CHAIN_PACKETS:-400}
+memory_gib=${MEMORY_GIB:-0.25}
+
+cd "$(dirname "$0")/.."
+work=$(mktemp -d)
+sampler=
+cleanup() {
+	if [[ -n $sampler ]]; then
+		kill "$sampler" 2>/dev/null || true
+		wait "$sampler" 2>/dev/null || true
+	fi
+	rm -rf "$work"
+}
+trap cleanup EXIT
+
+# The load average while the benchmarks run, every five seconds.
+(while :; do cut -d' ' -f1 /proc/loadavg; sleep 5; done) >"$work/load" &
+sampler=$!
+
+go test -c -o "$work/bench.test" ./bench
+started=$(date -u +%Y-%m-%dT%H:%MZ)
+
+# bench runs the benchmarks matching a regexp. A failed run (a loaded
+# machine can depose a Raft leader mid-transfer) leaves its cells empty and
+# is listed under the table; the others carry on.
+bench() { # regexp [flags...]
+	local re=$1
+	shift
+	(cd bench && "$work/bench.test" -test.run '^$' -test.bench "$re" -test.count "$count" "$@") |
+		tee -a "$work/raw" >&2 || true
+}
+bench 'Chain/(relay|stream|stream-netconn)$' -test.benchtime "${chain_packets}x"
+bench 'CommitPath/(disk|mem)/(log|stream)/64MiB$'
+bench 'Latency/transport=(gnet|netconn)/sm=mem$'
+# A failure is reported below rather than ending the script.
+(cd bench && "$work/bench.test" -test.run 'TestMemoryBounded$' -test.v -memory-gib "$memory_gib") |
+	tee "$work/memory" >&2 || true
+
+# medians: "name<TAB>unit<TAB>median" for every benchmark and metric, the
+# name without its -GOMAXPROCS suffix.
+awk '
+function median(s,    n, a, i, j, t) {
+	n = split(s, a, " ")
+	for (i = 2; i <= n; i++)
+		for (j = i; j > 1 && a[j-1] + 0 > a[j] + 0; j--) { t = a[j]; a[j] = a[j-1]; a[j-1] = t }
+	return n % 2 ? a[(n + 1) / 2] : (a[n / 2] + a[n / 2 + 1]) / 2
+}
+/^Benchmark/ {
+	name = $1
+	sub(/-[0-9]+$/, "", name)
+	for (i = 3; i < NF; i += 2) {
+		k = name "\t" $(i + 1)
+		v[k] = (k in v) ? v[k] " " $i : $i
+	}
+}
+END { for (k in v) print k "\t" median(v[k]) }
+' "$work/raw" >"$work/medians"
+
+med() { # name unit
+	awk -F'\t' -v n="$1" -v u="$2" '$1 == n && $2 == u { print $3; found = 1 } END { if (!found) print "nan" }' "$work/medians"
+}
+# num formats a number with the given printf format, or - if it is missing.
+num() { awk -v x="$2" -v f="$1" 'BEGIN { if (x == "nan" || x == "") print "-"; else printf f "\n", x }'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "nan" || b == "nan" || b == 0) print "nan"; else print a / b }'; }
+
+load_min=$(sort -n "$work/load" | head -1)
+load_max=$(sort -n "$work/load" | tail -1)
+commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+dirty=$(git status --porcelain --untracked-files=no 2>/dev/null | grep -q . && echo " (with uncommitted changes)" || true)
+
+c=BenchmarkChain
+g_mbs=$(med $c/stream MB/s)
+n_mbs=$(med $c/stream-netconn MB/s)
+g_vs=$(med $c/stream vs-relay)
+n_vs=$(med $c/stream-netconn vs-relay)
+cp=BenchmarkCommitPath
+l=BenchmarkLatency/transport=gnet/sm=mem
+ln=BenchmarkLatency/transport=netconn/sm=mem
+
+cat <<EOF
+## Report: $started, commit $commit$dirty
+
+Machine: $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //')), $(go env GOVERSION) $(go env GOOS)/$(go env GOARCH), kernel $(uname -r); load average (1 min) $load_min–$load_max while it ran.
+Medians of $count runs; \`bench/report.sh\`, raw output on stderr.
+
+| comparison | measured | median | ratio | goal |
+| --- | --- | --- | --- | --- |
+| 3-peer chain, 1 MiB packets, gnet | stream MB/s; vs relay | $(num %.0f "$g_mbs") | $(num %.2f "$g_vs")× relay | ≥ 0.8× |
+| 3-peer chain, 1 MiB packets, net.Conn | stream MB/s; vs relay | $(num %.0f "$n_mbs") | $(num %.2f "$n_vs")× relay | |
+| raw relay, 3 TCP connections | MB/s (its own runs) | $(num %.0f "$(med $c/relay MB/s)") | 1 | |
+| gnet vs net.Conn, same pipeline | vs-relay of each | $(num %.2f "$g_vs") / $(num %.2f "$n_vs") | $(num %.2f "$(ratio "$g_vs" "$n_vs")")× | |
+| allocations per 1 MiB packet, gnet | process-wide mallocs | $(num %.2f "$(med $c/stream allocs/packet)") | | 0 |
+| allocations per 1 MiB packet, net.Conn | process-wide mallocs | $(num %.2f "$(med $c/stream-netconn allocs/packet)") | | 0 |
+| 64 MiB committed, on disk | log MB/s; stream MB/s | $(num %.0f "$(med $cp/disk/log/64MiB MB/s)"); $(num %.0f "$(med $cp/disk/stream/64MiB MB/s)") | $(num %.2f "$(med $cp/disk/stream/64MiB stream/log)")× log | wide margin |
+| 64 MiB committed, in memory | log MB/s; stream MB/s | $(num %.0f "$(med $cp/mem/log/64MiB MB/s)"); $(num %.0f "$(med $cp/mem/stream/64MiB MB/s)") | $(num %.2f "$(med $cp/mem/stream/64MiB stream/log)")× log | |
+| 4 KiB SYNC write, 3-peer chain, gnet | p50 µs; p99 µs | $(num %.0f "$(med $l p50-µs)"); $(num %.0f "$(med $l p99-µs)") | $(num %.2f "$(med $l p50-vs-ping)")× ping p50 | |
+| raw 3-hop ping-pong, same runs | p50 µs; p99 µs | $(num %.0f "$(med $l ping-p50-µs)"); $(num %.0f "$(med $l ping-p99-µs)") | | |
+| 4 KiB SYNC write, 3-peer chain, net.Conn | p50 µs; p99 µs | $(num %.0f "$(med $ln p50-µs)"); $(num %.0f "$(med $ln p99-µs)") | $(num %.2f "$(med $ln p50-vs-ping)")× ping p50 | |
+| raw 3-hop ping-pong, same runs | p50 µs; p99 µs | $(num %.0f "$(med $ln ping-p50-µs)"); $(num %.0f "$(med $ln ping-p99-µs)") | | |
+| scheduler latency, gnet; net.Conn | p99 µs | $(num %.0f "$(med $l sched-p99-µs)"); $(num %.0f "$(med $ln sched-p99-µs)") | | |
+EOF
+awk -v gib="$memory_gib" '
+/memory: transport=/ {
+	match($0, /transport=[a-z]+/); tr = substr($0, RSTART + 10, RLENGTH - 10)
+	match($0, /in use \+[0-9.]+/); inuse = substr($0, RSTART + 8, RLENGTH - 8)
+	match($0, /live \+[0-9.]+/); live = substr($0, RSTART + 6, RLENGTH - 6)
+	match($0, /formula [0-9.]+/); formula = substr($0, RSTART + 8, RLENGTH - 8)
+	match($0, /limit [0-9.]+/); limit = substr($0, RSTART + 6, RLENGTH - 6)
+	printf "| heap while streaming %s GiB, %s | peak in use; peak live (MiB) | %s; %s | %.2f× formula (%s MiB) | ≤ %s MiB |\n", gib, tr, inuse, live, inuse / formula, formula, limit
+}' "$work/memory"
+if grep -q -- '--- FAIL' "$work/raw" "$work/memory"; then
+	echo
+	echo "Failures (their runs are left out of the medians):"
+	echo
+	echo '```'
+	grep -h -A1 -- '--- FAIL' "$work/raw" "$work/memory" | grep -v -e '^--$' || true
+	echo '```'
+fi
