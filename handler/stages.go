@@ -198,6 +198,9 @@ func successorsOf(t *pb.RoutingTable, primary, self string, peers []string) ([]s
 func (r *Router) data(up *pipeline.Pipeline, p *Packet) (*Stream, *pb.Error) {
 	st := r.Streams.get(p.Key())
 	if st == nil {
+		if p.Has(pb.DataStreamPacketHeader_ABORT) && r.Streams.dropParked(p.Key(), up) {
+			return nil, errorf(pb.ErrorCode_CANCELLED, "closed stream %v aborted before its commit", p.Key())
+		}
 		return nil, errorf(pb.ErrorCode_UNKNOWN_STREAM, "no open stream %v", p.Key())
 	}
 	if st.upstream != up {

@@ -213,6 +213,26 @@ func (s *Streams) park(st *Stream) {
 	s.mu.Unlock()
 }
 
+// dropParked cleans up the parked stream k on an ABORT from its upstream.
+// A stream parks here once its CLOSE is written on this peer and every
+// successor; its predecessor aborts it only while it has not begun to
+// commit (fail does nothing after that), so the entry will never come and
+// the data need not wait for the link timeout. A primary never receives
+// such an ABORT: its upstream is the client, whose aborts after CLOSE
+// find the stream committing.
+func (s *Streams) dropParked(k StreamKey, up *pipeline.Pipeline) bool {
+	s.mu.Lock()
+	st := s.closed[k]
+	if st == nil || st.upstream != up || st.Primary {
+		s.mu.Unlock()
+		return false
+	}
+	delete(s.closed, k)
+	s.mu.Unlock()
+	st.cleanUp()
+	return true
+}
+
 func (s *Streams) unpark(k StreamKey) *Stream {
 	s.mu.Lock()
 	defer s.mu.Unlock()
