@@ -51,7 +51,7 @@ func BenchmarkLatency(b *testing.B) {
 }
 
 func benchLatency(b *testing.B, kind transport.Kind, sm smKind) {
-	peers := startPeers(b, chainLen, kind, sm)
+	peers, _ := startPeers(b, chainLen, kind, sm)
 	c, err := datastream.NewClient(peers, datastream.WithTransport(kind), datastream.WithLogger(discardLogger()))
 	if err != nil {
 		b.Fatal(err)

@@ -99,7 +99,7 @@ type matrixCase struct {
 }
 
 func benchMatrix(b *testing.B, mc matrixCase) {
-	peers := startPeers(b, mc.topo.peers, mc.kind, mc.sm)
+	peers, stopPeers := startPeers(b, mc.topo.peers, mc.kind, mc.sm)
 	c, err := datastream.NewClient(peers, datastream.WithTransport(mc.kind), datastream.WithLogger(discardLogger()))
 	if err != nil {
 		b.Fatal(err)
@@ -169,6 +169,9 @@ func benchMatrix(b *testing.B, mc matrixCase) {
 		}
 	}
 	if mc.topo.relayConns > 0 {
+		// The relay runs alone, as BenchmarkChain/relay does.
+		c.Close()
+		stopPeers()
 		relay := relayOver(b, mc.topo.relayConns, int64(b.N)*int64(mc.packet))
 		b.ReportMetric(float64(relay)/float64(b.Elapsed()), "vs-relay")
 	}

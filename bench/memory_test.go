@@ -180,7 +180,7 @@ func streamChain(t *testing.T, kind transport.Kind, total int64) float64 {
 	// their buffers are garbage, before the caller stops sampling.
 	var rate float64
 	t.Run("stream", func(t *testing.T) {
-		peers := startPeers(t, chainLen, kind, smMem)
+		peers, _ := startPeers(t, chainLen, kind, smMem)
 		c, err := datastream.NewClient(peers, datastream.WithTransport(kind), datastream.WithLogger(discardLogger()))
 		if err != nil {
 			t.Fatal(err)

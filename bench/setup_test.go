@@ -59,8 +59,11 @@ func newSM(tb testing.TB, k smKind) statemachine.StateMachine {
 
 // startPeers starts n server.Server peers on loopback, storing into state
 // machines of kind sm, and waits until each reaches the others. They are
-// shut down when tb ends.
-func startPeers(tb testing.TB, n int, kind transport.Kind, sm smKind) []datastream.Peer {
+// shut down when tb ends, or before by stop, so that a baseline can run
+// alone: idle gnet engines keep threads in epoll_wait that hold the
+// runtime's Ps (see BenchmarkLatency), which slowed a relay beside them by
+// a few percent.
+func startPeers(tb testing.TB, n int, kind transport.Kind, sm smKind) (peers []datastream.Peer, stop func()) {
 	tb.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), patience)
 	defer cancel()
@@ -74,10 +77,17 @@ func startPeers(tb testing.TB, n int, kind transport.Kind, sm smKind) []datastre
 	for i := range sms {
 		sms[i] = newSM(tb, sm)
 	}
-	var (
-		servers []*server.Server
-		peers   []datastream.Peer
-	)
+	var servers []*server.Server
+	shutdown := sync.OnceFunc(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), patience)
+		defer cancel()
+		for _, s := range servers {
+			if err := s.Shutdown(ctx); err != nil {
+				tb.Errorf("shutdown %s: %v", s.ID(), err)
+			}
+		}
+	})
+	tb.Cleanup(shutdown)
 	for i, p := range group {
 		s, err := server.Listen(ctx, server.Config{
 			ID: p.ID, Peers: group, StateMachine: sms[i],
@@ -86,13 +96,6 @@ func startPeers(tb testing.TB, n int, kind transport.Kind, sm smKind) []datastre
 		if err != nil {
 			tb.Fatal(err)
 		}
-		tb.Cleanup(func() {
-			ctx, cancel := context.WithTimeout(context.Background(), patience)
-			defer cancel()
-			if err := s.Shutdown(ctx); err != nil {
-				tb.Errorf("shutdown %s: %v", s.ID(), err)
-			}
-		})
 		servers = append(servers, s)
 		peers = append(peers, datastream.Peer{ID: p.ID, Addr: s.Addr().String()})
 	}
@@ -106,7 +109,7 @@ func startPeers(tb testing.TB, n int, kind transport.Kind, sm smKind) []datastre
 			tb.Fatal(err)
 		}
 	}
-	return peers
+	return peers, shutdown
 }
 
 // peerIDs returns the ids of peers, in order.
