@@ -230,6 +230,8 @@ func (s *Streams) dropParked(k StreamKey, up *pipeline.Pipeline) bool {
 	delete(s.closed, k)
 	s.mu.Unlock()
 	st.cleanUp()
+	// The successors below have parked it too: pass the abort on.
+	st.abortSuccessors()
 	return true
 }
 
