@@ -39,18 +39,23 @@ sampler=$!
 go test -c -o "$work/bench.test" ./bench
 started=$(date -u +%Y-%m-%dT%H:%MZ)
 
-# bench runs the benchmarks matching a regexp. A failed run (a loaded
-# machine can depose a Raft leader mid-transfer) leaves its cells empty and
-# is listed under the table; the others carry on.
+# bench runs the benchmarks matching a regexp once, in a process of their
+# own. A failed run (a loaded machine can depose a Raft leader
+# mid-transfer) leaves out only that run, listed under the table.
 bench() { # regexp [flags...]
 	local re=$1
 	shift
-	(cd bench && "$work/bench.test" -test.run '^$' -test.bench "$re" -test.count "$count" "$@") |
+	(cd bench && "$work/bench.test" -test.run '^$' -test.bench "$re" "$@") |
 		tee -a "$work/raw" >&2 || true
 }
-bench 'Chain/(relay|stream|stream-netconn)$' -test.benchtime "${chain_packets}x"
-bench 'CommitPath/(disk|mem)/(log|stream)/64MiB$'
-bench 'Latency/transport=(gnet|netconn)/sm=mem$'
+# Round by round rather than each benchmark -count times in a row, so
+# that a spell of load falls on all of them alike.
+for ((i = 1; i <= count; i++)); do
+	echo "report.sh: round $i of $count" >&2
+	bench 'Chain/(relay|stream|stream-netconn)$' -test.benchtime "${chain_packets}x"
+	bench 'CommitPath/(disk|mem)/(log|stream)/64MiB$'
+	bench 'Latency/transport=(gnet|netconn)/sm=mem$'
+done
 # A failure is reported below rather than ending the script.
 (cd bench && "$work/bench.test" -test.run 'TestMemoryBounded$' -test.v -memory-gib "$memory_gib") |
 	tee "$work/memory" >&2 || true
@@ -132,6 +137,9 @@ if grep -q -- '--- FAIL' "$work/raw" "$work/memory"; then
 	echo "Failures (their runs are left out of the medians):"
 	echo
 	echo '```'
-	grep -h -A1 -- '--- FAIL' "$work/raw" "$work/memory" | grep -v -e '^--$' || true
+	# A failed leaf and its messages; its parents' bare FAIL lines are left out.
+	awk '/--- FAIL/ { held = $0; msg = 0; next }
+		/^ / && (held != "" || msg) { if (held != "") print held; held = ""; msg = 1; print; next }
+		{ held = ""; msg = 0 }' "$work/raw" "$work/memory"
 	echo '```'
 fi
