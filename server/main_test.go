@@ -1,7 +1,6 @@
 package server_test
 
 import (
-	"context"
 	"crypto/sha256"
 	"encoding/binary"
 	"io"
@@ -48,49 +47,7 @@ type groupOpts struct {
 // cleanup shuts them down; register buffertest.Check before calling it.
 func startGroup(t testing.TB, n int, o groupOpts) *group {
 	t.Helper()
-	if o.sm == nil {
-		o.sm = func(int) statemachine.StateMachine { return statemachine.NewMemoryHashing() }
-	}
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	g := &group{}
-	var peers []server.Peer
-	for i := 0; i < n; i++ {
-		peers = append(peers, server.Peer{ID: peerID(i)})
-	}
-	for i := 0; i < n; i++ {
-		cfg := server.Config{
-			ID: peerID(i), Peers: peers, StateMachine: o.sm(i),
-			Transport: o.kind, Logger: quietLogger(),
-		}
-		if o.tweak != nil {
-			o.tweak(&cfg)
-		}
-		s, err := server.Listen(ctx, cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() {
-			sctx, c := context.WithTimeout(context.Background(), 10*time.Second)
-			defer c()
-			if err := s.Shutdown(sctx); err != nil {
-				t.Errorf("shutdown %s: %v", s.ID(), err)
-			}
-		})
-		g.servers = append(g.servers, s)
-		g.sms = append(g.sms, cfg.StateMachine)
-		g.peers = append(g.peers, datastream.Peer{ID: peerID(i), Addr: s.Addr().String()})
-	}
-	for _, s := range g.servers {
-		for _, p := range g.peers {
-			s.SetPeerAddr(p.ID, p.Addr)
-		}
-	}
-	for _, s := range g.servers {
-		if err := s.WaitPeers(ctx); err != nil {
-			t.Fatal(err)
-		}
-	}
+	g, _ := startGroupVia(t, n, o)
 	return g
 }
 
