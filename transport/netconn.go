@@ -266,7 +266,19 @@ func (ch *connChannel) writeLoop() {
 				}
 				break
 			}
-			ch.batch, ch.q = ch.q, ch.batch[:0]
+			// A bounded batch: pending counts a batch until its last byte
+			// is written, and a peer answering the batch's first packets
+			// meanwhile lets the sender queue more, so an unbounded batch
+			// let pending overshoot the bytes really outstanding.
+			k, size := 0, 0
+			for k < len(ch.q) && (k == 0 || size+ch.q[k].len() <= maxBatchBytes) {
+				size += ch.q[k].len()
+				k++
+			}
+			ch.batch = append(ch.batch[:0], ch.q[:k]...)
+			rest := copy(ch.q, ch.q[k:])
+			clear(ch.q[rest:])
+			ch.q = ch.q[:rest]
 			ch.mu.Unlock()
 
 			n := 0
@@ -305,6 +317,9 @@ func (ch *connChannel) writeLoop() {
 		}
 	}
 }
+
+// maxBatchBytes bounds what the writer takes from the queue at once.
+const maxBatchBytes = 4 << 20
 
 // write sends ch.iov and empties it.
 func (ch *connChannel) write() error {
