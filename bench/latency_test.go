@@ -159,21 +159,9 @@ func (p *pingPong) close() {
 }
 
 // startAnswerer accepts one connection and answers every latencyPacket
-// bytes it reads with 8 bytes, until EOF. ready is closed once the
-// connection is accepted.
+// bytes it reads with 8 bytes, until EOF.
 func startAnswerer(b *testing.B, wg *sync.WaitGroup) (addr string, ready chan struct{}) {
-	ln := listenLoopback(b)
-	ready = make(chan struct{})
-	wg.Go(func() {
-		defer ln.Close()
-		c, err := ln.Accept()
-		if err != nil {
-			b.Error(err)
-			return
-		}
-		defer c.Close()
-		_ = c.SetDeadline(time.Now().Add(patience + time.Duration(b.N)*100*time.Millisecond))
-		close(ready)
+	return serveOne(b, wg, func(c net.Conn) {
 		buf := make([]byte, latencyPacket)
 		for {
 			if _, err := io.ReadFull(c, buf); err != nil {
@@ -188,5 +176,4 @@ func startAnswerer(b *testing.B, wg *sync.WaitGroup) (addr string, ready chan st
 			}
 		}
 	})
-	return ln.Addr().String(), ready
 }

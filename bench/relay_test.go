@@ -106,10 +106,10 @@ func (r *relayChain) wait() {
 	r.wg.Wait()
 }
 
-// startSink accepts one connection, counts and discards what it reads
-// until EOF, and answers with the count as a big-endian uint64. ready is
-// closed once the connection is accepted.
-func startSink(b *testing.B, wg *sync.WaitGroup) (addr string, ready chan struct{}) {
+// serveOne accepts one connection on a new loopback listener and runs
+// serve on it, with the deadline every end of a chain gets, then closes it.
+// ready is closed once the connection is accepted.
+func serveOne(b *testing.B, wg *sync.WaitGroup, serve func(c net.Conn)) (addr string, ready chan struct{}) {
 	ln := listenLoopback(b)
 	ready = make(chan struct{})
 	wg.Go(func() {
@@ -122,6 +122,15 @@ func startSink(b *testing.B, wg *sync.WaitGroup) (addr string, ready chan struct
 		defer c.Close()
 		_ = c.SetDeadline(time.Now().Add(patience + time.Duration(b.N)*100*time.Millisecond))
 		close(ready)
+		serve(c)
+	})
+	return ln.Addr().String(), ready
+}
+
+// startSink accepts one connection, counts and discards what it reads
+// until EOF, and answers with the count as a big-endian uint64.
+func startSink(b *testing.B, wg *sync.WaitGroup) (addr string, ready chan struct{}) {
+	return serveOne(b, wg, func(c net.Conn) {
 		buf := make([]byte, relayBuffer)
 		var total uint64
 		for {
@@ -140,7 +149,6 @@ func startSink(b *testing.B, wg *sync.WaitGroup) (addr string, ready chan struct
 			b.Error(err)
 		}
 	})
-	return ln.Addr().String(), ready
 }
 
 // startHop accepts one connection and relays it to next in both
