@@ -3,6 +3,7 @@ package buffer
 import (
 	"errors"
 	"io"
+	"sync"
 )
 
 // Inbound is the bytes a transport has received and not yet consumed. A
@@ -23,11 +24,105 @@ type Inbound interface {
 	Discard(n int) (int, error)
 }
 
+// DirectReader is an Inbound that can read the next bytes of the stream
+// straight into a consumer's buffer instead of its own memory. A decoder
+// assembling a large frame names the frame's missing tail as the target,
+// and the transport's reads land there: the bytes are copied once, by the
+// kernel, instead of once more out of the Inbound.
+//
+// While a target is set and nothing is buffered, each read goes into the
+// target's free part, and may fill all of it at once; a full target, or
+// bytes already buffered, send reads to the Inbound as usual. So the bytes
+// in the target always come before every byte buffered. The transport
+// fires ChannelRead after such a read as after any other, with nothing
+// buffered when all of it went to the target.
+//
+// ReadInto, like Peek and Discard, is called on the goroutine that fires
+// the reads, between reads. Withdraw may also be called from any other
+// goroutine, so that a consumer torn down elsewhere can let go of its
+// target; a read into the target may then be in progress.
+type DirectReader interface {
+	Inbound
+	// ReadInto makes dst.Bytes() the target of the next reads, replacing
+	// any earlier target. It hands over the caller's reference to dst,
+	// which the Inbound releases when the target is withdrawn or replaced,
+	// and not before a read into it has ended: a caller passes a Slice
+	// view of its own buffer, and may release its own reference at any
+	// time. A caller must withdraw its target when it is done with the
+	// stream, or the reference leaks.
+	ReadInto(dst *Buf)
+	// Withdraw removes the target, releasing its reference, and returns
+	// how many bytes were read into its front: the next bytes of the
+	// stream, ahead of everything buffered. It returns 0 when there is no
+	// target. The bytes of a read that is in progress when Withdraw is
+	// called are lost to the stream.
+	Withdraw() int
+}
+
 // Queue is a growable Inbound fed by Write, for transports that read into
 // their own memory (net.Conn) and for tests. The zero value is ready to use.
+//
+// Queue is a DirectReader: ReadOnce reads into the target while the queue
+// is empty. Write always appends to the queue.
 type Queue struct {
 	b []byte
 	r int
+
+	// mu guards the target against Withdraw on another goroutine.
+	mu     sync.Mutex
+	dst    *Buf // target of ReadOnce, or nil
+	landed int  // bytes read into the front of dst
+}
+
+var _ DirectReader = (*Queue)(nil)
+
+// ReadInto makes dst the target of ReadOnce while the queue is empty; see
+// DirectReader.
+func (q *Queue) ReadInto(dst *Buf) {
+	q.mu.Lock()
+	old := q.dst
+	q.dst, q.landed = dst, 0
+	q.mu.Unlock()
+	if old != nil {
+		old.Release()
+	}
+}
+
+// Withdraw removes the target and returns how many bytes ReadOnce read
+// into it; see DirectReader.
+func (q *Queue) Withdraw() int {
+	q.mu.Lock()
+	dst, n := q.dst, q.landed
+	q.dst, q.landed = nil, 0
+	q.mu.Unlock()
+	if dst == nil {
+		return 0
+	}
+	dst.Release()
+	return n
+}
+
+// readDirect reads once into the free part of the target, if the queue is
+// empty and the target has room. ok is false when it did not read.
+func (q *Queue) readDirect(r io.Reader) (n int, ok bool, err error) {
+	q.mu.Lock()
+	dst, off := q.dst, q.landed
+	if dst == nil || off == dst.Len() {
+		q.mu.Unlock()
+		return 0, false, nil
+	}
+	// The read's own reference keeps the memory valid if the target is
+	// withdrawn while the read waits on the socket.
+	dst.Retain()
+	q.mu.Unlock()
+	n, err = r.Read(dst.Bytes()[off:])
+	q.mu.Lock()
+	if q.dst == dst {
+		q.landed += n
+	}
+	q.mu.Unlock()
+	dst.Release()
+	return n, true, err
 }
 
 // Write appends p. It never fails.
@@ -45,10 +140,15 @@ func (q *Queue) Write(p []byte) (int, error) {
 }
 
 // ReadOnce reads from r into the queue's free space, growing it by at least
-// min bytes when it is full, and returns after one Read.
+// min bytes when it is full, and returns after one Read. When the queue is
+// empty and has a target with room (see ReadInto), the Read goes into the
+// target instead, asking for all of its free part.
 func (q *Queue) ReadOnce(r io.Reader, min int) (int, error) {
-	if q.r > 0 && q.r == len(q.b) {
+	if q.r == len(q.b) {
 		q.b, q.r = q.b[:0], 0
+		if n, ok, err := q.readDirect(r); ok {
+			return n, err
+		}
 	}
 	if cap(q.b)-len(q.b) < min {
 		if q.r > 0 {
