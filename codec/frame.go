@@ -105,7 +105,8 @@ type FrameDecoder struct {
 	// goroutine.
 	mu      sync.Mutex
 	partial *buffer.Buf
-	have    int // bytes of partial filled
+	have    int                 // bytes of partial filled
+	direct  buffer.DirectReader // reads into partial's missing tail, or nil
 }
 
 // eagerMin is the smallest frame assembled before it is whole; smaller
@@ -160,11 +161,21 @@ func (d *FrameDecoder) HandlerRemoved(*pipeline.Context) {
 	d.Reset()
 }
 
-// Reset drops a frame being assembled, releasing its buffer. A decoder used
-// without a pipeline calls it when its connection ends.
+// Reset drops a frame being assembled, releasing its buffer and
+// withdrawing it as the target of direct reads. A decoder used without a
+// pipeline calls it when its connection ends.
 func (d *FrameDecoder) Reset() {
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	d.drop()
+}
+
+// drop releases the frame being assembled; d.mu is held.
+func (d *FrameDecoder) drop() {
+	if d.direct != nil {
+		d.direct.Withdraw()
+		d.direct = nil
+	}
 	if d.partial != nil {
 		d.partial.Release()
 		d.partial, d.have = nil, 0
@@ -187,9 +198,18 @@ func (d *FrameDecoder) Reset() {
 // taken out of in into its buffer before it is whole, and its remaining
 // bytes go straight there as they come: a transport that keeps what a
 // decoder leaves (gnet parks it in a ring buffer) would otherwise copy
-// every byte of a large frame twice. The decoder so holds at most four
-// times the bytes a peer has sent of a frame, never its announced length
-// alone.
+// every byte of a large frame twice. Waiting for a quarter bounds what a
+// peer can make the decoder allocate to four times what it has sent,
+// never the length it announces alone: a few bytes claiming a 16 MiB
+// frame cost nothing until they are followed by 4 MiB.
+//
+// If in is also a buffer.DirectReader, as the net.Conn transport's is, the
+// frame's missing tail becomes its target whenever in is empty: the
+// transport then reads the rest of the frame into the frame's buffer with
+// no copy through in, and may take all of it in one read, and the next
+// Decode counts what landed. So a Decode may return a frame while in is
+// empty. The target is withdrawn by the next Decode, Reset,
+// HandlerRemoved and a failure.
 func (d *FrameDecoder) Decode(in buffer.Inbound) (*buffer.Buf, error) {
 	if d.err != nil {
 		discardAll(in)
@@ -219,6 +239,7 @@ func (d *FrameDecoder) Decode(in buffer.Inbound) (*buffer.Buf, error) {
 				return nil, d.fail(in, err)
 			}
 			d.have = buffered - strip
+			d.aim(in)
 		}
 		return nil, nil
 	}
@@ -233,6 +254,11 @@ func (d *FrameDecoder) Decode(in buffer.Inbound) (*buffer.Buf, error) {
 // fill moves what has arrived of the frame being assembled into it, and
 // returns the frame once it is whole.
 func (d *FrameDecoder) fill(in buffer.Inbound) (*buffer.Buf, error) {
+	if d.direct != nil {
+		// Landed bytes come before everything in the Inbound.
+		d.have += d.direct.Withdraw()
+		d.direct = nil
+	}
 	dst := d.partial.Bytes()
 	if n := min(len(dst)-d.have, in.Buffered()); n > 0 {
 		if err := take(in, dst[d.have:d.have+n], 0); err != nil {
@@ -241,6 +267,7 @@ func (d *FrameDecoder) fill(in buffer.Inbound) (*buffer.Buf, error) {
 		d.have += n
 	}
 	if d.have < len(dst) {
+		d.aim(in)
 		return nil, nil
 	}
 	frame := d.partial
@@ -248,13 +275,22 @@ func (d *FrameDecoder) fill(in buffer.Inbound) (*buffer.Buf, error) {
 	return frame, nil
 }
 
+// aim makes the missing tail of the frame being assembled the target of
+// in's next reads, if in can read directly and is empty, as it is once
+// the decoder has taken all of it into an unfinished frame. d.mu is held.
+func (d *FrameDecoder) aim(in buffer.Inbound) {
+	r, ok := in.(buffer.DirectReader)
+	if !ok || in.Buffered() > 0 {
+		return
+	}
+	r.ReadInto(d.partial.Slice(d.have, d.partial.Len()))
+	d.direct = r
+}
+
 // fail fails the decoder for good; d.mu is held.
 func (d *FrameDecoder) fail(in buffer.Inbound, err error) error {
 	d.err = err
-	if d.partial != nil {
-		d.partial.Release()
-		d.partial, d.have = nil, 0
-	}
+	d.drop()
 	discardAll(in)
 	return err
 }

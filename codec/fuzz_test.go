@@ -2,8 +2,11 @@ package codec_test
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
+	"math"
 	"slices"
+	"strings"
 	"testing"
 
 	"github.com/pipestream/pipestream/buffer"
@@ -106,6 +109,81 @@ func FuzzFrameDecoder(f *testing.F) {
 			}
 			if !bytes.Equal(out.out, data[:pos]) {
 				t.Fatalf("re-encoded frames differ from the stream they came from")
+			}
+		}
+	})
+}
+
+// FuzzFrameDecoderDirect reads frames of up to 512 KiB, many past the
+// eager threshold, through a buffer.Queue from a socket that splits the
+// stream as reads says, as the net.Conn transport does, so that their
+// tails are read straight into their buffers. Every frame must be the one
+// sent, byte for byte. A nonzero cut tears the decoder down after that
+// many reads, likely mid-frame: the queue must then hold no target, and
+// nothing may leak.
+func FuzzFrameDecoderDirect(f *testing.F) {
+	f.Add([]byte{0x80, 0, 0, 10, 0xFF, 0xFF}, []byte{0}, uint16(0))
+	f.Add([]byte{0x40, 0, 0x20, 0, 0x20, 1, 0, 0}, []byte{40, 200, 3, 255, 17}, uint16(0))
+	f.Add([]byte{0xFF, 0xFF, 0x80, 0}, []byte{130, 250}, uint16(3))
+	f.Add([]byte{0x30, 0}, []byte{90, 91}, uint16(1))
+
+	f.Fuzz(func(t *testing.T, sizes, reads []byte, cut uint16) {
+		buffertest.Check(t)
+		// Each pair of bytes is a body of up to 512 KiB; at most 8.
+		var bodies [][]byte
+		for i := 0; i+1 < len(sizes) && len(bodies) < 8; i += 2 {
+			n := int(binary.BigEndian.Uint16(sizes[i:])) * 8
+			bodies = append(bodies, randomBytes(uint64(len(bodies)), n))
+		}
+		// Read byte k gets all that was asked for when it is 0, k bytes
+		// up to 15, and then steps of 2 KiB up to 480 KiB; an odd k
+		// leaves the decoder to the next read, so that reads pile up.
+		i := 0
+		next := func() int {
+			if len(reads) == 0 {
+				return math.MaxInt
+			}
+			switch k := int(reads[i%len(reads)]); {
+			case k == 0:
+				return math.MaxInt
+			case k < 16:
+				return k
+			default:
+				return (k - 15) << 11
+			}
+		}
+		fire := func() bool { return len(reads) == 0 || reads[i%len(reads)]%2 == 0 }
+		src := &socket{data: lengthPrefixed(bodies), next: next}
+		if cut == 0 || cut > 1<<14 {
+			cut = 1 << 14 // bounds the test; rarely reached
+		}
+
+		dec, err := codec.NewFrameDecoder(codec.FrameConfig{LengthFieldLength: 4, InitialBytesToStrip: 4})
+		must(t, err)
+		p := pipeline.New(&fakeTransport{}, quiet())
+		must(t, p.AddLast("frames", dec))
+		c := &collector{}
+		must(t, p.AddLast("collect", c))
+		var in buffer.Queue
+		ended := false
+		for ; i < int(cut) && !ended; i++ {
+			n, err := in.ReadOnce(src, 64<<10)
+			ended = err != nil
+			if n > 0 && fire() || ended {
+				p.FireChannelRead(&in)
+			}
+		}
+		p.FireChannelInactive() // as the transport does; the decoder is reset
+		before := in.Buffered()
+		if n, _ := in.ReadOnce(strings.NewReader("after"), 64<<10); n != 5 || in.Buffered() != before+5 {
+			t.Fatalf("after the decoder went, %d of %d bytes read were buffered", in.Buffered()-before, n)
+		}
+		if ended && len(c.frames) != len(bodies) {
+			t.Fatalf("decoded %d frames, want %d", len(c.frames), len(bodies))
+		}
+		for i, f := range c.frames {
+			if !bytes.Equal(f, bodies[i]) {
+				t.Fatalf("frame %d of %d bytes differs from the one sent", i, len(bodies[i]))
 			}
 		}
 	})

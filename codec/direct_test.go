@@ -1,0 +1,324 @@
+package codec_test
+
+import (
+	"bytes"
+	"encoding/binary"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/pipestream/pipestream/buffer"
+	"github.com/pipestream/pipestream/buffer/buffertest"
+	"github.com/pipestream/pipestream/codec"
+	"github.com/pipestream/pipestream/pipeline"
+)
+
+// readQueue is what the net.Conn transport reads into.
+type readQueue interface {
+	buffer.Inbound
+	ReadOnce(r io.Reader, min int) (int, error)
+}
+
+// copyingQueue is a buffer.Queue that hides its DirectReader methods, so
+// that a decoder copies every byte out of it, as before direct reads.
+type copyingQueue struct {
+	buffer.Inbound
+	q *buffer.Queue
+}
+
+func newCopyingQueue() *copyingQueue {
+	q := new(buffer.Queue)
+	return &copyingQueue{q, q}
+}
+
+func (c *copyingQueue) ReadOnce(r io.Reader, min int) (int, error) { return c.q.ReadOnce(r, min) }
+
+var readQueues = []struct {
+	name   string
+	make   func() readQueue
+	direct bool
+}{
+	{"direct", func() readQueue { return new(buffer.Queue) }, true},
+	{"copying", func() readQueue { return newCopyingQueue() }, false},
+}
+
+// socket serves a stream as a socket would, each Read returning at most
+// the next size from next, or all that was asked for when next is nil.
+type socket struct {
+	data []byte
+	next func() int
+}
+
+func (s *socket) Read(p []byte) (int, error) {
+	if len(s.data) == 0 {
+		return 0, io.EOF
+	}
+	if s.next != nil {
+		p = p[:min(len(p), s.next())]
+	}
+	n := copy(p, s.data)
+	s.data = s.data[n:]
+	return n, nil
+}
+
+// randomBytes returns n bytes that depend on seed.
+func randomBytes(seed uint64, n int) []byte {
+	var s [32]byte
+	binary.LittleEndian.PutUint64(s[:], seed)
+	p := make([]byte, n)
+	_, _ = rand.NewChaCha8(s).Read(p)
+	return p
+}
+
+// lengthPrefixed returns bodies each behind a 4-byte big-endian length.
+func lengthPrefixed(bodies [][]byte) []byte {
+	var stream []byte
+	for _, b := range bodies {
+		stream = binary.BigEndian.AppendUint32(stream, uint32(len(b)))
+		stream = append(stream, b...)
+	}
+	return stream
+}
+
+var stripped = codec.FrameConfig{LengthFieldLength: 4, InitialBytesToStrip: 4}
+
+// readLoop reads r into in as the net.Conn transport does, firing a read
+// into p after each, until r ends, and returns how many bytes went
+// straight past in.
+func readLoop(t testing.TB, p *pipeline.Pipeline, in readQueue, r io.Reader, minRead int) (direct int) {
+	for range 1 << 20 {
+		before := in.Buffered()
+		n, err := in.ReadOnce(r, minRead)
+		direct += n - (in.Buffered() - before)
+		if n > 0 {
+			p.FireChannelRead(in)
+		}
+		if err == io.EOF {
+			return direct
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	t.Fatal("the stream did not end")
+	return 0
+}
+
+// TestFrameDecoderReadsDirect reads frames on either side of the eager
+// threshold, some larger than a read, through a queue however the socket
+// splits the stream: with direct reads the frames are the same, byte for
+// byte, as without, and the bulk of the large ones went straight into
+// their buffers.
+func TestFrameDecoderReadsDirect(t *testing.T) {
+	sizes := []int{0, 10, 70000, 1 << 20, 3, 2<<20 + 5, 64<<10 - 4, 64 << 10, 300000, 1}
+	bodies := make([][]byte, len(sizes))
+	for i, n := range sizes {
+		bodies[i] = randomBytes(uint64(i), n)
+	}
+	stream := lengthPrefixed(bodies)
+	// Only what comes after the first quarter of a frame of 64 KiB or
+	// more can go straight into it.
+	maxDirect := 0
+	for _, b := range bodies {
+		if n := 4 + len(b); n >= 64<<10 {
+			maxDirect += n - n/4
+		}
+	}
+	reads := []struct {
+		name string
+		next func() func() int
+	}{
+		{"as asked", func() func() int { return nil }},
+		{"small", func() func() int {
+			r := rand.New(rand.NewPCG(1, 1))
+			return func() int { return 1 + r.IntN(8<<10) }
+		}},
+		{"random", func() func() int {
+			r := rand.New(rand.NewPCG(2, 2))
+			return func() int { return 1 + r.IntN(300<<10) }
+		}},
+	}
+	for _, rd := range reads {
+		for _, q := range readQueues {
+			t.Run(rd.name+"/"+q.name, func(t *testing.T) {
+				buffertest.Check(t)
+				dec, err := codec.NewFrameDecoder(stripped)
+				must(t, err)
+				tr := &fakeTransport{}
+				p := pipeline.New(tr, quiet())
+				must(t, p.AddLast("frames", dec))
+				c := &collector{}
+				must(t, p.AddLast("collect", c))
+				in := q.make()
+				direct := readLoop(t, p, in, &socket{data: stream, next: rd.next()}, 64<<10)
+				if len(c.errs) > 0 || tr.closed > 0 || in.Buffered() != 0 {
+					t.Fatalf("errors %v, closed %d, %d bytes left", c.errs, tr.closed, in.Buffered())
+				}
+				if len(c.frames) != len(bodies) {
+					t.Fatalf("decoded %d frames, want %d", len(c.frames), len(bodies))
+				}
+				for i, f := range c.frames {
+					if !bytes.Equal(f, bodies[i]) {
+						t.Errorf("frame %d of %d bytes differs from the one sent", i, len(bodies[i]))
+					}
+				}
+				if q.direct && (direct == 0 || direct > maxDirect) {
+					t.Errorf("%d bytes read straight into frames", direct)
+				}
+				if !q.direct && direct != 0 {
+					t.Errorf("%d bytes read past a queue that cannot read directly", direct)
+				}
+				dec.Reset()
+			})
+		}
+	}
+}
+
+// gate is an io.Reader whose first Read waits for open, having closed
+// started, so that a test can act while a read is in progress; it then
+// serves data.
+type gate struct {
+	started, open chan struct{}
+	data          []byte
+}
+
+func (g *gate) Read(p []byte) (int, error) {
+	close(g.started)
+	<-g.open
+	return copy(p, g.data), nil
+}
+
+// TestFrameDecoderWithdrawsTarget tears a decoder down while it has the
+// transport reading into a frame: its buffer is released once, and the
+// next read is buffered as usual rather than written into a frame nobody
+// holds.
+func TestFrameDecoderWithdrawsTarget(t *testing.T) {
+	const size = 1 << 20
+	head := lengthPrefixed([][]byte{make([]byte, size)})[:4+size/2]
+	for _, tt := range []struct {
+		name     string
+		teardown func(*pipeline.Pipeline, *codec.FrameDecoder, *buffer.Queue)
+	}{
+		{"Reset", func(_ *pipeline.Pipeline, d *codec.FrameDecoder, _ *buffer.Queue) { d.Reset() }},
+		{"removed", func(p *pipeline.Pipeline, _ *codec.FrameDecoder, _ *buffer.Queue) {
+			_, err := p.Remove("frames")
+			must(t, err)
+		}},
+		{"connection ended", func(p *pipeline.Pipeline, _ *codec.FrameDecoder, _ *buffer.Queue) { p.FireChannelInactive() }},
+		{"Reset during a read", func(_ *pipeline.Pipeline, d *codec.FrameDecoder, in *buffer.Queue) {
+			g := &gate{started: make(chan struct{}), open: make(chan struct{}), data: []byte("lost")}
+			var wg sync.WaitGroup
+			wg.Go(func() {
+				if n, err := in.ReadOnce(g, 64<<10); n != 4 || err != nil || in.Buffered() != 0 {
+					t.Errorf("the read in progress: %d, %v, %d buffered", n, err, in.Buffered())
+				}
+			})
+			<-g.started
+			d.Reset()
+			close(g.open)
+			wg.Wait()
+		}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			buffertest.Check(t)
+			dec, err := codec.NewFrameDecoder(stripped)
+			must(t, err)
+			p := pipeline.New(&fakeTransport{}, quiet())
+			must(t, p.AddLast("frames", dec))
+			c := &collector{}
+			must(t, p.AddLast("collect", c))
+			var in buffer.Queue
+			readLoop(t, p, &in, &socket{data: head}, 64<<10)
+			live := buffer.Live()
+			if n, _ := in.ReadOnce(strings.NewReader("direct"), 64<<10); n != 6 || in.Buffered() != 0 {
+				t.Fatalf("half a frame in, a read was buffered (%d of %d bytes), not read into the frame", in.Buffered(), n)
+			}
+			p.FireChannelRead(&in)
+			tt.teardown(p, dec, &in)
+			if buffer.Live() != live-1 {
+				t.Errorf("the frame's buffer is not released: %+d buffers", buffer.Live()-live)
+			}
+			if n, _ := in.ReadOnce(strings.NewReader("after"), 64<<10); n != 5 || in.Buffered() != 5 {
+				t.Errorf("after the teardown %d of %d bytes read were buffered", in.Buffered(), n)
+			}
+			if len(c.frames) != 0 {
+				t.Errorf("a frame came out of a torn-down decoder")
+			}
+		})
+	}
+}
+
+// BenchmarkFrameDecoderDirect decodes 1 MiB frames read from a socket that
+// returns at most 256 KiB a read, the way the net.Conn transport does,
+// with and without reads straight into the frame: the difference is the
+// copy out of the queue that direct reads save for all but the first
+// quarter of each frame.
+func BenchmarkFrameDecoderDirect(b *testing.B) {
+	const size, maxRead = 1 << 20, 256 << 10
+	frame := lengthPrefixed([][]byte{randomBytes(1, size)})
+	for _, q := range readQueues {
+		b.Run(q.name, func(b *testing.B) {
+			dec, err := codec.NewFrameDecoder(stripped)
+			must(b, err)
+			in := q.make()
+			src := &socket{}
+			next := func() int { return maxRead }
+			b.SetBytes(size)
+			b.ReportAllocs()
+			for b.Loop() {
+				*src = socket{data: frame, next: next}
+				for {
+					if _, err := in.ReadOnce(src, 64<<10); err != nil {
+						b.Fatal(err)
+					}
+					f, err := dec.Decode(in)
+					if err != nil {
+						b.Fatal(err)
+					}
+					if f != nil {
+						f.Release()
+						break
+					}
+				}
+			}
+			dec.Reset()
+		})
+	}
+}
+
+// A large frame's first quarter or more is copied out of the queue; the
+// rest is read straight into the frame's buffer.
+func ExampleFrameDecoder_direct() {
+	dec, _ := codec.NewFrameDecoder(codec.FrameConfig{LengthFieldLength: 4, InitialBytesToStrip: 4})
+	defer dec.Reset()
+	body := bytes.Repeat([]byte("x"), 1<<20)
+	conn := &socket{data: lengthPrefixed([][]byte{body}), next: func() int { return 384 << 10 }}
+
+	// The net.Conn transport's read loop, in short.
+	var in buffer.Queue
+	for {
+		before := in.Buffered()
+		n, _ := in.ReadOnce(conn, 64<<10)
+		where := "the queue"
+		if in.Buffered() == before {
+			where = "the frame"
+		}
+		fmt.Printf("read %d KiB into %s\n", n>>10, where)
+		f, _ := dec.Decode(&in)
+		if f != nil {
+			fmt.Printf("a frame of %d KiB\n", f.Len()>>10)
+			f.Release()
+			return
+		}
+	}
+	// Output:
+	// read 64 KiB into the queue
+	// read 128 KiB into the queue
+	// read 256 KiB into the queue
+	// read 384 KiB into the frame
+	// read 192 KiB into the frame
+	// a frame of 1024 KiB
+}
