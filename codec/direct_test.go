@@ -200,15 +200,17 @@ func TestFrameDecoderWithdrawsTarget(t *testing.T) {
 	head := lengthPrefixed([][]byte{make([]byte, size)})[:4+size/2]
 	for _, tt := range []struct {
 		name     string
-		teardown func(*pipeline.Pipeline, *codec.FrameDecoder, *buffer.Queue)
+		teardown func(*testing.T, *pipeline.Pipeline, *codec.FrameDecoder, *buffer.Queue)
 	}{
-		{"Reset", func(_ *pipeline.Pipeline, d *codec.FrameDecoder, _ *buffer.Queue) { d.Reset() }},
-		{"removed", func(p *pipeline.Pipeline, _ *codec.FrameDecoder, _ *buffer.Queue) {
+		{"Reset", func(_ *testing.T, _ *pipeline.Pipeline, d *codec.FrameDecoder, _ *buffer.Queue) { d.Reset() }},
+		{"removed", func(t *testing.T, p *pipeline.Pipeline, _ *codec.FrameDecoder, _ *buffer.Queue) {
 			_, err := p.Remove("frames")
 			must(t, err)
 		}},
-		{"connection ended", func(p *pipeline.Pipeline, _ *codec.FrameDecoder, _ *buffer.Queue) { p.FireChannelInactive() }},
-		{"Reset during a read", func(_ *pipeline.Pipeline, d *codec.FrameDecoder, in *buffer.Queue) {
+		{"connection ended", func(_ *testing.T, p *pipeline.Pipeline, _ *codec.FrameDecoder, _ *buffer.Queue) {
+			p.FireChannelInactive()
+		}},
+		{"Reset during a read", func(t *testing.T, _ *pipeline.Pipeline, d *codec.FrameDecoder, in *buffer.Queue) {
 			g := &gate{started: make(chan struct{}), open: make(chan struct{}), data: []byte("lost")}
 			var wg sync.WaitGroup
 			wg.Go(func() {
@@ -237,7 +239,7 @@ func TestFrameDecoderWithdrawsTarget(t *testing.T) {
 				t.Fatalf("half a frame in, a read was buffered (%d of %d bytes), not read into the frame", in.Buffered(), n)
 			}
 			p.FireChannelRead(&in)
-			tt.teardown(p, dec, &in)
+			tt.teardown(t, p, dec, &in)
 			if buffer.Live() != live-1 {
 				t.Errorf("the frame's buffer is not released: %+d buffers", buffer.Live()-live)
 			}
