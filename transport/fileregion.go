@@ -9,12 +9,11 @@ import (
 )
 
 // FileRegion is a message that sends Count bytes of File from Offset, as
-// Netty's FileRegion. On a net.Conn channel over plain TCP on Linux the
-// kernel copies them from the page cache to the socket with sendfile(2),
-// never through user space, when the writer goroutine gets to them. Every
-// other channel (gnet, TLS, other systems) reads them into a pooled buffer
-// inside Write, on the caller's goroutine: gnet copies whatever it is given
-// into its own buffers, and TLS must encrypt in user space.
+// Netty's FileRegion. On a channel over plain TCP on Linux, gnet's or
+// net.Conn's, the kernel copies them from the page cache to the socket with
+// sendfile(2), never through user space, when the writer goroutine gets to
+// them. Elsewhere (TLS, other systems) Write reads them into a pooled
+// buffer on the caller's goroutine, since TLS must encrypt in user space.
 //
 // Write takes over the region like a buffer: it calls Release exactly once,
 // when it no longer needs File, after the bytes went to the socket or on
@@ -59,6 +58,11 @@ func readRegion(r *FileRegion) (*buffer.Buf, error) {
 // the caller's goroutine, and a caller that holds a lock around Write does
 // better to read the file into a buffer itself first.
 func SendsFileRegions(ch Channel) bool {
-	c, ok := ch.(*connChannel)
-	return ok && c.tcp != nil
+	switch c := ch.(type) {
+	case *connChannel:
+		return c.out.tcp != nil
+	case *gnetChannel:
+		return c.out != nil && c.out.tcp != nil
+	}
+	return false
 }

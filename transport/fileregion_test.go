@@ -37,7 +37,7 @@ func tempFile(t *testing.T, n int) (*os.File, []byte) {
 }
 
 // A file region between two buffers arrives intact and in order on both
-// transports (sendfile on net.Conn, a pooled read on gnet), and is released
+// transports (sendfile from their writer goroutines on Linux), and is released
 // exactly once. The region is larger than a socket buffer, so sendfile has
 // to wait for the socket.
 func TestFileRegion(t *testing.T) {
@@ -68,7 +68,7 @@ func TestFileRegion(t *testing.T) {
 		if b := recv(t, got, "the bytes"); !bytes.Equal(b, want) {
 			t.Fatalf("received %d bytes that differ from the %d sent", len(b), len(want))
 		}
-		// The release follows the send on net.Conn's writer goroutine.
+		// The release follows the send on the writer goroutine.
 		_ = ch.Close()
 		waitFor(t, ch.Done(), "channel to end")
 		if n := released.Load(); n != 1 {
@@ -77,9 +77,9 @@ func TestFileRegion(t *testing.T) {
 	})
 }
 
-// A region past the end of its file cannot be sent: Write fails on gnet,
-// where it is read at once; on net.Conn the frame that announced the bytes
-// is broken, so the connection closes. Either way the region is released
+// A region past the end of its file cannot be sent: Write fails where it
+// is read at once; with sendfile the frame that announced the bytes is
+// broken, so the connection closes. Either way the region is released
 // once.
 func TestFileRegionPastEOF(t *testing.T) {
 	forEachKind(t, func(t *testing.T, k transport.Kind) {
@@ -109,7 +109,7 @@ func TestSendsFileRegions(t *testing.T) {
 	forEachKind(t, func(t *testing.T, k transport.Kind) {
 		s := listen(t, k, nil)
 		ch := dial(t, dialerFor(t, k), s.Addr().String(), nil)
-		want := k == transport.NetConn && runtime.GOOS == "linux"
+		want := runtime.GOOS == "linux"
 		if got := transport.SendsFileRegions(ch); got != want {
 			t.Fatalf("SendsFileRegions = %v, want %v", got, want)
 		}

@@ -1,7 +1,6 @@
 package transport
 
 import (
-	"bufio"
 	"context"
 	"crypto/tls"
 	"errors"
@@ -15,104 +14,36 @@ import (
 	"github.com/pipestream/pipestream/pipeline"
 )
 
-// closeLinger bounds how long Close waits for a slow peer to take what was
-// written before it.
-const closeLinger = time.Second
-
 // tlsHandshakeTimeout bounds a server's TLS handshake, so that a client
 // that connects and says nothing holds no goroutine for long.
 const tlsHandshakeTimeout = 10 * time.Second
 
-// tlsWriteSize is the most a connection without writev gathers into one
-// write: four TLS records of the largest size.
-const tlsWriteSize = 64 << 10
-
 // connChannel is a Channel on a net.Conn. A reader goroutine fires the
-// inbound events; a writer goroutine sends what Flush asks for with one
-// writev per batch, so no caller ever blocks on the socket.
+// inbound events; a writer goroutine sends what Flush asks for.
 type connChannel struct {
 	id            uint64
 	conn          net.Conn
 	p             *pipeline.Pipeline
 	opts          *options
 	local, remote net.Addr
+	out           *writer
 
-	wake       chan struct{} // Flush to writer; capacity 1
-	quit       chan struct{} // closed when the reader ends
-	writerDone chan struct{}
-	done       chan struct{}
-	onDone     func() // runs before done is closed; servers untrack the channel
-
-	// Owned by the writer goroutine.
-	batch []outbound
-	iov   net.Buffers
-	// bw gathers a batch into one write for connections without writev,
-	// such as TLS, where each Write would be a record of its own.
-	bw *bufio.Writer
-	// tcp is set on plain TCP connections, which send file regions with
-	// sendfile(2).
-	tcp *net.TCPConn
-
-	mu      sync.Mutex
-	q       []outbound
-	pending int // bytes in q and in the writer's batch
-	closing bool
-	closed  bool
-}
-
-// outbound is a queued message: a buffer, or a file region for sendfile.
-type outbound struct {
-	buf    *buffer.Buf
-	region *FileRegion
-}
-
-func (m outbound) len() int {
-	if m.region != nil {
-		return int(m.region.Count)
-	}
-	return m.buf.Len()
-}
-
-func (m outbound) release() {
-	if m.region != nil {
-		m.region.Release()
-	} else {
-		m.buf.Release()
-	}
+	done   chan struct{}
+	onDone func() // runs before done is closed; servers untrack the channel
 }
 
 func newConnChannel(conn net.Conn, opts *options) *connChannel {
-	var (
-		bw  *bufio.Writer
-		tcp *net.TCPConn
-	)
-	switch c := conn.(type) {
-	case *net.TCPConn:
-		_ = c.SetNoDelay(opts.noDelay)
-		if sendfileSupported {
-			tcp = c
-		}
-	case *tls.Conn:
-		if tc, ok := c.NetConn().(*net.TCPConn); ok {
-			_ = tc.SetNoDelay(opts.noDelay)
-		}
-		bw = bufio.NewWriterSize(conn, tlsWriteSize)
-	default:
-		bw = bufio.NewWriterSize(conn, tlsWriteSize)
-	}
 	ch := &connChannel{
-		id:         nextID(),
-		conn:       conn,
-		opts:       opts,
-		local:      conn.LocalAddr(),
-		remote:     conn.RemoteAddr(),
-		wake:       make(chan struct{}, 1),
-		quit:       make(chan struct{}),
-		writerDone: make(chan struct{}),
-		done:       make(chan struct{}),
-		bw:         bw,
-		tcp:        tcp,
+		id:     nextID(),
+		conn:   conn,
+		opts:   opts,
+		local:  conn.LocalAddr(),
+		remote: conn.RemoteAddr(),
+		done:   make(chan struct{}),
 	}
+	// A failed write or a finished Close closes the connection, and the
+	// reader tears down.
+	ch.out = newWriter(conn, opts, func() { _ = conn.Close() })
 	ch.p = pipeline.New(ch, pipeline.WithLogger(opts.logger))
 	return ch
 }
@@ -125,71 +56,16 @@ func (ch *connChannel) RemoteAddr() net.Addr         { return ch.remote }
 
 // Write queues msg; see package doc for ownership. A file region's bytes
 // count towards WithMaxOutbound like a buffer's.
-func (ch *connChannel) Write(msg any) error {
-	var m outbound
-	if r, ok := msg.(*FileRegion); ok && ch.tcp != nil {
-		if r.Count < 0 || r.Offset < 0 {
-			r.Release()
-			return fmt.Errorf("transport: file region of %d bytes at %d is out of range", r.Count, r.Offset)
-		}
-		m.region = r
-	} else {
-		b, err := toBuf(msg)
-		if err != nil {
-			return err
-		}
-		m.buf = b
-	}
-	n := m.len()
-	ch.mu.Lock()
-	if ch.closed || ch.closing {
-		ch.mu.Unlock()
-		m.release()
-		return ErrClosed
-	}
-	if ch.pending+n > ch.opts.maxOutbound {
-		ch.mu.Unlock()
-		m.release()
-		return ErrOutboundFull
-	}
-	ch.q = append(ch.q, m)
-	ch.pending += n
-	ch.mu.Unlock()
-	return nil
-}
+func (ch *connChannel) Write(msg any) error { return ch.out.write(msg) }
 
 // Flush wakes the writer goroutine.
-func (ch *connChannel) Flush() error {
-	ch.mu.Lock()
-	closed := ch.closed || ch.closing
-	ch.mu.Unlock()
-	if closed {
-		return ErrClosed
-	}
-	ch.signal()
-	return nil
-}
-
-func (ch *connChannel) signal() {
-	select {
-	case ch.wake <- struct{}{}:
-	default:
-	}
-}
+func (ch *connChannel) Flush() error { return ch.out.flush() }
 
 // Close sends what was written before it, giving a slow peer up to
 // closeLinger to take it, and closes the connection. ChannelInactive
 // follows on the reader goroutine. Closing a closed channel does nothing.
 func (ch *connChannel) Close() error {
-	ch.mu.Lock()
-	if ch.closed || ch.closing {
-		ch.mu.Unlock()
-		return nil
-	}
-	ch.closing = true
-	ch.mu.Unlock()
-	_ = ch.conn.SetWriteDeadline(time.Now().Add(closeLinger))
-	ch.signal()
+	ch.out.close()
 	return nil
 }
 
@@ -197,7 +73,7 @@ func (ch *connChannel) Close() error {
 // goroutine, which must then run readLoop: inbound events come from one
 // goroutine. A panic in init closes the connection.
 func (ch *connChannel) start(init Initializer) {
-	go ch.writeLoop()
+	ch.out.start()
 	if initialize(ch, init, ch.opts.logger) {
 		ch.p.FireChannelActive()
 	} else {
@@ -225,14 +101,9 @@ func (ch *connChannel) readLoop() {
 		}
 	}
 
-	ch.mu.Lock()
-	ch.closed = true
-	q := ch.q
-	ch.q, ch.pending = nil, 0
-	ch.mu.Unlock()
-	close(ch.quit)
+	q := ch.out.shut()
 	_ = ch.conn.Close() // unblocks a writer stuck on a slow peer
-	<-ch.writerDone
+	<-ch.out.done
 	for _, m := range q {
 		m.release()
 	}
@@ -241,106 +112,6 @@ func (ch *connChannel) readLoop() {
 		ch.onDone()
 	}
 	close(ch.done)
-}
-
-func (ch *connChannel) writeLoop() {
-	defer close(ch.writerDone)
-	for {
-		select {
-		case <-ch.wake:
-		case <-ch.quit:
-			return
-		}
-		for {
-			ch.mu.Lock()
-			if ch.closed {
-				ch.mu.Unlock()
-				return
-			}
-			if len(ch.q) == 0 {
-				closing := ch.closing
-				ch.mu.Unlock()
-				if closing {
-					_ = ch.conn.Close() // the reader tears down
-					return
-				}
-				break
-			}
-			// A bounded batch: pending counts a batch until its last byte
-			// is written, and a peer answering the batch's first packets
-			// meanwhile lets the sender queue more, so an unbounded batch
-			// let pending overshoot the bytes really outstanding.
-			k, size := 0, 0
-			for k < len(ch.q) && (k == 0 || size+ch.q[k].len() <= maxBatchBytes) {
-				size += ch.q[k].len()
-				k++
-			}
-			ch.batch = append(ch.batch[:0], ch.q[:k]...)
-			rest := copy(ch.q, ch.q[k:])
-			clear(ch.q[rest:])
-			ch.q = ch.q[:rest]
-			ch.mu.Unlock()
-
-			n := 0
-			var err error
-			for _, m := range ch.batch {
-				n += m.len()
-				if err != nil {
-					continue
-				}
-				if m.region == nil {
-					ch.iov = append(ch.iov, m.buf.Bytes())
-					continue
-				}
-				// The buffers before a region go first.
-				if err = ch.write(); err == nil {
-					err = sendRegion(ch.tcp, m.region)
-				}
-			}
-			if err == nil {
-				err = ch.write()
-			}
-			clear(ch.iov)
-			ch.iov = ch.iov[:0]
-			for _, m := range ch.batch {
-				m.release()
-			}
-			clear(ch.batch)
-			ch.batch = ch.batch[:0]
-			ch.mu.Lock()
-			ch.pending -= n
-			ch.mu.Unlock()
-			if err != nil {
-				_ = ch.conn.Close() // the reader tears down
-				return
-			}
-		}
-	}
-}
-
-// maxBatchBytes bounds what the writer takes from the queue at once.
-const maxBatchBytes = 4 << 20
-
-// write sends ch.iov and empties it.
-func (ch *connChannel) write() error {
-	iov := ch.iov
-	if len(iov) == 0 {
-		return nil
-	}
-	defer func() {
-		clear(iov)
-		ch.iov = iov[:0]
-	}()
-	if ch.bw == nil {
-		_, err := ch.iov.WriteTo(ch.conn) // consumes ch.iov
-		return err
-	}
-	for _, p := range iov {
-		if _, err := ch.bw.Write(p); err != nil {
-			return err
-		}
-	}
-	return ch.bw.Flush()
 }
 
 // TLSConnectionState returns the TLS state of t's connection, after the

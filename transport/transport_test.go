@@ -557,7 +557,8 @@ func TestRelistenAfterShutdown(t *testing.T) {
 	for _, kind := range []transport.Kind{transport.Gnet, transport.NetConn} {
 		t.Run(kind.String(), func(t *testing.T) {
 			ctx := context.Background()
-			srv, err := kind.Listen(ctx, "127.0.0.1:0", func(transport.Channel) {})
+			accepted := make(chan struct{}, 1)
+			srv, err := kind.Listen(ctx, "127.0.0.1:0", func(transport.Channel) { accepted <- struct{}{} })
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -567,11 +568,15 @@ func TestRelistenAfterShutdown(t *testing.T) {
 				t.Fatal(err)
 			}
 			// The server closes first, so its side of the connection is
-			// the one left in TIME_WAIT.
+			// the one left in TIME_WAIT. It must own the connection by
+			// then: gnet 2.9.7 leaks a socket it accepts while its loops
+			// stop (the task that would register it never runs), and
+			// that connection would never end.
+			waitFor(t, accepted, "the server to accept")
 			if err := srv.Shutdown(ctx); err != nil {
 				t.Fatal(err)
 			}
-			<-ch.Done()
+			waitFor(t, ch.Done(), "the client's channel to end")
 			again, err := kind.Listen(ctx, addr, func(transport.Channel) {})
 			if err != nil {
 				t.Fatalf("listen on %s again: %v", addr, err)

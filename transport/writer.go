@@ -1,0 +1,298 @@
+package transport
+
+import (
+	"bufio"
+	"crypto/tls"
+	"fmt"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/pipestream/pipestream/buffer"
+)
+
+// closeLinger bounds how long Close waits for a slow peer to take what was
+// written before it.
+const closeLinger = time.Second
+
+// tlsWriteSize is the most a connection without writev gathers into one
+// write: four TLS records of the largest size.
+const tlsWriteSize = 64 << 10
+
+// maxBatchBytes bounds what the writer takes from the queue at once.
+const maxBatchBytes = 4 << 20
+
+// writer sends a connection's outbound queue from a goroutine of its own,
+// one writev per batch, so that no caller ever blocks on the socket and no
+// byte is copied on its way out. Both transports use it: the net.Conn
+// transport on its connection, the gnet transport on a duplicate of the
+// socket that gnet reads (see gnetChannel for why).
+//
+// A batch is written in full before the next is taken; when the socket is
+// full the goroutine parks in the runtime's poller and the queued buffers
+// wait where they are, so the memory a slow peer costs is what the
+// WithMaxOutbound bound lets callers queue.
+type writer struct {
+	conn net.Conn
+	opts *options
+	// teardown ends the connection, from the writer goroutine, after a
+	// write failed or Close's bytes are out; the transport then calls
+	// shut.
+	teardown func()
+
+	wake chan struct{} // Flush to the goroutine; capacity 1
+	quit chan struct{} // closed by shut
+	done chan struct{} // closed when the goroutine has returned
+
+	// Owned by the goroutine.
+	batch []outbound
+	iov   net.Buffers
+	// bw gathers a batch into one write for connections without writev,
+	// such as TLS, where each Write would be a record of its own.
+	bw *bufio.Writer
+	// tcp is set on plain TCP connections, which send file regions with
+	// sendfile(2).
+	tcp *net.TCPConn
+
+	mu      sync.Mutex
+	q       []outbound
+	pending int // bytes in q and in the goroutine's batch
+	closing bool
+	closed  bool
+}
+
+// outbound is a queued message: a buffer, or a file region for sendfile.
+type outbound struct {
+	buf    *buffer.Buf
+	region *FileRegion
+}
+
+func (m outbound) len() int {
+	if m.region != nil {
+		return int(m.region.Count)
+	}
+	return m.buf.Len()
+}
+
+func (m outbound) release() {
+	if m.region != nil {
+		m.region.Release()
+	} else {
+		m.buf.Release()
+	}
+}
+
+// newWriter returns a writer on conn and sets conn's TCP_NODELAY; start
+// runs its goroutine.
+func newWriter(conn net.Conn, opts *options, teardown func()) *writer {
+	w := &writer{
+		conn:     conn,
+		opts:     opts,
+		teardown: teardown,
+		wake:     make(chan struct{}, 1),
+		quit:     make(chan struct{}),
+		done:     make(chan struct{}),
+	}
+	switch c := conn.(type) {
+	case *net.TCPConn:
+		_ = c.SetNoDelay(opts.noDelay)
+		if sendfileSupported {
+			w.tcp = c
+		}
+	case *tls.Conn:
+		if tc, ok := c.NetConn().(*net.TCPConn); ok {
+			_ = tc.SetNoDelay(opts.noDelay)
+		}
+		w.bw = bufio.NewWriterSize(conn, tlsWriteSize)
+	default:
+		w.bw = bufio.NewWriterSize(conn, tlsWriteSize)
+	}
+	return w
+}
+
+func (w *writer) start() { go w.run() }
+
+// write queues msg; see the package doc for ownership. A file region's
+// bytes count towards WithMaxOutbound like a buffer's.
+func (w *writer) write(msg any) error {
+	var m outbound
+	if r, ok := msg.(*FileRegion); ok && w.tcp != nil {
+		if r.Count < 0 || r.Offset < 0 {
+			r.Release()
+			return fmt.Errorf("transport: file region of %d bytes at %d is out of range", r.Count, r.Offset)
+		}
+		m.region = r
+	} else {
+		b, err := toBuf(msg)
+		if err != nil {
+			return err
+		}
+		m.buf = b
+	}
+	n := m.len()
+	w.mu.Lock()
+	if w.closed || w.closing {
+		w.mu.Unlock()
+		m.release()
+		return ErrClosed
+	}
+	if w.pending+n > w.opts.maxOutbound {
+		w.mu.Unlock()
+		m.release()
+		return ErrOutboundFull
+	}
+	w.q = append(w.q, m)
+	w.pending += n
+	w.mu.Unlock()
+	return nil
+}
+
+// flush wakes the goroutine.
+func (w *writer) flush() error {
+	w.mu.Lock()
+	closed := w.closed || w.closing
+	w.mu.Unlock()
+	if closed {
+		return ErrClosed
+	}
+	w.signal()
+	return nil
+}
+
+func (w *writer) signal() {
+	select {
+	case w.wake <- struct{}{}:
+	default:
+	}
+}
+
+// close makes the goroutine send what was written before it, giving a slow
+// peer up to closeLinger to take it, and then call teardown. It reports
+// whether this call started the closing.
+func (w *writer) close() bool {
+	w.mu.Lock()
+	if w.closed || w.closing {
+		w.mu.Unlock()
+		return false
+	}
+	w.closing = true
+	w.mu.Unlock()
+	_ = w.conn.SetWriteDeadline(time.Now().Add(closeLinger))
+	w.signal()
+	return true
+}
+
+// shut marks the writer closed once the connection has ended and returns
+// what was still queued, for the caller to release. The goroutine returns
+// once its write in progress does, which closing conn forces.
+func (w *writer) shut() []outbound {
+	w.mu.Lock()
+	if w.closed {
+		w.mu.Unlock()
+		return nil
+	}
+	w.closed = true
+	q := w.q
+	w.q, w.pending = nil, 0
+	w.mu.Unlock()
+	close(w.quit)
+	return q
+}
+
+func (w *writer) run() {
+	defer close(w.done)
+	for {
+		select {
+		case <-w.wake:
+		case <-w.quit:
+			return
+		}
+		for {
+			w.mu.Lock()
+			if w.closed {
+				w.mu.Unlock()
+				return
+			}
+			if len(w.q) == 0 {
+				closing := w.closing
+				w.mu.Unlock()
+				if closing {
+					w.teardown()
+					return
+				}
+				break
+			}
+			// A bounded batch: pending counts a batch until its last byte
+			// is written, and a peer answering the batch's first packets
+			// meanwhile lets the sender queue more, so an unbounded batch
+			// let pending overshoot the bytes really outstanding.
+			k, size := 0, 0
+			for k < len(w.q) && (k == 0 || size+w.q[k].len() <= maxBatchBytes) {
+				size += w.q[k].len()
+				k++
+			}
+			w.batch = append(w.batch[:0], w.q[:k]...)
+			rest := copy(w.q, w.q[k:])
+			clear(w.q[rest:])
+			w.q = w.q[:rest]
+			w.mu.Unlock()
+
+			err := w.send()
+			for _, m := range w.batch {
+				m.release()
+			}
+			clear(w.batch)
+			w.batch = w.batch[:0]
+			w.mu.Lock()
+			w.pending -= size
+			w.mu.Unlock()
+			if err != nil {
+				w.teardown()
+				return
+			}
+		}
+	}
+}
+
+// send writes the batch: buffers gathered into writevs, file regions with
+// sendfile in their place between them.
+func (w *writer) send() error {
+	for _, m := range w.batch {
+		if m.region == nil {
+			if m.buf.Len() > 0 {
+				w.iov = append(w.iov, m.buf.Bytes())
+			}
+			continue
+		}
+		// The buffers before a region go first.
+		if err := w.writeIov(); err != nil {
+			return err
+		}
+		if err := sendRegion(w.tcp, m.region); err != nil {
+			return err
+		}
+	}
+	return w.writeIov()
+}
+
+// writeIov sends w.iov and empties it.
+func (w *writer) writeIov() error {
+	iov := w.iov
+	if len(iov) == 0 {
+		return nil
+	}
+	defer func() {
+		clear(iov)
+		w.iov = iov[:0]
+	}()
+	if w.bw == nil {
+		_, err := w.iov.WriteTo(w.conn) // consumes w.iov
+		return err
+	}
+	for _, p := range iov {
+		if _, err := w.bw.Write(p); err != nil {
+			return err
+		}
+	}
+	return w.bw.Flush()
+}
