@@ -835,6 +835,84 @@ func TestWindow(t *testing.T) {
 	g.checkCommitted(t, c, out, data)
 }
 
+// TestSend: packets sent without futures land like any other, a Close
+// after them commits them all, and a failure reaches the next Send.
+func TestSend(t *testing.T) {
+	buffertest.Check(t)
+	g := startGroup(t, 3, groupOpts{})
+	c := g.client(t, datastream.WithWindow(128<<10, 4))
+	ctx := testCtx(t)
+	out, err := c.Stream(ctx, []byte("sent"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	const packet, packets = 40 << 10, 30
+	data := randomBytes(9, packet*packets)
+	for i := range packets {
+		if err := out.Send(ctx, buffer.Copy(data[i*packet:(i+1)*packet])); err != nil {
+			t.Fatalf("send %d: %v", i, err)
+		}
+	}
+	r, err := out.Close(ctx).Wait(ctx)
+	if err != nil || r.BytesWritten() != packet*packets {
+		t.Fatalf("close: %v, %v", r, err)
+	}
+	g.checkCommitted(t, c, out, data)
+	if err := out.Send(ctx, buffer.Copy(data[:1])); !errors.Is(err, datastream.ErrClosed) {
+		t.Fatalf("send after close: %v, want ErrClosed", err)
+	}
+}
+
+// TestWindowWaiterCancelled: of two writers waiting for a full window, the
+// one whose ctx ends returns its ctx's error and leaves nothing behind that
+// keeps the other from being woken when the window frees.
+func TestWindowWaiterCancelled(t *testing.T) {
+	buffertest.Check(t)
+	sm, gates := gated(func(int) bool { return true })
+	g := startGroup(t, 3, groupOpts{sm: sm})
+	t.Cleanup(func() { openAll(gates) })
+	c := g.client(t, datastream.WithWindow(1<<20, 1))
+	ctx := testCtx(t)
+	out, err := c.Stream(ctx, []byte("waiters"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := out.HeaderFuture().Wait(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// This packet holds the only window slot until the gates open.
+	held := out.WriteAsync(ctx, []byte("held"))
+	cctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	cancelled := make(chan error, 1)
+	go func() {
+		_, err := out.WriteAsync(cctx, []byte("never")).Wait(ctx)
+		cancelled <- err
+	}()
+	eventually(t, "the first writer to wait", func() bool { return datastream.WindowWaits(out) >= 1 })
+	waiting := make(chan error, 1)
+	go func() {
+		_, err := out.WriteAsync(ctx, []byte("later")).Wait(ctx)
+		waiting <- err
+	}()
+	eventually(t, "the second writer to wait", func() bool { return datastream.WindowWaits(out) >= 2 })
+	cancel()
+	if err := <-cancelled; !errors.Is(err, context.Canceled) {
+		t.Fatalf("cancelled writer: %v, want context.Canceled", err)
+	}
+	openAll(gates)
+	if err := <-waiting; err != nil {
+		t.Fatalf("waiting writer: %v", err)
+	}
+	if _, err := held.Wait(ctx); err != nil {
+		t.Fatal(err)
+	}
+	r, err := out.Close(ctx).Wait(ctx)
+	if err != nil || r.BytesWritten() != uint64(len("held")+len("later")) {
+		t.Fatalf("close: %v, %v", r, err)
+	}
+}
+
 // TestManyStreams runs 1,000 small streams at once over one connection.
 func TestManyStreams(t *testing.T) {
 	buffertest.Check(t)

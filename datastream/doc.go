@@ -16,9 +16,10 @@
 // peer has the packet. Replies come back in order. A failed packet fails
 // the stream: every pending and later future gets the same error, and so
 // does RaftClientReplyFuture. WriteAsync copies the caller's bytes;
-// WriteBufAsync sends a pooled buffer as it is; WriteFile sends a file
-// region with sendfile(2) where the transport can; Writer is an
-// io.WriteCloser for io.Copy.
+// WriteBufAsync sends a pooled buffer as it is; Send does too, without a
+// future, and allocates nothing; WriteFile sends a file region with
+// sendfile(2) where the transport can; Writer is an io.WriteCloser for
+// io.Copy.
 //
 // # Flow control
 //

@@ -41,7 +41,9 @@ func (o *Output) WriteFile(ctx context.Context, f *os.File, pos, count int64, op
 		return o.WriteAsync(ctx, nil, opts...)
 	}
 	// The transport releases each region once it has sent it, or dropped
-	// it on a failure.
+	// it on a failure. Only the last packet's future is returned, so the
+	// others go without one (a failure of theirs fails the stream, and so
+	// the last packet).
 	var sending sync.WaitGroup
 	defer sending.Wait()
 	var last *Future[*Reply]
@@ -54,14 +56,14 @@ func (o *Output) WriteFile(ctx context.Context, f *os.File, pos, count int64, op
 		if o.cn.sendfile {
 			sending.Add(1)
 			r := &transport.FileRegion{File: f, Offset: pos + off, Count: n, OnRelease: sending.Done}
-			last = o.send(ctx, pb.DataStreamPacketHeader_STREAM_DATA, nil, r, n, bits, false)
+			last = o.send(ctx, pb.DataStreamPacketHeader_STREAM_DATA, nil, r, n, bits, false, off+n < count)
 		} else {
 			b := buffer.Get(int(n))
 			if _, err := f.ReadAt(b.Bytes(), pos+off); err != nil {
 				b.Release()
 				last = failedFuture[*Reply](fmt.Errorf("datastream: read %s at %d: %w", f.Name(), pos+off, err))
 			} else {
-				last = o.send(ctx, pb.DataStreamPacketHeader_STREAM_DATA, nil, b, n, bits, false)
+				last = o.send(ctx, pb.DataStreamPacketHeader_STREAM_DATA, nil, b, n, bits, false, off+n < count)
 			}
 		}
 		if err := last.failedNow(); err != nil {

@@ -76,8 +76,12 @@ func (f *Future[T]) result() (v T, ready bool, err error) {
 	return f.v, f.ready, f.err
 }
 
-// failedNow returns the future's error if it has already failed.
+// failedNow returns the future's error if it has already failed. A nil
+// future is a packet queued without one, which has not.
 func (f *Future[T]) failedNow() error {
+	if f == nil {
+		return nil
+	}
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	return f.err

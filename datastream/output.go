@@ -12,6 +12,7 @@ import (
 
 	"github.com/pipestream/pipestream/buffer"
 	"github.com/pipestream/pipestream/codec"
+	"github.com/pipestream/pipestream/internal/fifo"
 	"github.com/pipestream/pipestream/pipeline"
 	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
 )
@@ -84,23 +85,25 @@ type Output struct {
 	mu        sync.Mutex
 	hdr       pb.DataStreamPacketHeader // reused for every packet, under mu
 	offset    uint64
-	pending   []*pendingPacket // sent, not yet answered, in order
-	err       error            // the stream failed
-	closeF    *Future[*Reply]  // CLOSE was sent
+	pending   fifo.Queue[*pendingPacket] // sent, not yet answered, in order
+	err       error                      // the stream failed
+	closeF    *Future[*Reply]            // CLOSE was sent
 	committed bool
 	winBytes  int64 // window taken: sent, or about to be, and not answered
 	winPkts   int
-	flight    int64 // bytes of the pending packets
-	peak      int64 // most bytes ever in flight
-	waits     int
-	space     chan struct{} // made by a waiting writer, closed when the window frees
+	flight    int64         // bytes of the pending packets
+	peak      int64         // most bytes ever in flight
+	waits     int           // times a writer waited for the window, for tests
+	waiting   int           // writers waiting for the window now
+	space     chan struct{} // capacity 1: wakes a waiting writer to look again
 	lastReply time.Time
 	stopCtx   func() bool
 	ended     bool // committed or failed; stopCtx has been called
 }
 
 // pendingPacket is a packet in flight. Its future and reply live in it, to
-// save allocations per packet.
+// save allocations per packet. A packet nobody holds the future of (Send,
+// Writer) comes from a pool and goes back to it when answered.
 type pendingPacket struct {
 	f      Future[*Reply]
 	reply  Reply
@@ -108,7 +111,19 @@ type pendingPacket struct {
 	offset uint64
 	length int64
 	close  bool
+	pooled bool
 	sentAt time.Time
+}
+
+var pendingPool = sync.Pool{New: func() any { return &pendingPacket{pooled: true} }}
+
+// free returns a pooled packet to the pool; other packets belong to the
+// caller that holds their future.
+func (p *pendingPacket) free() {
+	if p.pooled {
+		*p = pendingPacket{pooled: true}
+		pendingPool.Put(p)
+	}
 }
 
 // Stream opens a stream whose header request carries a copy of message
@@ -144,7 +159,8 @@ func (c *Client) Stream(ctx context.Context, message []byte, opts ...StreamOptio
 	}
 	o := &Output{
 		c: c, cn: cn, id: c.callID.Add(1),
-		raft: new(Future[*pb.RaftClientReply]),
+		raft:  new(Future[*pb.RaftClientReply]),
+		space: make(chan struct{}, 1),
 	}
 	o.req = &pb.RaftClientRequest{
 		ClientId:     c.id,
@@ -174,7 +190,7 @@ func (c *Client) Stream(ctx context.Context, message []byte, opts ...StreamOptio
 		})
 	}
 	o.mu.Unlock()
-	o.header = o.send(ctx, pb.DataStreamPacketHeader_STREAM_HEADER, body, nil, int64(len(body)), 0, false)
+	o.header = o.send(ctx, pb.DataStreamPacketHeader_STREAM_HEADER, body, nil, int64(len(body)), 0, false, false)
 	if err := o.header.failedNow(); err != nil {
 		o.fail(err, false)
 		return nil, err
@@ -203,14 +219,24 @@ func (o *Output) RaftClientReplyFuture() *Future[*pb.RaftClientReply] { return o
 // error, and the stream carries on. A packet over the frame limit fails
 // with ErrTooLarge, likewise without touching the stream.
 func (o *Output) WriteAsync(ctx context.Context, data []byte, opts ...WriteOption) *Future[*Reply] {
-	return o.send(ctx, pb.DataStreamPacketHeader_STREAM_DATA, data, nil, int64(len(data)), optionBits(opts), false)
+	return o.send(ctx, pb.DataStreamPacketHeader_STREAM_DATA, data, nil, int64(len(data)), optionBits(opts), false, false)
 }
 
 // WriteBufAsync is WriteAsync for a pooled buffer: b is sent as the
 // packet's body without a copy. It takes over the caller's reference, on
 // every path, and releases it once the bytes are on the wire.
 func (o *Output) WriteBufAsync(ctx context.Context, b *buffer.Buf, opts ...WriteOption) *Future[*Reply] {
-	return o.send(ctx, pb.DataStreamPacketHeader_STREAM_DATA, nil, b, int64(b.Len()), optionBits(opts), false)
+	return o.send(ctx, pb.DataStreamPacketHeader_STREAM_DATA, nil, b, int64(b.Len()), optionBits(opts), false, false)
+}
+
+// Send is WriteBufAsync for a caller that does not wait on each packet: it
+// returns once b is queued, or with the reason it was not. A packet that
+// fails later fails the stream, which the next Send, Err and Close report.
+// It allocates nothing, where WriteBufAsync allocates the future it
+// returns. With the Close option it waits for nothing either; Close then
+// returns the future of the commit.
+func (o *Output) Send(ctx context.Context, b *buffer.Buf, opts ...WriteOption) error {
+	return o.send(ctx, pb.DataStreamPacketHeader_STREAM_DATA, nil, b, int64(b.Len()), optionBits(opts), false, true).failedNow()
 }
 
 // Close sends CLOSE and returns the future of its reply, which carries the
@@ -224,7 +250,7 @@ func (o *Output) Close(ctx context.Context) *Future[*Reply] {
 	if f != nil {
 		return f
 	}
-	return o.send(ctx, pb.DataStreamPacketHeader_STREAM_DATA, nil, nil, 0, uint32(Close), true)
+	return o.send(ctx, pb.DataStreamPacketHeader_STREAM_DATA, nil, nil, 0, uint32(Close), true, false)
 }
 
 // Err returns the error the stream failed with, or nil.
@@ -239,7 +265,7 @@ func (o *Output) Err() error {
 func (o *Output) InFlight() (bytes int64, packets int, peak int64) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	return o.flight, len(o.pending), o.peak
+	return o.flight, o.pending.Len(), o.peak
 }
 
 func optionBits(opts []WriteOption) uint32 {
@@ -253,8 +279,10 @@ func optionBits(opts []WriteOption) uint32 {
 // send queues one packet of n bytes: data is copied into the frame, or
 // body (a *buffer.Buf or a transport.FileRegion, whose reference send takes
 // over) follows the frame's prefix without a copy. closeCall marks Close,
-// which returns the CLOSE already sent rather than failing.
-func (o *Output) send(ctx context.Context, typ pb.DataStreamPacketHeader_Type, data []byte, body any, n int64, opts uint32, closeCall bool) *Future[*Reply] {
+// which returns the CLOSE already sent rather than failing. Without
+// future, a packet that is queued returns a nil future, whose failedNow is
+// nil: its pendingPacket comes from the pool.
+func (o *Output) send(ctx context.Context, typ pb.DataStreamPacketHeader_Type, data []byte, body any, n int64, opts uint32, closeCall, noFuture bool) *Future[*Reply] {
 	if n > maxPayload {
 		pipeline.Release(body)
 		return failedFuture[*Reply](fmt.Errorf("%w: %d bytes, at most %d", ErrTooLarge, n, maxPayload))
@@ -295,7 +323,7 @@ func (o *Output) send(ctx context.Context, typ pb.DataStreamPacketHeader_Type, d
 			frame, err = codec.EncodePacket(h, data)
 		}
 		if err == nil {
-			return o.queueLocked(frame, body, typ, n, opts)
+			return o.queueLocked(frame, body, typ, n, opts, noFuture)
 		}
 	}
 	o.releaseWindowLocked(n)
@@ -311,9 +339,16 @@ func (o *Output) send(ctx context.Context, typ pb.DataStreamPacketHeader_Type, d
 // queueLocked records the packet as pending and writes it. Writing under
 // o.mu keeps the stream's packets in offset order on the wire. It unlocks
 // o.mu.
-func (o *Output) queueLocked(frame *buffer.Buf, body any, typ pb.DataStreamPacketHeader_Type, n int64, opts uint32) *Future[*Reply] {
-	p := &pendingPacket{typ: typ, offset: o.offset, length: n, close: opts&uint32(Close) != 0, sentAt: time.Now()}
-	o.pending = append(o.pending, p)
+func (o *Output) queueLocked(frame *buffer.Buf, body any, typ pb.DataStreamPacketHeader_Type, n int64, opts uint32, noFuture bool) *Future[*Reply] {
+	closing := opts&uint32(Close) != 0
+	var p *pendingPacket
+	if noFuture && !closing { // Close's future is the stream's
+		p = pendingPool.Get().(*pendingPacket)
+	} else {
+		p = new(pendingPacket)
+	}
+	p.typ, p.offset, p.length, p.close, p.sentAt = typ, o.offset, n, closing, time.Now()
+	o.pending.Push(p)
 	o.flight += n
 	o.peak = max(o.peak, o.flight)
 	if typ == pb.DataStreamPacketHeader_STREAM_DATA {
@@ -322,40 +357,73 @@ func (o *Output) queueLocked(frame *buffer.Buf, body any, typ pb.DataStreamPacke
 	if p.close {
 		o.closeF = &p.f
 	}
+	pooled := p.pooled
 	err := o.cn.send(frame, body)
 	o.mu.Unlock()
 	if err != nil {
 		o.fail(fmt.Errorf("%w: %s: %v", ErrConnectionLost, o.cn.peer.ID, err), false)
+	}
+	if pooled {
+		// p may be answered and back in the pool already.
+		if err != nil {
+			return failedFuture[*Reply](o.Err())
+		}
+		return nil
 	}
 	return &p.f
 }
 
 // acquire waits for room for n bytes and one packet in the window. A
 // packet larger than the whole window goes alone.
+//
+// Waiting writers share one token in o.space rather than a channel closed
+// per release, which cost an allocation every time the window filled: a
+// release puts the token there, the writer that takes it looks again, and
+// passes it on if others still wait, so none is left asleep with room
+// free.
 func (o *Output) acquire(ctx context.Context, n int64) error {
+	waited := false
 	for {
 		o.mu.Lock()
-		if err := o.err; err != nil {
+		if waited {
+			o.waiting--
+		}
+		err := o.err
+		ok := err == nil && (o.winPkts == 0 || o.winBytes+n <= o.c.opts.windowBytes && o.winPkts < o.c.opts.windowPackets)
+		if ok {
+			o.winBytes += n
+			o.winPkts++
+		}
+		if err != nil || ok {
+			if waited && o.waiting > 0 {
+				o.wakeLocked()
+			}
 			o.mu.Unlock()
 			return err
 		}
-		if o.winPkts == 0 || o.winBytes+n <= o.c.opts.windowBytes && o.winPkts < o.c.opts.windowPackets {
-			o.winBytes += n
-			o.winPkts++
-			o.mu.Unlock()
-			return nil
-		}
-		if o.space == nil {
-			o.space = make(chan struct{})
-		}
-		space := o.space
+		o.waiting++
 		o.waits++
+		waited = true
 		o.mu.Unlock()
 		select {
-		case <-space:
+		case <-o.space:
 		case <-ctx.Done():
+			o.mu.Lock()
+			o.waiting--
+			if o.waiting > 0 {
+				o.wakeLocked() // the token may have come to this writer
+			}
+			o.mu.Unlock()
 			return ctx.Err()
 		}
+	}
+}
+
+// wakeLocked puts the token in o.space unless it is there.
+func (o *Output) wakeLocked() {
+	select {
+	case o.space <- struct{}{}:
+	default:
 	}
 }
 
@@ -368,9 +436,8 @@ func (o *Output) releaseWindow(n int64) {
 func (o *Output) releaseWindowLocked(n int64) {
 	o.winBytes -= n
 	o.winPkts--
-	if o.space != nil {
-		close(o.space)
-		o.space = nil
+	if o.waiting > 0 {
+		o.wakeLocked()
 	}
 }
 
@@ -379,7 +446,7 @@ func (o *Output) releaseWindowLocked(n int64) {
 // error.
 func (o *Output) onReply(h *codec.ReplyView, rcr *pb.RaftClientReply) {
 	o.mu.Lock()
-	if len(o.pending) == 0 {
+	if o.pending.Len() == 0 {
 		o.mu.Unlock()
 		return // the stream already failed locally
 	}
@@ -392,7 +459,7 @@ func (o *Output) onReply(h *codec.ReplyView, rcr *pb.RaftClientReply) {
 		o.fail(replyError(h, rcr), false)
 		return
 	}
-	p := o.pending[0]
+	p := o.pending.Peek()
 	if h.Type != p.typ || h.StreamOffset != p.offset {
 		o.mu.Unlock()
 		o.fail(pb.Errorf(pb.ErrorCode_INTERNAL, "reply from %s for %v at offset %d, expected %v at %d",
@@ -404,14 +471,17 @@ func (o *Output) onReply(h *codec.ReplyView, rcr *pb.RaftClientReply) {
 		o.fail(err, true)
 		return
 	}
-	o.pending[0] = nil
-	o.pending = o.pending[1:]
+	o.pending.Pop()
 	o.flight -= p.length
 	o.releaseWindowLocked(p.length)
 	o.lastReply = time.Now()
 	o.committed = p.close
 	o.mu.Unlock()
 	o.c.releaseSlot(p.length)
+	if p.pooled {
+		p.free()
+		return
+	}
 	p.reply = Reply{Offset: p.offset, Length: uint64(p.length), Server: o.cn.peer.ID, RaftClientReply: rcr, bytesWritten: h.BytesWritten}
 	p.f.complete(&p.reply, nil)
 	if p.close {
@@ -454,8 +524,8 @@ func (o *Output) fail(err error, abort bool) {
 		return
 	}
 	o.err = err
-	pending := o.pending
-	o.pending, o.flight = nil, 0
+	pending := o.pending.Take()
+	o.flight = 0
 	for _, p := range pending {
 		o.releaseWindowLocked(p.length)
 	}
@@ -463,7 +533,11 @@ func (o *Output) fail(err error, abort bool) {
 	o.mu.Unlock()
 	for _, p := range pending {
 		o.c.releaseSlot(p.length)
-		p.f.complete(nil, err)
+		if p.pooled {
+			p.free()
+		} else {
+			p.f.complete(nil, err)
+		}
 	}
 	o.raft.complete(nil, err)
 	if abort {
@@ -496,10 +570,10 @@ func (o *Output) done() {
 func (o *Output) waitingSince() (time.Time, bool) {
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	if len(o.pending) == 0 {
+	if o.pending.Len() == 0 {
 		return time.Time{}, false
 	}
-	at := o.pending[0].sentAt
+	at := o.pending.Peek().sentAt
 	if o.lastReply.After(at) {
 		at = o.lastReply
 	}

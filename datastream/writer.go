@@ -5,6 +5,7 @@ import (
 	"io"
 
 	"github.com/pipestream/pipestream/buffer"
+	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
 )
 
 // Writer returns an io.WriteCloser view of the stream, for io.Copy and
@@ -30,7 +31,7 @@ func (w *writer) Write(p []byte) (int, error) {
 	written := 0
 	for len(p) > 0 {
 		n := min(len(p), w.o.c.opts.packetSize)
-		if err := w.o.WriteAsync(w.ctx, p[:n]).failedNow(); err != nil {
+		if err := w.o.send(w.ctx, pb.DataStreamPacketHeader_STREAM_DATA, p[:n], nil, int64(n), 0, false, true).failedNow(); err != nil {
 			return written, err
 		}
 		written += n
@@ -53,7 +54,7 @@ func (w *writer) ReadFrom(r io.Reader) (int64, error) {
 			b.Release()
 		} else {
 			b.Truncate(n)
-			if werr := w.o.WriteBufAsync(w.ctx, b).failedNow(); werr != nil {
+			if werr := w.o.Send(w.ctx, b); werr != nil {
 				return total, werr
 			}
 			total += int64(n)

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/pipestream/pipestream/codec"
+	"github.com/pipestream/pipestream/internal/fifo"
 	"github.com/pipestream/pipestream/internal/serial"
 	"github.com/pipestream/pipestream/pipeline"
 	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
@@ -40,8 +41,8 @@ type Stream struct {
 	written uint64
 
 	mu       sync.Mutex
-	replies  fifo[*Packet]   // routed, not yet answered, in stream order
-	awaiting []fifo[*Packet] // per successor: forwarded, not yet acknowledged
+	replies  fifo.Queue[*Packet]   // routed, not yet answered, in stream order
+	awaiting []fifo.Queue[*Packet] // per successor: forwarded, not yet acknowledged
 	failed   *pb.Error
 	commit   bool // closed everywhere; finishClose has started
 	length   uint64
@@ -64,7 +65,7 @@ func newStream(s *Streams, key StreamKey, req *pb.RaftClientRequest, primary boo
 	st := &Stream{
 		Key: key, Request: req, Primary: primary,
 		s: s, upstream: up, conn: conn, succIDs: succIDs, succ: succ,
-		awaiting: make([]fifo[*Packet], len(succ)),
+		awaiting: make([]fifo.Queue[*Packet], len(succ)),
 	}
 	st.exec = serial.New(st.run, &s.wg)
 	st.lastActive.Store(time.Now().UnixNano())
@@ -181,7 +182,7 @@ func (st *Stream) setErr(p *Packet, e *pb.Error) {
 // the table while p is still on its way through the stages.
 func (st *Stream) enqueue(p *Packet) {
 	st.mu.Lock()
-	st.replies.push(p)
+	st.replies.Push(p)
 	st.mu.Unlock()
 }
 
@@ -206,7 +207,7 @@ func (st *Stream) forward(p *Packet) {
 			p.parts.Add(-1)
 			return
 		}
-		st.awaiting[i].push(p)
+		st.awaiting[i].Push(p)
 		st.mu.Unlock()
 		err := c.Write(p.Frame.Retain())
 		if err == nil {
@@ -222,11 +223,11 @@ func (st *Stream) forward(p *Packet) {
 // ack takes successor i's reply for the oldest packet forwarded to it.
 func (st *Stream) ack(i int, r *codec.ReplyView) {
 	st.mu.Lock()
-	if st.awaiting[i].len() == 0 {
+	if st.awaiting[i].Len() == 0 {
 		st.mu.Unlock()
 		return // the stream failed and let go of its packets
 	}
-	p := st.awaiting[i].pop()
+	p := st.awaiting[i].Pop()
 	var e *pb.Error
 	h := p.Header
 	want := h.GetStreamOffset() + h.GetDataLength()
@@ -253,8 +254,8 @@ func (st *Stream) oldestUnanswered() (time.Time, bool) {
 	defer st.mu.Unlock()
 	var oldest time.Time
 	for i := range st.awaiting {
-		if q := &st.awaiting[i]; q.len() > 0 && (oldest.IsZero() || q.peek().sentAt.Before(oldest)) {
-			oldest = q.peek().sentAt
+		if q := &st.awaiting[i]; q.Len() > 0 && (oldest.IsZero() || q.Peek().sentAt.Before(oldest)) {
+			oldest = q.Peek().sentAt
 		}
 	}
 	return oldest, !oldest.IsZero()
@@ -275,7 +276,7 @@ func (st *Stream) fail(e *pb.Error) {
 	st.failed = e
 	var released []*Packet
 	for i := range st.awaiting {
-		released = append(released, st.awaiting[i].take()...)
+		released = append(released, st.awaiting[i].Take()...)
 	}
 	st.mu.Unlock()
 
@@ -317,8 +318,8 @@ func (st *Stream) cleanUp() { st.exec.Submit(task{kind: taskCleanUp}) }
 func (st *Stream) flushReplies() {
 	st.mu.Lock()
 	wrote := false
-	for st.replies.len() > 0 {
-		p := st.replies.peek()
+	for st.replies.Len() > 0 {
+		p := st.replies.Peek()
 		if p.parts.Load() != 0 {
 			break
 		}
@@ -337,13 +338,13 @@ func (st *Stream) flushReplies() {
 			go st.finishClose(p)
 			break
 		}
-		st.replies.pop()
+		st.replies.Pop()
 		st.conn.inflight.Add(-int64(p.Header.GetDataLength()))
 		writeReply(st.upstream, st.replyFor(p, err))
 		p.Release()
 		wrote = true
 	}
-	drained := st.failed != nil && st.replies.len() == 0
+	drained := st.failed != nil && st.replies.Len() == 0
 	st.mu.Unlock()
 	if drained {
 		st.s.remove(st)
