@@ -59,6 +59,76 @@ type DirectReader interface {
 	Withdraw() int
 }
 
+// Backlog is implemented by an Inbound that knows how many bytes have
+// arrived beyond those it holds: the socket's receive queue, which a
+// DirectReader can read straight into a frame. A decoder that assembles a
+// large frame only once a share of it has arrived counts them, so that the
+// share need not be copied through the Inbound first.
+type Backlog interface {
+	// Backlog returns the bytes received and not yet read into the
+	// Inbound, or 0 when it cannot tell.
+	Backlog() int
+}
+
+// Target is the target half of a DirectReader, for a transport's Inbound
+// to embed: it keeps the target that ReadInto names, and ReadDirect reads
+// into it. The zero value has no target.
+type Target struct {
+	// mu guards the target against Withdraw on another goroutine.
+	mu     sync.Mutex
+	dst    *Buf // the target, or nil
+	landed int  // bytes read into the front of dst
+}
+
+// ReadInto makes dst the target of ReadDirect; see DirectReader.
+func (t *Target) ReadInto(dst *Buf) {
+	t.mu.Lock()
+	old := t.dst
+	t.dst, t.landed = dst, 0
+	t.mu.Unlock()
+	if old != nil {
+		old.Release()
+	}
+}
+
+// Withdraw removes the target and returns how many bytes ReadDirect read
+// into it; see DirectReader.
+func (t *Target) Withdraw() int {
+	t.mu.Lock()
+	dst, n := t.dst, t.landed
+	t.dst, t.landed = nil, 0
+	t.mu.Unlock()
+	if dst == nil {
+		return 0
+	}
+	dst.Release()
+	return n
+}
+
+// ReadDirect reads once from r into the free part of the target, if there
+// is a target with room; ok is false when it did not read. The caller
+// checks that its Inbound holds no bytes, which would come first.
+func (t *Target) ReadDirect(r io.Reader) (n int, ok bool, err error) {
+	t.mu.Lock()
+	dst, off := t.dst, t.landed
+	if dst == nil || off == dst.Len() {
+		t.mu.Unlock()
+		return 0, false, nil
+	}
+	// The read's own reference keeps the memory valid if the target is
+	// withdrawn while the read waits on the socket.
+	dst.Retain()
+	t.mu.Unlock()
+	n, err = r.Read(dst.Bytes()[off:])
+	t.mu.Lock()
+	if t.dst == dst && n > 0 {
+		t.landed += n
+	}
+	t.mu.Unlock()
+	dst.Release()
+	return n, true, err
+}
+
 // Queue is a growable Inbound fed by Write, for transports that read into
 // their own memory (net.Conn) and for tests. The zero value is ready to use.
 //
@@ -67,63 +137,10 @@ type DirectReader interface {
 type Queue struct {
 	b []byte
 	r int
-
-	// mu guards the target against Withdraw on another goroutine.
-	mu     sync.Mutex
-	dst    *Buf // target of ReadOnce, or nil
-	landed int  // bytes read into the front of dst
+	Target
 }
 
 var _ DirectReader = (*Queue)(nil)
-
-// ReadInto makes dst the target of ReadOnce while the queue is empty; see
-// DirectReader.
-func (q *Queue) ReadInto(dst *Buf) {
-	q.mu.Lock()
-	old := q.dst
-	q.dst, q.landed = dst, 0
-	q.mu.Unlock()
-	if old != nil {
-		old.Release()
-	}
-}
-
-// Withdraw removes the target and returns how many bytes ReadOnce read
-// into it; see DirectReader.
-func (q *Queue) Withdraw() int {
-	q.mu.Lock()
-	dst, n := q.dst, q.landed
-	q.dst, q.landed = nil, 0
-	q.mu.Unlock()
-	if dst == nil {
-		return 0
-	}
-	dst.Release()
-	return n
-}
-
-// readDirect reads once into the free part of the target, if the queue is
-// empty and the target has room. ok is false when it did not read.
-func (q *Queue) readDirect(r io.Reader) (n int, ok bool, err error) {
-	q.mu.Lock()
-	dst, off := q.dst, q.landed
-	if dst == nil || off == dst.Len() {
-		q.mu.Unlock()
-		return 0, false, nil
-	}
-	// The read's own reference keeps the memory valid if the target is
-	// withdrawn while the read waits on the socket.
-	dst.Retain()
-	q.mu.Unlock()
-	n, err = r.Read(dst.Bytes()[off:])
-	q.mu.Lock()
-	if q.dst == dst {
-		q.landed += n
-	}
-	q.mu.Unlock()
-	dst.Release()
-	return n, true, err
-}
 
 // Write appends p. It never fails.
 func (q *Queue) Write(p []byte) (int, error) {
@@ -146,7 +163,7 @@ func (q *Queue) Write(p []byte) (int, error) {
 func (q *Queue) ReadOnce(r io.Reader, min int) (int, error) {
 	if q.r == len(q.b) {
 		q.b, q.r = q.b[:0], 0
-		if n, ok, err := q.readDirect(r); ok {
+		if n, ok, err := q.ReadDirect(r); ok {
 			return n, err
 		}
 	}

@@ -201,9 +201,12 @@ func (d *FrameDecoder) drop() {
 // every byte of a large frame twice. Waiting for a quarter bounds what a
 // peer can make the decoder allocate to four times what it has sent,
 // never the length it announces alone: a few bytes claiming a 16 MiB
-// frame cost nothing until they are followed by 4 MiB.
+// frame cost nothing until they are followed by 4 MiB. A DirectReader that
+// is also a buffer.Backlog counts the bytes waiting in its socket as
+// arrived: they have been sent, and reading them into the frame rather
+// than into in spares them a copy.
 //
-// If in is also a buffer.DirectReader, as the net.Conn transport's is, the
+// If in is also a buffer.DirectReader, as both transports' are, the
 // frame's missing tail becomes its target whenever in is empty: the
 // transport then reads the rest of the frame into the frame's buffer with
 // no copy through in, and may take all of it in one read, and the next
@@ -233,7 +236,7 @@ func (d *FrameDecoder) Decode(in buffer.Inbound) (*buffer.Buf, error) {
 		return nil, d.fail(in, err)
 	}
 	if buffered < total {
-		if strip := d.cfg.InitialBytesToStrip; total >= eagerMin && buffered >= total/4 && buffered > strip {
+		if strip := d.cfg.InitialBytesToStrip; total >= eagerMin && buffered > strip && arrived(in, buffered, total/4) >= total/4 {
 			d.partial = buffer.Get(total - strip)
 			if err := take(in, d.partial.Bytes()[:buffered-strip], strip); err != nil {
 				return nil, d.fail(in, err)
@@ -249,6 +252,22 @@ func (d *FrameDecoder) Decode(in buffer.Inbound) (*buffer.Buf, error) {
 		return nil, d.fail(in, err)
 	}
 	return frame, nil
+}
+
+// arrived returns the bytes of the stream that have arrived: those
+// buffered and, if fewer than want and in can tell, those waiting in the
+// socket, which a DirectReader reads straight into the frame.
+func arrived(in buffer.Inbound, buffered, want int) int {
+	if buffered >= want {
+		return buffered
+	}
+	if _, direct := in.(buffer.DirectReader); !direct {
+		return buffered
+	}
+	if b, ok := in.(buffer.Backlog); ok {
+		return buffered + b.Backlog()
+	}
+	return buffered
 }
 
 // fill moves what has arrived of the frame being assembled into it, and
