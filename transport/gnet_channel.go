@@ -10,6 +10,7 @@ import (
 
 	"github.com/panjf2000/gnet/v2"
 
+	"github.com/pipestream/pipestream/buffer"
 	"github.com/pipestream/pipestream/pipeline"
 )
 
@@ -42,6 +43,7 @@ type gnetChannel struct {
 	// Owned by the event loop.
 	conn gnet.Conn
 	in   gnetInbound
+	fd   int // the socket gnet reads, valid while conn is set
 }
 
 func newGnetChannel(opts *options, init Initializer) *gnetChannel {
@@ -94,7 +96,7 @@ func (ch *gnetChannel) teardown() {
 func (ch *gnetChannel) opened(c gnet.Conn) gnet.Action {
 	ch.conn, ch.loop = c, c.EventLoop()
 	ch.local, ch.remote = c.LocalAddr(), c.RemoteAddr()
-	ch.in.c = c
+	ch.in.c, ch.fd = c, c.Fd()
 	dup, err := dupConn(c)
 	if err != nil {
 		ch.opts.logger.Warn("transport: closing a connection the writer cannot use", "channel", ch.id, "remote", ch.remote, "err", err)
@@ -126,9 +128,35 @@ func dupConn(c gnet.Conn) (net.Conn, error) {
 	return conn, nil
 }
 
+// maxDirectReads bounds the reads of one traffic event into a decoder's
+// target, so that a connection whose peer keeps sending cannot keep the
+// event loop from the others.
+const maxDirectReads = 16
+
 // traffic runs in OnTraffic.
+//
+// gnet has read what the socket held into its own buffer, and a decoder
+// copies it out. A decoder assembling a large frame then names the frame's
+// missing tail as its target (buffer.DirectReader), and while gnet holds
+// nothing more, the rest is read from the socket straight into the frame:
+// one copy, by the kernel, as the net.Conn transport does.
 func (ch *gnetChannel) traffic() {
 	if ch.in.c.InboundBuffered() > 0 {
+		ch.p.FireChannelRead(&ch.in)
+	}
+	for range maxDirectReads {
+		// A handler may have closed the connection (ch.in.c is nil once
+		// OnClose has run) or written back, and gnet may hold bytes
+		// again, which come before the socket's.
+		if ch.in.c == nil || ch.in.c.InboundBuffered() > 0 {
+			break
+		}
+		n, ok, _ := ch.in.ReadDirect(socketReader(ch.fd))
+		if !ok || n == 0 {
+			// Nothing more to read now, an error or the end of the
+			// stream: gnet's next read sees the same and acts on it.
+			break
+		}
 		ch.p.FireChannelRead(&ch.in)
 	}
 	ch.p.FireChannelReadComplete()
@@ -174,8 +202,19 @@ func (ch *gnetChannel) finish() {
 // bytes. Partial frames a decoder leaves stay in gnet's buffer. It is also
 // an io.Reader that consumes what it reads, which lets a decoder copy a
 // frame that wraps gnet's ring buffer once instead of joining it for Peek
-// first.
-type gnetInbound struct{ c gnet.Conn }
+// first; and a buffer.DirectReader, whose target traffic reads into.
+type gnetInbound struct {
+	c gnet.Conn
+	buffer.Target
+}
+
+var (
+	_ buffer.DirectReader = (*gnetInbound)(nil)
+	_ buffer.Backlog      = (*gnetInbound)(nil)
+)
+
+// Backlog returns the bytes waiting in the socket, which gnet has not read.
+func (in *gnetInbound) Backlog() int { return socketBacklog(in.c.Fd()) }
 
 func (in *gnetInbound) Read(p []byte) (int, error) { return in.c.Read(p) }
 

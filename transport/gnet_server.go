@@ -12,7 +12,10 @@ import (
 	"github.com/panjf2000/gnet/v2"
 )
 
-var errGnetTLS = errors.New("transport: the gnet transport has no TLS; use ListenConn or DialConn")
+var (
+	errGnetTLS         = errors.New("transport: the gnet transport has no TLS; use ListenConn or DialConn")
+	errGnetUnsupported = errors.New("transport: the gnet transport needs a Unix system; use ListenConn or DialConn")
+)
 
 func gnetOptions(o *options) []gnet.Option {
 	nodelay := gnet.TCPNoDelay
@@ -50,6 +53,9 @@ func Listen(ctx context.Context, addr string, init Initializer, opts ...Option) 
 	o := newOptions(opts)
 	if o.tls != nil {
 		return nil, errGnetTLS
+	}
+	if !gnetSupported {
+		return nil, errGnetUnsupported
 	}
 	network, hostport, err := splitAddr(addr)
 	if err != nil {
@@ -147,6 +153,9 @@ func NewDialer(opts ...Option) (*Dialer, error) {
 	o := newOptions(opts)
 	if o.tls != nil {
 		return nil, errGnetTLS
+	}
+	if !gnetSupported {
+		return nil, errGnetUnsupported
 	}
 	d := &Dialer{events: gnetEvents{opts: &o}}
 	cli, err := gnet.NewClient(&d.events, gnetOptions(&o)...)

@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/pipestream/pipestream/buffer"
@@ -85,12 +86,12 @@ func (ch *connChannel) start(init Initializer) {
 // releases what is queued, fires ChannelInactive and closes done. The
 // writer has ended by the time it returns.
 func (ch *connChannel) readLoop() {
-	var in buffer.Queue
+	in := newConnInbound(ch.conn)
 	minRead := min(ch.opts.readBufferCap, netConnMaxRead)
 	for {
 		n, err := in.ReadOnce(ch.conn, minRead)
 		if n > 0 {
-			ch.p.FireChannelRead(&in)
+			ch.p.FireChannelRead(in)
 			ch.p.FireChannelReadComplete()
 		}
 		if err != nil {
@@ -112,6 +113,42 @@ func (ch *connChannel) readLoop() {
 		ch.onDone()
 	}
 	close(ch.done)
+}
+
+// connInbound is the net.Conn transport's Inbound: a buffer.Queue, which
+// reads into a decoder's target while empty, that on plain TCP also tells
+// how many bytes wait in the socket (buffer.Backlog).
+type connInbound struct {
+	buffer.Queue
+	raw syscall.RawConn // nil unless plain TCP
+	// backlogFn and backlog are made once so that asking allocates
+	// nothing: RawConn.Control takes a func.
+	backlogFn func(fd uintptr)
+	backlog   int
+}
+
+func newConnInbound(conn net.Conn) *connInbound {
+	in := new(connInbound)
+	if tc, ok := conn.(*net.TCPConn); ok {
+		if raw, err := tc.SyscallConn(); err == nil {
+			in.raw = raw
+			in.backlogFn = func(fd uintptr) { in.backlog = socketBacklog(int(fd)) }
+		}
+	}
+	return in
+}
+
+// Backlog implements buffer.Backlog; it is 0 on TLS, whose records the
+// socket's count would overstate.
+func (in *connInbound) Backlog() int {
+	if in.raw == nil {
+		return 0
+	}
+	in.backlog = 0
+	if in.raw.Control(in.backlogFn) != nil {
+		return 0
+	}
+	return in.backlog
 }
 
 // TLSConnectionState returns the TLS state of t's connection, after the

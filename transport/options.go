@@ -8,10 +8,11 @@ import (
 
 // Defaults for the options.
 const (
-	// DefaultReadBufferCap suits the 1 MiB packets of the DataStream
-	// protocol: a gnet read buffer near the packet size moves whole packets
-	// per read.
-	DefaultReadBufferCap = 1 << 20
+	// DefaultReadBufferCap is enough for headers and small frames: the
+	// rest of a frame of 64 KiB or more is read from the socket straight
+	// into the frame's buffer (see codec.FrameDecoder), so a larger read
+	// buffer only adds a copy of what it takes of such frames.
+	DefaultReadBufferCap = 64 << 10
 	// DefaultMaxOutbound bounds the bytes queued on one connection.
 	DefaultMaxOutbound = 64 << 20
 )
