@@ -324,3 +324,47 @@ func ExampleFrameDecoder_direct() {
 	// read 192 KiB into the frame
 	// a frame of 1024 KiB
 }
+
+// backlogQueue is a buffer.Queue over a socket whose unread bytes it
+// reports as its Backlog, as a transport asks the kernel.
+type backlogQueue struct {
+	buffer.Queue
+	sock *socket
+}
+
+func (q *backlogQueue) Backlog() int { return len(q.sock.data) }
+
+// TestFrameDecoderCountsBacklog: with the socket's backlog counted as
+// arrived, a large frame is assembled from its first read on, so all but
+// that read goes straight into it, where without it the first quarter
+// waits in the queue; the frame is the same either way.
+func TestFrameDecoderCountsBacklog(t *testing.T) {
+	const size, read = 1 << 20, 16 << 10
+	body := randomBytes(7, size)
+	for _, backlog := range []bool{false, true} {
+		t.Run(fmt.Sprintf("backlog=%v", backlog), func(t *testing.T) {
+			buffertest.Check(t)
+			sock := &socket{data: lengthPrefixed([][]byte{body}), next: func() int { return read }}
+			var in readQueue = new(buffer.Queue)
+			if backlog {
+				in = &backlogQueue{sock: sock}
+			}
+			dec, err := codec.NewFrameDecoder(stripped)
+			must(t, err)
+			p := pipeline.New(&fakeTransport{}, quiet())
+			must(t, p.AddLast("frames", dec))
+			c := &collector{}
+			must(t, p.AddLast("collect", c))
+			direct := readLoop(t, p, in, sock, read)
+			if len(c.errs) > 0 || len(c.frames) != 1 || !bytes.Equal(c.frames[0], body) {
+				t.Fatalf("errors %v, %d frames; want the one sent", c.errs, len(c.frames))
+			}
+			if backlog && direct != size+4-read {
+				t.Fatalf("%d bytes read directly, want all but the first read's %d", direct, size+4-read)
+			}
+			if !backlog && direct > size-size/4 {
+				t.Fatalf("%d bytes read directly, more than the last three quarters", direct)
+			}
+		})
+	}
+}
