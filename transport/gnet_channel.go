@@ -37,8 +37,9 @@ type gnetChannel struct {
 	// Set in OnOpen, before any other goroutine can see the channel open.
 	loop          gnet.EventLoop
 	local, remote net.Addr
-	out           *writer
+	out           *writer  // nil if OnOpen failed, and then openErr says why
 	dup           net.Conn // the writer's duplicate of the socket
+	openErr       error
 
 	// Owned by the event loop.
 	conn gnet.Conn
@@ -99,6 +100,7 @@ func (ch *gnetChannel) opened(c gnet.Conn) gnet.Action {
 	ch.in.c, ch.fd = c, c.Fd()
 	dup, err := dupConn(c)
 	if err != nil {
+		ch.openErr = err
 		ch.opts.logger.Warn("transport: closing a connection the writer cannot use", "channel", ch.id, "remote", ch.remote, "err", err)
 		return gnet.Close
 	}

@@ -210,6 +210,9 @@ func (d *Dialer) dial(ctx context.Context, addr string, init Initializer, onDone
 	if _, err := d.cli.EnrollContext(conn, ch); err != nil {
 		return nil, fmt.Errorf("transport: dial %s: %w", addr, err)
 	}
+	if ch.out == nil { // OnOpen has run and closed it
+		return nil, fmt.Errorf("transport: dial %s: %w", addr, ch.openErr)
+	}
 	return ch, nil
 }
 

@@ -9,12 +9,15 @@
 //
 // Two implementations sit behind the same Channel and Server interfaces:
 //
-//   - Listen, Dial and Dialer run on gnet v2 event loops: many connections
-//     per goroutine and no copy of inbound bytes until a frame is whole. This
-//     is the fast path.
+//   - Listen, Dial and Dialer read on gnet v2 event loops, which run the
+//     handlers: many connections per loop, and the bytes of a large frame
+//     read from the socket straight into the frame's buffer. Each
+//     connection sends from a writer goroutine of its own, on a duplicate
+//     of the socket, without copying. This is the fast path; it needs a
+//     Unix system.
 //   - ListenConn and DialConn use net.Conn with two goroutines per
-//     connection. They are the baseline and the only one with TLS
-//     (WithTLS).
+//     connection, a reader and the same writer. They are the baseline and
+//     the only one with TLS (WithTLS).
 //
 // Kind picks one of the two by value, for callers configured at run time.
 //
