@@ -17,7 +17,7 @@
 set -euo pipefail
 
 count=${COUNT:-3}
-chain_packets=${CHAIN_PACKETS:-400}
+chain_packets=${CHAIN_PACKETS:-1000}
 memory_gib=${MEMORY_GIB:-0.25}
 
 cd "$(dirname "$0")/.."
@@ -36,6 +36,9 @@ trap cleanup EXIT
 (while :; do cut -d' ' -f1 /proc/loadavg; sleep 5; done) >"$work/load" &
 sampler=$!
 
+# The tree the binary is built from, before anything can change it.
+commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
+dirty=$(git status --porcelain --untracked-files=no 2>/dev/null | grep -q . && echo " (with uncommitted changes)" || true)
 go test -c -o "$work/bench.test" ./bench
 started=$(date -u +%Y-%m-%dT%H:%MZ)
 
@@ -89,8 +92,6 @@ ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (a == "nan" || b == "nan" || b == 
 
 load_min=$(sort -n "$work/load" | head -1)
 load_max=$(sort -n "$work/load" | tail -1)
-commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
-dirty=$(git status --porcelain --untracked-files=no 2>/dev/null | grep -q . && echo " (with uncommitted changes)" || true)
 
 c=BenchmarkChain
 g_mbs=$(med $c/stream MB/s)
@@ -113,8 +114,9 @@ Medians of $count runs; \`bench/report.sh\`, raw output on stderr.
 | 3-peer chain, 1 MiB packets, net.Conn | stream MB/s; vs relay | $(num %.0f "$n_mbs") | $(num %.2f "$n_vs")× relay | |
 | raw relay, 3 TCP connections | MB/s (its own runs) | $(num %.0f "$(med $c/relay MB/s)") | 1 | |
 | gnet vs net.Conn, same pipeline | vs-relay of each | $(num %.2f "$g_vs") / $(num %.2f "$n_vs") | $(num %.2f "$(ratio "$g_vs" "$n_vs")")× | |
-| allocations per 1 MiB packet, gnet | process-wide mallocs | $(num %.2f "$(med $c/stream allocs/packet)") | | 0 |
-| allocations per 1 MiB packet, net.Conn | process-wide mallocs | $(num %.2f "$(med $c/stream-netconn allocs/packet)") | | 0 |
+| allocations per 1 MiB packet in steady state, gnet | process-wide mallocs after the first 64 packets | $(num %.3f "$(med $c/stream steady-allocs/packet)") | | 0 |
+| allocations per 1 MiB packet in steady state, net.Conn | process-wide mallocs after the first 64 packets | $(num %.3f "$(med $c/stream-netconn steady-allocs/packet)") | | 0 |
+| allocations per 1 MiB packet, all, gnet; net.Conn | the stream's fixed costs spread over $chain_packets packets | $(num %.2f "$(med $c/stream allocs/packet)"); $(num %.2f "$(med $c/stream-netconn allocs/packet)") | | |
 | 64 MiB committed, on disk | log MB/s; stream MB/s | $(num %.0f "$(med $cp/disk/log/64MiB MB/s)"); $(num %.0f "$(med $cp/disk/stream/64MiB MB/s)") | $(num %.2f "$(med $cp/disk/stream/64MiB stream/log)")× log | wide margin |
 | 64 MiB committed, in memory | log MB/s; stream MB/s | $(num %.0f "$(med $cp/mem/log/64MiB MB/s)"); $(num %.0f "$(med $cp/mem/stream/64MiB MB/s)") | $(num %.2f "$(med $cp/mem/stream/64MiB stream/log)")× log | |
 | 4 KiB SYNC write, 3-peer chain, gnet | p50 µs; p99 µs | $(num %.0f "$(med $l p50-µs)"); $(num %.0f "$(med $l p99-µs)") | $(num %.2f "$(med $l p50-vs-ping)")× ping p50 | |
