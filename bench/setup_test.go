@@ -90,7 +90,7 @@ func startPeers(tb testing.TB, n int, kind transport.Kind, sm smKind) (peers []d
 	tb.Cleanup(shutdown)
 	for i, p := range group {
 		s, err := server.Listen(ctx, server.Config{
-			ID: p.ID, Peers: group, StateMachine: sms[i],
+			ID: p.ID, Peers: group, StateMachine: sms[i], InlineWrites: writesInline(sms[i]),
 			Transport: kind, Logger: discardLogger(),
 		})
 		if err != nil {

@@ -77,6 +77,13 @@ func (p *Packet) Key() StreamKey {
 // Has reports whether the packet carries option o.
 func (p *Packet) Has(o pb.DataStreamPacketHeader_Option) bool { return p.Header.HasOption(o) }
 
+// plainData reports whether p is data and nothing more: no SYNC or CLOSE,
+// which call into the state machine beyond Write.
+func (p *Packet) plainData() bool {
+	return p.Header.GetType() == pb.DataStreamPacketHeader_STREAM_DATA &&
+		!p.Has(pb.DataStreamPacketHeader_SYNC) && !p.Has(pb.DataStreamPacketHeader_CLOSE)
+}
+
 // PacketDecoder turns frames into packets. A frame whose header does not
 // decode gets a BAD_HEADER reply; frame boundaries are intact, so the
 // connection carries on.

@@ -225,14 +225,19 @@ func (r *Router) data(up *pipeline.Pipeline, p *Packet) (*Stream, *pb.Error) {
 }
 
 // Writer hands each packet to its stream's executor for the local
-// state-machine write, so that disk I/O never runs on the event loop.
+// state-machine write, so that disk I/O never runs on the event loop. With
+// Config.InlineWrites a plain data packet is written on the spot when the
+// executor is idle.
 type Writer struct{}
 
 // ChannelRead implements pipeline.ReadHandler.
 func (Writer) ChannelRead(ctx *pipeline.Context, msg any) {
 	if p, ok := msg.(*Packet); ok && p.Stream != nil && !p.refused && !p.Has(pb.DataStreamPacketHeader_ABORT) {
 		p.parts.Add(1)
-		p.Stream.exec.Submit(task{kind: taskWrite, p: p})
+		t := task{kind: taskWrite, p: p}
+		if !p.Stream.s.cfg.InlineWrites || !p.plainData() || !p.Stream.exec.TryRun(t) {
+			p.Stream.exec.Submit(t)
+		}
 	}
 	ctx.FireChannelRead(msg)
 }

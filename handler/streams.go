@@ -42,6 +42,18 @@ type Config struct {
 	Dial PeerDialer
 	// StateMachine stores the streams.
 	StateMachine statemachine.StateMachine
+	// InlineWrites runs a plain data packet's DataChannel.Write on the
+	// connection's event loop whenever the stream's executor is idle,
+	// instead of waking the executor's goroutine: one goroutine hand-off
+	// less per packet on every peer. Open, Sync, Close and CleanUp stay on
+	// the executor, and so does a Write while it has work queued, so a
+	// stream's calls stay in order and never overlap. Set it only for a
+	// state machine whose Write never blocks and returns in microseconds
+	// (a copy into memory, a counter): one that waits on a disk, a lock
+	// held across I/O or the network would hold up every connection of the
+	// loop. A setting rather than a method of the state machine, so that a
+	// wrapper that blocks cannot inherit it by embedding.
+	InlineWrites bool
 	// Committer commits closed streams on the primary. Nil runs
 	// standalone: each peer links its stream as soon as CLOSE succeeded
 	// everywhere downstream, under a local index.

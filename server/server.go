@@ -55,6 +55,10 @@ type Config struct {
 	Peers   []Peer // every member, this one included
 
 	StateMachine statemachine.StateMachine
+	// InlineWrites writes data on the event loop when a stream's executor
+	// is idle; only for a state machine whose Write never blocks. See
+	// handler.Config.
+	InlineWrites bool
 	// Committer commits closed streams; nil runs standalone (see
 	// handler.Config). It can also be set later with SetCommitter.
 	Committer statemachine.Committer
@@ -185,6 +189,7 @@ func Listen(ctx context.Context, cfg Config) (*Server, error) {
 		Peers:         ids,
 		Dial:          s.successor,
 		StateMachine:  cfg.StateMachine,
+		InlineWrites:  cfg.InlineWrites,
 		Committer:     cfg.Committer,
 		ReplyTimeout:  cfg.ReplyTimeout,
 		CommitTimeout: cfg.CommitTimeout,

@@ -26,15 +26,17 @@ func protoMarshal(m proto.Message) ([]byte, error) { return proto.Marshal(m) }
 // that every peer committed the same bytes.
 func TestReplicate(t *testing.T) {
 	for _, tc := range []struct {
-		name  string
-		table func(ids ...string) *pb.RoutingTable
+		name   string
+		table  func(ids ...string) *pb.RoutingTable
+		inline bool // server.Config.InlineWrites: Memory's Write never blocks
 	}{
-		{"chain", pb.Chain},
-		{"star", func(ids ...string) *pb.RoutingTable { return pb.Star(ids[0], ids[1:]...) }},
+		{"chain", pb.Chain, false},
+		{"star", func(ids ...string) *pb.RoutingTable { return pb.Star(ids[0], ids[1:]...) }, false},
+		{"chain-inline", pb.Chain, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			buffertest.Check(t)
-			g := startGroup(t, 3, groupOpts{})
+			g := startGroup(t, 3, groupOpts{tweak: func(c *server.Config) { c.InlineWrites = tc.inline }})
 			c := g.client(t)
 			ids := []string{g.peers[0].ID, g.peers[1].ID, g.peers[2].ID}
 			const streams = 50

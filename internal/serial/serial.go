@@ -20,6 +20,7 @@ type Queue[T any] struct {
 	spare   []T
 	running bool // a goroutine is draining or parked
 	parked  bool // it waits on wake
+	inline  bool // TryRun runs a task on its caller's goroutine
 	closed  bool
 	wake    chan struct{}
 }
@@ -35,7 +36,39 @@ func New[T any](fn func(T), wg *sync.WaitGroup) *Queue[T] {
 func (q *Queue[T]) Submit(v T) {
 	q.mu.Lock()
 	q.items = append(q.items, v)
+	q.kickLocked()
+}
+
+// TryRun runs v on the calling goroutine if nothing is queued or running,
+// and reports whether it did; otherwise it leaves v to the caller, which
+// then submits it. It saves waking the queue's goroutine for a task that
+// is quick and never blocks. Tasks submitted while v runs wait for it.
+func (q *Queue[T]) TryRun(v T) bool {
+	q.mu.Lock()
+	if q.inline || len(q.items) > 0 || q.running && !q.parked {
+		q.mu.Unlock()
+		return false
+	}
+	q.inline = true
+	q.mu.Unlock()
+	q.fn(v)
+	q.mu.Lock()
+	q.inline = false
+	if len(q.items) > 0 || q.closed && q.parked {
+		q.kickLocked()
+		return true
+	}
+	q.mu.Unlock()
+	return true
+}
+
+// kickLocked starts or wakes the goroutine for what is queued, unless a
+// task runs inline: TryRun kicks once it returns. q.mu is held; it unlocks
+// it.
+func (q *Queue[T]) kickLocked() {
 	switch {
+	case q.inline:
+		q.mu.Unlock()
 	case q.parked:
 		q.parked = false
 		q.mu.Unlock()
@@ -56,8 +89,10 @@ func (q *Queue[T]) Submit(v T) {
 func (q *Queue[T]) Close() {
 	q.mu.Lock()
 	q.closed = true
-	wake := q.parked
-	q.parked = false
+	wake := q.parked && !q.inline // else TryRun wakes it
+	if wake {
+		q.parked = false
+	}
 	q.mu.Unlock()
 	if wake {
 		q.wake <- struct{}{}
