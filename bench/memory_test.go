@@ -84,15 +84,14 @@ func (h heapBound) String() string { return h.why }
 // most these pooled buffers:
 //
 //   - on the client, its frame (header and body in one buffer, of the
-//     power-of-two class above the packet) until the transport hands it
-//     to the socket, then, if the socket was full, gnet's copy of what it
-//     did not take (the frame is released as soon as the copy is made);
-//   - on every peer, its body, until written locally and forwarded, and
-//     on a peer that forwards, gnet's copy for the successor's socket.
+//     power-of-two class above the packet: 2 MiB for 1 MiB of data) until
+//     the writer goroutine has handed it to the socket;
+//   - on every peer, the frame it received, of the same class, until it
+//     is written locally, forwarded (the forward sends the same buffer)
+//     and answered.
 //
-// That is 1 + 2(n-1) + 1 buffers for a chain of n peers; the net.Conn
-// transport queues references rather than copies, so the bound holds for
-// it with room. Fixed on top: each gnet event loop's read buffer
+// That is 1 + n buffers of a frame's class for a chain of n peers. Fixed
+// on top: each gnet event loop's read buffer
 // (transport.DefaultReadBufferCap; each server has GOMAXPROCS loops for
 // its listener and as many for its dialer, the client one) or, for
 // net.Conn, a frame-sized read buffer at each end of each connection; and
@@ -103,8 +102,7 @@ func memoryBound(kind transport.Kind, peers, packet int) heapBound {
 	window := min(int64(datastream.DefaultWindowBytes), int64(datastream.DefaultMaxOutstandingBytes))
 	packets := int(min(int64(datastream.DefaultWindowPackets), (window+int64(packet)-1)/int64(packet)))
 	frame := pow2(packet + 128) // prefix and a header of under 100 bytes
-	body := pow2(packet)
-	perPacket := frame + int64(peers-1)*2*body + body
+	perPacket := frame * int64(1+peers)
 	// Connections that carry data in: the client's to the first peer and
 	// one per hop; each may hold a partial frame.
 	dataConns := int64(peers)
@@ -118,8 +116,8 @@ func memoryBound(kind transport.Kind, peers, packet int) heapBound {
 	fixed := readBufs + dataConns*frame
 	return heapBound{
 		packets: packets, perPacket: perPacket, fixed: fixed,
-		why: fmt.Sprintf("%d packets in flight x %.0f MiB (client frame %.0f MiB; body and outbound copy on %d forwarding peers, body on the last, %.0f MiB each) + %.0f MiB read buffers + %.0f MiB partial frames = %.1f MiB",
-			packets, mib(perPacket), mib(frame), peers-1, mib(body), mib(readBufs), mib(dataConns*frame), mib(int64(packets)*perPacket+fixed)),
+		why: fmt.Sprintf("%d packets in flight x %.0f MiB (the client's frame and each of %d peers' received frame, %.0f MiB each: a %.0f MiB packet and its header take the next power of two) + %.1f MiB read buffers + %.0f MiB partial frames = %.1f MiB",
+			packets, mib(perPacket), peers, mib(frame), mib(int64(packet)), mib(readBufs), mib(dataConns*frame), mib(int64(packets)*perPacket+fixed)),
 	}
 }
 
