@@ -117,6 +117,7 @@ Medians of $count runs; \`bench/report.sh\`, raw output on stderr.
 | allocations per 1 MiB packet in steady state, gnet | process-wide mallocs after the first 64 packets | $(num %.3f "$(med $c/stream steady-allocs/packet)") | | 0 |
 | allocations per 1 MiB packet in steady state, net.Conn | process-wide mallocs after the first 64 packets | $(num %.3f "$(med $c/stream-netconn steady-allocs/packet)") | | 0 |
 | allocations per 1 MiB packet, all, gnet; net.Conn | the stream's fixed costs spread over $chain_packets packets | $(num %.2f "$(med $c/stream allocs/packet)"); $(num %.2f "$(med $c/stream-netconn allocs/packet)") | | |
+| garbage collections in steady state, gnet; net.Conn | GCs after the first 64 packets | $(num %.0f "$(med $c/stream steady-gcs)"); $(num %.0f "$(med $c/stream-netconn steady-gcs)") | | |
 | 64 MiB committed, on disk | log MB/s; stream MB/s | $(num %.0f "$(med $cp/disk/log/64MiB MB/s)"); $(num %.0f "$(med $cp/disk/stream/64MiB MB/s)") | $(num %.2f "$(med $cp/disk/stream/64MiB stream/log)")× log | wide margin |
 | 64 MiB committed, in memory | log MB/s; stream MB/s | $(num %.0f "$(med $cp/mem/log/64MiB MB/s)"); $(num %.0f "$(med $cp/mem/stream/64MiB MB/s)") | $(num %.2f "$(med $cp/mem/stream/64MiB stream/log)")× log | |
 | 4 KiB SYNC write, 3-peer chain, gnet | p50 µs; p99 µs | $(num %.0f "$(med $l p50-µs)"); $(num %.0f "$(med $l p99-µs)") | $(num %.2f "$(med $l p50-vs-ping)")× ping p50 | |

@@ -90,19 +90,23 @@ func benchStream(b *testing.B, kind transport.Kind, sm func() statemachine.State
 	// allocs/packet spreads the stream's fixed costs (pools filling up,
 	// the CLOSE and its commit) over b.N packets; steady-allocs/packet
 	// counts only what the process allocates while packets after the
-	// first window's worth go out, the data path's running cost.
+	// first window's worth go out, the data path's running cost, and
+	// steady-gcs the garbage collections meanwhile.
 	warm := min(b.N/4, 64)
-	var steady uint64
+	var steady runtime.MemStats
 	for i := range b.N {
 		if i == warm {
-			steady = mallocCount()
+			runtime.ReadMemStats(&steady)
 		}
 		if err := out.Send(ctx, payload.Retain()); err != nil {
 			b.Fatal(err)
 		}
 	}
 	if n := b.N - warm; n > 0 {
-		b.ReportMetric(float64(mallocCount()-steady)/float64(n), "steady-allocs/packet")
+		var end runtime.MemStats
+		runtime.ReadMemStats(&end)
+		b.ReportMetric(float64(end.Mallocs-steady.Mallocs)/float64(n), "steady-allocs/packet")
+		b.ReportMetric(float64(end.NumGC-steady.NumGC), "steady-gcs")
 	}
 	reply, err := out.Close(ctx).Wait(ctx)
 	m.stop(b)
@@ -219,13 +223,6 @@ func startMallocs(b *testing.B) mallocs {
 	runtime.ReadMemStats(&ms)
 	b.ResetTimer()
 	return mallocs{start: ms.Mallocs}
-}
-
-// mallocCount returns the heap allocations of the process so far.
-func mallocCount() uint64 {
-	var ms runtime.MemStats
-	runtime.ReadMemStats(&ms)
-	return ms.Mallocs
 }
 
 // stop stops the timer and reports allocs/packet.
