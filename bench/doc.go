@@ -12,12 +12,15 @@
 //
 //   - stream: three server.Server peers on gnet (the default transport) and
 //     a datastream.Client. The stream is opened, and its header answered,
-//     before the timer starts; the timed part writes b.N packets with
-//     WriteAsync (the client's window keeps up to 16 MiB in flight) and then
-//     closes the stream and waits for the reply to CLOSE, which comes once
-//     every peer has written, forwarded, acknowledged and linked all of it.
-//     The state machine counts bytes and stores nothing, so that the numbers
-//     are the data path's and not a hash's or a disk's.
+//     before the timer starts; the timed part sends b.N packets with Send,
+//     one pooled buffer again and again, as the relay's client writes the
+//     same bytes again and again (the client's window keeps up to 16 MiB in
+//     flight), and then closes the stream and waits for the reply to CLOSE,
+//     which comes once every peer has written, forwarded, acknowledged and
+//     linked all of it. The state machine counts bytes and stores nothing,
+//     so that the numbers are the data path's and not a hash's or a disk's;
+//     since counting never blocks, the peers run with
+//     server.Config.InlineWrites.
 //   - stream-netconn: the same over the net.Conn transport.
 //   - stream-sha256: the same as stream with statemachine.NewMemoryHashing,
 //     which hashes every byte on every peer: what a state machine that
@@ -38,8 +41,11 @@
 //
 // Besides B/op and allocs/op, each variant reports allocs/packet: the
 // process-wide heap allocations (runtime.MemStats.Mallocs) in the timed
-// part divided by the packets, which allocs/op also counts but rounds.
-// Client and servers share the process, so this counts both; to see which
+// part divided by the packets, which allocs/op also counts but rounds; and
+// steady-allocs/packet and steady-gcs, the allocations per packet and the
+// garbage collections after the first 64 packets and before the CLOSE,
+// without the stream's fixed costs (pools filling, the commit). Client
+// and servers share the process, so these count both; to see which
 // sites allocate, and which side they are on, profile every allocation:
 //
 //	go test -run '^$' -bench 'Chain/stream$' -memprofile mem.out -memprofilerate 1 ./bench
