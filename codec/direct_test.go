@@ -145,13 +145,8 @@ func TestFrameDecoderReadsDirect(t *testing.T) {
 		for _, q := range readQueues {
 			t.Run(rd.name+"/"+q.name, func(t *testing.T) {
 				buffertest.Check(t)
-				dec, err := codec.NewFrameDecoder(stripped)
-				must(t, err)
-				tr := &fakeTransport{}
-				p := pipeline.New(tr, quiet())
-				must(t, p.AddLast("frames", dec))
-				c := &collector{}
-				must(t, p.AddLast("collect", c))
+				d := newDecoding(t, stripped)
+				dec, p, c, tr := d.dec, d.p, d.c, d.tr
 				in := q.make()
 				direct := readLoop(t, p, in, &socket{data: stream, next: rd.next()}, 64<<10)
 				if len(c.errs) > 0 || tr.closed > 0 || in.Buffered() != 0 {
@@ -226,12 +221,8 @@ func TestFrameDecoderWithdrawsTarget(t *testing.T) {
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			buffertest.Check(t)
-			dec, err := codec.NewFrameDecoder(stripped)
-			must(t, err)
-			p := pipeline.New(&fakeTransport{}, quiet())
-			must(t, p.AddLast("frames", dec))
-			c := &collector{}
-			must(t, p.AddLast("collect", c))
+			d := newDecoding(t, stripped)
+			dec, p, c := d.dec, d.p, d.c
 			var in buffer.Queue
 			readLoop(t, p, &in, &socket{data: head}, 64<<10)
 			live := buffer.Live()
@@ -349,12 +340,8 @@ func TestFrameDecoderCountsBacklog(t *testing.T) {
 			if backlog {
 				in = &backlogQueue{sock: sock}
 			}
-			dec, err := codec.NewFrameDecoder(stripped)
-			must(t, err)
-			p := pipeline.New(&fakeTransport{}, quiet())
-			must(t, p.AddLast("frames", dec))
-			c := &collector{}
-			must(t, p.AddLast("collect", c))
+			d := newDecoding(t, stripped)
+			p, c := d.p, d.c
 			direct := readLoop(t, p, in, sock, read)
 			if len(c.errs) > 0 || len(c.frames) != 1 || !bytes.Equal(c.frames[0], body) {
 				t.Fatalf("errors %v, %d frames; want the one sent", c.errs, len(c.frames))

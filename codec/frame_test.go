@@ -82,13 +82,8 @@ func splitters() []splitter {
 // collector, firing one read per piece.
 func decodeAll(t *testing.T, cfg codec.FrameConfig, in inbound, stream []byte, pieces []int) (*collector, *fakeTransport) {
 	t.Helper()
-	dec, err := codec.NewFrameDecoder(cfg)
-	must(t, err)
-	tr := &fakeTransport{}
-	p := pipeline.New(tr, quiet())
-	must(t, p.AddLast("frames", dec))
-	c := &collector{}
-	must(t, p.AddLast("collect", c))
+	d := newDecoding(t, cfg)
+	p, c, tr := d.p, d.c, d.tr
 	for _, n := range pieces {
 		_, _ = in.Write(stream[:n])
 		stream = stream[n:]
@@ -280,13 +275,8 @@ func TestDecodeErrors(t *testing.T) {
 // reads are discarded without another error, and Decode repeats the error.
 func TestFailedDecoderDiscards(t *testing.T) {
 	buffertest.Check(t)
-	dec, err := codec.NewFrameDecoder(codec.FrameConfig{LengthFieldLength: 1, InitialBytesToStrip: 1, MaxFrameLength: 8})
-	must(t, err)
-	tr := &fakeTransport{}
-	p := pipeline.New(tr, quiet())
-	must(t, p.AddLast("frames", dec))
-	c := &collector{}
-	must(t, p.AddLast("collect", c))
+	d := newDecoding(t, codec.FrameConfig{LengthFieldLength: 1, InitialBytesToStrip: 1, MaxFrameLength: 8})
+	dec, p, c, tr := d.dec, d.p, d.c, d.tr
 
 	var in buffer.Queue
 	_, _ = in.Write([]byte{1, 'a', 200, 'b'})
@@ -343,12 +333,8 @@ func TestPartialFrameCostsNothing(t *testing.T) {
 
 func TestDecoderPassesOtherMessages(t *testing.T) {
 	buffertest.Check(t)
-	dec, err := codec.NewFrameDecoder(codec.FrameConfig{LengthFieldLength: 4})
-	must(t, err)
-	p := pipeline.New(&fakeTransport{}, quiet())
-	must(t, p.AddLast("frames", dec))
-	c := &collector{}
-	must(t, p.AddLast("collect", c))
+	d := newDecoding(t, codec.FrameConfig{LengthFieldLength: 4})
+	p, c := d.p, d.c
 	p.FireChannelRead("not bytes")
 	b := buffer.Copy([]byte("a buffer is not an Inbound"))
 	p.FireChannelRead(b)

@@ -158,12 +158,8 @@ func FuzzFrameDecoderDirect(f *testing.F) {
 			cut = 1 << 14 // bounds the test; rarely reached
 		}
 
-		dec, err := codec.NewFrameDecoder(codec.FrameConfig{LengthFieldLength: 4, InitialBytesToStrip: 4})
-		must(t, err)
-		p := pipeline.New(&fakeTransport{}, quiet())
-		must(t, p.AddLast("frames", dec))
-		c := &collector{}
-		must(t, p.AddLast("collect", c))
+		d := newDecoding(t, codec.FrameConfig{LengthFieldLength: 4, InitialBytesToStrip: 4})
+		p, c := d.p, d.c
 		var in buffer.Queue
 		ended := false
 		for ; i < int(cut) && !ended; i++ {

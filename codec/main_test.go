@@ -11,6 +11,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/pipestream/pipestream/buffer"
+	"github.com/pipestream/pipestream/codec"
 	"github.com/pipestream/pipestream/pipeline"
 )
 
@@ -104,4 +105,24 @@ func must(t testing.TB, err error) {
 	if err != nil {
 		t.Fatal(err)
 	}
+}
+
+// decoding is a FrameDecoder in a pipeline with a collector behind it.
+type decoding struct {
+	dec *codec.FrameDecoder
+	p   *pipeline.Pipeline
+	c   *collector
+	tr  *fakeTransport
+}
+
+func newDecoding(t testing.TB, cfg codec.FrameConfig) decoding {
+	t.Helper()
+	dec, err := codec.NewFrameDecoder(cfg)
+	must(t, err)
+	tr := &fakeTransport{}
+	p := pipeline.New(tr, quiet())
+	must(t, p.AddLast("frames", dec))
+	c := &collector{}
+	must(t, p.AddLast("collect", c))
+	return decoding{dec, p, c, tr}
 }
