@@ -69,6 +69,7 @@ func FuzzServerPipeline(f *testing.F) {
 		frame.Release()
 	}
 	f.Add(seed, uint16(10))
+	f.Add(seed, uint16(0x8000|10))
 	f.Add(seed[:len(seed)-3], uint16(0))
 	f.Add([]byte{0, 0, 0, 4, 0xff, 0xff, 0xff, 0xff}, uint16(2))
 	f.Fuzz(func(t *testing.T, in []byte, split uint16) {
@@ -76,6 +77,9 @@ func FuzzServerPipeline(f *testing.F) {
 		streams := handler.NewStreams(handler.Config{
 			ID: self, Peers: []string{self}, StateMachine: statemachine.NewMemory(),
 			Logger: slog.New(slog.DiscardHandler), MaxHeader: 1024,
+			// Both ways of writing: on the executor, and inline (Memory's
+			// Write never blocks), picked by the split's top bit.
+			InlineWrites: split&0x8000 != 0,
 		})
 		ct := &checkingTransport{t: t}
 		p := pipeline.New(ct, pipeline.WithLogger(slog.New(slog.DiscardHandler)))
@@ -83,7 +87,7 @@ func FuzzServerPipeline(f *testing.F) {
 			t.Fatal(err)
 		}
 		var q buffer.Queue
-		cut := int(split) % (len(in) + 1)
+		cut := int(split&0x7fff) % (len(in) + 1)
 		for _, part := range [][]byte{in[:cut], in[cut:]} {
 			_, _ = q.Write(part)
 			p.FireChannelRead(&q)
