@@ -37,10 +37,13 @@
 // stays in the transport's buffer until it is whole; a large one (64 KiB or
 // more) is taken into its buffer once a quarter of it has arrived, and the
 // rest is copied straight there, so that the transport does not copy it
-// again to keep it. A frame is never allocated from its announced length
-// alone: the decoder holds at most four times what a peer has sent of a
-// frame, and a frame announced longer than MaxFrameLength fails as soon as
-// its length field arrives.
+// again to keep it. Where the Inbound is a buffer.DirectReader, as both
+// transports' are, the transport then reads the rest from the socket into
+// the frame's buffer with no copy in user space, and bytes still waiting in
+// the socket (buffer.Backlog) count towards the quarter. A frame is never
+// allocated from its announced length alone: the decoder holds at most
+// four times what a peer has sent of a frame, and a frame announced longer
+// than MaxFrameLength fails as soon as its length field arrives.
 //
 // The prepender copies a small body behind its prefix into one buffer and
 // writes a large *buffer.Buf as two messages, the prefix and the body
