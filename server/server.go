@@ -488,8 +488,12 @@ func (s *Server) sweep() {
 // streams, and waits for every goroutine of the server to end or ctx to be
 // done.
 func (s *Server) Shutdown(ctx context.Context) error {
-	s.cancel()
+	// Upstream connections close first: a stream's client must see its
+	// primary go away, not a failure the primary blames on a successor
+	// connection that the connect loops, stopped by cancel, close at the
+	// same time (the writer goroutines send such a reply at once).
 	errs := []error{s.ln.Shutdown(ctx)}
+	s.cancel()
 	s.wg.Wait()
 	if s.dialer != nil {
 		errs = append(errs, s.dialer.Close())

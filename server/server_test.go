@@ -299,6 +299,12 @@ func (c *failingChannel) Write(p []byte) (int, error) {
 	return c.DataChannel.Write(p)
 }
 
+// TestStateMachineFailure fails a stream's write on each peer in turn:
+// the client hears of it, and no peer commits the stream. The peers run
+// with a Committer, as with Raft, which links only a stream that closed on
+// every peer; standalone, a peer after the failing one may link at its own
+// CLOSE before the ABORT arrives (see TestFaultSuccessorKilled), and the
+// faster a forward leaves, the likelier that is.
 func TestStateMachineFailure(t *testing.T) {
 	for failing := 0; failing < 3; failing++ {
 		t.Run(peerID(failing), func(t *testing.T) {
@@ -309,6 +315,10 @@ func TestStateMachineFailure(t *testing.T) {
 				}
 				return statemachine.NewMemory()
 			}})
+			fc := &fanoutCommitter{peers: g.servers, down: map[int]bool{}}
+			for _, s := range g.servers {
+				s.SetCommitter(fc)
+			}
 			c := g.client(t)
 			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 			defer cancel()
