@@ -37,14 +37,12 @@ type gnetChannel struct {
 	// Set in OnOpen, before any other goroutine can see the channel open.
 	loop          gnet.EventLoop
 	local, remote net.Addr
-	out           *writer  // nil if OnOpen failed, and then openErr says why
-	dup           net.Conn // the writer's duplicate of the socket
+	out           *writer // on a duplicate of the socket; nil if OnOpen failed, and then openErr says why
 	openErr       error
 
 	// Owned by the event loop.
 	conn gnet.Conn
 	in   gnetInbound
-	fd   int // the socket gnet reads, valid while conn is set
 }
 
 func newGnetChannel(opts *options, init Initializer) *gnetChannel {
@@ -97,14 +95,13 @@ func (ch *gnetChannel) teardown() {
 func (ch *gnetChannel) opened(c gnet.Conn) gnet.Action {
 	ch.conn, ch.loop = c, c.EventLoop()
 	ch.local, ch.remote = c.LocalAddr(), c.RemoteAddr()
-	ch.in.c, ch.fd = c, c.Fd()
+	ch.in.c, ch.in.fd = c, c.Fd()
 	dup, err := dupConn(c)
 	if err != nil {
 		ch.openErr = err
 		ch.opts.logger.Warn("transport: closing a connection the writer cannot use", "channel", ch.id, "remote", ch.remote, "err", err)
 		return gnet.Close
 	}
-	ch.dup = dup
 	ch.out = newWriter(dup, ch.opts, ch.teardown)
 	ch.out.start()
 	if !initialize(ch, ch.init, ch.opts.logger) {
@@ -153,7 +150,7 @@ func (ch *gnetChannel) traffic() {
 		if ch.in.c == nil || ch.in.c.InboundBuffered() > 0 {
 			break
 		}
-		n, ok, _ := ch.in.ReadDirect(socketReader(ch.fd))
+		n, ok, _ := ch.in.ReadDirect(socketReader(ch.in.fd))
 		if !ok || n == 0 {
 			// Nothing more to read now, an error or the end of the
 			// stream: gnet's next read sees the same and acts on it.
@@ -175,14 +172,7 @@ func (ch *gnetChannel) closedByGnet(err error) {
 		ch.finish()
 		return
 	}
-	q := ch.out.shut()
-	// The socket ends with the writer's duplicate, and closing it makes a
-	// write stuck on a slow peer return at once, so the wait is short.
-	_ = ch.dup.Close()
-	<-ch.out.done
-	for _, m := range q {
-		m.release()
-	}
+	ch.out.end()
 	ch.p.FireChannelInactive()
 	ch.finish()
 }
@@ -206,7 +196,8 @@ func (ch *gnetChannel) finish() {
 // frame that wraps gnet's ring buffer once instead of joining it for Peek
 // first; and a buffer.DirectReader, whose target traffic reads into.
 type gnetInbound struct {
-	c gnet.Conn
+	c  gnet.Conn
+	fd int // c's socket, which traffic and Backlog read directly
 	buffer.Target
 }
 
@@ -216,7 +207,7 @@ var (
 )
 
 // Backlog returns the bytes waiting in the socket, which gnet has not read.
-func (in *gnetInbound) Backlog() int { return socketBacklog(in.c.Fd()) }
+func (in *gnetInbound) Backlog() int { return socketBacklog(in.fd) }
 
 func (in *gnetInbound) Read(p []byte) (int, error) { return in.c.Read(p) }
 

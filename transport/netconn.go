@@ -102,12 +102,7 @@ func (ch *connChannel) readLoop() {
 		}
 	}
 
-	q := ch.out.shut()
-	_ = ch.conn.Close() // unblocks a writer stuck on a slow peer
-	<-ch.out.done
-	for _, m := range q {
-		m.release()
-	}
+	ch.out.end()
 	ch.p.FireChannelInactive()
 	if ch.onDone != nil {
 		ch.onDone()

@@ -167,36 +167,36 @@ func (w *writer) signal() {
 }
 
 // close makes the goroutine send what was written before it, giving a slow
-// peer up to closeLinger to take it, and then call teardown. It reports
-// whether this call started the closing.
-func (w *writer) close() bool {
+// peer up to closeLinger to take it, and then call teardown.
+func (w *writer) close() {
 	w.mu.Lock()
 	if w.closed || w.closing {
 		w.mu.Unlock()
-		return false
+		return
 	}
 	w.closing = true
 	w.mu.Unlock()
 	_ = w.conn.SetWriteDeadline(time.Now().Add(closeLinger))
 	w.signal()
-	return true
 }
 
-// shut marks the writer closed once the connection has ended and returns
-// what was still queued, for the caller to release. The goroutine returns
-// once its write in progress does, which closing conn forces.
-func (w *writer) shut() []outbound {
+// end stops the writer once the connection has ended: it closes conn,
+// which makes a write stuck on a slow peer return at once (on gnet, the
+// socket ends with this duplicate), waits for the goroutine, and releases
+// what was still queued. The transport calls it once, before
+// ChannelInactive.
+func (w *writer) end() {
 	w.mu.Lock()
-	if w.closed {
-		w.mu.Unlock()
-		return nil
-	}
 	w.closed = true
 	q := w.q
 	w.q, w.pending = nil, 0
 	w.mu.Unlock()
 	close(w.quit)
-	return q
+	_ = w.conn.Close()
+	<-w.done
+	for _, m := range q {
+		m.release()
+	}
 }
 
 func (w *writer) run() {
