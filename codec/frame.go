@@ -172,14 +172,22 @@ func (d *FrameDecoder) Reset() {
 
 // drop releases the frame being assembled; d.mu is held.
 func (d *FrameDecoder) drop() {
-	if d.direct != nil {
-		d.direct.Withdraw()
-		d.direct = nil
-	}
+	d.withdraw()
 	if d.partial != nil {
 		d.partial.Release()
 		d.partial, d.have = nil, 0
 	}
+}
+
+// withdraw takes back the target of the Inbound's direct reads, if there
+// is one, and returns how many bytes landed in it. d.mu is held.
+func (d *FrameDecoder) withdraw() int {
+	if d.direct == nil {
+		return 0
+	}
+	n := d.direct.Withdraw()
+	d.direct = nil
+	return n
 }
 
 // Decode takes the next whole frame out of in and returns it, stripped, in a
@@ -273,11 +281,8 @@ func arrived(in buffer.Inbound, buffered, want int) int {
 // fill moves what has arrived of the frame being assembled into it, and
 // returns the frame once it is whole.
 func (d *FrameDecoder) fill(in buffer.Inbound) (*buffer.Buf, error) {
-	if d.direct != nil {
-		// Landed bytes come before everything in the Inbound.
-		d.have += d.direct.Withdraw()
-		d.direct = nil
-	}
+	// Landed bytes come before everything in the Inbound.
+	d.have += d.withdraw()
 	dst := d.partial.Bytes()
 	if n := min(len(dst)-d.have, in.Buffered()); n > 0 {
 		if err := take(in, dst[d.have:d.have+n], 0); err != nil {
