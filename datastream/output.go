@@ -117,13 +117,11 @@ type pendingPacket struct {
 
 var pendingPool = sync.Pool{New: func() any { return &pendingPacket{pooled: true} }}
 
-// free returns a pooled packet to the pool; other packets belong to the
-// caller that holds their future.
+// free returns a pooled packet to the pool. Only pooled packets may be
+// freed: the others belong to the caller that holds their future.
 func (p *pendingPacket) free() {
-	if p.pooled {
-		*p = pendingPacket{pooled: true}
-		pendingPool.Put(p)
-	}
+	*p = pendingPacket{pooled: true}
+	pendingPool.Put(p)
 }
 
 // Stream opens a stream whose header request carries a copy of message
