@@ -65,17 +65,25 @@ func newSM(tb testing.TB, k smKind) statemachine.StateMachine {
 // a few percent.
 func startPeers(tb testing.TB, n int, kind transport.Kind, sm smKind) (peers []datastream.Peer, stop func()) {
 	tb.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), patience)
-	defer cancel()
-	group := make([]server.Peer, n)
-	for i := range group {
-		group[i].ID = fmt.Sprintf("s%d", i+1)
-	}
 	// The state machines first, so that their cleanups run after the
 	// servers have shut down.
 	sms := make([]statemachine.StateMachine, n)
 	for i := range sms {
 		sms[i] = newSM(tb, sm)
+	}
+	return startServers(tb, kind, sms)
+}
+
+// startServers starts a server.Server peer on loopback for each state
+// machine, s1, s2 and so on, and waits until each reaches the others. They
+// are shut down when tb ends, or before by stop.
+func startServers(tb testing.TB, kind transport.Kind, sms []statemachine.StateMachine) (peers []datastream.Peer, stop func()) {
+	tb.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), patience)
+	defer cancel()
+	group := make([]server.Peer, len(sms))
+	for i := range group {
+		group[i].ID = fmt.Sprintf("s%d", i+1)
 	}
 	var servers []*server.Server
 	shutdown := sync.OnceFunc(func() {

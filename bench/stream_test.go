@@ -13,7 +13,6 @@ import (
 	"github.com/pipestream/pipestream/datastream"
 	"github.com/pipestream/pipestream/internal/leaktest"
 	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
-	"github.com/pipestream/pipestream/server"
 	"github.com/pipestream/pipestream/statemachine"
 	"github.com/pipestream/pipestream/transport"
 )
@@ -124,51 +123,15 @@ func benchStream(b *testing.B, kind transport.Kind, sm func() statemachine.State
 	}
 }
 
-// startChain starts three peers and waits until each reaches the others.
-// They are shut down when b ends.
+// startChain starts three peers, each with a state machine from newSM,
+// and waits until each reaches the others. They are shut down when b ends.
 func startChain(b *testing.B, kind transport.Kind, newSM func() statemachine.StateMachine) ([]datastream.Peer, []statemachine.StateMachine) {
 	b.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), patience)
-	defer cancel()
-	var group []server.Peer
-	for i := range chainLen {
-		group = append(group, server.Peer{ID: fmt.Sprintf("s%d", i+1)})
+	sms := make([]statemachine.StateMachine, chainLen)
+	for i := range sms {
+		sms[i] = newSM()
 	}
-	var (
-		servers []*server.Server
-		peers   []datastream.Peer
-		sms     []statemachine.StateMachine
-	)
-	for _, p := range group {
-		sm := newSM()
-		s, err := server.Listen(ctx, server.Config{
-			ID: p.ID, Peers: group, StateMachine: sm, InlineWrites: writesInline(sm),
-			Transport: kind, Logger: discardLogger(),
-		})
-		if err != nil {
-			b.Fatal(err)
-		}
-		b.Cleanup(func() {
-			ctx, cancel := context.WithTimeout(context.Background(), patience)
-			defer cancel()
-			if err := s.Shutdown(ctx); err != nil {
-				b.Errorf("shutdown %s: %v", s.ID(), err)
-			}
-		})
-		servers = append(servers, s)
-		sms = append(sms, sm)
-		peers = append(peers, datastream.Peer{ID: p.ID, Addr: s.Addr().String()})
-	}
-	for _, s := range servers {
-		for _, p := range peers {
-			s.SetPeerAddr(p.ID, p.Addr)
-		}
-	}
-	for _, s := range servers {
-		if err := s.WaitPeers(ctx); err != nil {
-			b.Fatal(err)
-		}
-	}
+	peers, _ := startServers(b, kind, sms)
 	return peers, sms
 }
 
