@@ -20,4 +20,15 @@ var (
 	// ErrBadName is returned by FileStore.OpenStream and CleanName for a file
 	// name that cannot be stored safely under the store's data directory.
 	ErrBadName = errors.New("statemachine: bad file name")
+
+	// ErrMissing is returned by FileStore.Open for a name whose newest
+	// committed entry has no copy on this peer. It is never served in the
+	// place of an older version.
+	ErrMissing = errors.New("statemachine: copy missing on this peer")
+
+	// ErrLinkDeferred is returned by Link when the entry's data is here but
+	// its link could not be recorded (for example, the disk is full). The
+	// data is kept and the copy reported missing until a retry succeeds;
+	// the entry is committed all the same.
+	ErrLinkDeferred = errors.New("statemachine: link deferred")
 )

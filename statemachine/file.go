@@ -1,33 +1,28 @@
 package statemachine
 
 import (
-	"bytes"
 	"context"
 	"crypto/sha256"
-	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"hash"
-	"io"
 	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
-	"strconv"
 	"strings"
 	"sync"
-	"sync/atomic"
+	"time"
 
 	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
 )
 
 // The layout of a FileStore's directory.
 const (
-	tmpDir  = "tmp"           // streams being written, one file each
-	dataDir = "data"          // committed files, by their final names
-	logName = "committed.log" // one JSON line per linked stream, oldest first
+	tmpDir       = "tmp"           // streams being written, one file each
+	dataDir      = "data"          // committed files, by their final names
+	logName      = "committed.log" // one JSON line per applied entry, oldest first
+	closedSuffix = ".closed"       // a temporary file whose stream was closed
 
 	maxNameLen     = 1024
 	maxNameElemLen = 255
@@ -36,9 +31,10 @@ const (
 // FileStore is a StateMachine that stores each stream as a file under a
 // directory:
 //
-//	dir/tmp/<hex client id>-<stream id>   a stream being written
-//	dir/data/<name>                       a committed stream
-//	dir/committed.log                     one JSON line per committed stream
+//	dir/tmp/<hex client id>-<stream id>          a stream being written
+//	dir/tmp/<hex client id>-<stream id>.closed   a closed stream waiting for its entry
+//	dir/data/<name>                              a committed stream
+//	dir/committed.log                            one JSON line per applied entry
 //
 // The file name comes from the stream header's RaftClientRequest.message
 // (the CLI's put --name), checked by CleanName when the stream opens so a bad
@@ -48,27 +44,46 @@ const (
 // atomically by the newer stream; readers that opened the old file keep
 // reading the old data.
 //
+// # Durability
+//
+// A stream's Close fsyncs its file (WithSyncOnClose) and renames it to its
+// ".closed" name, and fsyncs the directory, before it returns: the peer
+// acknowledges CLOSE only after that, so a copy that a peer acknowledged
+// survives a crash. NewFileStore keeps every closed file it finds (an
+// orphan) until its entry is applied, when Link with a nil channel links it,
+// or until SweepOrphans decides the entry will never come; it removes the
+// files of streams that never closed, which no peer acknowledged.
+//
 // Link makes a closed stream's file durable under its final name: it
 // appends the entry (index, term, key, name, length and the SHA-256 computed
 // while writing) to committed.log and fsyncs it, renames the temporary file
 // and fsyncs the directory. Writing the record first means a crash between
 // the two steps is finished by the next NewFileStore, which completes the
 // rename of a temporary file the log names and whose length and hash match.
+// A link whose record cannot be written (a full disk) keeps the file,
+// reports the copy missing, and is retried by the next Link and by
+// RetryDeferred; Link then returns an error matching ErrLinkDeferred.
 //
-// committed.log is the authority for what was linked: Link with a nil
-// channel (a replay, or a peer that was not on the stream's route) is a
-// no-op for a key the log holds and otherwise counts the entry in Missing
-// and returns nil, since Apply must not fail on a peer that has no data. A
-// file left under the same name by an earlier stream is not this entry's
-// data. Link with a channel for a key already linked discards the channel;
-// the first link wins.
+// # Missing copies and versions
 //
-// Whatever Link returns, it consumes the channel: its data is linked or
-// removed, and a later CleanUp is a no-op. A channel still open is closed
-// first; one holding a different number of bytes than the entry is removed
-// and Link returns ErrLengthMismatch.
+// committed.log is the authority for what was applied. Link with a nil
+// channel (a replay, a peer that was not on the stream's route, or one that
+// lost its copy) is a no-op for a key the log holds; otherwise it links an
+// orphan of the key, or records the entry as missing: a log line with
+// "missing": true, a WARN log, a count in Missing, and an entry with
+// StoredFile.Missing in List. Under each name the entry with the highest
+// index wins, whatever order links complete in: a name whose newest entry
+// is missing is not served (Open fails with ErrMissing) and its older file
+// is removed, so no peer serves an older version under a committed name.
 //
-// The index of linked entries is kept in memory and committed.log is never
+// Link with a channel for a key already linked discards the channel; the
+// first link wins. Whatever Link returns, it consumes the channel: its data
+// is linked, removed, or kept for a deferred link, and a later CleanUp is a
+// no-op. A channel still open is closed first; one holding a different
+// number of bytes than the entry is removed and Link returns
+// ErrLengthMismatch.
+//
+// The index of applied entries is kept in memory and committed.log is never
 // compacted, so both grow with the number of streams ever linked. Only one
 // FileStore may use a directory at a time.
 type FileStore struct {
@@ -76,18 +91,19 @@ type FileStore struct {
 	logger      *slog.Logger
 	syncOnClose bool
 
-	missing atomic.Int64
-
-	// linkMu serializes Link, so at most one record is ahead of its rename
-	// (what NewFileStore's recovery relies on) and appends to log never
-	// interleave.
-	linkMu  sync.Mutex
-	log     *os.File
-	logSize int64
+	// linkMu serializes Link, RetryDeferred and SweepOrphans, so at most one
+	// record is ahead of its rename (what NewFileStore's recovery relies
+	// on), appends to log never interleave, and orphans and deferred links
+	// change hands under one lock.
+	linkMu   sync.Mutex
+	log      *os.File
+	logSize  int64
+	orphans  map[StreamKey]orphan       // closed files whose entry has not been applied
+	deferred map[StreamKey]deferredLink // applied entries whose record could not be written
 
 	mu     sync.RWMutex
-	byKey  map[StreamKey]StoredFile // every linked entry
-	byName map[string]StoredFile    // the entry each stored name holds now
+	byKey  map[StreamKey]StoredFile // every applied entry
+	byName map[string]StoredFile    // the newest entry of each name
 }
 
 // StoredFile describes a committed stream held by a FileStore.
@@ -96,7 +112,24 @@ type StoredFile struct {
 	Index, Term uint64 // the committed entry
 	Key         StreamKey
 	Length      uint64
-	SHA256      [32]byte
+	SHA256      [32]byte // zero when Missing
+	// Missing is true when the entry is committed but this peer holds no
+	// copy of its data: it was not on the stream's route, was down, lost its
+	// copy, or could not record its link yet. Such a name is not served.
+	Missing bool
+}
+
+// orphan is a closed stream's file found at start-up.
+type orphan struct {
+	path    string // inside the root
+	modTime time.Time
+}
+
+// deferredLink is an applied entry whose data is closed on disk but whose
+// committed.log record could not be written.
+type deferredLink struct {
+	sf  StoredFile
+	tmp string
 }
 
 // FileOption configures a FileStore.
@@ -106,19 +139,21 @@ type FileOption func(*FileStore)
 // default is slog.Default().
 func WithLogger(l *slog.Logger) FileOption { return func(s *FileStore) { s.logger = l } }
 
-// WithSyncOnClose sets whether Close fsyncs a stream's file when data was
-// written since the last Sync. The default, true, makes a stream durable on
+// WithSyncOnClose sets whether Close fsyncs a stream's file (and the rename
+// that marks it closed). The default, true, makes a stream durable on
 // every peer before its entry commits, which a replicated store needs; turn
 // it off only when losing committed data in a crash is acceptable.
 func WithSyncOnClose(on bool) FileOption { return func(s *FileStore) { s.syncOnClose = on } }
 
 // NewFileStore opens or creates a FileStore in dir. It loads committed.log,
-// finishes a link a crash interrupted, and removes the temporary files of
-// streams that were never committed.
+// finishes a link a crash interrupted, keeps the files of closed streams
+// for their entries, and removes those of streams that never closed.
 func NewFileStore(dir string, opts ...FileOption) (*FileStore, error) {
 	s := &FileStore{
 		logger:      slog.Default(),
 		syncOnClose: true,
+		orphans:     make(map[StreamKey]orphan),
+		deferred:    make(map[StreamKey]deferredLink),
 		byKey:       make(map[StreamKey]StoredFile),
 		byName:      make(map[string]StoredFile),
 	}
@@ -151,7 +186,8 @@ func NewFileStore(dir string, opts ...FileOption) (*FileStore, error) {
 }
 
 // Close closes the store's directory and log. Streams still open are not
-// committed; the next NewFileStore on dir removes their files.
+// committed; the next NewFileStore on dir removes their files, and keeps
+// those of closed streams.
 func (s *FileStore) Close() error {
 	var err error
 	if s.log != nil {
@@ -163,7 +199,7 @@ func (s *FileStore) Close() error {
 // OpenStream implements StateMachine. It fails with ErrBadName when the
 // request's message is not a valid file name or the name collides with a
 // stored directory or file path, and with ErrDuplicateStream when the key is
-// already open.
+// already open or closed and waiting for its entry.
 func (s *FileStore) OpenStream(ctx context.Context, key StreamKey, req *pb.RaftClientRequest) (DataChannel, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("statemachine: open stream %v: %w", key, err)
@@ -176,6 +212,9 @@ func (s *FileStore) OpenStream(ctx context.Context, key StreamKey, req *pb.RaftC
 		return nil, fmt.Errorf("%w (stream %v)", err, key)
 	}
 	tmp := tmpPath(key)
+	if _, err := s.root.Lstat(tmp + closedSuffix); err == nil {
+		return nil, fmt.Errorf("%w: %v is closed and waiting for its entry", ErrDuplicateStream, key)
+	}
 	f, err := s.root.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
 	if errors.Is(err, fs.ErrExist) {
 		return nil, fmt.Errorf("%w: %v", ErrDuplicateStream, key)
@@ -203,14 +242,12 @@ func (s *FileStore) Link(_ context.Context, e Entry, ch DataChannel) error {
 
 	s.linkMu.Lock()
 	defer s.linkMu.Unlock()
+	s.retryDeferredLocked()
 	s.mu.RLock()
-	_, done := s.byKey[e.Key]
+	prev, done := s.byKey[e.Key]
 	s.mu.RUnlock()
 	if c == nil {
-		if !done {
-			s.noteMissing(e)
-		}
-		return nil
+		return s.linkWithoutChannel(e, prev, done)
 	}
 
 	c.mu.Lock()
@@ -219,11 +256,8 @@ func (s *FileStore) Link(_ context.Context, e Entry, ch DataChannel) error {
 	case c.state == chanLinked:
 		return nil
 	case c.state == chanCleaned:
-		if !done {
-			s.noteMissing(e)
-		}
-		return nil
-	case done:
+		return s.linkWithoutChannel(e, prev, done)
+	case done && !prev.Missing:
 		return c.cleanUpLocked()
 	}
 	if err := c.closeLocked(); err != nil {
@@ -236,26 +270,87 @@ func (s *FileStore) Link(_ context.Context, e Entry, ch DataChannel) error {
 
 	sf := StoredFile{Name: c.name, Index: e.Index, Term: e.Term, Key: e.Key, Length: c.n}
 	c.h.Sum(sf.SHA256[:0])
-	committed, err := s.commit(sf, c.tmp)
-	if !committed {
-		return errors.Join(err, c.cleanUpLocked())
-	}
-	c.state = chanLinked
 	c.h = nil
+	err := s.linkFile(sf, c.tmp)
+	// Linked, or kept for a deferred link: the channel's file is no longer
+	// its own to clean up either way.
+	c.state = chanLinked
 	return err
+}
+
+// linkWithoutChannel applies e on a peer that has no open channel for it:
+// a replay of an entry already applied, a closed file found at start-up,
+// or no copy at all. prev is what the log holds for the key, if done.
+func (s *FileStore) linkWithoutChannel(e Entry, prev StoredFile, done bool) error {
+	if done && !prev.Missing {
+		return nil
+	}
+	if o, ok := s.orphans[e.Key]; ok {
+		delete(s.orphans, e.Key)
+		sf, err := s.adopt(e, o)
+		if err == nil {
+			s.logger.Info("statemachine: linked a copy kept across a restart", "name", sf.Name, "index", e.Index)
+			return s.linkFile(sf, o.path)
+		}
+		s.logger.Warn("statemachine: discarding a kept copy that does not match its entry",
+			"stream", e.Key.String(), "index", e.Index, "err", err)
+		if rerr := s.root.Remove(o.path); rerr != nil && !errors.Is(rerr, fs.ErrNotExist) {
+			err = errors.Join(err, rerr)
+		}
+		if done {
+			return err
+		}
+		return errors.Join(err, s.recordMissing(e))
+	}
+	if done {
+		return nil // already recorded missing
+	}
+	return s.recordMissing(e)
+}
+
+// linkFile links sf to the closed file tmp, or defers the link when its
+// record cannot be written. Call with linkMu held.
+func (s *FileStore) linkFile(sf StoredFile, tmp string) error {
+	committed, err := s.commit(sf, tmp)
+	if committed {
+		return err
+	}
+	// The entry is committed and the bytes are here: keep them, hide the
+	// older version the name held, and try again later.
+	s.deferred[sf.Key] = deferredLink{sf: sf, tmp: tmp}
+	missing := sf
+	missing.Missing, missing.SHA256 = true, [32]byte{}
+	s.setEntry(missing)
+	s.logger.Warn("statemachine: could not record a link; the copy is kept, reported missing and retried",
+		"name", sf.Name, "index", sf.Index, "err", err)
+	return fmt.Errorf("%w: %w", ErrLinkDeferred, err)
 }
 
 // commit records sf and moves its temporary file into place. committed
 // reports whether the record stands: the file is in place, or the next
-// NewFileStore will put it there.
+// NewFileStore will put it there. A newer entry already holding sf.Name
+// keeps it; sf is recorded and its file removed.
 func (s *FileStore) commit(sf StoredFile, tmp string) (committed bool, err error) {
+	s.mu.RLock()
+	cur, held := s.byName[sf.Name]
+	s.mu.RUnlock()
+	superseded := held && cur.Index > sf.Index
 	dst := filepath.Join(dataDir, sf.Name)
-	if err := s.mkdirs(filepath.Dir(dst)); err != nil {
-		return false, fmt.Errorf("statemachine: link %v: %w", sf.Key, err)
+	if !superseded {
+		if err := s.mkdirs(filepath.Dir(dst)); err != nil {
+			return false, fmt.Errorf("statemachine: link %v: %w", sf.Key, err)
+		}
 	}
 	before := s.logSize
 	if err := s.appendRecord(sf); err != nil {
 		return false, errors.Join(fmt.Errorf("statemachine: link %v: %w", sf.Key, err), s.truncateLog(before))
+	}
+	if superseded {
+		s.setEntry(sf)
+		if err := s.root.Remove(tmp); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			return true, fmt.Errorf("statemachine: link %v: remove superseded copy: %w", sf.Key, err)
+		}
+		return true, nil
 	}
 	if err := s.root.Rename(tmp, dst); err != nil {
 		err = fmt.Errorf("statemachine: link %v: %w", sf.Key, err)
@@ -265,28 +360,74 @@ func (s *FileStore) commit(sf StoredFile, tmp string) (committed bool, err error
 		}
 		return false, err
 	}
-	s.mu.Lock()
-	s.byKey[sf.Key] = sf
-	s.byName[sf.Name] = sf
-	s.mu.Unlock()
+	s.setEntry(sf)
 	if err := s.syncDir(filepath.Dir(dst)); err != nil {
 		return true, fmt.Errorf("statemachine: link %v: %w", sf.Key, err)
 	}
 	return true, nil
 }
 
-func (s *FileStore) noteMissing(e Entry) {
-	s.missing.Add(1)
-	s.logger.Info("statemachine: committed stream has no data on this peer",
-		"index", e.Index, "stream", e.Key.String())
+// setEntry records sf as applied; it becomes its name's entry unless a
+// newer one holds the name.
+func (s *FileStore) setEntry(sf StoredFile) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.byKey[sf.Key] = sf
+	if cur, ok := s.byName[sf.Name]; !ok || cur.Index <= sf.Index {
+		s.byName[sf.Name] = sf
+	}
 }
 
-// Missing returns the number of entries Link was given no data for, since
-// the store was opened.
-func (s *FileStore) Missing() int { return int(s.missing.Load()) }
+// recordMissing records e as applied without data on this peer, and removes
+// the older version its name held so it is not served in e's place.
+func (s *FileStore) recordMissing(e Entry) error {
+	name, err := streamName(e.Key, e.Request)
+	if err != nil {
+		// The primary checked the name; an entry whose name this peer
+		// refuses cannot be stored here under any name.
+		s.logger.Warn("statemachine: committed stream has an unusable name on this peer",
+			"index", e.Index, "stream", e.Key.String(), "err", err)
+		return fmt.Errorf("statemachine: link %v: %w", e.Key, err)
+	}
+	sf := StoredFile{Name: name, Index: e.Index, Term: e.Term, Key: e.Key, Length: e.Length, Missing: true}
+	s.logger.Warn("statemachine: committed stream has no data on this peer; its copy is missing",
+		"name", name, "index", e.Index, "stream", e.Key.String())
+	s.mu.RLock()
+	cur, held := s.byName[name]
+	s.mu.RUnlock()
+	before := s.logSize
+	aerr := s.appendRecord(sf)
+	if aerr != nil {
+		aerr = errors.Join(fmt.Errorf("statemachine: record missing %v: %w", e.Key, aerr), s.truncateLog(before))
+	}
+	// Recorded or not, this process must not serve the older version.
+	s.setEntry(sf)
+	if held && cur.Index < sf.Index && !cur.Missing {
+		if err := s.root.Remove(filepath.Join(dataDir, name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			aerr = errors.Join(aerr, fmt.Errorf("statemachine: remove superseded %s: %w", name, err))
+		} else if err == nil {
+			aerr = errors.Join(aerr, s.syncDir(filepath.Dir(filepath.Join(dataDir, name))))
+		}
+	}
+	return aerr
+}
 
-// List returns the files the store holds, in link order: for each name, the
-// entry that wrote it last.
+// Missing returns the number of names whose newest committed entry has no
+// copy on this peer (StoredFile.Missing).
+func (s *FileStore) Missing() int {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	n := 0
+	for _, sf := range s.byName {
+		if sf.Missing {
+			n++
+		}
+	}
+	return n
+}
+
+// List returns, for each name, the newest entry that wrote it, in log
+// order, including entries whose copy is missing on this peer.
 func (s *FileStore) List() []StoredFile {
 	s.mu.RLock()
 	out := make([]StoredFile, 0, len(s.byName))
@@ -300,6 +441,17 @@ func (s *FileStore) List() []StoredFile {
 		}
 		return strings.Compare(a.Name, b.Name)
 	})
+	return out
+}
+
+// Catalog implements Cataloger: the newest entry of every name, in log
+// order, whether this peer holds its copy or not.
+func (s *FileStore) Catalog() []Entry {
+	files := s.List()
+	out := make([]Entry, len(files))
+	for i, sf := range files {
+		out[i] = Entry{Index: sf.Index, Term: sf.Term, Key: sf.Key, Length: sf.Length, Request: nameRequest(sf)}
+	}
 	return out
 }
 
@@ -326,394 +478,16 @@ func (s *FileStore) Lookup(name string) (StoredFile, bool) {
 }
 
 // Open opens a committed file for reading. A name the store does not hold
-// fails with an error matching fs.ErrNotExist.
+// fails with an error matching fs.ErrNotExist; one whose newest entry has
+// no copy here, with one matching ErrMissing.
 func (s *FileStore) Open(name string) (*os.File, error) {
 	sf, ok := s.Lookup(name)
 	if !ok {
 		return nil, &fs.PathError{Op: "open", Path: name, Err: fs.ErrNotExist}
 	}
+	if sf.Missing {
+		return nil, &fs.PathError{Op: "open", Path: name, Err: ErrMissing}
+	}
 	return s.root.Open(filepath.Join(dataDir, sf.Name))
 }
 
-// CleanName checks a client-chosen file name and returns it cleaned. It
-// rejects, with ErrBadName, a name that is empty, absolute, longer than 1024
-// bytes or with an element longer than 255, or that holds a NUL or a ".."
-// element. Subdirectories ("a/b") are allowed.
-func CleanName(name string) (string, error) {
-	bad := func(why string) (string, error) {
-		return "", fmt.Errorf("%w %q: %s", ErrBadName, name, why)
-	}
-	switch {
-	case name == "":
-		return bad("empty")
-	case len(name) > maxNameLen:
-		return bad("longer than " + strconv.Itoa(maxNameLen) + " bytes")
-	case strings.IndexByte(name, 0) >= 0:
-		return bad("contains NUL")
-	case filepath.IsAbs(name) || name[0] == '/' || name[0] == '\\':
-		return bad("absolute")
-	}
-	// Split on both separators so a name means the same on every OS.
-	for _, el := range strings.FieldsFunc(name, func(r rune) bool { return r == '/' || r == '\\' }) {
-		if el == ".." {
-			return bad(`contains ".."`)
-		}
-		if len(el) > maxNameElemLen {
-			return bad("has an element longer than " + strconv.Itoa(maxNameElemLen) + " bytes")
-		}
-	}
-	c := filepath.Clean(name)
-	if c == "." || !filepath.IsLocal(c) {
-		return bad("names no file in the store")
-	}
-	return c, nil
-}
-
-// streamName is the file name a stream is stored under.
-func streamName(key StreamKey, req *pb.RaftClientRequest) (string, error) {
-	if m := req.GetMessage(); len(m) > 0 {
-		return CleanName(string(m))
-	}
-	if key.ClientID == "" {
-		return strconv.FormatUint(key.StreamID, 10), nil
-	}
-	return CleanName(key.String())
-}
-
-// checkConflict fails a name whose path runs through a stored file, or that
-// names a directory. It is a best-effort check, racing with other streams,
-// so that the common mistake fails the stream rather than its link.
-func (s *FileStore) checkConflict(name string) error {
-	p := dataDir
-	elems := strings.Split(name, string(filepath.Separator))
-	for i, el := range elems {
-		p = filepath.Join(p, el)
-		fi, err := s.root.Stat(p)
-		if errors.Is(err, fs.ErrNotExist) {
-			return nil
-		}
-		if err != nil {
-			return fmt.Errorf("statemachine: check name %q: %w", name, err)
-		}
-		last := i == len(elems)-1
-		if !last && !fi.IsDir() {
-			return fmt.Errorf("%w %q: %q is a file", ErrBadName, name, filepath.Join(elems[:i+1]...))
-		}
-		if last && fi.IsDir() {
-			return fmt.Errorf("%w %q: is a directory", ErrBadName, name)
-		}
-	}
-	return nil
-}
-
-// mkdirs creates dir and its missing parents inside the root, fsyncing the
-// parent of each directory it creates so the new entries survive a crash.
-func (s *FileStore) mkdirs(dir string) error {
-	elems := strings.Split(dir, string(filepath.Separator))
-	p := ""
-	for _, el := range elems {
-		parent := p
-		p = filepath.Join(p, el)
-		err := s.root.Mkdir(p, 0o755)
-		if errors.Is(err, fs.ErrExist) {
-			continue
-		}
-		if err != nil {
-			return err
-		}
-		if parent == "" {
-			parent = "."
-		}
-		if err := s.syncDir(parent); err != nil {
-			return err
-		}
-	}
-	return nil
-}
-
-func (s *FileStore) syncDir(dir string) error {
-	d, err := s.root.Open(dir)
-	if err != nil {
-		return err
-	}
-	return errors.Join(d.Sync(), d.Close())
-}
-
-func tmpPath(key StreamKey) string {
-	return filepath.Join(tmpDir, hex.EncodeToString([]byte(key.ClientID))+"-"+strconv.FormatUint(key.StreamID, 10))
-}
-
-func parseTmpName(base string) (StreamKey, bool) {
-	i := strings.LastIndexByte(base, '-')
-	if i < 0 {
-		return StreamKey{}, false
-	}
-	client, err := hex.DecodeString(base[:i])
-	if err != nil {
-		return StreamKey{}, false
-	}
-	id, err := strconv.ParseUint(base[i+1:], 10, 64)
-	if err != nil {
-		return StreamKey{}, false
-	}
-	return StreamKey{ClientID: string(client), StreamID: id}, true
-}
-
-// record is one line of committed.log.
-type record struct {
-	Index  uint64 `json:"index"`
-	Term   uint64 `json:"term"`
-	Client string `json:"client"` // hex
-	Stream uint64 `json:"stream"`
-	Name   string `json:"name"`
-	Length uint64 `json:"length"`
-	SHA256 string `json:"sha256"` // hex
-}
-
-func (s *FileStore) appendRecord(sf StoredFile) error {
-	line, err := json.Marshal(record{
-		Index: sf.Index, Term: sf.Term,
-		Client: hex.EncodeToString([]byte(sf.Key.ClientID)), Stream: sf.Key.StreamID,
-		Name: filepath.ToSlash(sf.Name), Length: sf.Length,
-		SHA256: hex.EncodeToString(sf.SHA256[:]),
-	})
-	if err != nil {
-		return err
-	}
-	line = append(line, '\n')
-	// One write, so a crash leaves at most a torn last line, which has no
-	// newline and is dropped by loadLog.
-	n, err := s.log.Write(line)
-	s.logSize += int64(n)
-	if err != nil {
-		return err
-	}
-	return s.log.Sync()
-}
-
-func (s *FileStore) truncateLog(size int64) error {
-	if err := s.log.Truncate(size); err != nil {
-		return fmt.Errorf("statemachine: roll back %s: %w", logName, err)
-	}
-	s.logSize = size
-	if err := s.log.Sync(); err != nil {
-		return fmt.Errorf("statemachine: roll back %s: %w", logName, err)
-	}
-	return nil
-}
-
-// loadLog reads committed.log into the index and leaves it open for
-// appending. A last line without a newline is a torn write and is cut off;
-// any other bad line fails the store, since the log is its only record.
-func (s *FileStore) loadLog() error {
-	f, err := s.root.OpenFile(logName, os.O_RDWR|os.O_CREATE|os.O_APPEND, 0o644)
-	if err != nil {
-		return fmt.Errorf("statemachine: file store: %w", err)
-	}
-	data, err := io.ReadAll(f)
-	if err != nil {
-		f.Close()
-		return fmt.Errorf("statemachine: file store: read %s: %w", logName, err)
-	}
-	s.log = f
-	off, line := 0, 1
-	for off < len(data) {
-		i := bytes.IndexByte(data[off:], '\n')
-		if i < 0 {
-			s.logger.Warn("statemachine: dropping torn last line of "+logName, "bytes", len(data)-off)
-			if err := s.truncateLog(int64(off)); err != nil {
-				return err
-			}
-			break
-		}
-		sf, err := parseRecord(data[off : off+i])
-		if err != nil {
-			return fmt.Errorf("statemachine: file store: %s line %d: %w", logName, line, err)
-		}
-		s.byKey[sf.Key] = sf
-		s.byName[sf.Name] = sf
-		off += i + 1
-		line++
-	}
-	s.logSize = int64(off)
-	return nil
-}
-
-func parseRecord(line []byte) (StoredFile, error) {
-	var r record
-	if err := json.Unmarshal(line, &r); err != nil {
-		return StoredFile{}, err
-	}
-	client, err := hex.DecodeString(r.Client)
-	if err != nil {
-		return StoredFile{}, fmt.Errorf("client: %w", err)
-	}
-	sf := StoredFile{
-		Index: r.Index, Term: r.Term,
-		Key:    StreamKey{ClientID: string(client), StreamID: r.Stream},
-		Length: r.Length,
-	}
-	if sf.Name, err = CleanName(filepath.FromSlash(r.Name)); err != nil {
-		return StoredFile{}, err
-	}
-	sum, err := hex.DecodeString(r.SHA256)
-	if err != nil || len(sum) != len(sf.SHA256) {
-		return StoredFile{}, fmt.Errorf("bad sha256 %q", r.SHA256)
-	}
-	copy(sf.SHA256[:], sum)
-	return sf, nil
-}
-
-// recoverTmp finishes the link a crash interrupted after its record was
-// written, and removes every other temporary file: those streams were never
-// committed.
-func (s *FileStore) recoverTmp() error {
-	d, err := s.root.Open(tmpDir)
-	if err != nil {
-		return fmt.Errorf("statemachine: file store: %w", err)
-	}
-	entries, err := d.ReadDir(-1)
-	d.Close()
-	if err != nil {
-		return fmt.Errorf("statemachine: file store: %w", err)
-	}
-	removed := 0
-	for _, de := range entries {
-		p := filepath.Join(tmpDir, de.Name())
-		if key, ok := parseTmpName(de.Name()); ok && de.Type().IsRegular() {
-			if sf, ok := s.byKey[key]; ok && s.byName[sf.Name].Key == key && s.matches(p, sf) {
-				if err := s.commitRecovered(sf, p); err != nil {
-					return err
-				}
-				s.logger.Info("statemachine: finished an interrupted link", "name", sf.Name, "index", sf.Index)
-				continue
-			}
-		}
-		if err := s.root.RemoveAll(p); err != nil {
-			return fmt.Errorf("statemachine: file store: remove stale %s: %w", p, err)
-		}
-		removed++
-	}
-	if removed > 0 {
-		s.logger.Info("statemachine: removed temporary files of uncommitted streams", "count", removed)
-	}
-	return nil
-}
-
-// matches reports whether the file at p holds sf's data.
-func (s *FileStore) matches(p string, sf StoredFile) bool {
-	f, err := s.root.Open(p)
-	if err != nil {
-		return false
-	}
-	defer f.Close()
-	h := sha256.New()
-	n, err := io.Copy(h, f)
-	return err == nil && uint64(n) == sf.Length && [32]byte(h.Sum(nil)) == sf.SHA256
-}
-
-func (s *FileStore) commitRecovered(sf StoredFile, tmp string) error {
-	dst := filepath.Join(dataDir, sf.Name)
-	err := s.mkdirs(filepath.Dir(dst))
-	if err == nil {
-		err = s.root.Rename(tmp, dst)
-	}
-	if err == nil {
-		err = s.syncDir(filepath.Dir(dst))
-	}
-	if err != nil {
-		return fmt.Errorf("statemachine: file store: recover %s: %w", sf.Name, err)
-	}
-	return nil
-}
-
-// fileChannel is FileStore's DataChannel: a temporary file and a running
-// SHA-256 of what was written to it.
-type fileChannel struct {
-	s    *FileStore
-	key  StreamKey
-	name string // final name, checked at open
-	tmp  string // path inside the root
-
-	mu    sync.Mutex
-	state chanState
-	f     *os.File // nil once closed
-	h     hash.Hash
-	n     uint64
-	dirty bool // written since the last fsync
-}
-
-func (c *fileChannel) Write(p []byte) (int, error) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.state != chanOpen {
-		return 0, ErrChannelClosed
-	}
-	n, err := c.f.Write(p)
-	c.h.Write(p[:n])
-	c.n += uint64(n)
-	c.dirty = c.dirty || n > 0
-	return n, err
-}
-
-func (c *fileChannel) Sync() error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if c.state != chanOpen {
-		return ErrChannelClosed
-	}
-	if err := c.f.Sync(); err != nil {
-		return err
-	}
-	c.dirty = false
-	return nil
-}
-
-// Close is idempotent; it fails only after CleanUp.
-func (c *fileChannel) Close() error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.closeLocked()
-}
-
-func (c *fileChannel) closeLocked() error {
-	switch c.state {
-	case chanCleaned:
-		return ErrChannelClosed
-	case chanClosed, chanLinked:
-		return nil
-	}
-	var err error
-	if c.dirty && c.s.syncOnClose {
-		err = c.f.Sync()
-	}
-	// The file is closed even when the fsync failed; its data is suspect,
-	// so the error stands and the stream should be cleaned up.
-	err = errors.Join(err, c.f.Close())
-	c.f, c.state = nil, chanClosed
-	return err
-}
-
-// CleanUp removes the temporary file. It is idempotent, and a no-op after
-// Link.
-func (c *fileChannel) CleanUp() error {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	return c.cleanUpLocked()
-}
-
-func (c *fileChannel) cleanUpLocked() error {
-	if c.state == chanCleaned || c.state == chanLinked {
-		return nil
-	}
-	var err error
-	if c.f != nil {
-		err = c.f.Close()
-		c.f = nil
-	}
-	c.state, c.h = chanCleaned, nil
-	if rerr := c.s.root.Remove(c.tmp); rerr != nil && !errors.Is(rerr, fs.ErrNotExist) {
-		err = errors.Join(err, fmt.Errorf("statemachine: clean up %v: %w", c.key, rerr))
-	}
-	return err
-}

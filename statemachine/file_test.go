@@ -164,8 +164,8 @@ func TestFileStoreCleanUp(t *testing.T) {
 	}
 	// A late link finds no data: Apply must not fail for it.
 	mustLink(t, s, entry(1, key(2), "b", 6), closed)
-	if s.Missing() != 1 || len(s.List()) != 0 {
-		t.Fatalf("Missing %d List %+v, want 1 and nothing", s.Missing(), s.List())
+	if l := s.List(); s.Missing() != 1 || len(l) != 1 || !l[0].Missing || l[0].Name != "b" {
+		t.Fatalf("Missing %d List %+v, want b missing", s.Missing(), l)
 	}
 	// The key can be opened again once its channel is gone.
 	write(t, s, key(1), "a").CleanUp()
@@ -306,26 +306,50 @@ func TestFileStoreLinkReplay(t *testing.T) {
 	if s.Missing() != 1 {
 		t.Fatalf("Missing() = %d, want 1", s.Missing())
 	}
-	// An older file under the entry's name is not its data.
-	mustLink(t, s, entry(3, key(3), "f", 4), nil)
-	if s.Missing() != 2 {
-		t.Fatalf("Missing() = %d, want 2", s.Missing())
-	}
 	// A second channel for a linked key is discarded.
-	mustLink(t, s, entry(4, key(1), "f", 5), write(t, s, key(1), "f", "other"))
+	mustLink(t, s, entry(3, key(1), "f", 5), write(t, s, key(1), "f", "other"))
 	if got := readStored(t, s, "f"); got != "data" {
 		t.Fatalf("f = %q after a duplicate link", got)
 	}
 	if got := dirNames(t, filepath.Join(dir, "tmp")); len(got) != 0 {
 		t.Fatalf("tmp holds %q", got)
 	}
+	// An older file under the entry's name is not its data, and is no
+	// longer served once a newer entry names it.
+	mustLink(t, s, entry(4, key(3), "f", 4), nil)
+	if s.Missing() != 2 {
+		t.Fatalf("Missing() = %d, want 2", s.Missing())
+	}
+	checkMissing(t, s, dir, "f", 4)
 
-	// After a restart the log still knows stream 1 was linked.
+	// After a restart the log still knows stream 1 was linked, and that f
+	// is missing at entry 4.
 	s.Close()
 	s = openStore(t, dir, nil)
 	mustLink(t, s, entry(1, key(1), "f", 4), nil)
-	if s.Missing() != 0 || len(s.List()) != 1 {
+	mustLink(t, s, entry(4, key(3), "f", 4), nil)
+	if s.Missing() != 2 || len(s.List()) != 2 {
 		t.Fatalf("after restart: Missing %d List %+v", s.Missing(), s.List())
+	}
+	checkMissing(t, s, dir, "f", 4)
+}
+
+// checkMissing fails t unless name's newest entry is index, missing: not
+// served, listed as missing, and with no file left under the name.
+func checkMissing(t *testing.T, s *statemachine.FileStore, dir, name string, index uint64) {
+	t.Helper()
+	sf, ok := s.Lookup(name)
+	if !ok || !sf.Missing || sf.Index != index {
+		t.Fatalf("Lookup(%q) = %+v, %v; want entry %d missing", name, sf, ok, index)
+	}
+	if f, err := s.Open(name); !errors.Is(err, statemachine.ErrMissing) {
+		if f != nil {
+			f.Close()
+		}
+		t.Fatalf("Open(%q) = %v, want ErrMissing", name, err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "data", name)); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("data/%s still on disk: %v", name, err)
 	}
 }
 
@@ -356,16 +380,23 @@ func TestFileStoreRestart(t *testing.T) {
 	if got := readStored(t, s, "sub/b"); got != "22" {
 		t.Fatalf("sub/b = %q", got)
 	}
-	if got := dirNames(t, filepath.Join(dir, "tmp")); len(got) != 0 {
+	// The closed stream is kept for its entry; the open one and the
+	// stranger are removed.
+	if got := dirNames(t, filepath.Join(dir, "tmp")); fmt.Sprint(got) != "[0102636c69656e74-4.closed]" {
 		t.Fatalf("tmp holds %q after restart", got)
 	}
-	if !strings.Contains(logs.String(), "count=3") {
-		t.Fatalf("restart did not log the 3 files it removed:\n%s", logs.String())
+	if !strings.Contains(logs.String(), "count=2") || s.Orphans() != 1 {
+		t.Fatalf("restart did not log the 2 files it removed, or kept %d closed streams:\n%s", s.Orphans(), logs.String())
 	}
-	// The store carries on: a new stream links after the old ones.
+	// The store carries on: a new stream links after the old ones, and the
+	// closed stream's entry, applied late, links the kept copy.
 	mustLink(t, s, entry(3, key(5), "e", 1), write(t, s, key(5), "e", "5"))
-	if got := len(s.List()); got != 3 {
-		t.Fatalf("List() has %d files, want 3", got)
+	mustLink(t, s, entry(4, key(4), "d", 20), nil)
+	if got := readStored(t, s, "d"); got != "closed, never linked" || s.Orphans() != 0 || s.Missing() != 0 {
+		t.Fatalf("d = %q, orphans %d, missing %d", got, s.Orphans(), s.Missing())
+	}
+	if got := len(s.List()); got != 4 {
+		t.Fatalf("List() has %d files, want 4", got)
 	}
 }
 

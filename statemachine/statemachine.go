@@ -59,6 +59,16 @@ type DataChannel interface {
 	CleanUp() error
 }
 
+// Cataloger is a StateMachine that can list the entries it has applied, so
+// a Raft snapshot can carry them to a peer that restores it: the peer links
+// each one with a nil channel, and so records every copy it lacks as
+// missing instead of knowing nothing of it.
+type Cataloger interface {
+	// Catalog returns the newest applied entry of each name, in log order,
+	// with Request.Message set to what names it.
+	Catalog() []Entry
+}
+
 // Entry is a committed stream entry.
 type Entry struct {
 	Index, Term uint64

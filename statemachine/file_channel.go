@@ -1,0 +1,114 @@
+package statemachine
+
+import (
+	"errors"
+	"fmt"
+	"hash"
+	"io/fs"
+	"os"
+	"sync"
+)
+
+// fileChannel is FileStore's DataChannel: a temporary file and a running
+// SHA-256 of what was written to it.
+type fileChannel struct {
+	s    *FileStore
+	key  StreamKey
+	name string // final name, checked at open
+	tmp  string // path inside the root
+
+	mu    sync.Mutex
+	state chanState
+	f     *os.File // nil once closed
+	h     hash.Hash
+	n     uint64
+	dirty bool // written since the last fsync
+}
+
+func (c *fileChannel) Write(p []byte) (int, error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.state != chanOpen {
+		return 0, ErrChannelClosed
+	}
+	n, err := c.f.Write(p)
+	c.h.Write(p[:n])
+	c.n += uint64(n)
+	c.dirty = c.dirty || n > 0
+	return n, err
+}
+
+func (c *fileChannel) Sync() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.state != chanOpen {
+		return ErrChannelClosed
+	}
+	if err := c.f.Sync(); err != nil {
+		return err
+	}
+	c.dirty = false
+	return nil
+}
+
+// Close is idempotent; it fails only after CleanUp.
+func (c *fileChannel) Close() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.closeLocked()
+}
+
+func (c *fileChannel) closeLocked() error {
+	switch c.state {
+	case chanCleaned:
+		return ErrChannelClosed
+	case chanClosed, chanLinked:
+		return nil
+	}
+	var err error
+	if c.dirty && c.s.syncOnClose {
+		err = c.f.Sync()
+	}
+	// The file is closed even when the fsync failed; its data is suspect,
+	// so the error stands and the stream should be cleaned up.
+	err = errors.Join(err, c.f.Close())
+	c.f, c.state = nil, chanClosed
+	if err != nil {
+		return err
+	}
+	// The closed name is what a restart keeps: rename, and make the rename
+	// durable, before this peer acknowledges the CLOSE.
+	closed := c.tmp + closedSuffix
+	if err := c.s.root.Rename(c.tmp, closed); err != nil {
+		return err
+	}
+	c.tmp = closed
+	if c.s.syncOnClose {
+		return c.s.syncDir(tmpDir)
+	}
+	return nil
+}
+
+// CleanUp removes the temporary file. It is idempotent, and a no-op after
+// Link.
+func (c *fileChannel) CleanUp() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.cleanUpLocked()
+}
+
+func (c *fileChannel) cleanUpLocked() error {
+	if c.state == chanCleaned || c.state == chanLinked {
+		return nil
+	}
+	var err error
+	if c.f != nil {
+		err = c.f.Close()
+		c.f = nil
+	}
+	c.state, c.h = chanCleaned, nil
+	if rerr := c.s.root.Remove(c.tmp); rerr != nil && !errors.Is(rerr, fs.ErrNotExist) {
+		err = errors.Join(err, fmt.Errorf("statemachine: clean up %v: %w", c.key, rerr))
+	}
+	return err
+}

@@ -1,0 +1,223 @@
+package statemachine
+
+import (
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"path/filepath"
+	"strings"
+	"time"
+
+	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
+)
+
+// This file holds what FileStore does with the files a crash or a failed
+// link left behind: recovery at start-up, orphans, deferred links.
+
+// recoverTmp finishes the link a crash interrupted after its record was
+// written, keeps the files of closed streams as orphans for their entries,
+// and removes those of streams that never closed: no peer acknowledged
+// them, so no committed entry needs them.
+func (s *FileStore) recoverTmp() error {
+	d, err := s.root.Open(tmpDir)
+	if err != nil {
+		return fmt.Errorf("statemachine: file store: %w", err)
+	}
+	entries, err := d.ReadDir(-1)
+	d.Close()
+	if err != nil {
+		return fmt.Errorf("statemachine: file store: %w", err)
+	}
+	removed := 0
+	for _, de := range entries {
+		p := filepath.Join(tmpDir, de.Name())
+		base, closed := strings.CutSuffix(de.Name(), closedSuffix)
+		if key, ok := parseTmpName(base); ok && de.Type().IsRegular() {
+			if sf, ok := s.byKey[key]; ok && !sf.Missing {
+				if s.byName[sf.Name].Key == key && s.matches(p, sf) {
+					if err := s.commitRecovered(sf, p); err != nil {
+						return err
+					}
+					s.logger.Info("statemachine: finished an interrupted link", "name", sf.Name, "index", sf.Index)
+					continue
+				}
+			} else if closed {
+				fi, err := de.Info()
+				if err != nil {
+					return fmt.Errorf("statemachine: file store: %w", err)
+				}
+				// Linked when its entry is applied (or was recorded
+				// missing by a peer that could not see this file).
+				s.orphans[key] = orphan{path: p, modTime: fi.ModTime()}
+				continue
+			}
+		}
+		if err := s.root.RemoveAll(p); err != nil {
+			return fmt.Errorf("statemachine: file store: remove stale %s: %w", p, err)
+		}
+		removed++
+	}
+	if removed > 0 {
+		s.logger.Info("statemachine: removed temporary files of streams that never closed", "count", removed)
+	}
+	if len(s.orphans) > 0 {
+		s.logger.Info("statemachine: kept closed streams for their entries", "count", len(s.orphans))
+	}
+	return s.repairFromOrphans()
+}
+
+// repairFromOrphans links the orphans whose entry was already applied and
+// recorded missing: a peer that restarted after it applied the entry
+// without seeing the file, or whose deferred link was interrupted.
+func (s *FileStore) repairFromOrphans() error {
+	s.linkMu.Lock()
+	defer s.linkMu.Unlock()
+	for key := range s.orphans {
+		sf, ok := s.byKey[key]
+		if !ok || !sf.Missing {
+			continue
+		}
+		e := Entry{Index: sf.Index, Term: sf.Term, Key: key, Length: sf.Length,
+			Request: nameRequest(sf)}
+		if err := s.linkWithoutChannel(e, sf, true); err != nil && !errors.Is(err, ErrLinkDeferred) {
+			return err
+		}
+	}
+	return nil
+}
+
+// adopt checks that the orphan o holds e's data and returns the entry to
+// link it under.
+func (s *FileStore) adopt(e Entry, o orphan) (StoredFile, error) {
+	name, err := streamName(e.Key, e.Request)
+	if err != nil {
+		return StoredFile{}, err
+	}
+	sf := StoredFile{Name: name, Index: e.Index, Term: e.Term, Key: e.Key}
+	n, sum, err := s.hashFile(o.path)
+	if err != nil {
+		return StoredFile{}, err
+	}
+	if n != e.Length {
+		return StoredFile{}, fmt.Errorf("%w: kept copy of %v holds %d bytes, entry %d names %d",
+			ErrLengthMismatch, e.Key, n, e.Index, e.Length)
+	}
+	sf.Length, sf.SHA256 = n, sum
+	return sf, nil
+}
+
+// matches reports whether the file at p holds sf's data.
+func (s *FileStore) matches(p string, sf StoredFile) bool {
+	n, sum, err := s.hashFile(p)
+	return err == nil && n == sf.Length && sum == sf.SHA256
+}
+
+func (s *FileStore) hashFile(p string) (uint64, [32]byte, error) {
+	f, err := s.root.Open(p)
+	if err != nil {
+		return 0, [32]byte{}, err
+	}
+	defer f.Close()
+	h := sha256.New()
+	n, err := io.Copy(h, f)
+	if err != nil {
+		return 0, [32]byte{}, err
+	}
+	return uint64(n), [32]byte(h.Sum(nil)), nil
+}
+
+func (s *FileStore) commitRecovered(sf StoredFile, tmp string) error {
+	dst := filepath.Join(dataDir, sf.Name)
+	err := s.mkdirs(filepath.Dir(dst))
+	if err == nil {
+		err = s.root.Rename(tmp, dst)
+	}
+	if err == nil {
+		err = s.syncDir(filepath.Dir(dst))
+	}
+	if err != nil {
+		return fmt.Errorf("statemachine: file store: recover %s: %w", sf.Name, err)
+	}
+	return nil
+}
+
+// Orphans returns the number of closed streams kept since start-up whose
+// entry has not been applied yet.
+func (s *FileStore) Orphans() int {
+	s.linkMu.Lock()
+	defer s.linkMu.Unlock()
+	return len(s.orphans)
+}
+
+// SweepOrphans removes the kept closed streams whose files were last
+// written before cutoff, and returns how many it removed. Their entries
+// will never come: call it only once this peer has applied the log as far
+// as the group has committed it, with a cutoff at least as old as the
+// longest a primary may take to commit a closed stream (the server's link
+// timeout). package peer does so on a tick.
+func (s *FileStore) SweepOrphans(cutoff time.Time) (int, error) {
+	s.linkMu.Lock()
+	defer s.linkMu.Unlock()
+	var errs error
+	n := 0
+	for key, o := range s.orphans {
+		if !o.modTime.Before(cutoff) {
+			continue
+		}
+		if err := s.root.Remove(o.path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+			errs = errors.Join(errs, fmt.Errorf("statemachine: sweep %s: %w", o.path, err))
+			continue
+		}
+		delete(s.orphans, key)
+		n++
+	}
+	if n > 0 {
+		s.logger.Info("statemachine: removed closed streams that were never committed", "count", n)
+	}
+	return n, errs
+}
+
+// Deferred returns the number of applied entries whose link is waiting to
+// be retried (see ErrLinkDeferred).
+func (s *FileStore) Deferred() int {
+	s.linkMu.Lock()
+	defer s.linkMu.Unlock()
+	return len(s.deferred)
+}
+
+// RetryDeferred retries the links whose record could not be written, and
+// returns how many are still waiting. Every Link retries them first too;
+// package peer also calls it on a tick, so a peer that receives no new
+// stream still heals once its disk has room.
+func (s *FileStore) RetryDeferred() int {
+	s.linkMu.Lock()
+	defer s.linkMu.Unlock()
+	s.retryDeferredLocked()
+	return len(s.deferred)
+}
+
+func (s *FileStore) retryDeferredLocked() {
+	for key, d := range s.deferred {
+		committed, err := s.commit(d.sf, d.tmp)
+		if !committed {
+			continue // still failing; reported when it was deferred
+		}
+		delete(s.deferred, key)
+		if err != nil {
+			s.logger.Warn("statemachine: deferred link recorded with an error", "name", d.sf.Name, "err", err)
+		} else {
+			s.logger.Info("statemachine: deferred link done", "name", d.sf.Name, "index", d.sf.Index)
+		}
+	}
+}
+
+// nameRequest is the request a stored entry was linked by: its name stands
+// for the message, which streamName maps back to it.
+func nameRequest(sf StoredFile) *pb.RaftClientRequest {
+	return &pb.RaftClientRequest{
+		ClientId: []byte(sf.Key.ClientID), CallId: sf.Key.StreamID,
+		Type: pb.RaftClientRequest_STREAM, Message: []byte(sf.Name),
+	}
+}
