@@ -397,7 +397,15 @@ func (st *Stream) finishClose(p *Packet) {
 		ctx, cancel := context.WithTimeout(context.Background(), st.s.cfg.CommitTimeout)
 		reply, err = c.Commit(ctx, statemachine.StreamInfo{Key: st.Key, Request: st.Request, Length: st.length})
 		cancel()
-		if err == nil && !reply.GetSuccess() {
+		switch {
+		case reply.GetSuccess() && err != nil:
+			// Committed, but this peer's state machine could not link its
+			// copy: the stream is committed all the same, and the reply's
+			// commit info says what became of this copy.
+			st.s.cfg.Logger.Warn("handler: stream committed but not linked on this peer",
+				"stream", st.Key, "index", reply.GetLogIndex(), "err", err)
+			err = nil
+		case err == nil && !reply.GetSuccess():
 			err = errorf(reply.GetErrorCode(), "%s", reply.GetErrorMessage())
 		}
 		// On error the stream stays parked: a commit that timed out may

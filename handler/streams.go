@@ -267,6 +267,15 @@ func (s *Streams) Link(ctx context.Context, e statemachine.Entry) error {
 	return s.cfg.StateMachine.Link(ctx, e, st.ch)
 }
 
+// Catalog implements statemachine.Cataloger for Raft snapshots: the state
+// machine's catalog, or nothing when it keeps none.
+func (s *Streams) Catalog() []statemachine.Entry {
+	if c, ok := s.cfg.StateMachine.(statemachine.Cataloger); ok {
+		return c.Catalog()
+	}
+	return nil
+}
+
 // linkLocal is the standalone commit: a local index, linked at once.
 func (s *Streams) linkLocal(st *Stream) (*pb.RaftClientReply, error) {
 	idx := s.localIndex.Add(1)

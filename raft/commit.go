@@ -4,6 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
+	"sync"
 	"time"
 
 	hraft "github.com/hashicorp/raft"
@@ -28,9 +31,11 @@ const (
 // ErrNoLeader and a reply with ErrorCode NOT_LEADER and the last leader it
 // knew. A stream already committed is not committed again, as long as the
 // FSM remembers its key (Config.MaxDedupKeys): the reply names the original
-// entry. If the entry committed but this peer's Linker failed,
-// the error is a *LinkError and the reply has ErrorCode STATE_MACHINE.
-// A reply is returned with every error.
+// entry. If the entry committed but this peer's Linker failed, the reply
+// is a success (the entry is committed) whose commit info for this peer
+// names the link error, and the error is a *LinkError. A successful reply
+// carries every reachable peer's commit info. A reply is returned with
+// every error.
 //
 // An error does not prove that the entry did not commit: a timeout may
 // strike after the leader appended it. Committing the same key again is
@@ -73,7 +78,7 @@ func (n *Node) Commit(ctx context.Context, s statemachine.StreamInfo) (*pb.RaftC
 		case leaderID == hraft.ServerID(n.cfg.ID):
 			res, err := n.applyStream(ctx, r, data)
 			if err == nil {
-				return n.success(s, res)
+				return n.success(ctx, s, res)
 			}
 			if code, final := classify(err); final {
 				return n.failure(s, code, "", err)
@@ -93,7 +98,7 @@ func (n *Node) Commit(ctx context.Context, s statemachine.StreamInfo) (*pb.RaftC
 		timer.Reset(backoff)
 		select {
 		case res := <-applied:
-			return n.success(s, res)
+			return n.success(ctx, s, res)
 		case <-ctx.Done():
 			if n.ctx.Err() != nil {
 				return n.failure(s, pb.ErrorCode_CANCELLED, "", ErrClosed)
@@ -110,7 +115,7 @@ func (n *Node) Commit(ctx context.Context, s statemachine.StreamInfo) (*pb.RaftC
 func (n *Node) awaitApplied(ctx context.Context, s statemachine.StreamInfo, applied <-chan applyResult, rep *pb.RaftClientReply) (*pb.RaftClientReply, error) {
 	select {
 	case res := <-applied:
-		return n.success(s, res)
+		return n.success(ctx, s, res)
 	case <-ctx.Done():
 		code, err := pb.ErrorCode_TIMEOUT, fmt.Errorf("raft: entry %d committed but not applied here: %w", rep.GetLogIndex(), ctx.Err())
 		if n.ctx.Err() != nil {
@@ -242,16 +247,75 @@ func (n *Node) reply(s statemachine.StreamInfo) *pb.RaftClientReply {
 	}
 }
 
-func (n *Node) success(s statemachine.StreamInfo, res applyResult) (*pb.RaftClientReply, error) {
+// success is the reply to a stream whose entry committed and was applied
+// here. A failed link does not make it a failure: the entry is committed
+// whatever this peer's state machine did with it (and a retry would only
+// find it again), so the reply says success and names the link error in
+// this peer's commit info, and the error returned is a *LinkError.
+func (n *Node) success(ctx context.Context, s statemachine.StreamInfo, res applyResult) (*pb.RaftClientReply, error) {
 	rep := n.reply(s)
 	rep.LogIndex, rep.Term = res.index, res.term
-	if res.err != nil {
-		rep.ErrorCode = pb.ErrorCode_STATE_MACHINE
-		rep.ErrorMessage = res.err.Error()
-		return rep, &LinkError{Index: res.index, Term: res.term, Err: res.err}
-	}
 	rep.Success = true
-	return rep, nil
+	own := n.commitInfo()
+	var err error
+	if res.err != nil {
+		own.LinkError = res.err.Error()
+		err = &LinkError{Index: res.index, Term: res.term, Err: res.err}
+	}
+	rep.CommitInfos = n.commitInfos(ctx, own)
+	return rep, err
+}
+
+// statusTimeout bounds how long a commit waits for the other peers'
+// indexes for its reply; a peer that does not answer in time is left out
+// rather than holding up the client.
+const statusTimeout = 250 * time.Millisecond
+
+// commitInfo is this peer's progress: raft's commit index and the last
+// entry the FSM applied (raft's own applied index runs ahead of the FSM).
+func (n *Node) commitInfo() *pb.CommitInfo {
+	info := &pb.CommitInfo{ServerId: n.cfg.ID, AppliedIndex: n.fsm.stats().LastIndex}
+	if r, err := n.started(); err == nil {
+		info.CommitIndex = r.CommitIndex()
+	}
+	return info
+}
+
+// commitInfos returns own and what every other peer answers to a status
+// request within statusTimeout, ordered by peer id.
+func (n *Node) commitInfos(ctx context.Context, own *pb.CommitInfo) []*pb.CommitInfo {
+	n.mu.Lock()
+	addrs := make(map[string]string, len(n.peers))
+	for id, p := range n.peers {
+		if id != n.cfg.ID {
+			addrs[id] = p.CommitAddr
+		}
+	}
+	n.mu.Unlock()
+	ctx, cancel := context.WithTimeout(ctx, statusTimeout)
+	defer cancel()
+	var (
+		mu    sync.Mutex
+		wg    sync.WaitGroup
+		infos = []*pb.CommitInfo{own}
+	)
+	for id, addr := range addrs {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			rep, err := n.call(ctx, addr, reqStatus, nil)
+			if err != nil || len(rep.GetCommitInfos()) != 1 || rep.GetCommitInfos()[0].GetServerId() != id {
+				n.log.Debug("raft: no status from peer", "peer", id, "err", err)
+				return
+			}
+			mu.Lock()
+			infos = append(infos, rep.GetCommitInfos()[0])
+			mu.Unlock()
+		}()
+	}
+	wg.Wait()
+	slices.SortFunc(infos, func(a, b *pb.CommitInfo) int { return strings.Compare(a.GetServerId(), b.GetServerId()) })
+	return infos
 }
 
 func (n *Node) failure(s statemachine.StreamInfo, code pb.ErrorCode, hint string, err error) (*pb.RaftClientReply, error) {

@@ -16,34 +16,45 @@ import (
 	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
 )
 
-// The commit-forwarding RPC. A follower sends a StreamEntry to the leader's
-// commit address and reads back a RaftClientReply; each message is a 4-byte
-// big-endian length and the protobuf bytes. A connection carries any number
-// of request/reply pairs in turn and is pooled by the sender.
+// The commit RPC. A peer sends requests to another peer's commit address
+// and reads back a RaftClientReply for each. Every message is a 4-byte
+// big-endian length and its bytes; a request's bytes start with its kind:
+//
+//	reqCommit  a StreamEntry, for the leader to append
+//	reqStatus  nothing; the reply carries the peer's CommitInfo
+//
+// A connection carries any number of request/reply pairs in turn and is
+// pooled by the sender.
 
-// MaxMessageSize bounds one message of the commit-forwarding RPC, and so
-// the size of a stream entry.
+// MaxMessageSize bounds one message of the commit RPC, and so the size of
+// a stream entry.
 const MaxMessageSize = 1 << 20
 
-// maxIdleConns is how many forwarding connections a Node keeps per leader.
+// maxIdleConns is how many commit connections a Node keeps per peer.
 const maxIdleConns = 4
 
-// writeFrame writes p with its length prefix in one write.
-func writeFrame(w io.Writer, p []byte) error {
-	buf := make([]byte, 4, 4+len(p))
-	binary.BigEndian.PutUint32(buf, uint32(len(p)))
-	_, err := w.Write(append(buf, p...))
+// Request kinds of the commit RPC.
+var (
+	reqCommit = []byte{1}
+	reqStatus = []byte{2}
+	noKind    []byte // a reply
+)
+
+// writeFrame writes kind and body with their length prefix in one write.
+func writeFrame(w io.Writer, kind, body []byte) error {
+	buf := make([]byte, 4, 4+len(kind)+len(body))
+	binary.BigEndian.PutUint32(buf, uint32(len(kind)+len(body)))
+	buf = append(append(buf, kind...), body...)
+	_, err := w.Write(buf)
 	return err
 }
 
 func writeMessage(w io.Writer, m proto.Message) error {
-	buf, err := proto.MarshalOptions{}.MarshalAppend(make([]byte, 4, 64), m)
+	body, err := proto.Marshal(m)
 	if err != nil {
 		return fmt.Errorf("raft: encode: %w", err)
 	}
-	binary.BigEndian.PutUint32(buf, uint32(len(buf)-4))
-	_, err = w.Write(buf)
-	return err
+	return writeFrame(w, noKind, body)
 }
 
 // readFrame reads one length-prefixed message into a new buffer.
@@ -66,8 +77,13 @@ func readFrame(r io.Reader) ([]byte, error) {
 // forward sends a marshaled StreamEntry to the commit address addr and
 // returns the leader's reply.
 func (n *Node) forward(ctx context.Context, addr string, entry []byte) (*pb.RaftClientReply, error) {
+	return n.call(ctx, addr, reqCommit, entry)
+}
+
+// call sends one request of the commit RPC to addr and returns the reply.
+func (n *Node) call(ctx context.Context, addr string, kind, body []byte) (*pb.RaftClientReply, error) {
 	if addr == "" {
-		return nil, fmt.Errorf("%w: leader has no commit address", ErrConfig)
+		return nil, fmt.Errorf("%w: peer has no commit address", ErrConfig)
 	}
 	c, err := n.getConn(ctx, addr)
 	if err != nil {
@@ -82,7 +98,7 @@ func (n *Node) forward(ctx context.Context, addr string, entry []byte) (*pb.Raft
 	stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Unix(1, 0)) })
 
 	var rep pb.RaftClientReply
-	err = writeFrame(c, entry)
+	err = writeFrame(c, kind, body)
 	if err == nil {
 		var buf []byte
 		if buf, err = readFrame(c); err == nil {
@@ -97,7 +113,7 @@ func (n *Node) forward(ctx context.Context, addr string, entry []byte) (*pb.Raft
 		if interrupted {
 			err = errors.Join(err, ctx.Err())
 		}
-		return nil, fmt.Errorf("raft: forward to %s: %w", addr, err)
+		return nil, fmt.Errorf("raft: call %s: %w", addr, err)
 	}
 	if interrupted {
 		c.Close() // its deadline is in the past now
@@ -204,7 +220,16 @@ func (n *Node) serveCommitConn(raw net.Conn) {
 			}
 			return
 		}
-		rep := n.serveCommit(data)
+		var rep *pb.RaftClientReply
+		switch {
+		case len(data) > 0 && data[0] == reqCommit[0]:
+			rep = n.serveCommit(data[1:])
+		case len(data) == 1 && data[0] == reqStatus[0]:
+			rep = &pb.RaftClientReply{ServerId: n.cfg.ID, Success: true, CommitInfos: []*pb.CommitInfo{n.commitInfo()}}
+		default:
+			rep = &pb.RaftClientReply{ServerId: n.cfg.ID, ErrorCode: pb.ErrorCode_BAD_HEADER,
+				ErrorMessage: fmt.Sprintf("%v: unknown request", ErrBadEntry)}
+		}
 		c.SetWriteDeadline(time.Now().Add(n.cfg.ForwardTimeout))
 		if err := writeMessage(c, rep); err != nil {
 			return

@@ -39,6 +39,9 @@ func rawCall(t *testing.T, conn net.Conn, frame []byte) (*pb.RaftClientReply, er
 	return &rep, nil
 }
 
+// commitFrame is a commit request: its kind byte, then the entry.
+func commitFrame(entry []byte) []byte { return append([]byte{1}, entry...) }
+
 func TestForwardingProtocol(t *testing.T) {
 	c := newCluster(t, 3, false, nil)
 	li := c.leader()
@@ -55,9 +58,11 @@ func TestForwardingProtocol(t *testing.T) {
 		wantCode pb.ErrorCode
 		wantHint string
 	}{
-		{"to the leader", li, entry, pb.ErrorCode_ERROR_NONE, ""},
-		{"to a follower", fi, entry, pb.ErrorCode_NOT_LEADER, c.cfgs[li].ID},
-		{"malformed entry", li, []byte{0xff, 0xff, 0xff}, pb.ErrorCode_BAD_HEADER, ""},
+		{"to the leader", li, commitFrame(entry), pb.ErrorCode_ERROR_NONE, ""},
+		{"to a follower", fi, commitFrame(entry), pb.ErrorCode_NOT_LEADER, c.cfgs[li].ID},
+		{"malformed entry", li, commitFrame([]byte{0xff, 0xff, 0xff}), pb.ErrorCode_BAD_HEADER, ""},
+		{"unknown kind", li, []byte{9, 1, 2}, pb.ErrorCode_BAD_HEADER, ""},
+		{"empty request", li, nil, pb.ErrorCode_BAD_HEADER, ""},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
@@ -98,6 +103,26 @@ func TestForwardingProtocol(t *testing.T) {
 		}
 	})
 	c.waitLinked(1) // the raw entry, once despite two calls
+
+	// A status request answers with the peer's own indexes: with nothing
+	// more to apply, exactly its FSM's.
+	t.Run("status", func(t *testing.T) {
+		conn, err := net.Dial("tcp", c.peers[fi].CommitAddr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer conn.Close()
+		rep, err := rawCall(t, conn, []byte{2})
+		if err != nil {
+			t.Fatal(err)
+		}
+		infos := rep.GetCommitInfos()
+		if !rep.GetSuccess() || len(infos) != 1 || infos[0].GetServerId() != c.cfgs[fi].ID ||
+			infos[0].GetAppliedIndex() != c.nodes[fi].Stats().LastIndex {
+			t.Errorf("status reply %v, want the follower's own info", rep)
+		}
+	})
+
 	if got := c.sameEntries(); len(got) != 1 {
 		t.Errorf("linked %v, want the raw entry once", got)
 	}

@@ -128,18 +128,11 @@ func (f *fsm) applyStream(l *hraft.Log) any {
 	res := applyResult{committed: c}
 	if f.linker != nil {
 		res.err = f.linker.Link(f.ctx, statemachine.Entry{
-			Index: l.Index,
-			Term:  l.Term,
-			Key:   key,
-			// StreamEntry keeps only the header request's message; this is
-			// the part of the request a state machine links by.
-			Request: &pb.RaftClientRequest{
-				ClientId: e.GetClientId(),
-				CallId:   e.GetStreamId(),
-				Type:     pb.RaftClientRequest_STREAM,
-				Message:  e.GetMessage(),
-			},
-			Length: e.GetLength(),
+			Index:   l.Index,
+			Term:    l.Term,
+			Key:     key,
+			Request: streamRequest(key, e.GetMessage()),
+			Length:  e.GetLength(),
 		})
 	}
 	if res.err != nil {
@@ -234,32 +227,61 @@ func (f *fsm) Snapshot() (hraft.FSMSnapshot, error) {
 	}
 	for _, k := range f.order[f.head:] {
 		c := f.keys[k]
-		buf = binary.AppendUvarint(buf, uint64(len(k.ClientID)))
-		buf = append(buf, k.ClientID...)
+		buf = appendBytes(buf, k.ClientID)
 		buf = binary.AppendUvarint(buf, k.StreamID)
 		buf = binary.AppendUvarint(buf, c.index)
 		buf = binary.AppendUvarint(buf, c.term)
 	}
+	// The state machine's catalog: what a peer that restores this snapshot
+	// must hold, so that it links what it has and reports what it lacks.
+	var catalog []statemachine.Entry
+	if c, ok := f.linker.(statemachine.Cataloger); ok {
+		catalog = c.Catalog()
+	}
+	buf = binary.AppendUvarint(buf, uint64(len(catalog)))
+	for _, e := range catalog {
+		buf = appendBytes(buf, e.Key.ClientID)
+		buf = binary.AppendUvarint(buf, e.Key.StreamID)
+		buf = binary.AppendUvarint(buf, e.Index)
+		buf = binary.AppendUvarint(buf, e.Term)
+		buf = binary.AppendUvarint(buf, e.Length)
+		buf = appendBytes(buf, string(e.Request.GetMessage()))
+	}
 	return fsmSnapshot(buf), nil
 }
 
-// snapshotMagic starts every snapshot; its last byte is the format version.
-const snapshotMagic = "PSRAFT\x01"
+func appendBytes(buf []byte, s string) []byte {
+	buf = binary.AppendUvarint(buf, uint64(len(s)))
+	return append(buf, s...)
+}
+
+// Snapshot formats: the magic's last byte is the version. Version 1 holds
+// the stats and the dedup keys; version 2 adds the state machine's
+// catalog.
+const (
+	snapshotMagicV1 = "PSRAFT\x01"
+	snapshotMagic   = "PSRAFT\x02"
+)
 
 // Limits on what Restore accepts, so a corrupt snapshot fails instead of
 // allocating without bound.
 const (
 	maxSnapshotKeys  = 1 << 24
 	maxClientIDBytes = 1 << 10
+	maxMessageBytes  = MaxMessageSize
 )
 
-// Restore replaces the state with a snapshot's. Entries the snapshot covers
-// are not linked again: their data was linked when they were first applied.
+// Restore replaces the state with a snapshot's, then links every entry of
+// the snapshot's catalog with no data in hand: the Linker links a copy
+// this peer holds (a closed stream whose entry the snapshot covers, one
+// kept across a restart) and records what it lacks as missing, so a peer
+// that restores onto an empty disk reports every copy it lacks. On a peer
+// that already linked them, as at every restart, each link is a no-op.
 func (f *fsm) Restore(rc io.ReadCloser) error {
 	defer rc.Close()
 	r := bufio.NewReader(rc)
 	magic := make([]byte, len(snapshotMagic))
-	if _, err := io.ReadFull(r, magic); err != nil || string(magic) != snapshotMagic {
+	if _, err := io.ReadFull(r, magic); err != nil || (string(magic) != snapshotMagic && string(magic) != snapshotMagicV1) {
 		return fmt.Errorf("%w: not a pipestream raft snapshot", ErrBadEntry)
 	}
 	var st Stats
@@ -284,32 +306,103 @@ func (f *fsm) Restore(rc io.ReadCloser) error {
 		keys[k] = c
 		order = append(order, k)
 	}
+	var catalog []statemachine.Entry
+	if string(magic) == snapshotMagic {
+		var err error
+		if catalog, err = readCatalog(r); err != nil {
+			return err
+		}
+	}
 	if _, err := r.ReadByte(); !errors.Is(err, io.EOF) {
 		return fmt.Errorf("%w: trailing bytes in snapshot", ErrBadEntry)
 	}
 
 	f.mu.Lock()
-	defer f.mu.Unlock()
 	f.st, f.keys, f.order, f.head = st, keys, order, 0
 	for len(f.keys) > f.maxKeys { // a peer configured with fewer keys
 		delete(f.keys, f.order[f.head])
 		f.head++
 	}
+	f.mu.Unlock()
+
+	if f.linker == nil {
+		return nil
+	}
+	failed := 0
+	for _, e := range catalog {
+		if err := f.linker.Link(f.ctx, e); err != nil {
+			failed++
+			f.log.Warn("raft: link from snapshot failed", "key", e.Key, "index", e.Index, "err", err)
+		}
+	}
+	if len(catalog) > 0 {
+		f.log.Info("raft: restored snapshot", "index", st.LastIndex, "entries", len(catalog), "link_errors", failed)
+	}
 	return nil
+}
+
+func readCatalog(r *bufio.Reader) ([]statemachine.Entry, error) {
+	n, err := binary.ReadUvarint(r)
+	if err != nil {
+		return nil, fmt.Errorf("%w: snapshot catalog: %v", ErrBadEntry, err)
+	}
+	if n > maxSnapshotKeys {
+		return nil, fmt.Errorf("%w: snapshot catalog holds %d entries", ErrBadEntry, n)
+	}
+	out := make([]statemachine.Entry, 0, n)
+	for range n {
+		var e statemachine.Entry
+		client, err := readBytes(r, maxClientIDBytes)
+		if err != nil {
+			return nil, fmt.Errorf("%w: snapshot catalog: %v", ErrBadEntry, err)
+		}
+		e.Key.ClientID = string(client)
+		for _, p := range []*uint64{&e.Key.StreamID, &e.Index, &e.Term, &e.Length} {
+			if *p, err = binary.ReadUvarint(r); err != nil {
+				return nil, fmt.Errorf("%w: snapshot catalog: %v", ErrBadEntry, err)
+			}
+		}
+		msg, err := readBytes(r, maxMessageBytes)
+		if err != nil {
+			return nil, fmt.Errorf("%w: snapshot catalog: %v", ErrBadEntry, err)
+		}
+		e.Request = streamRequest(e.Key, msg)
+		out = append(out, e)
+	}
+	return out, nil
+}
+
+func readBytes(r *bufio.Reader, limit uint64) ([]byte, error) {
+	n, err := binary.ReadUvarint(r)
+	if err != nil {
+		return nil, err
+	}
+	if n > limit {
+		return nil, fmt.Errorf("field of %d bytes, more than %d", n, limit)
+	}
+	b := make([]byte, n)
+	if _, err := io.ReadFull(r, b); err != nil {
+		return nil, err
+	}
+	return b, nil
+}
+
+// streamRequest is the part of a stream's header request that its entry
+// keeps, and that a state machine links by.
+func streamRequest(key statemachine.StreamKey, msg []byte) *pb.RaftClientRequest {
+	return &pb.RaftClientRequest{
+		ClientId: []byte(key.ClientID),
+		CallId:   key.StreamID,
+		Type:     pb.RaftClientRequest_STREAM,
+		Message:  msg,
+	}
 }
 
 func readSnapshotKey(r *bufio.Reader) (statemachine.StreamKey, committed, error) {
 	var k statemachine.StreamKey
 	var c committed
-	n, err := binary.ReadUvarint(r)
-	if err == nil && n > maxClientIDBytes {
-		err = fmt.Errorf("client id of %d bytes", n)
-	}
+	id, err := readBytes(r, maxClientIDBytes)
 	if err != nil {
-		return k, c, fmt.Errorf("%w: snapshot key: %v", ErrBadEntry, err)
-	}
-	id := make([]byte, n)
-	if _, err := io.ReadFull(r, id); err != nil {
 		return k, c, fmt.Errorf("%w: snapshot key: %v", ErrBadEntry, err)
 	}
 	k.ClientID = string(id)

@@ -441,9 +441,24 @@ func TestCommitReportsLinkError(t *testing.T) {
 	if !errors.As(err, &le) || !errors.Is(err, boom) {
 		t.Fatalf("Commit: %v, want a LinkError wrapping %v", err, boom)
 	}
-	if rep.GetSuccess() || rep.GetErrorCode() != pb.ErrorCode_STATE_MACHINE ||
+	// The entry is committed: the reply says so, and its commit info for
+	// the follower names what became of its copy.
+	if !rep.GetSuccess() || rep.GetErrorCode() != pb.ErrorCode_ERROR_NONE ||
 		rep.GetLogIndex() != le.Index || le.Index == 0 {
-		t.Errorf("reply %v with %+v, want STATE_MACHINE naming the committed entry", rep, le)
+		t.Errorf("reply %v with %+v, want success naming the committed entry", rep, le)
+	}
+	infos := rep.GetCommitInfos()
+	if len(infos) != 3 {
+		t.Fatalf("commit infos %v, want one per peer", infos)
+	}
+	for _, ci := range infos {
+		own := ci.GetServerId() == c.cfgs[fi].ID
+		if own != strings.Contains(ci.GetLinkError(), "disk full") {
+			t.Errorf("commit info %v: link error on the wrong peer", ci)
+		}
+		if own && ci.GetAppliedIndex() < le.Index {
+			t.Errorf("commit info %v: applied index before the entry %d", ci, le.Index)
+		}
 	}
 	// The leader linked the entry fine.
 	c.waitLinked(1)

@@ -111,7 +111,7 @@ func TestTLSRefusesStrangers(t *testing.T) {
 					}
 					return
 				}
-				rep, err := rawCall(t, conn, entry)
+				rep, err := rawCall(t, conn, commitFrame(entry))
 				if (err == nil) != tc.ok {
 					t.Fatalf("forwarded commit: reply %v, err %v; want success %v", rep, err, tc.ok)
 				}

@@ -499,8 +499,10 @@ type RaftClientReply struct {
 	LeaderHint string `protobuf:"bytes,9,opt,name=leader_hint,json=leaderHint,proto3" json:"leader_hint,omitempty"`
 	// The state machine's reply payload, opaque to pipestream.
 	Message []byte `protobuf:"bytes,10,opt,name=message,proto3" json:"message,omitempty"`
-	// The commit index of each peer as this server knows it, so a client can
-	// see how far the entry has replicated.
+	// On a successful CLOSE: each peer's indexes as the primary learned them
+	// right after the commit (peers it could not reach in time are left
+	// out), so a client can see how far the entry has been applied and
+	// wait for ALL.
 	CommitInfos   []*CommitInfo `protobuf:"bytes,11,rep,name=commit_infos,json=commitInfos,proto3" json:"commit_infos,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -613,11 +615,20 @@ func (x *RaftClientReply) GetCommitInfos() []*CommitInfo {
 	return nil
 }
 
-// CommitInfo is one peer's Raft commit index.
+// CommitInfo is one peer's progress through the Raft log.
 type CommitInfo struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	ServerId      string                 `protobuf:"bytes,1,opt,name=server_id,json=serverId,proto3" json:"server_id,omitempty"`
-	CommitIndex   uint64                 `protobuf:"varint,2,opt,name=commit_index,json=commitIndex,proto3" json:"commit_index,omitempty"`
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	ServerId string                 `protobuf:"bytes,1,opt,name=server_id,json=serverId,proto3" json:"server_id,omitempty"`
+	// The highest log index the peer knows to be committed.
+	CommitIndex uint64 `protobuf:"varint,2,opt,name=commit_index,json=commitIndex,proto3" json:"commit_index,omitempty"`
+	// The highest log index the peer has applied, and so linked: a stream
+	// committed at index i is linked (or reported missing) on this peer once
+	// applied_index >= i.
+	AppliedIndex uint64 `protobuf:"varint,3,opt,name=applied_index,json=appliedIndex,proto3" json:"applied_index,omitempty"`
+	// Set when this peer applied the entry but could not link its copy (a
+	// full disk, say): the entry is committed, the copy is kept and retried
+	// or reported missing on that peer.
+	LinkError     string `protobuf:"bytes,4,opt,name=link_error,json=linkError,proto3" json:"link_error,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -664,6 +675,20 @@ func (x *CommitInfo) GetCommitIndex() uint64 {
 		return x.CommitIndex
 	}
 	return 0
+}
+
+func (x *CommitInfo) GetAppliedIndex() uint64 {
+	if x != nil {
+		return x.AppliedIndex
+	}
+	return 0
+}
+
+func (x *CommitInfo) GetLinkError() string {
+	if x != nil {
+		return x.LinkError
+	}
+	return ""
 }
 
 // RoutingTable describes the tree a stream's data flows down: the client
@@ -1092,11 +1117,14 @@ const file_pipestream_proto_rawDesc = "" +
 	"leaderHint\x12\x18\n" +
 	"\amessage\x18\n" +
 	" \x01(\fR\amessage\x12<\n" +
-	"\fcommit_infos\x18\v \x03(\v2\x19.pipestream.v1.CommitInfoR\vcommitInfos\"L\n" +
+	"\fcommit_infos\x18\v \x03(\v2\x19.pipestream.v1.CommitInfoR\vcommitInfos\"\x90\x01\n" +
 	"\n" +
 	"CommitInfo\x12\x1b\n" +
 	"\tserver_id\x18\x01 \x01(\tR\bserverId\x12!\n" +
-	"\fcommit_index\x18\x02 \x01(\x04R\vcommitIndex\"<\n" +
+	"\fcommit_index\x18\x02 \x01(\x04R\vcommitIndex\x12#\n" +
+	"\rapplied_index\x18\x03 \x01(\x04R\fappliedIndex\x12\x1d\n" +
+	"\n" +
+	"link_error\x18\x04 \x01(\tR\tlinkError\"<\n" +
 	"\fRoutingTable\x12,\n" +
 	"\x06routes\x18\x01 \x03(\v2\x14.pipestream.v1.RouteR\x06routes\";\n" +
 	"\x05Route\x12\x12\n" +
