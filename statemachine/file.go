@@ -260,12 +260,15 @@ func (s *FileStore) Link(_ context.Context, e Entry, ch DataChannel) error {
 	case done && !prev.Missing:
 		return c.cleanUpLocked()
 	}
+	// A copy that cannot be linked is discarded, and the entry recorded
+	// missing here: it is committed, and the name's older version must not
+	// stand in for it.
 	if err := c.closeLocked(); err != nil {
-		return errors.Join(fmt.Errorf("statemachine: link %v: %w", e.Key, err), c.cleanUpLocked())
+		return errors.Join(fmt.Errorf("statemachine: link %v: %w", e.Key, err), c.cleanUpLocked(), s.recordMissing(e))
 	}
 	if c.n != e.Length {
 		return errors.Join(fmt.Errorf("%w: stream %v holds %d bytes, entry %d names %d",
-			ErrLengthMismatch, e.Key, c.n, e.Index, e.Length), c.cleanUpLocked())
+			ErrLengthMismatch, e.Key, c.n, e.Index, e.Length), c.cleanUpLocked(), s.recordMissing(e))
 	}
 
 	sf := StoredFile{Name: c.name, Index: e.Index, Term: e.Term, Key: e.Key, Length: c.n}

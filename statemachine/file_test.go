@@ -274,7 +274,14 @@ func TestFileStoreErrors(t *testing.T) {
 			if err == nil || (tc.want != nil && !errors.Is(err, tc.want)) {
 				t.Fatalf("err = %v, want %v", err, tc.want)
 			}
-			if got := dirNames(t, filepath.Join(dir, "data")); len(s.List()) != 0 || len(got) != 0 {
+			// A refused link may record its entry as missing; nothing is
+			// stored as data.
+			for _, sf := range s.List() {
+				if !sf.Missing {
+					t.Fatalf("a failed call stored %+v", sf)
+				}
+			}
+			if got := dirNames(t, filepath.Join(dir, "data")); len(got) != 0 {
 				t.Fatalf("a failed call stored %q", got)
 			}
 		})
@@ -284,13 +291,16 @@ func TestFileStoreErrors(t *testing.T) {
 func TestFileStoreLengthMismatchRemovesData(t *testing.T) {
 	dir := t.TempDir()
 	s := openStore(t, dir, nil)
-	err := s.Link(context.Background(), entry(1, key(1), "f", 1), write(t, s, key(1), "f", "abc"))
+	mustLink(t, s, entry(1, key(9), "f", 3), write(t, s, key(9), "f", "old"))
+	err := s.Link(context.Background(), entry(2, key(1), "f", 1), write(t, s, key(1), "f", "abc"))
 	if !errors.Is(err, statemachine.ErrLengthMismatch) {
 		t.Fatal(err)
 	}
 	if got := dirNames(t, filepath.Join(dir, "tmp")); len(got) != 0 {
 		t.Fatalf("tmp holds %q after a refused link", got)
 	}
+	// The entry is committed: f's older version is not served in its place.
+	checkMissing(t, s, dir, "f", 2)
 }
 
 func TestFileStoreLinkReplay(t *testing.T) {
