@@ -46,7 +46,10 @@ type Stream struct {
 	failed   *pb.Error
 	commit   bool // closed everywhere; finishClose has started
 	length   uint64
+
+	// Guarded by Streams.mu, while the stream is parked.
 	parkedAt time.Time
+	reopened bool // a header for its key came after it closed; see Streams.add
 }
 
 type taskKind uint8
@@ -54,6 +57,7 @@ type taskKind uint8
 const (
 	taskWrite taskKind = iota
 	taskCleanUp
+	taskRelease
 )
 
 type task struct {
@@ -122,13 +126,20 @@ func (st *Stream) run(t task) {
 			}
 		}
 		st.partDone(p)
-	case taskCleanUp:
-		if st.ch != nil {
-			if err := st.ch.CleanUp(); err != nil {
-				st.s.cfg.Logger.Warn("handler: state machine clean-up failed", "stream", st.Key, "err", err)
-			}
-			st.ch = nil
+	case taskCleanUp, taskRelease:
+		if st.ch == nil {
+			return
 		}
+		var err error
+		if r, ok := st.ch.(statemachine.Releaser); ok && t.kind == taskRelease {
+			err = r.Release()
+		} else {
+			err = st.ch.CleanUp()
+		}
+		if err != nil {
+			st.s.cfg.Logger.Warn("handler: state machine clean-up failed", "stream", st.Key, "err", err)
+		}
+		st.ch = nil
 	}
 }
 
@@ -311,6 +322,11 @@ func (st *Stream) abortSuccessors() {
 
 // cleanUp discards the local data of a stream that will not be linked.
 func (st *Stream) cleanUp() { st.exec.Submit(task{kind: taskCleanUp}) }
+
+// release lets go of a closed stream at shutdown, keeping its data for a
+// restart when the state machine can. It runs on the executor after
+// whatever is queued, like cleanUp.
+func (st *Stream) release() { st.exec.Submit(task{kind: taskRelease}) }
 
 // flushReplies answers the packets at the front of the queue whose parts
 // are all done, in order. A successful CLOSE is held back until finishClose

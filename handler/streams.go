@@ -198,8 +198,21 @@ func (s *Streams) add(st *Stream) *pb.Error {
 	if _, dup := s.active[st.Key]; dup {
 		return errorf(pb.ErrorCode_DUPLICATE_HEADER, "stream %v is already open", st.Key)
 	}
-	if _, dup := s.closed[st.Key]; dup {
+	if parked, dup := s.closed[st.Key]; dup {
+		// The ABORT that may follow this refusal is meant for the
+		// duplicate, not for the closed stream, whose entry may be
+		// committed already: the parked stream stops taking aborts.
+		parked.reopened = true
 		return errorf(pb.ErrorCode_DUPLICATE_HEADER, "stream %v is already closed", st.Key)
+	}
+	if st.Primary {
+		if c, ok := s.commitHook().(statemachine.KeyChecker); ok {
+			if idx, done := c.Committed(st.Key); done {
+				// Committing it again would find the old entry and call the
+				// new bytes committed: a stream id is used once.
+				return errorf(pb.ErrorCode_DUPLICATE_HEADER, "stream %v was committed at index %d; a stream id may be used once", st.Key, idx)
+			}
+		}
 	}
 	s.active[st.Key] = st
 	return nil
@@ -235,7 +248,7 @@ func (s *Streams) park(st *Stream) {
 func (s *Streams) dropParked(k StreamKey, up *pipeline.Pipeline) bool {
 	s.mu.Lock()
 	st := s.closed[k]
-	if st == nil || st.upstream != up || st.Primary {
+	if st == nil || st.upstream != up || st.Primary || st.reopened {
 		s.mu.Unlock()
 		return false
 	}
@@ -345,8 +358,12 @@ func (s *Streams) Sweep(now time.Time) {
 	}
 }
 
-// Shutdown fails every open stream, cleans up every closed one waiting for
-// its entry, and waits for executors and commits to end or ctx to expire.
+// Shutdown fails every open stream, lets go of every closed one waiting
+// for its entry, and waits for executors and commits to end or ctx to
+// expire. A closed stream's data is kept where the state machine can keep
+// it (its channel is a Releaser): this peer acknowledged it, and the entry
+// may have committed, so a restart must find it to link. Others are
+// cleaned up.
 func (s *Streams) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
 	s.shut = true
@@ -357,7 +374,7 @@ func (s *Streams) Shutdown(ctx context.Context) error {
 		st.fail(errorf(pb.ErrorCode_CANCELLED, "server is shutting down"))
 	}
 	for _, st := range closed {
-		st.cleanUp()
+		st.release()
 	}
 	done := make(chan struct{})
 	go func() { s.wg.Wait(); close(done) }()

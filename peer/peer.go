@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"slices"
 	"sync"
+	"time"
 
 	"github.com/pipestream/pipestream/raft"
 	"github.com/pipestream/pipestream/server"
@@ -31,6 +32,10 @@ type Peer struct {
 	files *statemachine.FileStore // the FileStore New opened; nil otherwise
 	srv   *server.Server
 	node  *raft.Node
+
+	// keep runs from Start until release; see keepFiles.
+	keepStop context.CancelFunc
+	keepWG   sync.WaitGroup
 
 	mu       sync.Mutex
 	members  []Member // set by Start
@@ -177,7 +182,50 @@ func (p *Peer) Start(ctx context.Context, members []Member) error {
 	}
 	p.members = slices.Clone(members)
 	p.started = true
+	if p.files != nil {
+		ctx, cancel := context.WithCancel(context.Background())
+		p.keepStop = cancel
+		p.keepWG.Add(1)
+		go p.keepFiles(ctx)
+	}
 	return nil
+}
+
+// keepFiles tends the FileStore's leftovers on the sweep tick:
+// it retries links that could not be recorded, and removes the closed
+// streams kept across a restart whose entry will never come, once this
+// peer has applied what the group committed and they are older than the
+// link timeout.
+func (p *Peer) keepFiles(ctx context.Context) {
+	defer p.keepWG.Done()
+	every := p.cfg.SweepInterval
+	if every <= 0 {
+		every = time.Second // the server's tick is at most that too
+	}
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if p.files.Deferred() > 0 {
+			p.files.RetryDeferred()
+		}
+		if p.files.Orphans() == 0 {
+			continue
+		}
+		if ok, err := p.node.CaughtUp(ctx); !ok {
+			if err != nil {
+				p.cfg.Logger.Debug("peer: not sweeping kept streams yet", "peer", p.cfg.ID, "err", err)
+			}
+			continue
+		}
+		if _, err := p.files.SweepOrphans(time.Now().Add(-p.cfg.LinkTimeout)); err != nil {
+			p.cfg.Logger.Warn("peer: sweep kept streams", "peer", p.cfg.ID, "err", err)
+		}
+	}
 }
 
 func (p *Peer) checkMembers(members []Member) error {
@@ -278,6 +326,10 @@ func (p *Peer) Shutdown(ctx context.Context) error {
 // release stops whatever New managed to start.
 func (p *Peer) release(ctx context.Context) error {
 	var errs []error
+	if p.keepStop != nil {
+		p.keepStop()
+		p.keepWG.Wait()
+	}
 	if p.node != nil {
 		errs = append(errs, p.node.Shutdown())
 	}

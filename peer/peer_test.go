@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"path/filepath"
 	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -230,9 +231,20 @@ func TestLeaderLostBeforeClose(t *testing.T) {
 			if l := names(g.files(leader).List()); !slices.Equal(l, []string{"before"}) {
 				t.Errorf("%s without Raft lists %v, want [before]", ids[1], l)
 			}
-			g.stop(leader) // discards the copy waiting for its entry
+			// It acknowledged the stream, so it keeps its copy across the
+			// shutdown, and links it once it applies the entry again.
+			g.stop(leader)
+			if tmp := g.tmpFiles(leader); len(tmp) != 1 || !strings.HasSuffix(tmp[0], ".closed") {
+				t.Errorf("%s left %v after shutdown, want its closed copy", ids[1], tmp)
+			}
+			g.restart(leader, nil)
+			g.eventually(ids[1]+" links the stream after its restart", func() bool {
+				_, ok := g.files(leader).Lookup("doomed")
+				return ok
+			})
+			g.checkFile(leader, "doomed", data, rep.GetLogIndex(), rep.GetTerm())
 			if tmp := g.tmpFiles(leader); len(tmp) != 0 {
-				t.Errorf("%s left %v after shutdown", ids[1], tmp)
+				t.Errorf("%s keeps %v after linking", ids[1], tmp)
 			}
 		})
 	}
@@ -259,9 +271,9 @@ func (s *stallingStore) Link(ctx context.Context, e statemachine.Entry, ch state
 }
 
 // TestFollowerRestart stops a follower and starts it again on the same
-// DataDir. It keeps the stream it had linked, learns from the log of the
-// stream it stopped before linking and has no copy of, and takes part in
-// the streams that follow.
+// DataDir. It keeps the stream it had linked, links the stream it had
+// acknowledged and stopped before linking from the copy it kept, and takes
+// part in the streams that follow.
 func TestFollowerRestart(t *testing.T) {
 	buffertest.Check(t)
 	stalls := make([]*stallingStore, 3)
@@ -311,17 +323,19 @@ func TestFollowerRestart(t *testing.T) {
 	g.restart(f, func(cfg *peer.Config) { cfg.StateMachine = nil }) // its own FileStore on DataDir/files
 	g.waitReady()
 	fs := g.files(f)
-	// Raft replays both entries: "kept" is known, "lost" has no data here.
+	// Raft replays both entries: "kept" is known, and "lost", which this
+	// peer acknowledged, is linked from the copy it kept.
 	g.eventually("the restarted follower applies the log", func() bool {
 		return g.peers[f].Node().Stats().LastIndex >= r2.GetLogIndex()
 	})
-	if got := fs.Missing(); got != 1 {
-		t.Errorf("Missing() = %d after the replay, want 1 (the stream it stopped before linking)", got)
+	if got := fs.Missing(); got != 0 {
+		t.Errorf("Missing() = %d after the replay, want 0", got)
 	}
-	if got := names(fs.List()); !slices.Equal(got, []string{"kept"}) {
-		t.Errorf("restarted follower lists %v, want [kept]", got)
+	if got := names(fs.List()); !slices.Equal(got, []string{"kept", "lost"}) {
+		t.Errorf("restarted follower lists %v, want [kept lost]", got)
 	}
 	g.checkFile(f, "kept", kept, r1.GetLogIndex(), r1.GetTerm())
+	g.checkFile(f, "lost", lost, r2.GetLogIndex(), r2.GetTerm())
 	if tmp := g.tmpFiles(f); len(tmp) != 0 {
 		t.Errorf("restarted follower keeps temporary files %v", tmp)
 	}
@@ -338,9 +352,7 @@ func TestFollowerRestart(t *testing.T) {
 		})
 		g.checkFile(i, "after", after, r3.GetLogIndex(), r3.GetTerm())
 		g.checkFile(i, "kept", kept, r1.GetLogIndex(), r1.GetTerm())
-		if i != f {
-			g.checkFile(i, "lost", lost, r2.GetLogIndex(), r2.GetTerm())
-		}
+		g.checkFile(i, "lost", lost, r2.GetLogIndex(), r2.GetTerm())
 	}
 }
 

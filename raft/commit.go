@@ -110,6 +110,47 @@ func (n *Node) Commit(ctx context.Context, s statemachine.StreamInfo) (*pb.RaftC
 	}
 }
 
+// Committed implements statemachine.KeyChecker: whether this peer's FSM
+// has applied an entry for key, among the keys it remembers
+// (Config.MaxDedupKeys).
+func (n *Node) Committed(key statemachine.StreamKey) (uint64, bool) {
+	n.fsm.mu.Lock()
+	defer n.fsm.mu.Unlock()
+	c, ok := n.fsm.keys[key]
+	return c.index, ok
+}
+
+// CaughtUp reports whether this peer has applied every entry the leader
+// knows to be committed, asking the leader for its commit index when this
+// peer is a follower. It is false while no leader is known. It goes by
+// raft's applied index, which counts the entries the FSM never sees (an
+// election's no-op) and runs a moment ahead of the FSM: callers that
+// sweep what never committed also require it to be old.
+func (n *Node) CaughtUp(ctx context.Context) (bool, error) {
+	r, err := n.started()
+	if err != nil {
+		return false, err
+	}
+	_, leaderID := r.LeaderWithID()
+	switch {
+	case leaderID == "":
+		return false, nil
+	case leaderID == hraft.ServerID(n.cfg.ID):
+		return r.AppliedIndex() >= r.CommitIndex(), nil
+	}
+	ctx, cancel := context.WithTimeout(ctx, statusTimeout)
+	defer cancel()
+	rep, err := n.call(ctx, n.commitAddr(string(leaderID)), reqStatus, nil)
+	if err != nil {
+		return false, err
+	}
+	infos := rep.GetCommitInfos()
+	if len(infos) != 1 || infos[0].GetServerId() != string(leaderID) {
+		return false, fmt.Errorf("raft: status from leader %s: unexpected reply %v", leaderID, rep)
+	}
+	return r.AppliedIndex() >= infos[0].GetCommitIndex(), nil
+}
+
 // awaitApplied waits, after the leader committed a forwarded entry, until
 // this peer's FSM has applied it too.
 func (n *Node) awaitApplied(ctx context.Context, s statemachine.StreamInfo, applied <-chan applyResult, rep *pb.RaftClientReply) (*pb.RaftClientReply, error) {

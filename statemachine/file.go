@@ -255,7 +255,7 @@ func (s *FileStore) Link(_ context.Context, e Entry, ch DataChannel) error {
 	switch {
 	case c.state == chanLinked:
 		return nil
-	case c.state == chanCleaned:
+	case c.state == chanCleaned, c.state == chanReleased:
 		return s.linkWithoutChannel(e, prev, done)
 	case done && !prev.Missing:
 		return c.cleanUpLocked()

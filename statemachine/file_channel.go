@@ -62,7 +62,7 @@ func (c *fileChannel) closeLocked() error {
 	switch c.state {
 	case chanCleaned:
 		return ErrChannelClosed
-	case chanClosed, chanLinked:
+	case chanClosed, chanLinked, chanReleased:
 		return nil
 	}
 	var err error
@@ -98,7 +98,7 @@ func (c *fileChannel) CleanUp() error {
 }
 
 func (c *fileChannel) cleanUpLocked() error {
-	if c.state == chanCleaned || c.state == chanLinked {
+	if c.state == chanCleaned || c.state == chanLinked || c.state == chanReleased {
 		return nil
 	}
 	var err error
@@ -111,4 +111,17 @@ func (c *fileChannel) cleanUpLocked() error {
 		err = errors.Join(err, fmt.Errorf("statemachine: clean up %v: %w", c.key, rerr))
 	}
 	return err
+}
+
+// Release implements Releaser: a closed channel's file stays under its
+// closed name, which the next NewFileStore keeps for the entry. A channel
+// still open has nothing a peer acknowledged, and is cleaned up.
+func (c *fileChannel) Release() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.state == chanClosed {
+		c.state, c.h = chanReleased, nil
+		return nil
+	}
+	return c.cleanUpLocked()
 }

@@ -225,6 +225,7 @@ const (
 	chanClosed
 	chanCleaned
 	chanLinked
+	chanReleased // let go of with its data kept (FileStore's Release)
 )
 
 // memChannel is Memory's DataChannel. Its own lock makes misuse from two

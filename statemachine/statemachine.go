@@ -69,6 +69,17 @@ type Cataloger interface {
 	Catalog() []Entry
 }
 
+// Releaser is a DataChannel that can be let go of without discarding its
+// data: a closed stream at shutdown, whose entry may commit while the
+// process is down, keeps its data for the state machine to link after a
+// restart. FileStore's channels are Releasers; Memory's are not, since
+// nothing of it outlives the process.
+type Releaser interface {
+	// Release gives up the channel and keeps its data. It is a no-op after
+	// Link or CleanUp.
+	Release() error
+}
+
 // Entry is a committed stream entry.
 type Entry struct {
 	Index, Term uint64
@@ -89,6 +100,14 @@ type StreamInfo struct {
 // hashicorp/raft; package server has a standalone one for a single process.
 type Committer interface {
 	Commit(ctx context.Context, s StreamInfo) (*pb.RaftClientReply, error)
+}
+
+// KeyChecker is a Committer that remembers the streams it committed, so
+// that a primary can refuse a header that reuses a committed stream's key.
+// raft.Node implements it for the keys its FSM keeps for deduplication.
+type KeyChecker interface {
+	// Committed reports whether key was committed, and at which index.
+	Committed(key StreamKey) (index uint64, ok bool)
 }
 
 // Linker links a committed entry to the data a peer holds for it. Package
