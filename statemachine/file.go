@@ -493,4 +493,3 @@ func (s *FileStore) Open(name string) (*os.File, error) {
 	}
 	return s.root.Open(filepath.Join(dataDir, sf.Name))
 }
-
