@@ -91,6 +91,16 @@ const (
 	ErrorCode_GROUP_MISMATCH ErrorCode = 14
 	// A bug or an unexpected condition on the server.
 	ErrorCode_INTERNAL ErrorCode = 15
+	// STREAM_READ of a name this peer has no committed entry for, or whose
+	// entry is not the one the request's index names (the peer has not
+	// applied it yet, or holds a newer version).
+	ErrorCode_NOT_FOUND ErrorCode = 16
+	// STREAM_READ of a name whose newest committed entry has no copy on this
+	// peer (it was down, wiped, or its copy failed). The peer never serves
+	// an older version in its place; another peer may hold the copy.
+	ErrorCode_MISSING ErrorCode = 17
+	// STREAM_READ whose offset is beyond the file's length.
+	ErrorCode_OUT_OF_RANGE ErrorCode = 18
 )
 
 // Enum value maps for ErrorCode.
@@ -112,6 +122,9 @@ var (
 		13: "CANCELLED",
 		14: "GROUP_MISMATCH",
 		15: "INTERNAL",
+		16: "NOT_FOUND",
+		17: "MISSING",
+		18: "OUT_OF_RANGE",
 	}
 	ErrorCode_value = map[string]int32{
 		"ERROR_NONE":       0,
@@ -130,6 +143,9 @@ var (
 		"CANCELLED":        13,
 		"GROUP_MISMATCH":   14,
 		"INTERNAL":         15,
+		"NOT_FOUND":        16,
+		"MISSING":          17,
+		"OUT_OF_RANGE":     18,
 	}
 )
 
@@ -238,6 +254,15 @@ const (
 	// server that is going away is otherwise indistinguishable from a live
 	// one.
 	DataStreamPacketHeader_PING DataStreamPacketHeader_Type = 3
+	// Reads a committed file: the body is a serialized ReadRequest. The
+	// replies, one or more, carry the bytes in order (see
+	// DataStreamReplyHeader.read_offset); the last has last set. It belongs
+	// to no stream: stream_id is the client's id for the read, unique among
+	// its reads in flight on the connection, and client_id may be empty.
+	DataStreamPacketHeader_STREAM_READ DataStreamPacketHeader_Type = 4
+	// Lists the committed files of the peer: no body. The replies, one or
+	// more, each carry a ListReply body; the last has last set.
+	DataStreamPacketHeader_STREAM_LIST DataStreamPacketHeader_Type = 5
 )
 
 // Enum value maps for DataStreamPacketHeader_Type.
@@ -247,12 +272,16 @@ var (
 		1: "STREAM_HEADER",
 		2: "STREAM_DATA",
 		3: "PING",
+		4: "STREAM_READ",
+		5: "STREAM_LIST",
 	}
 	DataStreamPacketHeader_Type_value = map[string]int32{
 		"TYPE_UNSPECIFIED": 0,
 		"STREAM_HEADER":    1,
 		"STREAM_DATA":      2,
 		"PING":             3,
+		"STREAM_READ":      4,
+		"STREAM_LIST":      5,
 	}
 )
 
@@ -912,7 +941,15 @@ type DataStreamReplyHeader struct {
 	// On the reply to CLOSE: each peer's commit index after the commit.
 	CommitInfos []*CommitInfo `protobuf:"bytes,6,rep,name=commit_infos,json=commitInfos,proto3" json:"commit_infos,omitempty"`
 	// The peer that produced this reply.
-	ServerId      string `protobuf:"bytes,7,opt,name=server_id,json=serverId,proto3" json:"server_id,omitempty"`
+	ServerId string `protobuf:"bytes,7,opt,name=server_id,json=serverId,proto3" json:"server_id,omitempty"`
+	// On a reply to STREAM_READ: the file offset of the first byte of this
+	// reply's body, which holds the file's bytes from there.
+	ReadOffset uint64 `protobuf:"varint,8,opt,name=read_offset,json=readOffset,proto3" json:"read_offset,omitempty"`
+	// On a reply to STREAM_READ or STREAM_LIST: this is the request's final
+	// reply. An error reply is always final.
+	Last bool `protobuf:"varint,9,opt,name=last,proto3" json:"last,omitempty"`
+	// On the first reply to a STREAM_READ: the entry being read.
+	File          *FileInfo `protobuf:"bytes,10,opt,name=file,proto3" json:"file,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -996,6 +1033,256 @@ func (x *DataStreamReplyHeader) GetServerId() string {
 	return ""
 }
 
+func (x *DataStreamReplyHeader) GetReadOffset() uint64 {
+	if x != nil {
+		return x.ReadOffset
+	}
+	return 0
+}
+
+func (x *DataStreamReplyHeader) GetLast() bool {
+	if x != nil {
+		return x.Last
+	}
+	return false
+}
+
+func (x *DataStreamReplyHeader) GetFile() *FileInfo {
+	if x != nil {
+		return x.File
+	}
+	return nil
+}
+
+// ReadRequest is the body of a STREAM_READ packet: length bytes of the file
+// name from offset. The replies cover [offset, min(offset+length, size)).
+type ReadRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The file's name in the state machine (FileStore: its path under the
+	// data directory).
+	Name   string `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	Offset uint64 `protobuf:"varint,2,opt,name=offset,proto3" json:"offset,omitempty"`
+	// How many bytes to read; 0 reads none and only returns the file's
+	// FileInfo. A server refuses more than its limit with LIMIT_EXCEEDED.
+	Length uint64 `protobuf:"varint,3,opt,name=length,proto3" json:"length,omitempty"`
+	// If not 0, the committed entry's index the client is reading: a peer
+	// whose entry for name has another index answers NOT_FOUND, so a read
+	// resumed on another peer never mixes two versions.
+	Index         uint64 `protobuf:"varint,4,opt,name=index,proto3" json:"index,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ReadRequest) Reset() {
+	*x = ReadRequest{}
+	mi := &file_pipestream_proto_msgTypes[7]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ReadRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ReadRequest) ProtoMessage() {}
+
+func (x *ReadRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_pipestream_proto_msgTypes[7]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ReadRequest.ProtoReflect.Descriptor instead.
+func (*ReadRequest) Descriptor() ([]byte, []int) {
+	return file_pipestream_proto_rawDescGZIP(), []int{7}
+}
+
+func (x *ReadRequest) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *ReadRequest) GetOffset() uint64 {
+	if x != nil {
+		return x.Offset
+	}
+	return 0
+}
+
+func (x *ReadRequest) GetLength() uint64 {
+	if x != nil {
+		return x.Length
+	}
+	return 0
+}
+
+func (x *ReadRequest) GetIndex() uint64 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
+// FileInfo describes a committed file on one peer.
+type FileInfo struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	Name  string                 `protobuf:"bytes,1,opt,name=name,proto3" json:"name,omitempty"`
+	// The committed entry's length in bytes.
+	Length uint64 `protobuf:"varint,2,opt,name=length,proto3" json:"length,omitempty"`
+	// The Raft index and term of the entry that wrote the file.
+	Index uint64 `protobuf:"varint,3,opt,name=index,proto3" json:"index,omitempty"`
+	Term  uint64 `protobuf:"varint,4,opt,name=term,proto3" json:"term,omitempty"`
+	// The entry is committed but this peer holds no copy of its data.
+	Missing bool `protobuf:"varint,5,opt,name=missing,proto3" json:"missing,omitempty"`
+	// SHA-256 of the file's bytes; empty when missing.
+	Sha256 []byte `protobuf:"bytes,6,opt,name=sha256,proto3" json:"sha256,omitempty"`
+	// The stream that wrote it.
+	ClientId      []byte `protobuf:"bytes,7,opt,name=client_id,json=clientId,proto3" json:"client_id,omitempty"`
+	StreamId      uint64 `protobuf:"varint,8,opt,name=stream_id,json=streamId,proto3" json:"stream_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *FileInfo) Reset() {
+	*x = FileInfo{}
+	mi := &file_pipestream_proto_msgTypes[8]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *FileInfo) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*FileInfo) ProtoMessage() {}
+
+func (x *FileInfo) ProtoReflect() protoreflect.Message {
+	mi := &file_pipestream_proto_msgTypes[8]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use FileInfo.ProtoReflect.Descriptor instead.
+func (*FileInfo) Descriptor() ([]byte, []int) {
+	return file_pipestream_proto_rawDescGZIP(), []int{8}
+}
+
+func (x *FileInfo) GetName() string {
+	if x != nil {
+		return x.Name
+	}
+	return ""
+}
+
+func (x *FileInfo) GetLength() uint64 {
+	if x != nil {
+		return x.Length
+	}
+	return 0
+}
+
+func (x *FileInfo) GetIndex() uint64 {
+	if x != nil {
+		return x.Index
+	}
+	return 0
+}
+
+func (x *FileInfo) GetTerm() uint64 {
+	if x != nil {
+		return x.Term
+	}
+	return 0
+}
+
+func (x *FileInfo) GetMissing() bool {
+	if x != nil {
+		return x.Missing
+	}
+	return false
+}
+
+func (x *FileInfo) GetSha256() []byte {
+	if x != nil {
+		return x.Sha256
+	}
+	return nil
+}
+
+func (x *FileInfo) GetClientId() []byte {
+	if x != nil {
+		return x.ClientId
+	}
+	return nil
+}
+
+func (x *FileInfo) GetStreamId() uint64 {
+	if x != nil {
+		return x.StreamId
+	}
+	return 0
+}
+
+// ListReply is the body of a reply to STREAM_LIST: a part of the peer's
+// catalog, in log order.
+type ListReply struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Files         []*FileInfo            `protobuf:"bytes,1,rep,name=files,proto3" json:"files,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *ListReply) Reset() {
+	*x = ListReply{}
+	mi := &file_pipestream_proto_msgTypes[9]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *ListReply) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*ListReply) ProtoMessage() {}
+
+func (x *ListReply) ProtoReflect() protoreflect.Message {
+	mi := &file_pipestream_proto_msgTypes[9]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use ListReply.ProtoReflect.Descriptor instead.
+func (*ListReply) Descriptor() ([]byte, []int) {
+	return file_pipestream_proto_rawDescGZIP(), []int{9}
+}
+
+func (x *ListReply) GetFiles() []*FileInfo {
+	if x != nil {
+		return x.Files
+	}
+	return nil
+}
+
 // StreamEntry is what the Raft log holds for a closed stream: a small record
 // that names the stream, never its data. Each peer's state machine links the
 // data it already holds for (client_id, stream_id) to the committed entry.
@@ -1018,7 +1305,7 @@ type StreamEntry struct {
 
 func (x *StreamEntry) Reset() {
 	*x = StreamEntry{}
-	mi := &file_pipestream_proto_msgTypes[7]
+	mi := &file_pipestream_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1030,7 +1317,7 @@ func (x *StreamEntry) String() string {
 func (*StreamEntry) ProtoMessage() {}
 
 func (x *StreamEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_pipestream_proto_msgTypes[7]
+	mi := &file_pipestream_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1043,7 +1330,7 @@ func (x *StreamEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StreamEntry.ProtoReflect.Descriptor instead.
 func (*StreamEntry) Descriptor() ([]byte, []int) {
-	return file_pipestream_proto_rawDescGZIP(), []int{7}
+	return file_pipestream_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *StreamEntry) GetClientId() []byte {
@@ -1131,7 +1418,7 @@ const file_pipestream_proto_rawDesc = "" +
 	"\x04peer\x18\x01 \x01(\tR\x04peer\x12\x1e\n" +
 	"\n" +
 	"successors\x18\x02 \x03(\tR\n" +
-	"successors\"\x84\x03\n" +
+	"successors\"\xa6\x03\n" +
 	"\x16DataStreamPacketHeader\x12\x1b\n" +
 	"\tclient_id\x18\x01 \x01(\fR\bclientId\x12>\n" +
 	"\x04type\x18\x02 \x01(\x0e2*.pipestream.v1.DataStreamPacketHeader.TypeR\x04type\x12\x1b\n" +
@@ -1139,18 +1426,20 @@ const file_pipestream_proto_rawDesc = "" +
 	"\rstream_offset\x18\x04 \x01(\x04R\fstreamOffset\x12\x1f\n" +
 	"\vdata_length\x18\x05 \x01(\x04R\n" +
 	"dataLength\x12\x18\n" +
-	"\aoptions\x18\x06 \x01(\rR\aoptions\"J\n" +
+	"\aoptions\x18\x06 \x01(\rR\aoptions\"l\n" +
 	"\x04Type\x12\x14\n" +
 	"\x10TYPE_UNSPECIFIED\x10\x00\x12\x11\n" +
 	"\rSTREAM_HEADER\x10\x01\x12\x0f\n" +
 	"\vSTREAM_DATA\x10\x02\x12\b\n" +
-	"\x04PING\x10\x03\"D\n" +
+	"\x04PING\x10\x03\x12\x0f\n" +
+	"\vSTREAM_READ\x10\x04\x12\x0f\n" +
+	"\vSTREAM_LIST\x10\x05\"D\n" +
 	"\x06Option\x12\x0f\n" +
 	"\vOPTION_NONE\x10\x00\x12\b\n" +
 	"\x04SYNC\x10\x01\x12\t\n" +
 	"\x05FLUSH\x10\x02\x12\t\n" +
 	"\x05CLOSE\x10\x04\x12\t\n" +
-	"\x05ABORT\x10\b\"\xdb\x02\n" +
+	"\x05ABORT\x10\b\"\xbd\x03\n" +
 	"\x15DataStreamReplyHeader\x12J\n" +
 	"\rpacket_header\x18\x01 \x01(\v2%.pipestream.v1.DataStreamPacketHeaderR\fpacketHeader\x12#\n" +
 	"\rbytes_written\x18\x02 \x01(\x04R\fbytesWritten\x12\x18\n" +
@@ -1159,13 +1448,34 @@ const file_pipestream_proto_rawDesc = "" +
 	"error_code\x18\x04 \x01(\x0e2\x18.pipestream.v1.ErrorCodeR\terrorCode\x12#\n" +
 	"\rerror_message\x18\x05 \x01(\tR\ferrorMessage\x12<\n" +
 	"\fcommit_infos\x18\x06 \x03(\v2\x19.pipestream.v1.CommitInfoR\vcommitInfos\x12\x1b\n" +
-	"\tserver_id\x18\a \x01(\tR\bserverId\"\x91\x01\n" +
+	"\tserver_id\x18\a \x01(\tR\bserverId\x12\x1f\n" +
+	"\vread_offset\x18\b \x01(\x04R\n" +
+	"readOffset\x12\x12\n" +
+	"\x04last\x18\t \x01(\bR\x04last\x12+\n" +
+	"\x04file\x18\n" +
+	" \x01(\v2\x17.pipestream.v1.FileInfoR\x04file\"g\n" +
+	"\vReadRequest\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
+	"\x06offset\x18\x02 \x01(\x04R\x06offset\x12\x16\n" +
+	"\x06length\x18\x03 \x01(\x04R\x06length\x12\x14\n" +
+	"\x05index\x18\x04 \x01(\x04R\x05index\"\xcc\x01\n" +
+	"\bFileInfo\x12\x12\n" +
+	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
+	"\x06length\x18\x02 \x01(\x04R\x06length\x12\x14\n" +
+	"\x05index\x18\x03 \x01(\x04R\x05index\x12\x12\n" +
+	"\x04term\x18\x04 \x01(\x04R\x04term\x12\x18\n" +
+	"\amissing\x18\x05 \x01(\bR\amissing\x12\x16\n" +
+	"\x06sha256\x18\x06 \x01(\fR\x06sha256\x12\x1b\n" +
+	"\tclient_id\x18\a \x01(\fR\bclientId\x12\x1b\n" +
+	"\tstream_id\x18\b \x01(\x04R\bstreamId\":\n" +
+	"\tListReply\x12-\n" +
+	"\x05files\x18\x01 \x03(\v2\x17.pipestream.v1.FileInfoR\x05files\"\x91\x01\n" +
 	"\vStreamEntry\x12\x1b\n" +
 	"\tclient_id\x18\x01 \x01(\fR\bclientId\x12\x1b\n" +
 	"\tstream_id\x18\x02 \x01(\x04R\bstreamId\x12\x18\n" +
 	"\amessage\x18\x03 \x01(\fR\amessage\x12\x16\n" +
 	"\x06length\x18\x04 \x01(\x04R\x06length\x12\x16\n" +
-	"\x06sha256\x18\x05 \x01(\fR\x06sha256*\xa8\x02\n" +
+	"\x06sha256\x18\x05 \x01(\fR\x06sha256*\xd6\x02\n" +
 	"\tErrorCode\x12\x0e\n" +
 	"\n" +
 	"ERROR_NONE\x10\x00\x12\x12\n" +
@@ -1186,7 +1496,10 @@ const file_pipestream_proto_rawDesc = "" +
 	"\tFORBIDDEN\x10\f\x12\r\n" +
 	"\tCANCELLED\x10\r\x12\x12\n" +
 	"\x0eGROUP_MISMATCH\x10\x0e\x12\f\n" +
-	"\bINTERNAL\x10\x0fB5Z3github.com/pipestream/pipestream/proto/pipestreamv1b\x06proto3"
+	"\bINTERNAL\x10\x0f\x12\r\n" +
+	"\tNOT_FOUND\x10\x10\x12\v\n" +
+	"\aMISSING\x10\x11\x12\x10\n" +
+	"\fOUT_OF_RANGE\x10\x12B5Z3github.com/pipestream/pipestream/proto/pipestreamv1b\x06proto3"
 
 var (
 	file_pipestream_proto_rawDescOnce sync.Once
@@ -1201,7 +1514,7 @@ func file_pipestream_proto_rawDescGZIP() []byte {
 }
 
 var file_pipestream_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_pipestream_proto_msgTypes = make([]protoimpl.MessageInfo, 8)
+var file_pipestream_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
 var file_pipestream_proto_goTypes = []any{
 	(ErrorCode)(0),                     // 0: pipestream.v1.ErrorCode
 	(RaftClientRequest_Type)(0),        // 1: pipestream.v1.RaftClientRequest.Type
@@ -1214,23 +1527,28 @@ var file_pipestream_proto_goTypes = []any{
 	(*Route)(nil),                      // 8: pipestream.v1.Route
 	(*DataStreamPacketHeader)(nil),     // 9: pipestream.v1.DataStreamPacketHeader
 	(*DataStreamReplyHeader)(nil),      // 10: pipestream.v1.DataStreamReplyHeader
-	(*StreamEntry)(nil),                // 11: pipestream.v1.StreamEntry
+	(*ReadRequest)(nil),                // 11: pipestream.v1.ReadRequest
+	(*FileInfo)(nil),                   // 12: pipestream.v1.FileInfo
+	(*ListReply)(nil),                  // 13: pipestream.v1.ListReply
+	(*StreamEntry)(nil),                // 14: pipestream.v1.StreamEntry
 }
 var file_pipestream_proto_depIdxs = []int32{
-	1, // 0: pipestream.v1.RaftClientRequest.type:type_name -> pipestream.v1.RaftClientRequest.Type
-	7, // 1: pipestream.v1.RaftClientRequest.routing_table:type_name -> pipestream.v1.RoutingTable
-	0, // 2: pipestream.v1.RaftClientReply.error_code:type_name -> pipestream.v1.ErrorCode
-	6, // 3: pipestream.v1.RaftClientReply.commit_infos:type_name -> pipestream.v1.CommitInfo
-	8, // 4: pipestream.v1.RoutingTable.routes:type_name -> pipestream.v1.Route
-	2, // 5: pipestream.v1.DataStreamPacketHeader.type:type_name -> pipestream.v1.DataStreamPacketHeader.Type
-	9, // 6: pipestream.v1.DataStreamReplyHeader.packet_header:type_name -> pipestream.v1.DataStreamPacketHeader
-	0, // 7: pipestream.v1.DataStreamReplyHeader.error_code:type_name -> pipestream.v1.ErrorCode
-	6, // 8: pipestream.v1.DataStreamReplyHeader.commit_infos:type_name -> pipestream.v1.CommitInfo
-	9, // [9:9] is the sub-list for method output_type
-	9, // [9:9] is the sub-list for method input_type
-	9, // [9:9] is the sub-list for extension type_name
-	9, // [9:9] is the sub-list for extension extendee
-	0, // [0:9] is the sub-list for field type_name
+	1,  // 0: pipestream.v1.RaftClientRequest.type:type_name -> pipestream.v1.RaftClientRequest.Type
+	7,  // 1: pipestream.v1.RaftClientRequest.routing_table:type_name -> pipestream.v1.RoutingTable
+	0,  // 2: pipestream.v1.RaftClientReply.error_code:type_name -> pipestream.v1.ErrorCode
+	6,  // 3: pipestream.v1.RaftClientReply.commit_infos:type_name -> pipestream.v1.CommitInfo
+	8,  // 4: pipestream.v1.RoutingTable.routes:type_name -> pipestream.v1.Route
+	2,  // 5: pipestream.v1.DataStreamPacketHeader.type:type_name -> pipestream.v1.DataStreamPacketHeader.Type
+	9,  // 6: pipestream.v1.DataStreamReplyHeader.packet_header:type_name -> pipestream.v1.DataStreamPacketHeader
+	0,  // 7: pipestream.v1.DataStreamReplyHeader.error_code:type_name -> pipestream.v1.ErrorCode
+	6,  // 8: pipestream.v1.DataStreamReplyHeader.commit_infos:type_name -> pipestream.v1.CommitInfo
+	12, // 9: pipestream.v1.DataStreamReplyHeader.file:type_name -> pipestream.v1.FileInfo
+	12, // 10: pipestream.v1.ListReply.files:type_name -> pipestream.v1.FileInfo
+	11, // [11:11] is the sub-list for method output_type
+	11, // [11:11] is the sub-list for method input_type
+	11, // [11:11] is the sub-list for extension type_name
+	11, // [11:11] is the sub-list for extension extendee
+	0,  // [0:11] is the sub-list for field type_name
 }
 
 func init() { file_pipestream_proto_init() }
@@ -1244,7 +1562,7 @@ func file_pipestream_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_pipestream_proto_rawDesc), len(file_pipestream_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   8,
+			NumMessages:   11,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
