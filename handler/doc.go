@@ -4,6 +4,8 @@
 // A peer's connection pipeline is, in order:
 //
 //	frame    codec.FrameDecoder: whole length-prefixed frames, one copy each
+//	read     ReadServer: on a connection that opens with STREAM_READ or
+//	         STREAM_LIST, serves committed files; elsewhere passes frames on
 //	packet   PacketDecoder: frame -> *Packet{Header, Frame, Body}
 //	router   Router: (client id, stream id) -> *Stream; HEADER opens, DATA appends
 //	write    Writer: the local state-machine write, on the stream's executor

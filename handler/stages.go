@@ -311,6 +311,7 @@ func Install(p *pipeline.Pipeline, s *Streams, maxFrame int) error {
 		h    pipeline.Handler
 	}{
 		{StageFrame, frames},
+		{StageRead, NewReadServer(s)},
 		{StagePacket, &PacketDecoder{MaxHeader: s.cfg.MaxHeader}},
 		{StageRouter, &Router{Streams: s}},
 		{StageWrite, Writer{}},
