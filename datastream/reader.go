@@ -317,24 +317,65 @@ func (r *Reader) Read(p []byte) (int, error) {
 		if len(p) == 0 {
 			return 0, nil
 		}
-		if err := r.readAhead(); err != nil {
+		if err := r.advance(); err != nil {
 			return 0, err
 		}
-		head := r.ahead[0]
-		b, err := head.take(r.ctx, r.o.timeout)
-		switch {
-		case err == io.EOF:
-			r.ahead[0] = nil
-			r.ahead = r.ahead[1:]
-		case err != nil:
-			r.dropAhead()
-			if err := r.retry(head.rc, err); err != nil {
-				return 0, err
+	}
+}
+
+// WriteTo implements io.WriterTo, which io.Copy uses: the rest of the
+// file goes to w chunk by chunk as the replies hold it, with no copy into
+// a buffer of the caller's.
+func (r *Reader) WriteTo(w io.Writer) (int64, error) {
+	r.smu.Lock()
+	defer r.smu.Unlock()
+	var written int64
+	for {
+		if r.cur != nil {
+			n, err := w.Write(r.cur.Bytes())
+			r.cur.Skip(n)
+			if r.cur.Len() == 0 {
+				r.cur.Release()
+				r.cur = nil
 			}
-		default:
-			r.cur = b
+			r.off += int64(n)
+			written += int64(n)
+			if err != nil {
+				return written, err
+			}
+			if r.cur != nil {
+				return written, io.ErrShortWrite
+			}
+			continue
+		}
+		if r.off >= r.Size() {
+			return written, nil
+		}
+		if err := r.advance(); err != nil {
+			return written, err
 		}
 	}
+}
+
+// advance makes the next chunk of the sequential read r.cur, or moves past a
+// request that is done, or restarts on another peer after a failure.
+func (r *Reader) advance() error {
+	if err := r.readAhead(); err != nil {
+		return err
+	}
+	head := r.ahead[0]
+	b, err := head.take(r.ctx, r.o.timeout)
+	switch {
+	case err == io.EOF:
+		r.ahead[0] = nil
+		r.ahead = r.ahead[1:]
+	case err != nil:
+		r.dropAhead()
+		return r.retry(head.rc, err)
+	default:
+		r.cur = b
+	}
+	return nil
 }
 
 // readAhead keeps the window of requests ahead of the sequential reader

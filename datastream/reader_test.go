@@ -100,6 +100,12 @@ func TestRead(t *testing.T) {
 						t.Fatalf("%s: Read after the end: %d, %v", name, n, err)
 					}
 					checkRanges(t, r, want)
+					var buf bytes.Buffer
+					w := open(t, c, name, datastream.WithReadWindow(window[0], window[1]))
+					if n, err := io.Copy(&buf, w); n != int64(len(want)) || err != nil || !bytes.Equal(buf.Bytes(), want) {
+						t.Fatalf("%s: WriteTo: %d bytes, %v", name, n, err)
+					}
+					w.Close()
 					if err := r.Close(); err != nil {
 						t.Fatal(err)
 					}
