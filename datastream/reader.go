@@ -162,7 +162,9 @@ func (c *Client) Open(ctx context.Context, name string, opts ...ReadOption) (*Re
 		}
 	}
 	r.ctx, r.cancel = context.WithCancel(ctx)
-	r.stop = context.AfterFunc(c.ctx, r.cancel)
+	// A Reader left open when its client closes is closed with it, so its
+	// connection does not outlive the client.
+	r.stop = context.AfterFunc(c.ctx, func() { _ = r.Close() })
 	// Each peer is asked once: one that has no copy now will not have one
 	// a moment later.
 	var errs []error
@@ -170,6 +172,10 @@ func (c *Client) Open(ctx context.Context, name string, opts ...ReadOption) (*Re
 		info, err := r.stat()
 		if err == nil {
 			r.info = info
+			// The peers that had no copy are not held against the read.
+			r.mu.Lock()
+			r.attempts = 1
+			r.mu.Unlock()
 			return r, nil
 		}
 		errs = append(errs, err)

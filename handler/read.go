@@ -286,8 +286,11 @@ func (r *ReadServer) read(t readTask) (sent int64) {
 		return 0
 	}
 	end := req.GetOffset() + min(req.GetLength(), info.Length-req.GetOffset())
+	// A file region is only worth it where the transport sends it with
+	// sendfile; elsewhere it would read the file inside write, under wmu,
+	// which the event loop takes to answer errors. Read it here instead.
 	var f interface{ File() *os.File }
-	if fh, ok := hd.(statemachine.FileHandle); ok {
+	if fh, ok := hd.(statemachine.FileHandle); ok && r.sendsFiles() {
 		f = fh
 	}
 	fi := FileInfoOf(info)
@@ -344,6 +347,13 @@ func (r *ReadServer) read(t readTask) (sent int64) {
 			return sent
 		}
 	}
+}
+
+// sendsFiles reports whether the connection sends file regions with
+// sendfile(2).
+func (r *ReadServer) sendsFiles() bool {
+	ch, ok := r.pl.Transport().(transport.Channel)
+	return ok && transport.SendsFileRegions(ch)
 }
 
 // readError maps a state machine's OpenRead failure to its wire code.
