@@ -10,6 +10,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -491,5 +492,69 @@ func TestReadOptions(t *testing.T) {
 	cancel()
 	if _, err := c.Open(cctx, "x"); !errors.Is(err, context.Canceled) {
 		t.Errorf("Open with a cancelled context: %v", err)
+	}
+}
+
+// A peer that answers the stat and then goes silent is given up on after
+// the read timeout; the read completes from the next peer, which serves
+// the same entry.
+func TestReadPeerHangs(t *testing.T) {
+	buffertest.Check(t)
+	g, stores := fileGroup(t, 1, transport.Gnet)
+	want := randomBytes(21, 1<<20+5)
+	put(t, g.client(t), "h", want)
+	sf, _ := stores[0].Lookup("h")
+	var reads atomic.Int32
+	fake := startFake(t, func(c net.Conn, h *pb.DataStreamPacketHeader) {
+		if h.GetType() != pb.DataStreamPacketHeader_STREAM_READ || reads.Add(1) > 1 {
+			return // silent
+		}
+		reply(c, &pb.DataStreamReplyHeader{PacketHeader: h, Success: true, ServerId: "fake", Last: true,
+			File: &pb.FileInfo{Name: "h", Length: sf.Length, Index: sf.Index, Term: sf.Term}}, nil)
+	})
+	peers := append(fake.peers(), g.peers...)
+	c, err := datastream.NewClient(peers, datastream.WithLogger(quietLogger()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	r := open(t, c, "h", datastream.WithReadPeer("fake", g.peers[0].ID), datastream.WithReadTimeout(200*time.Millisecond))
+	if info := r.Info(); info.Peer != "fake" {
+		t.Fatalf("stat answered by %q, want the fake", info.Peer)
+	}
+	got, err := io.ReadAll(r)
+	if err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("read: %d bytes, equal %v, %v", len(got), bytes.Equal(got, want), err)
+	}
+	if p := datastream.ReadPeer(r); p != g.peers[0].ID || reads.Load() < 2 {
+		t.Fatalf("read from %q after %d requests to the fake", p, reads.Load())
+	}
+}
+
+// A read resumed on a peer that holds another version of the name gets
+// NOT_FOUND there, never that version's bytes.
+func TestReadResumeOtherVersion(t *testing.T) {
+	buffertest.Check(t)
+	g, stores := fileGroup(t, 1, transport.Gnet)
+	put(t, g.client(t), "v", randomBytes(22, 1000))
+	sf, _ := stores[0].Lookup("v")
+	var reads atomic.Int32
+	fake := startFake(t, func(c net.Conn, h *pb.DataStreamPacketHeader) {
+		if h.GetType() == pb.DataStreamPacketHeader_STREAM_READ && reads.Add(1) == 1 {
+			// The stat: an entry newer than the real peer's, then silence.
+			reply(c, &pb.DataStreamReplyHeader{PacketHeader: h, Success: true, ServerId: "fake", Last: true,
+				File: &pb.FileInfo{Name: "v", Length: sf.Length, Index: sf.Index + 1}}, nil)
+		}
+	})
+	c, err := datastream.NewClient(append(fake.peers(), g.peers...), datastream.WithLogger(quietLogger()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	r := open(t, c, "v", datastream.WithReadPeer("fake", g.peers[0].ID), datastream.WithReadAttempts(2),
+		datastream.WithReadTimeout(200*time.Millisecond))
+	got, err := io.ReadAll(r)
+	if !errors.Is(err, datastream.ErrNotFound) || len(got) != 0 {
+		t.Fatalf("read of another version: %d bytes, %v; want none and ErrNotFound", len(got), err)
 	}
 }
