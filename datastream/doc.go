@@ -38,6 +38,20 @@
 // Client.Close fails what is open and ends every goroutine the client
 // started.
 //
+// # Reads
+//
+// Open reads a committed file back from any peer, by name: the Reader is an
+// io.ReadCloser (and io.WriterTo, for io.Copy) and an io.ReaderAt. It asks
+// for ranges of at most a request size, with a window of them outstanding
+// (WithReadWindow), so a reader that stops reading stops asking. A peer
+// that fails mid-read (a lost connection, an error reply, no reply within
+// WithReadTimeout) is replaced by the next (WithReadPeer), at the same
+// offset and for the same committed entry, a bounded number of times
+// (WithReadAttempts). A peer that has the entry but no copy answers
+// ErrMissing, never an older version; an unknown name is ErrNotFound.
+// List returns one peer's catalog. Each Reader has a connection of its
+// own, apart from the streams'.
+//
 // # Errors
 //
 // Errors a server reports are *pb.Error values: errors.Is matches them
