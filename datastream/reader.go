@@ -112,7 +112,7 @@ type Reader struct {
 	info FileInfo
 
 	ctx    context.Context
-	cancel context.CancelFunc
+	cancel context.CancelCauseFunc
 	stop   func() bool // stops closing with the client
 
 	mu       sync.Mutex // guards rc, the peer order and the attempts
@@ -161,7 +161,7 @@ func (c *Client) Open(ctx context.Context, name string, opts ...ReadOption) (*Re
 			return nil, errors.New("datastream: WithReadPeer names no peer")
 		}
 	}
-	r.ctx, r.cancel = context.WithCancel(ctx)
+	r.ctx, r.cancel = context.WithCancelCause(ctx)
 	// A Reader left open when its client closes is closed with it, so its
 	// connection does not outlive the client.
 	r.stop = context.AfterFunc(c.ctx, func() { _ = r.Close() })
@@ -494,7 +494,7 @@ func (r *Reader) Close() error {
 	rc := r.rc
 	r.rc = nil
 	r.mu.Unlock()
-	r.cancel()
+	r.cancel(ErrClosed)
 	r.stop()
 	if rc != nil {
 		rc.close()

@@ -19,7 +19,7 @@ const benchReadSize = 64 << 20
 // bytes as a raw file-to-socket send in the same process (io.Copy from an
 // os.File to a TCP connection, which is sendfile(2) on Linux): the floor of
 // what serving a file over TCP costs. The ratio of the two is the read
-// path's efficiency; docs/performance.md records it.
+// path's efficiency (the goal is at least 0.8).
 func BenchmarkRead(b *testing.B) {
 	data := randomBytes(42, benchReadSize)
 	for _, kind := range []transport.Kind{transport.Gnet, transport.NetConn} {

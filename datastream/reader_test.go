@@ -558,3 +558,33 @@ func TestReadResumeOtherVersion(t *testing.T) {
 		t.Fatalf("read of another version: %d bytes, %v; want none and ErrNotFound", len(got), err)
 	}
 }
+
+// A Reader left open when its client closes is closed with it: reads fail
+// with ErrClosed and its connection is gone (the package's leak check
+// would see it otherwise).
+func TestReaderClientClosed(t *testing.T) {
+	buffertest.Check(t)
+	g, _ := fileGroup(t, 1, transport.Gnet)
+	put(t, g.client(t), "cc", randomBytes(23, 3<<20))
+	c, err := datastream.NewClient(g.peers, datastream.WithLogger(quietLogger()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r, err := c.Open(testCtx(t), "cc", datastream.WithReadWindow(64<<10, 2))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(r, make([]byte, 100)); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Close(); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "the reader to close", func() bool { return datastream.ReadPeer(r) == "" })
+	if _, err := io.ReadAll(r); !errors.Is(err, datastream.ErrClosed) {
+		t.Fatalf("read after the client closed: %v, want ErrClosed", err)
+	}
+	if _, err := c.Open(testCtx(t), "cc"); !errors.Is(err, datastream.ErrClosed) {
+		t.Fatalf("Open on a closed client: %v, want ErrClosed", err)
+	}
+}
