@@ -67,6 +67,10 @@ type ReadServer struct {
 	wmu      sync.Mutex // keeps each reply's prefix and body together
 	inflight atomic.Int64
 	closed   atomic.Bool
+	// cache is the file the last read opened, owned by the executor: the
+	// reads that follow it, for the same entry, use it without opening
+	// the file again.
+	cache *sharedHandle
 }
 
 const (
@@ -79,6 +83,7 @@ type readTask struct {
 	ph   *pb.DataStreamPacketHeader // a copy, for the replies to echo
 	req  *pb.ReadRequest            // nil for a LIST
 	size int64                      // bytes admitted for it
+	end  bool                       // the connection ended: let go of the cache
 }
 
 // NewReadServer returns the read stage of one connection of the server
@@ -212,6 +217,7 @@ func (r *ReadServer) account(n int64) {
 func (r *ReadServer) ChannelInactive(ctx *pipeline.Context) {
 	r.closed.Store(true)
 	if r.exec != nil {
+		r.exec.Submit(readTask{end: true})
 		r.exec.Close()
 	}
 	ctx.FireChannelInactive()
@@ -219,6 +225,13 @@ func (r *ReadServer) ChannelInactive(ctx *pipeline.Context) {
 
 // run serves one request on the executor.
 func (r *ReadServer) run(t readTask) {
+	if t.end {
+		if r.cache != nil {
+			r.cache.release()
+			r.cache = nil
+		}
+		return
+	}
 	if t.req == nil {
 		r.list(t)
 		return
@@ -269,13 +282,12 @@ func (r *ReadServer) read(t readTask) (sent int64) {
 		return 0
 	}
 	req := t.req
-	hd, err := r.streams.cfg.StateMachine.(statemachine.Reader).OpenRead(req.GetName())
+	h, err := r.open(req)
 	if err != nil {
 		r.fail(t.ph, readError(err))
 		return 0
 	}
-	h := newSharedHandle(hd)
-	defer h.release()
+	hd := h.h
 	info := hd.Info()
 	switch {
 	case req.GetIndex() != 0 && req.GetIndex() != info.Index:
@@ -347,6 +359,26 @@ func (r *ReadServer) read(t readTask) (sent int64) {
 			return sent
 		}
 	}
+}
+
+// open returns the handle of the file req reads: the cached one if req
+// names its entry, else a new one, which replaces it in the cache. A read
+// that names no index always opens the name's newest entry.
+func (r *ReadServer) open(req *pb.ReadRequest) (*sharedHandle, error) {
+	if c := r.cache; c != nil && req.GetIndex() != 0 {
+		if info := c.h.Info(); info.Index == req.GetIndex() && info.Name == req.GetName() {
+			return c, nil
+		}
+	}
+	hd, err := r.streams.cfg.StateMachine.(statemachine.Reader).OpenRead(req.GetName())
+	if err != nil {
+		return nil, err
+	}
+	if r.cache != nil {
+		r.cache.release()
+	}
+	r.cache = newSharedHandle(hd)
+	return r.cache, nil
 }
 
 // sendsFiles reports whether the connection sends file regions with

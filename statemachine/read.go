@@ -1,7 +1,6 @@
 package statemachine
 
 import (
-	"errors"
 	"fmt"
 	"io"
 	"io/fs"
@@ -53,47 +52,38 @@ type FileHandle interface {
 	File() *os.File
 }
 
-// openReadAttempts bounds how often OpenRead retries when the name's entry
-// changes between its lookup and the open: each retry means a newer entry
-// was linked meanwhile, which a name only sees so often.
-const openReadAttempts = 4
-
-// OpenRead implements Reader. The file it opens is checked against the
-// entry the name held before and after the open, and against the entry's
-// length, so a concurrent Link that replaces or hides the name is either
-// seen or retried, never served as the other entry.
+// OpenRead implements Reader. It looks the name up and opens its file
+// under the lock that Link holds while it moves files into place, so the
+// file it opens is the entry it looked up, never a newer one renamed over
+// it in between. It fails with an error matching ErrNotFound, ErrMissing
+// or ErrBadName as Reader says.
 func (s *FileStore) OpenRead(name string) (ReadHandle, error) {
 	n, err := CleanName(name)
 	if err != nil {
 		return nil, err
 	}
-	for range openReadAttempts {
-		sf, ok := s.Lookup(n)
-		if !ok {
-			return nil, fmt.Errorf("%w: %q", ErrNotFound, n)
-		}
-		if sf.Missing {
-			return nil, fmt.Errorf("%w: %q (index %d)", ErrMissing, n, sf.Index)
-		}
-		f, err := s.root.Open(filepath.Join(dataDir, sf.Name))
-		if errors.Is(err, fs.ErrNotExist) {
-			continue // replaced or hidden since the lookup: look again
-		}
-		if err != nil {
-			return nil, fmt.Errorf("statemachine: open %q: %w", n, err)
-		}
-		st, err := f.Stat()
-		if err != nil {
-			f.Close()
-			return nil, fmt.Errorf("statemachine: open %q: %w", n, err)
-		}
-		if again, _ := s.Lookup(n); again != sf || uint64(st.Size()) != sf.Length {
-			f.Close()
-			continue
-		}
-		return &fileHandle{f: f, sf: sf}, nil
+	s.linkMu.Lock()
+	defer s.linkMu.Unlock()
+	sf, ok := s.Lookup(n)
+	if !ok {
+		return nil, fmt.Errorf("%w: %q", ErrNotFound, n)
 	}
-	return nil, fmt.Errorf("statemachine: open %q: its entry kept changing while opening it", n)
+	if sf.Missing {
+		return nil, fmt.Errorf("%w: %q (index %d)", ErrMissing, n, sf.Index)
+	}
+	f, err := s.root.Open(filepath.Join(dataDir, sf.Name))
+	if err != nil {
+		return nil, fmt.Errorf("statemachine: open %q: %w", n, err)
+	}
+	st, err := f.Stat()
+	if err == nil && uint64(st.Size()) != sf.Length {
+		err = fmt.Errorf("holds %d bytes, its entry %d names %d", st.Size(), sf.Index, sf.Length)
+	}
+	if err != nil {
+		f.Close()
+		return nil, fmt.Errorf("statemachine: open %q: %w", n, err)
+	}
+	return &fileHandle{f: f, sf: sf}, nil
 }
 
 // fileHandle is FileStore's FileHandle.
