@@ -331,15 +331,15 @@ func (r *ReadServer) read(t readTask) (sent int64) {
 				}}
 			} else {
 				b := buffer.Get(int(n))
-				if _, err := hd.ReadAt(b.Bytes(), int64(off)); err != nil && !errors.Is(err, io.EOF) {
+				// io.ReaderAt may report io.EOF with the last byte: only a
+				// short read fails.
+				if m, err := hd.ReadAt(b.Bytes(), int64(off)); m < int(n) {
 					b.Release()
 					prefix.Release()
-					r.fail(t.ph, errorf(pb.ErrorCode_STATE_MACHINE, "read %q at %d: %v", info.Name, off, err))
-					return sent
-				} else if err != nil {
-					b.Release()
-					prefix.Release()
-					r.fail(t.ph, errorf(pb.ErrorCode_STATE_MACHINE, "%q ended before its %d bytes", info.Name, info.Length))
+					if err == nil || errors.Is(err, io.EOF) {
+						err = io.ErrUnexpectedEOF
+					}
+					r.fail(t.ph, errorf(pb.ErrorCode_STATE_MACHINE, "read %q at %d of its %d bytes: %v", info.Name, off, info.Length, err))
 					return sent
 				}
 				body = b

@@ -1,13 +1,25 @@
 package handler_test
 
 import (
+	"context"
+	"encoding/binary"
 	"encoding/hex"
+	"fmt"
+	"io"
+	"log/slog"
+	"strings"
 	"testing"
+	"time"
 
 	"google.golang.org/protobuf/proto"
 
+	"github.com/pipestream/pipestream/buffer"
+	"github.com/pipestream/pipestream/buffer/buffertest"
 	"github.com/pipestream/pipestream/codec"
+	"github.com/pipestream/pipestream/handler"
+	"github.com/pipestream/pipestream/pipeline"
 	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
+	"github.com/pipestream/pipestream/statemachine"
 )
 
 // The example frames of docs/protocol.md's "Reading committed files" are
@@ -41,4 +53,108 @@ func TestReadExampleBytes(t *testing.T) {
 		}
 		frame.Release()
 	}
+}
+
+// shortReader is a state machine whose one file, "f", claims more bytes
+// than its ReadAt returns, as a file truncated under the store would.
+type shortReader struct {
+	*statemachine.Memory
+}
+
+type shortHandle struct{ data []byte }
+
+func (h shortHandle) ReadAt(p []byte, off int64) (int, error) {
+	if off >= int64(len(h.data)) {
+		return 0, io.EOF
+	}
+	n := copy(p, h.data[off:])
+	if n < len(p) {
+		return n, io.EOF
+	}
+	return n, nil
+}
+func (shortHandle) Close() error { return nil }
+func (h shortHandle) Info() statemachine.StoredFile {
+	return statemachine.StoredFile{Name: "f", Index: 1, Length: 2 * uint64(len(h.data))}
+}
+
+func (shortReader) OpenRead(name string) (statemachine.ReadHandle, error) {
+	if name != "f" {
+		return nil, statemachine.ErrNotFound
+	}
+	return shortHandle{data: []byte("0123456789")}, nil
+}
+
+func (shortReader) List() []statemachine.StoredFile {
+	return []statemachine.StoredFile{shortHandle{data: []byte("0123456789")}.Info()}
+}
+
+// A read the state machine cannot complete is answered STATE_MACHINE,
+// with none of the bytes it did read; a read within what it has succeeds,
+// and so does a LIST. The stage reads such handles (not FileHandles) into
+// buffers itself.
+func TestReadStateMachineFails(t *testing.T) {
+	buffertest.Check(t)
+	streams := handler.NewStreams(handler.Config{
+		ID: self, Peers: []string{self}, StateMachine: shortReader{statemachine.NewMemory()},
+		Logger: slog.New(slog.DiscardHandler),
+	})
+	ct := &readTransport{}
+	p := pipeline.New(ct, pipeline.WithLogger(slog.New(slog.DiscardHandler)))
+	if err := handler.Install(p, streams, 1<<16); err != nil {
+		t.Fatal(err)
+	}
+	var q buffer.Queue
+	for i, req := range []*pb.ReadRequest{{Name: "f", Length: 20}, {Name: "f", Offset: 2, Length: 5}} {
+		body, _ := proto.Marshal(req)
+		frame, err := codec.EncodePacket(&pb.DataStreamPacketHeader{Type: pb.DataStreamPacketHeader_STREAM_READ, StreamId: uint64(i + 1), DataLength: uint64(len(body))}, body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, _ = q.Write(frame.Bytes())
+		frame.Release()
+	}
+	list, _ := codec.EncodePacket(&pb.DataStreamPacketHeader{Type: pb.DataStreamPacketHeader_STREAM_LIST, StreamId: 3}, nil)
+	_, _ = q.Write(list.Bytes())
+	list.Release()
+	p.FireChannelRead(&q)
+	// The executor answers in the background; the replies are in once
+	// three whole frames are.
+	var got []string
+	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
+		ct.mu.Lock()
+		out := append([]byte(nil), ct.out...)
+		ct.mu.Unlock()
+		got = got[:0]
+		for len(out) >= 8 && len(out) >= 4+int(binary.BigEndian.Uint32(out)) {
+			h, off, err := decodeReply(out)
+			if err != nil {
+				t.Fatal(err)
+			}
+			n := 4 + int(binary.BigEndian.Uint32(out))
+			got = append(got, fmt.Sprintf("%d %v last=%v %q", h.GetPacketHeader().GetStreamId(), h.GetErrorCode(), h.GetLast(), out[off:n]))
+			out = out[n:]
+		}
+		if len(got) >= 3 || time.Now().After(deadline) {
+			break
+		}
+	}
+	p.FireChannelInactive()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := streams.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if n := streams.ReadBytesInFlight(); n != 0 {
+		t.Fatalf("%d read bytes accounted after the end", n)
+	}
+	if len(got) != 3 || got[0] != `1 STATE_MACHINE last=true ""` || got[1] != `2 ERROR_NONE last=true "23456"` || got[2][:18] != "3 ERROR_NONE last=" {
+		t.Fatalf("replies:\n%s", strings.Join(got, "\n"))
+	}
+}
+
+func decodeReply(frame []byte) (*pb.DataStreamReplyHeader, int, error) {
+	hl := int(binary.BigEndian.Uint32(frame[4:]))
+	h := new(pb.DataStreamReplyHeader)
+	return h, 8 + hl, proto.Unmarshal(frame[8:8+hl], h)
 }
