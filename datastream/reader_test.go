@@ -20,7 +20,9 @@ import (
 	"github.com/pipestream/pipestream/codec"
 	"github.com/pipestream/pipestream/datastream"
 	"github.com/pipestream/pipestream/handler"
+	"github.com/pipestream/pipestream/internal/testcert"
 	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
+	"github.com/pipestream/pipestream/server"
 	"github.com/pipestream/pipestream/statemachine"
 	"github.com/pipestream/pipestream/transport"
 )
@@ -586,5 +588,34 @@ func TestReaderClientClosed(t *testing.T) {
 	}
 	if _, err := c.Open(testCtx(t), "cc"); !errors.Is(err, datastream.ErrClosed) {
 		t.Fatalf("Open on a closed client: %v, want ErrClosed", err)
+	}
+}
+
+// Over TLS the server cannot sendfile: it reads each reply's bytes into a
+// buffer off the event loop instead. The bytes are the same.
+func TestReadTLS(t *testing.T) {
+	buffertest.Check(t)
+	ca := testcert.NewCA(t, "read-ca")
+	fs, err := statemachine.NewFileStore(t.TempDir(), statemachine.WithLogger(quietLogger()), statemachine.WithSyncOnClose(false))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = fs.Close() })
+	g := startGroup(t, 1, groupOpts{sm: func(int) statemachine.StateMachine { return fs }, tweak: func(cfg *server.Config) {
+		cert := ca.Peer(t, cfg.ID)
+		cfg.Transport = transport.NetConn
+		cfg.TLS, cfg.PeerTLS = ca.ServerConfig(cert), ca.ClientConfig(cert)
+	}})
+	c := g.client(t, datastream.WithTLS(ca.ClientConfig(ca.Client(t, "reader"))))
+	want := randomBytes(31, 5<<20+3)
+	put(t, c, "tls", want)
+	r := open(t, c, "tls", datastream.WithReadWindow(300<<10, 3))
+	got, err := io.ReadAll(r)
+	if err != nil || !bytes.Equal(got, want) {
+		t.Fatalf("read over TLS: %d bytes, equal %v, %v", len(got), bytes.Equal(got, want), err)
+	}
+	checkRanges(t, r, want)
+	if n := g.servers[0].Streams().ReadBytesInFlight(); n != 0 {
+		t.Fatalf("%d read bytes accounted after the reads", n)
 	}
 }
