@@ -24,9 +24,11 @@ func writeReply(p *pipeline.Pipeline, r *Reply) {
 	}
 }
 
-func errorReply(p *pipeline.Pipeline, h *pb.DataStreamPacketHeader, e *pb.Error) {
+// errorReply answers h, or with h nil a frame that has no usable header,
+// with e, from peer id.
+func errorReply(p *pipeline.Pipeline, id string, h *pb.DataStreamPacketHeader, e *pb.Error) {
 	r := newReply(h)
-	r.hdr.ErrorCode, r.hdr.ErrorMessage = e.Code, e.Message
+	r.hdr.ErrorCode, r.hdr.ErrorMessage, r.hdr.ServerId = e.Code, e.Message, id
 	writeReply(p, r)
 	_ = p.Flush()
 }
@@ -77,7 +79,7 @@ func (r *Router) ChannelRead(ctx *pipeline.Context, msg any) {
 	}
 	st, e := r.route(ctx.Pipeline(), p)
 	if st == nil {
-		errorReply(ctx.Pipeline(), p.Header, e)
+		errorReply(ctx.Pipeline(), r.Streams.cfg.ID, p.Header, e)
 		p.Release()
 		return
 	}
@@ -103,6 +105,18 @@ func (r *Router) route(up *pipeline.Pipeline, p *Packet) (*Stream, *pb.Error) {
 		} else if c.client != string(p.Header.GetClientId()) {
 			return nil, errorf(pb.ErrorCode_FORBIDDEN, "this connection belongs to another client")
 		}
+	}
+	if unknown := p.Header.GetOptions() &^ pb.KnownOptions; unknown != 0 {
+		// An option this peer does not know may change what the packet
+		// means: its stream cannot go on.
+		e := errorf(pb.ErrorCode_BAD_HEADER, "unknown option bits %#x", unknown)
+		if p.Header.GetType() == pb.DataStreamPacketHeader_STREAM_DATA {
+			if st := r.Streams.get(p.Key()); st != nil && st.upstream == up {
+				st.fail(e)
+				return st, e
+			}
+		}
+		return nil, e
 	}
 	switch p.Header.GetType() {
 	case pb.DataStreamPacketHeader_STREAM_HEADER:
@@ -311,7 +325,7 @@ func Install(p *pipeline.Pipeline, s *Streams, maxFrame int) error {
 		h    pipeline.Handler
 	}{
 		{StageFrame, frames},
-		{StagePacket, &PacketDecoder{MaxHeader: s.cfg.MaxHeader}},
+		{StagePacket, &PacketDecoder{MaxHeader: s.cfg.MaxHeader, MaxBody: maxFrame - s.cfg.MaxHeader, ID: s.cfg.ID}},
 		{StageRouter, &Router{Streams: s}},
 		{StageWrite, Writer{}},
 		{StageForward, Forwarder{}},
