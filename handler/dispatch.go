@@ -46,9 +46,14 @@ func (d *SuccessorReplies) ChannelRead(ctx *pipeline.Context, msg any) {
 		}
 		return
 	}
+	if v.Options&uint32(pb.DataStreamPacketHeader_ABORT) != 0 {
+		// No stream waits for the answer to an abort; it must not be
+		// taken for the reply of a newer stream under the same key.
+		return
+	}
 	st := d.Streams.get(StreamKey{ClientID: string(v.ClientID), StreamID: v.StreamID})
 	if st == nil {
-		return // an abort's reply, or the stream failed meanwhile
+		return // the stream failed meanwhile
 	}
 	for i, id := range st.succIDs {
 		if id == d.Peer {
