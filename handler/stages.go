@@ -96,9 +96,14 @@ func (r *Router) ChannelRead(ctx *pipeline.Context, msg any) {
 }
 
 // route finds or opens p's stream. A nil stream comes with an error; a
-// stream may come with one too, when p is refused and the stream failed.
+// stream may come with one too, when p is refused: the stream failed, or,
+// for a duplicate header, p only takes its place in the open stream's
+// reply order.
 func (r *Router) route(up *pipeline.Pipeline, p *Packet) (*Stream, *pb.Error) {
 	c := &r.conn
+	if len(p.Header.GetClientId()) == 0 {
+		return nil, errorf(pb.ErrorCode_BAD_HEADER, "%v packet without a client id", p.Header.GetType())
+	}
 	if !c.peer {
 		if c.client == "" {
 			c.client = string(p.Header.GetClientId())
@@ -154,8 +159,11 @@ func (r *Router) ChannelInactive(ctx *pipeline.Context) {
 
 func (r *Router) open(up *pipeline.Pipeline, p *Packet) (*Stream, *pb.Error) {
 	s := r.Streams
-	if p.Header.GetStreamOffset() != 0 || p.Has(pb.DataStreamPacketHeader_CLOSE) {
-		return nil, errorf(pb.ErrorCode_BAD_HEADER, "a stream header must have offset 0 and no CLOSE")
+	if p.Header.GetStreamOffset() != 0 || p.Header.GetOptions() != 0 {
+		// SYNC, FLUSH, CLOSE and ABORT all act on a stream's data; on a
+		// header none has a meaning, and an ABORT answered OK would leave
+		// the client believing in a stream it meant to drop.
+		return nil, errorf(pb.ErrorCode_BAD_HEADER, "a stream header must have offset 0 and no options, not offset %d and options %#x", p.Header.GetStreamOffset(), p.Header.GetOptions())
 	}
 	if p.Body.Len() > s.cfg.MaxHeader {
 		return nil, errorf(pb.ErrorCode_LIMIT_EXCEEDED, "header request of %d bytes exceeds %d", p.Body.Len(), s.cfg.MaxHeader)
@@ -177,6 +185,12 @@ func (r *Router) open(up *pipeline.Pipeline, p *Packet) (*Stream, *pb.Error) {
 	if primary == "" {
 		return nil, errorf(pb.ErrorCode_BAD_ROUTING, "header request names no primary server")
 	}
+	if !r.conn.peer && primary != s.cfg.ID {
+		// Only a predecessor forwards a stream whose primary is another
+		// peer. Taken from a client, such a stream would never commit (only
+		// its primary commits) and its CLOSE would be answered OK.
+		return nil, errorf(pb.ErrorCode_BAD_ROUTING, "this peer is %q, but the header request names %q as the primary; a client sends a stream to the primary it names", s.cfg.ID, primary)
+	}
 	succIDs, err := successorsOf(req.GetRoutingTable(), primary, s.cfg.ID, s.cfg.Peers)
 	if err != nil {
 		return nil, errorf(pb.ErrorCode_BAD_ROUTING, "%v", err)
@@ -194,6 +208,11 @@ func (r *Router) open(up *pipeline.Pipeline, p *Packet) (*Stream, *pb.Error) {
 	}
 	st := newStream(s, p.Key(), req, primary == s.cfg.ID, up, &r.conn, succIDs, succ)
 	if e := s.add(st); e != nil {
+		if old := s.get(p.Key()); e.Code == pb.ErrorCode_DUPLICATE_HEADER && old != nil && old.upstream == up {
+			// Answered in the open stream's order, after the replies its
+			// client is waiting for; the stream is not affected.
+			return old, e
+		}
 		return nil, e
 	}
 	r.conn.streams.Add(1)
