@@ -40,6 +40,7 @@ func errorReply(p *pipeline.Pipeline, id string, h *pb.DataStreamPacketHeader, e
 type Router struct {
 	Streams *Streams
 	conn    connState
+	graves  graveyard // why this connection's streams failed
 }
 
 // connState is what one connection's streams count against its limits.
@@ -216,6 +217,7 @@ func (r *Router) open(up *pipeline.Pipeline, p *Packet) (*Stream, *pb.Error) {
 		return nil, e
 	}
 	r.conn.streams.Add(1)
+	r.graves.opened(st, s)
 	return st, nil
 }
 
@@ -233,6 +235,9 @@ func (r *Router) data(up *pipeline.Pipeline, p *Packet) (*Stream, *pb.Error) {
 	if st == nil {
 		if p.Has(pb.DataStreamPacketHeader_ABORT) && r.Streams.dropParked(p.Key(), up) {
 			return nil, errorf(pb.ErrorCode_CANCELLED, "closed stream %v aborted before its commit", p.Key())
+		}
+		if e := r.graves.cause(p.Key(), r.Streams, time.Now()); e != nil {
+			return nil, e
 		}
 		return nil, errorf(pb.ErrorCode_UNKNOWN_STREAM, "no open stream %v", p.Key())
 	}
