@@ -131,7 +131,7 @@ func TestIdleStreamTimesOut(t *testing.T) {
 	// Nothing more is sent; every peer drops the stream on its own.
 	g.waitClean(t)
 	r.data(1, 0, []byte("late"))
-	if h, _ := r.reply(); h.GetErrorCode() != pb.ErrorCode_UNKNOWN_STREAM {
-		t.Fatalf("data after the idle timeout: %v, want UNKNOWN_STREAM", h)
+	if h, _ := r.reply(); h.GetErrorCode() != pb.ErrorCode_TIMEOUT {
+		t.Fatalf("data after the idle timeout: %v, want its cause, TIMEOUT", h)
 	}
 }
