@@ -244,7 +244,8 @@ func (st *Stream) ack(i int, r *codec.ReplyView) {
 	want := h.GetStreamOffset() + h.GetDataLength()
 	switch {
 	case r.StreamOffset != h.GetStreamOffset() || r.Type != h.GetType():
-		e = errorf(pb.ErrorCode_INTERNAL, "successor %s answered offset %d, expected %d", st.succIDs[i], r.StreamOffset, h.GetStreamOffset())
+		e = errorf(pb.ErrorCode_SUCCESSOR_FAILED, "successor %s answered %v at offset %d, expected %v at %d",
+			st.succIDs[i], r.Type, r.StreamOffset, h.GetType(), h.GetStreamOffset())
 	case !r.Success:
 		e = errorf(pb.ErrorCode_SUCCESSOR_FAILED, "successor %s: %s: %s", st.succIDs[i], r.ErrorCode, r.ErrorMessage)
 	case h.GetType() == pb.DataStreamPacketHeader_STREAM_DATA && r.BytesWritten != want:
@@ -258,6 +259,15 @@ func (st *Stream) ack(i int, r *codec.ReplyView) {
 		st.fail(e)
 	}
 	st.partDone(p)
+}
+
+// waitingForReplies reports whether a packet of the stream is still to be
+// answered: the client has sent what its window allows and waits, so the
+// stream is not idle.
+func (st *Stream) waitingForReplies() bool {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	return st.replies.Len() > 0
 }
 
 func (st *Stream) oldestUnanswered() (time.Time, bool) {
@@ -366,6 +376,8 @@ func (st *Stream) flushReplies() {
 		st.s.remove(st)
 	}
 	if wrote {
+		// A client that waited for these replies was not idle.
+		st.lastActive.Store(time.Now().UnixNano())
 		_ = st.upstream.Flush()
 	}
 }

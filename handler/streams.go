@@ -339,7 +339,7 @@ func (s *Streams) Sweep(now time.Time) {
 	for _, st := range s.snapshot() {
 		if since, ok := st.oldestUnanswered(); ok && now.Sub(since) > s.cfg.ReplyTimeout {
 			st.fail(errorf(pb.ErrorCode_TIMEOUT, "no reply from successors within %v", s.cfg.ReplyTimeout))
-		} else if idle := now.Sub(time.Unix(0, st.lastActive.Load())); idle > s.cfg.IdleTimeout {
+		} else if idle := now.Sub(time.Unix(0, st.lastActive.Load())); idle > s.cfg.IdleTimeout && !st.waitingForReplies() {
 			st.fail(errorf(pb.ErrorCode_TIMEOUT, "no packet for %v", s.cfg.IdleTimeout))
 		}
 	}

@@ -348,12 +348,13 @@ func TestProtocolForeignPrimary(t *testing.T) {
 // gatedSM holds every data write until gate is closed.
 type gatedSM struct {
 	*statemachine.Memory
-	gate chan struct{}
+	gate    chan struct{}
+	entered chan struct{} // receives once per Write that reached the gate
 }
 
 func (m gatedSM) OpenStream(ctx context.Context, k statemachine.StreamKey, req *pb.RaftClientRequest) (statemachine.DataChannel, error) {
 	ch, err := m.Memory.OpenStream(ctx, k, req)
-	return gatedChannel{ch, m.gate}, err
+	return gatedChannel{ch, m.gate, m.entered}, err
 }
 
 func (m gatedSM) Link(ctx context.Context, e statemachine.Entry, ch statemachine.DataChannel) error {
@@ -365,10 +366,15 @@ func (m gatedSM) Link(ctx context.Context, e statemachine.Entry, ch statemachine
 
 type gatedChannel struct {
 	statemachine.DataChannel
-	gate chan struct{}
+	gate    chan struct{}
+	entered chan struct{}
 }
 
 func (c gatedChannel) Write(p []byte) (int, error) {
+	select {
+	case c.entered <- struct{}{}:
+	default: // nobody waits for it
+	}
 	<-c.gate
 	return c.DataChannel.Write(p)
 }
@@ -376,7 +382,15 @@ func (c gatedChannel) Write(p []byte) (int, error) {
 // gatedGroup starts a standalone peer whose data writes wait for the
 // returned function to be called.
 func gatedGroup(t *testing.T) (*group, func()) {
+	g, open, _ := gatedGroupEntered(t)
+	return g, open
+}
+
+// gatedGroupEntered is gatedGroup with a channel that receives when a Write
+// has reached the gate.
+func gatedGroupEntered(t *testing.T) (*group, func(), <-chan struct{}) {
 	gate := make(chan struct{})
+	entered := make(chan struct{}, 1)
 	open := func() {
 		select {
 		case <-gate:
@@ -385,8 +399,8 @@ func gatedGroup(t *testing.T) (*group, func()) {
 		}
 	}
 	t.Cleanup(open) // before the servers' shutdown, which waits for writes
-	g := startGroup(t, 1, groupOpts{sm: func(int) statemachineSM { return gatedSM{newMemory(), gate} }})
-	return g, open
+	g := startGroup(t, 1, groupOpts{sm: func(int) statemachineSM { return gatedSM{newMemory(), gate, entered} }})
+	return g, open, entered
 }
 
 // barrier sends a PING, which the peer answers as soon as it reads it, and
@@ -451,10 +465,15 @@ func TestProtocolDuplicateHeaderInOrder(t *testing.T) {
 // later packets get the same cause.
 func TestProtocolUnknownOptionInOrder(t *testing.T) {
 	buffertest.Check(t)
-	g, open := gatedGroup(t)
+	g, open, entered := gatedGroupEntered(t)
 	r := dialRaw(t, g.peers[0].Addr)
 	r.open(1, g.peers[0].ID)
-	r.data(1, 0, []byte("abc")) // held by the state machine
+	r.data(1, 0, []byte("abc"))
+	select { // held by the state machine: the failure cannot skip it
+	case <-entered:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the first data packet never reached the state machine")
+	}
 	r.sendFrame(&pb.DataStreamPacketHeader{
 		ClientId: r.client, Type: pb.DataStreamPacketHeader_STREAM_DATA, StreamId: 1, StreamOffset: 3,
 		DataLength: 3, Options: 1 << 20,
