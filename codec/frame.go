@@ -355,6 +355,10 @@ func (d *FrameDecoder) withdraw() int {
 // Decode counts what landed. So a Decode may return a frame while in is
 // empty. The target is withdrawn by the next Decode, Reset,
 // HandlerRemoved and a failure.
+//
+// A decoder given a PartialBudget (SetBudget) counts against it the bytes
+// of an incomplete frame, whether assembled or waiting in in, and fails
+// with ErrPartialBudget rather than hold more than the budget has left.
 func (d *FrameDecoder) Decode(in buffer.Inbound) (*buffer.Buf, error) {
 	if d.err != nil {
 		discardAll(in)
