@@ -22,7 +22,10 @@ type SuccessorReplies struct {
 	// successor is really there.
 	Pong     chan struct{}
 	pongOnce sync.Once
-	view     codec.ReplyView // decoded on the connection's event loop only
+	// OnPong, if not nil, is called on the connection's event loop for
+	// every answer to a PING, for a keepalive.
+	OnPong func()
+	view   codec.ReplyView // decoded on the connection's event loop only
 }
 
 // ChannelRead implements pipeline.ReadHandler.
@@ -45,6 +48,9 @@ func (d *SuccessorReplies) ChannelRead(ctx *pipeline.Context, msg any) {
 	if v.Type == pb.DataStreamPacketHeader_PING {
 		if d.Pong != nil {
 			d.pongOnce.Do(func() { close(d.Pong) })
+		}
+		if d.OnPong != nil {
+			d.OnPong()
 		}
 		return
 	}
