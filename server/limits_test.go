@@ -164,7 +164,9 @@ func TestSlowWriteIsNotIdle(t *testing.T) {
 	buffertest.Check(t)
 	g := startGroup(t, 3, groupOpts{
 		tweak: func(c *server.Config) { c.IdleTimeout = 100 * time.Millisecond },
-		sm:    func(int) statemachine.StateMachine { return slowStore{statemachine.NewMemory(), 400 * time.Millisecond} },
+		sm: func(int) statemachine.StateMachine {
+			return slowStore{statemachine.NewMemory(), 400 * time.Millisecond}
+		},
 	})
 	r := dialRaw(t, g.peers[0].Addr)
 	r.header(1, r.request(1, g.peers[0].ID, nil))

@@ -71,6 +71,9 @@ type Config struct {
 	// is idle; only for a state machine whose Write never blocks. See
 	// handler.Config.
 	InlineWrites bool
+	// VerifyEveryPeer checks each packet's CRC32C on every peer, not only
+	// on the leaves of its routing tree; see handler.Config.
+	VerifyEveryPeer bool
 	// Committer commits closed streams; nil runs standalone (see
 	// handler.Config). It can also be set later with SetCommitter.
 	Committer statemachine.Committer
@@ -238,18 +241,19 @@ func Listen(ctx context.Context, cfg Config) (*Server, error) {
 		frames:   make(map[transport.Channel]*codec.FrameDecoder),
 	}
 	s.streams = handler.NewStreams(handler.Config{
-		GroupID:       cfg.GroupID,
-		ID:            cfg.ID,
-		Peers:         ids,
-		Dial:          s.successor,
-		StateMachine:  cfg.StateMachine,
-		InlineWrites:  cfg.InlineWrites,
-		Committer:     cfg.Committer,
-		ReplyTimeout:  cfg.ReplyTimeout,
-		CommitTimeout: cfg.CommitTimeout,
-		LinkTimeout:   cfg.LinkTimeout,
-		IdleTimeout:   cfg.IdleTimeout,
-		MaxHeader:     cfg.MaxHeader,
+		GroupID:         cfg.GroupID,
+		ID:              cfg.ID,
+		Peers:           ids,
+		Dial:            s.successor,
+		StateMachine:    cfg.StateMachine,
+		InlineWrites:    cfg.InlineWrites,
+		VerifyEveryPeer: cfg.VerifyEveryPeer,
+		Committer:       cfg.Committer,
+		ReplyTimeout:    cfg.ReplyTimeout,
+		CommitTimeout:   cfg.CommitTimeout,
+		LinkTimeout:     cfg.LinkTimeout,
+		IdleTimeout:     cfg.IdleTimeout,
+		MaxHeader:       cfg.MaxHeader,
 
 		MaxStreams:        cfg.MaxStreams,
 		MaxStreamsPerConn: cfg.MaxStreamsPerConn,

@@ -81,6 +81,8 @@ type record struct {
 	SHA256 string `json:"sha256"` // hex; empty when missing
 	// Missing marks an entry applied with no copy on this peer.
 	Missing bool `json:"missing,omitempty"`
+	// CRC32C is the entry's checksum of the data, hex, when it has one.
+	CRC32C string `json:"crc32c,omitempty"`
 }
 
 func (s *FileStore) appendRecord(sf StoredFile) error {
@@ -92,6 +94,9 @@ func (s *FileStore) appendRecord(sf StoredFile) error {
 	}
 	if !sf.Missing {
 		r.SHA256 = hex.EncodeToString(sf.SHA256[:])
+	}
+	if sf.Checksummed {
+		r.CRC32C = fmt.Sprintf("%08x", sf.Checksum)
 	}
 	line, err := json.Marshal(r)
 	if err != nil {
@@ -171,6 +176,13 @@ func parseRecord(line []byte) (StoredFile, error) {
 	}
 	if sf.Name, err = CleanName(filepath.FromSlash(r.Name)); err != nil {
 		return StoredFile{}, err
+	}
+	if r.CRC32C != "" {
+		v, err := strconv.ParseUint(r.CRC32C, 16, 32)
+		if err != nil || len(r.CRC32C) != 8 {
+			return StoredFile{}, fmt.Errorf("bad crc32c %q", r.CRC32C)
+		}
+		sf.Checksum, sf.Checksummed = uint32(v), true
 	}
 	if sf.Missing {
 		return sf, nil

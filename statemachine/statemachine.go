@@ -89,6 +89,10 @@ type Entry struct {
 	Key         StreamKey
 	Request     *pb.RaftClientRequest
 	Length      uint64 // bytes in the stream
+	// Checksum is the CRC32C of the stream's bytes, when Checksummed: the
+	// client sent checksums and every peer checked them.
+	Checksum    uint32
+	Checksummed bool
 }
 
 // StreamInfo is what the primary asks to commit once every peer closed a
@@ -97,6 +101,10 @@ type StreamInfo struct {
 	Key     StreamKey
 	Request *pb.RaftClientRequest
 	Length  uint64
+	// Checksum is the CRC32C of the stream's data, which every peer
+	// checked as it arrived, when Checksummed.
+	Checksum    uint32
+	Checksummed bool
 }
 
 // Committer commits closed streams. The raft package implements it on
