@@ -137,7 +137,10 @@ func get(e *env, loc *storeLocation, name, out string) error {
 func writeChecked(path string, write func(io.Writer) error) (err error) {
 	perm := fs.FileMode(0o644)
 	if fi, serr := os.Stat(path); serr == nil {
-		if !fi.Mode().IsRegular() && !fi.IsDir() {
+		if fi.IsDir() {
+			return fmt.Errorf("%s is a directory", path)
+		}
+		if !fi.Mode().IsRegular() {
 			f, err := os.OpenFile(path, os.O_WRONLY, 0)
 			if err != nil {
 				return err

@@ -152,6 +152,19 @@ func TestGetKeepsExistingFile(t *testing.T) {
 			t.Errorf("get left %q in %s", names, dir)
 		}
 	})
+	t.Run("directory", func(t *testing.T) {
+		dir := t.TempDir()
+		r := runCmd(t, "get", "good", "--data-dir", store, "-o", dir)
+		if want := "pipestream get: " + dir + " is a directory\n"; r.code != exitFailed || r.stderr != want {
+			t.Errorf("want exit 1 and %q, got:\n%v", want, r)
+		}
+		if names := dirNames(t, dir); len(names) != 0 {
+			t.Errorf("get left %q in %s", names, dir)
+		}
+	})
+	t.Run("device", func(t *testing.T) {
+		runCmd(t, "get", "good", "--data-dir", store, "-o", os.DevNull).want(t, exitOK)
+	})
 	t.Run("stdout", func(t *testing.T) {
 		r := runCmd(t, "get", "good", "--data-dir", store, "-o", "-")
 		r.want(t, exitOK)
