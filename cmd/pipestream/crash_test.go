@@ -205,6 +205,7 @@ func awaitCommitted(t *testing.T, put *process) (index, term uint64) {
 	t.Helper()
 	line, err := put.stdout.waitFor("committed ", testTimeout)
 	if err != nil {
+		_ = put.cmd.Process.Kill()
 		<-put.exited
 		t.Fatalf("%s: %v\n--- stderr\n%s", put.id, err, put.stderr.String())
 	}
@@ -215,6 +216,20 @@ func awaitCommitted(t *testing.T, put *process) (index, term uint64) {
 	index, _ = strconv.ParseUint(m[2], 10, 64)
 	term, _ = strconv.ParseUint(m[3], 10, 64)
 	return index, term
+}
+
+// waitPut waits, within testTimeout, until put exits, and fails the test
+// unless it exited 0.
+func waitPut(t *testing.T, put *process) {
+	t.Helper()
+	select {
+	case <-put.exited:
+	case <-time.After(testTimeout):
+		t.Fatalf("%s still running after %v", put.id, testTimeout)
+	}
+	if put.err != nil {
+		t.Fatalf("%s: %v after printing committed\n%s", put.id, put.err, put.stderr.String())
+	}
 }
 
 // barrier commits a small put through every peer of the chain and waits
@@ -326,10 +341,7 @@ func (g *group) killAfterCommit(dir, name string, data []byte, victims []string)
 	for _, id := range victims {
 		g.kill(id) // waits until it is gone
 	}
-	<-put.exited
-	if put.err != nil {
-		t.Fatalf("put %s: %v after printing committed\n%s", name, put.err, put.stderr.String())
-	}
+	waitPut(t, put)
 	rec := &putRecord{Name: name, Size: len(data), SHA256: sha256.Sum256(data), Primary: g.leader, Outcome: outCommitted, Index: index, Term: term}
 	hit := false
 	for _, id := range victims {
@@ -418,7 +430,7 @@ func TestLossStaleVersion(t *testing.T) {
 		data1 = randomBytes(uint64(100+attempt), 1<<20+3)
 		put := g.startPut(writeFile(t, dir, "v1", data1), name, g.leader)
 		index, term := awaitCommitted(t, put)
-		<-put.exited
+		waitPut(t, put)
 		v1 = &putRecord{Name: name, Size: len(data1), SHA256: sha256.Sum256(data1), Primary: g.leader, Outcome: outCommitted, Index: index, Term: term}
 		h.add(v1)
 		// v1 is linked everywhere before v2 starts.
@@ -578,14 +590,22 @@ func TestCrashSchedule(t *testing.T) {
 		var f *fault
 		if rng.IntN(8) != 0 {
 			f = &fault{round: round, put: rng.IntN(nputs), delay: time.Duration(rng.IntN(1500)) * time.Millisecond}
-			f.point = []string{"before", "during", "at-close", "after-reply"}[rng.IntN(4)]
-			perm := rng.Perm(len(g.ids))
+			// The points around the commit, where acknowledged copies are
+			// at stake, weigh most.
+			f.point = []string{"before", "during", "during", "at-close", "at-close", "at-close",
+				"after-reply", "after-reply", "after-reply"}[rng.IntN(9)]
+			candidates := g.ids
+			if rng.IntN(2) == 0 {
+				// Spare the primary: its followers are the peers that
+				// acknowledged and apply later.
+				candidates = g.others(jobs[f.put].primary)
+			}
 			nv := 1
 			if rng.IntN(4) == 0 {
 				nv = 2
 			}
-			for _, i := range perm[:nv] {
-				f.victims = append(f.victims, g.ids[i])
+			for _, i := range rng.Perm(len(candidates))[:nv] {
+				f.victims = append(f.victims, candidates[i])
 			}
 		}
 
@@ -597,11 +617,12 @@ func TestCrashSchedule(t *testing.T) {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		var wg sync.WaitGroup
 		putDone := make([]chan struct{}, nputs)
+		recs := make([]*putRecord, nputs)
 		for i, j := range jobs {
 			putDone[i] = make(chan struct{})
 			wg.Go(func() {
 				defer close(putDone[i])
-				streamPut(ctx, h, c, j.name, j.primary, j.data, j.ev)
+				recs[i] = streamPut(ctx, h, c, j.name, j.primary, j.data, j.ev)
 			})
 		}
 		if f != nil {
@@ -643,8 +664,19 @@ func TestCrashSchedule(t *testing.T) {
 					t.Fatal(err)
 				}
 			}
+			// The next round starts on a whole group: every peer
+			// reconnected and caught up.
+			g.barrier(context.Background(), h, c)
 		}
-		t.Logf("round %d: fault %+v", round, f)
+		var b strings.Builder
+		fmt.Fprintf(&b, "round %d:", round)
+		if f != nil {
+			fmt.Fprintf(&b, " kill %v %s put %d, restart after %v;", f.victims, f.point, f.put, f.delay)
+		}
+		for i, r := range recs {
+			fmt.Fprintf(&b, "\n\t#%d %v", i, r)
+		}
+		t.Log(b.String())
 	}
 	// Heal: every peer is up (each round restarted its victims); a
 	// barrier makes every peer apply the whole log.
