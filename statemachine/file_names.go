@@ -8,14 +8,16 @@ import (
 	"strconv"
 	"strings"
 	"unicode"
+	"unicode/utf8"
 
 	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
 )
 
 // CleanName checks a client-chosen file name and returns it cleaned. It
 // rejects, with ErrBadName, a name that is empty, absolute, longer than 1024
-// bytes or with an element longer than 255, or that holds a NUL, a control
-// character (such as a newline) or a ".." element. Subdirectories ("a/b") are allowed.
+// bytes or with an element longer than 255, that is not valid UTF-8, or
+// that holds a NUL, a control character (such as a newline) or a ".."
+// element. Subdirectories ("a/b") are allowed.
 func CleanName(name string) (string, error) {
 	bad := func(why string) (string, error) {
 		return "", fmt.Errorf("%w %q: %s", ErrBadName, name, why)
@@ -30,6 +32,9 @@ func CleanName(name string) (string, error) {
 	case strings.IndexFunc(name, unicode.IsControl) >= 0:
 		// A newline or an escape in a name breaks every listing of it.
 		return bad("contains a control character")
+	case !utf8.ValidString(name):
+		// committed.log is JSON, which would record another name.
+		return bad("is not valid UTF-8")
 	case filepath.IsAbs(name) || name[0] == '/' || name[0] == '\\':
 		return bad("absolute")
 	}
