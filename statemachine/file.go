@@ -477,7 +477,7 @@ func cmpUint(a, b uint64) int {
 
 // Lookup returns what the store holds under name.
 func (s *FileStore) Lookup(name string) (StoredFile, bool) {
-	n, err := CleanName(name)
+	n, err := safeName(name) // a name stored before CleanName's newer rules too
 	if err != nil {
 		return StoredFile{}, false
 	}

@@ -23,18 +23,31 @@ func CleanName(name string) (string, error) {
 		return "", fmt.Errorf("%w %q: %s", ErrBadName, name, why)
 	}
 	switch {
-	case name == "":
-		return bad("empty")
-	case len(name) > maxNameLen:
-		return bad("longer than " + strconv.Itoa(maxNameLen) + " bytes")
-	case strings.IndexByte(name, 0) >= 0:
-		return bad("contains NUL")
 	case strings.IndexFunc(name, unicode.IsControl) >= 0:
 		// A newline or an escape in a name breaks every listing of it.
 		return bad("contains a control character")
 	case !utf8.ValidString(name):
 		// committed.log is JSON, which would record another name.
 		return bad("is not valid UTF-8")
+	}
+	return safeName(name)
+}
+
+// safeName is CleanName without its rules for how a name reads: what
+// keeps a name inside the store. committed.log's names are checked with
+// it, so that a store written before CleanName refused control characters
+// still opens.
+func safeName(name string) (string, error) {
+	bad := func(why string) (string, error) {
+		return "", fmt.Errorf("%w %q: %s", ErrBadName, name, why)
+	}
+	switch {
+	case name == "":
+		return bad("empty")
+	case len(name) > maxNameLen:
+		return bad("longer than " + strconv.Itoa(maxNameLen) + " bytes")
+	case strings.IndexByte(name, 0) >= 0:
+		return bad("contains NUL")
 	case filepath.IsAbs(name) || name[0] == '/' || name[0] == '\\':
 		return bad("absolute")
 	}

@@ -1,20 +1,15 @@
 package main
 
 import (
-	"bufio"
-	"bytes"
-	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"text/tabwriter"
@@ -76,7 +71,7 @@ func ls(e *env, loc *storeLocation) error {
 	fmt.Fprintln(tw, "NAME\tBYTES\tINDEX\tTERM\tSTATUS\tSHA256")
 	for _, f := range s.list() {
 		status, sum := "ok", hex.EncodeToString(f.SHA256[:])
-		if f.missing {
+		if f.Missing {
 			status, sum = "missing", "-"
 		}
 		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%s\t%s\n", displayName(f.Name), f.Length, f.Index, f.Term, status, sum)
@@ -211,131 +206,50 @@ func (l *storeLocation) open() (*localStore, error) {
 // localStore is a read-only view of a statemachine.FileStore's directory.
 // ls and get must not open it as a FileStore: that would take it over from
 // a running peer (removing the files of streams in progress, appending to
-// its log), and only one FileStore may use a directory at a time. The view
-// reads what the FileStore documents: committed.log, one JSON record per
-// linked stream, oldest first, and the files under data/.
+// its log), and only one FileStore may use a directory at a time.
+// statemachine.ReadLog reads its committed.log without taking it over.
 type localStore struct {
 	dir    string
-	byName map[string]storedFile
-}
-
-// storedFile is a name's newest record.
-type storedFile struct {
-	statemachine.StoredFile
-	// missing means the entry was applied on this peer but the peer
-	// holds no copy of it; the file under its name, if any, is older.
-	missing bool
-}
-
-// logRecord is one line of committed.log.
-type logRecord struct {
-	Index   uint64 `json:"index"`
-	Term    uint64 `json:"term"`
-	Client  string `json:"client"` // hex
-	Stream  uint64 `json:"stream"`
-	Name    string `json:"name"` // slash-separated
-	Length  uint64 `json:"length"`
-	SHA256  string `json:"sha256"` // hex; empty when missing
-	Missing bool   `json:"missing,omitempty"`
+	byName map[string]statemachine.StoredFile // slash-separated names
+	files  []statemachine.StoredFile          // in log order
 }
 
 // openLocalStore reads the FileStore directory dir.
 func openLocalStore(dir string) (*localStore, error) {
-	data, err := os.ReadFile(filepath.Join(dir, "committed.log"))
-	if errors.Is(err, fs.ErrNotExist) {
-		if _, serr := os.Stat(dir); serr != nil {
-			var pe *fs.PathError
-			if errors.As(serr, &pe) {
-				serr = pe.Err // the path is in the message already
-			}
-			return nil, fmt.Errorf("no file store at %s: %w", dir, serr)
-		}
-		data, err = nil, nil // a store that has linked nothing yet
-	}
+	files, err := statemachine.ReadLog(dir)
 	if err != nil {
 		return nil, err
 	}
-	s := &localStore{dir: dir, byName: make(map[string]storedFile)}
-	// A last line without a newline is a record being written (or torn by
-	// a crash, which the FileStore drops when it next opens).
-	if i := bytes.LastIndexByte(data, '\n'); i+1 < len(data) {
-		data = data[:i+1]
+	s := &localStore{dir: dir, byName: make(map[string]statemachine.StoredFile, len(files)), files: files}
+	for i := range files {
+		files[i].Name = filepath.ToSlash(files[i].Name)
+		s.byName[files[i].Name] = files[i]
 	}
-	sc := bufio.NewScanner(bytes.NewReader(data))
-	sc.Buffer(nil, 1<<20)
-	for line := 1; sc.Scan(); line++ {
-		sf, err := parseLogRecord(sc.Bytes())
-		if err != nil {
-			return nil, fmt.Errorf("%s line %d: %w", filepath.Join(dir, "committed.log"), line, err)
-		}
-		// The record of the newest entry holds the name; of one entry's
-		// records, the last (a copy repaired after it was missing).
-		if old, ok := s.byName[sf.Name]; !ok || sf.Index >= old.Index {
-			s.byName[sf.Name] = sf
-		}
-	}
-	return s, sc.Err()
-}
-
-func parseLogRecord(line []byte) (storedFile, error) {
-	var r logRecord
-	if err := json.Unmarshal(line, &r); err != nil {
-		return storedFile{}, err
-	}
-	client, err := hex.DecodeString(r.Client)
-	if err != nil {
-		return storedFile{}, fmt.Errorf("client: %w", err)
-	}
-	var sum [sha256.Size]byte
-	if !r.Missing || r.SHA256 != "" {
-		b, err := hex.DecodeString(r.SHA256)
-		if err != nil || len(b) != sha256.Size {
-			return storedFile{}, fmt.Errorf("bad sha256 %q", r.SHA256)
-		}
-		sum = [sha256.Size]byte(b)
-	}
-	name, err := statemachine.CleanName(filepath.FromSlash(r.Name))
-	if err != nil {
-		return storedFile{}, err
-	}
-	return storedFile{StoredFile: statemachine.StoredFile{
-		Name: filepath.ToSlash(name), Index: r.Index, Term: r.Term,
-		Key:    statemachine.StreamKey{ClientID: string(client), StreamID: r.Stream},
-		Length: r.Length, SHA256: sum,
-	}, missing: r.Missing}, nil
+	return s, nil
 }
 
 // list returns the stored files in log order.
-func (s *localStore) list() []storedFile {
-	out := make([]storedFile, 0, len(s.byName))
-	for _, sf := range s.byName {
-		out = append(out, sf)
-	}
-	slices.SortFunc(out, func(a, b storedFile) int {
-		return cmp.Or(cmp.Compare(a.Index, b.Index), strings.Compare(a.Name, b.Name))
-	})
-	return out
-}
+func (s *localStore) list() []statemachine.StoredFile { return s.files }
 
 // lookup returns the record of the file the store holds as name, or an
 // error if it holds none, or no copy of the newest.
-func (s *localStore) lookup(name string) (storedFile, error) {
+func (s *localStore) lookup(name string) (statemachine.StoredFile, error) {
 	clean, err := statemachine.CleanName(name)
 	if err != nil {
-		return storedFile{}, usageError("%v", err)
+		return statemachine.StoredFile{}, usageError("%v", err)
 	}
 	sf, ok := s.byName[filepath.ToSlash(clean)]
 	switch {
 	case !ok:
 		return sf, fmt.Errorf("%s holds no file %q (pipestream ls lists what it holds)", s.dir, name)
-	case sf.missing:
+	case sf.Missing:
 		return sf, fmt.Errorf("%s: copy missing on this peer (log index %d, term %d); get it from another peer", name, sf.Index, sf.Term)
 	}
 	return sf, nil
 }
 
 // copy writes the stored file sf to w and checks it against its record.
-func (s *localStore) copy(w io.Writer, sf storedFile) error {
+func (s *localStore) copy(w io.Writer, sf statemachine.StoredFile) error {
 	root, err := os.OpenRoot(filepath.Join(s.dir, "data"))
 	if err != nil {
 		return err
