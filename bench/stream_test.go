@@ -35,17 +35,21 @@ const (
 // machine.
 func BenchmarkChain(b *testing.B) {
 	b.Run("relay", benchRelay)
+	counting := func() statemachine.StateMachine { return &countingSM{} }
 	for _, v := range []struct {
 		name string
 		kind transport.Kind
 		sm   func() statemachine.StateMachine
+		opts []datastream.Option
 	}{
-		{"stream", transport.Gnet, func() statemachine.StateMachine { return &countingSM{} }},
-		{"stream-netconn", transport.NetConn, func() statemachine.StateMachine { return &countingSM{} }},
-		{"stream-sha256", transport.Gnet, func() statemachine.StateMachine { return statemachine.NewMemoryHashing() }},
+		{"stream", transport.Gnet, counting, nil},
+		{"stream-netconn", transport.NetConn, counting, nil},
+		{"stream-sha256", transport.Gnet, func() statemachine.StateMachine { return statemachine.NewMemoryHashing() }, nil},
+		// What end-to-end checksums cost: the same stream without them.
+		{"stream-nochecksum", transport.Gnet, counting, []datastream.Option{datastream.WithChecksums(false)}},
 	} {
 		b.Run(v.name, func(b *testing.B) {
-			benchStream(b, v.kind, v.sm)
+			benchStream(b, v.kind, v.sm, v.opts...)
 			relay := relayTime(b, b.N)
 			b.ReportMetric(float64(relay)/float64(b.Elapsed()), "vs-relay")
 		})
@@ -54,9 +58,10 @@ func BenchmarkChain(b *testing.B) {
 
 // benchStream writes b.N packets on one stream through a chain of three
 // peers and closes it.
-func benchStream(b *testing.B, kind transport.Kind, sm func() statemachine.StateMachine) {
+func benchStream(b *testing.B, kind transport.Kind, sm func() statemachine.StateMachine, opts ...datastream.Option) {
 	peers, sms := startChain(b, kind, sm)
-	c, err := datastream.NewClient(peers, datastream.WithTransport(kind), datastream.WithLogger(discardLogger()))
+	opts = append([]datastream.Option{datastream.WithTransport(kind), datastream.WithLogger(discardLogger())}, opts...)
+	c, err := datastream.NewClient(peers, opts...)
 	if err != nil {
 		b.Fatal(err)
 	}

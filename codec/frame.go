@@ -1,11 +1,13 @@
 package codec
 
 import (
+	"errors"
 	"fmt"
 	"io"
 	"math"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/pipestream/pipestream/buffer"
 	"github.com/pipestream/pipestream/pipeline"
@@ -14,6 +16,58 @@ import (
 // DefaultMaxFrameLength is the MaxFrameLength used when a FrameConfig leaves
 // it zero.
 const DefaultMaxFrameLength = 16 << 20
+
+var (
+	// ErrPartialBudget is wrapped by the error of a decoder that would
+	// hold more bytes of an incomplete frame than its PartialBudget has
+	// left.
+	ErrPartialBudget = errors.New("codec: incomplete frames over budget")
+	// ErrReadStalled is wrapped by the error of a decoder whose incomplete
+	// frame Sweep found stalled.
+	ErrReadStalled = errors.New("codec: incomplete frame stalled")
+)
+
+// PartialBudget bounds the bytes that the decoders sharing it hold in
+// frames that have not fully arrived: a large frame's buffer, allocated
+// once a quarter of it is in, and the bytes of a smaller or younger frame
+// waiting in the transport's buffer. Without it, each connection may hold
+// a frame of MaxFrameLength, and many connections that each stop one byte
+// short of a frame hold that many times over. A decoder that would go past
+// the bound fails with ErrPartialBudget, which closes its connection; the
+// others go on.
+//
+// A decoder keeps what it has taken across the frames it decodes, so that a
+// connection streaming large frames costs the budget nothing per frame, and
+// gives back what its current frame does not need when Sweep is called.
+// Its methods are safe for concurrent use.
+type PartialBudget struct {
+	max  int64
+	held atomic.Int64
+}
+
+// NewPartialBudget returns a budget of max bytes.
+func NewPartialBudget(max int64) *PartialBudget { return &PartialBudget{max: max} }
+
+// Max returns the budget's bound.
+func (b *PartialBudget) Max() int64 { return b.max }
+
+// Held returns the bytes the decoders hold of the budget.
+func (b *PartialBudget) Held() int64 { return b.held.Load() }
+
+// take takes n bytes if the budget has them left.
+func (b *PartialBudget) take(n int64) bool {
+	for {
+		h := b.held.Load()
+		if h+n > b.max {
+			return false
+		}
+		if b.held.CompareAndSwap(h, h+n) {
+			return true
+		}
+	}
+}
+
+func (b *PartialBudget) give(n int64) { b.held.Add(-n) }
 
 // FrameConfig describes where a frame's length is and what the decoder
 // passes on; the package documentation draws it. The fields mean what the
@@ -107,6 +161,15 @@ type FrameDecoder struct {
 	partial *buffer.Buf
 	have    int                 // bytes of partial filled
 	direct  buffer.DirectReader // reads into partial's missing tail, or nil
+
+	// Also guarded by mu, for Sweep on another goroutine.
+	budget   *PartialBudget // nil: unbounded
+	reserved int            // bytes taken from budget
+	pending  int            // bytes held of the incomplete frame at the front, as of the last Decode
+	decodes  uint64         // Decode calls: each follows a read
+	watched  uint64         // decodes when Sweep started watching a pending frame
+	since    time.Time      // when it did; zero when not watching
+	stalled  bool           // Sweep dropped the frame; the next Decode fails
 }
 
 // eagerMin is the smallest frame assembled before it is whole; smaller
@@ -121,6 +184,74 @@ func NewFrameDecoder(c FrameConfig) (*FrameDecoder, error) {
 		return nil, err
 	}
 	return &FrameDecoder{cfg: c, end: c.LengthFieldOffset + c.LengthFieldLength}, nil
+}
+
+// SetBudget makes the decoder hold the bytes of its incomplete frames
+// against b. Call it before the first Decode.
+func (d *FrameDecoder) SetBudget(b *PartialBudget) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.trim(0)
+	d.budget = b
+}
+
+// Sweep gives back to the budget what the decoder holds beyond the needs of
+// its incomplete frame, and reports whether that frame has stalled: no read
+// since an earlier Sweep saw it, stall ago or more. It then drops the
+// frame, releasing its buffer, and the decoder's next Decode fails with
+// ErrReadStalled; the caller closes the connection, since gnet, unlike a
+// net.Conn, has no read deadline. Sweep may be called from any goroutine;
+// a server calls it for each connection on its tick.
+func (d *FrameDecoder) Sweep(now time.Time, stall time.Duration) bool {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	d.trim(d.pending)
+	if d.pending == 0 || d.stalled || d.err != nil {
+		d.since = time.Time{}
+		return false
+	}
+	if d.since.IsZero() || d.decodes != d.watched {
+		d.watched, d.since = d.decodes, now
+		return false
+	}
+	if now.Sub(d.since) < stall {
+		return false
+	}
+	d.stalled = true
+	d.drop()
+	return true
+}
+
+// hold makes sure the decoder holds n bytes of its budget, if it has one;
+// d.mu is held.
+func (d *FrameDecoder) hold(n int) error {
+	if d.budget == nil || n <= d.reserved {
+		return nil
+	}
+	if !d.budget.take(int64(n - d.reserved)) {
+		return fmt.Errorf("%w: an incomplete frame needs %d bytes; %d of %d are held", ErrPartialBudget, n, d.budget.Held(), d.budget.Max())
+	}
+	d.reserved = n
+	return nil
+}
+
+// trim gives back what the decoder holds of its budget beyond n bytes;
+// d.mu is held.
+func (d *FrameDecoder) trim(n int) {
+	if d.reserved > n {
+		d.budget.give(int64(d.reserved - n))
+		d.reserved = n
+	}
+}
+
+// wait notes the buffered bytes of an incomplete frame that stay in the
+// transport; d.mu is held.
+func (d *FrameDecoder) wait(in buffer.Inbound, buffered int) error {
+	d.pending = buffered
+	if err := d.hold(buffered); err != nil {
+		return d.fail(in, err)
+	}
+	return nil
 }
 
 // ChannelRead decodes every whole frame in a buffer.Inbound and passes any
@@ -170,13 +301,16 @@ func (d *FrameDecoder) Reset() {
 	d.drop()
 }
 
-// drop releases the frame being assembled; d.mu is held.
+// drop releases the frame being assembled and gives back the budget;
+// d.mu is held.
 func (d *FrameDecoder) drop() {
 	d.withdraw()
 	if d.partial != nil {
 		d.partial.Release()
 		d.partial, d.have = nil, 0
 	}
+	d.pending = 0
+	d.trim(0)
 }
 
 // withdraw takes back the target of the Inbound's direct reads, if there
@@ -221,6 +355,10 @@ func (d *FrameDecoder) withdraw() int {
 // Decode counts what landed. So a Decode may return a frame while in is
 // empty. The target is withdrawn by the next Decode, Reset,
 // HandlerRemoved and a failure.
+//
+// A decoder given a PartialBudget (SetBudget) counts against it the bytes
+// of an incomplete frame, whether assembled or waiting in in, and fails
+// with ErrPartialBudget rather than hold more than the budget has left.
 func (d *FrameDecoder) Decode(in buffer.Inbound) (*buffer.Buf, error) {
 	if d.err != nil {
 		discardAll(in)
@@ -228,12 +366,16 @@ func (d *FrameDecoder) Decode(in buffer.Inbound) (*buffer.Buf, error) {
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	d.decodes++
+	if d.stalled {
+		return nil, d.fail(in, fmt.Errorf("%w: no bytes of it arrived for too long", ErrReadStalled))
+	}
 	if d.partial != nil {
 		return d.fill(in)
 	}
 	buffered := in.Buffered()
 	if buffered < d.end {
-		return nil, nil
+		return nil, d.wait(in, buffered)
 	}
 	head, err := in.Peek(d.end)
 	if err != nil {
@@ -245,15 +387,21 @@ func (d *FrameDecoder) Decode(in buffer.Inbound) (*buffer.Buf, error) {
 	}
 	if buffered < total {
 		if strip := d.cfg.InitialBytesToStrip; total >= eagerMin && buffered > strip && arrived(in, buffered, total/4) >= total/4 {
+			if err := d.hold(total - strip); err != nil {
+				return nil, d.fail(in, err)
+			}
+			d.pending = total - strip
 			d.partial = buffer.Get(total - strip)
 			if err := take(in, d.partial.Bytes()[:buffered-strip], strip); err != nil {
 				return nil, d.fail(in, err)
 			}
 			d.have = buffered - strip
 			d.aim(in)
+			return nil, nil
 		}
-		return nil, nil
+		return nil, d.wait(in, buffered)
 	}
+	d.pending = 0
 	frame := buffer.Get(total - d.cfg.InitialBytesToStrip)
 	if err := take(in, frame.Bytes(), d.cfg.InitialBytesToStrip); err != nil {
 		frame.Release()
@@ -295,7 +443,7 @@ func (d *FrameDecoder) fill(in buffer.Inbound) (*buffer.Buf, error) {
 		return nil, nil
 	}
 	frame := d.partial
-	d.partial, d.have = nil, 0
+	d.partial, d.have, d.pending = nil, 0, 0
 	return frame, nil
 }
 

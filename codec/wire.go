@@ -22,6 +22,7 @@ const (
 	phOffset   = 4
 	phLength   = 5
 	phOptions  = 6
+	phCRC32C   = 7
 
 	rhPacketHeader = 1
 	rhBytesWritten = 2
@@ -49,6 +50,7 @@ type packetFields struct {
 	offset   uint64
 	length   uint64
 	options  uint32
+	crc32c   uint32
 }
 
 // merge overwrites the fields that b holds, as protobuf merges a message.
@@ -84,6 +86,12 @@ func (f *packetFields) merge(b []byte) error {
 			case phOptions:
 				f.options = uint32(v)
 			}
+		case num == phCRC32C && typ == protowire.Fixed32Type:
+			v, m := protowire.ConsumeFixed32(b)
+			if m < 0 {
+				return fmt.Errorf("%w: packet header crc32c: %v", ErrBadPacket, protowire.ParseError(m))
+			}
+			f.crc32c, n = v, m
 		default:
 			n = protowire.ConsumeFieldValue(num, typ, b)
 			if n < 0 {
@@ -104,6 +112,7 @@ func UnmarshalPacketHeader(b []byte, h *pb.DataStreamPacketHeader) error {
 		f.clientID = nil // as proto.Unmarshal leaves an empty bytes field
 	}
 	h.ClientId, h.Type, h.StreamId, h.StreamOffset, h.DataLength, h.Options = f.clientID, f.typ, f.streamID, f.offset, f.length, f.options
+	h.Crc32C = f.crc32c
 	return err
 }
 

@@ -1118,3 +1118,43 @@ func TestOneConnection(t *testing.T) {
 		}
 	}
 }
+
+// A CLOSE answered with success but without a successful RaftClientReply
+// (a peer that did not commit, or wrote the body wrong) is not a commit:
+// the client fails the stream rather than report it committed.
+func TestCloseWithoutRaftClientReplyFails(t *testing.T) {
+	for _, body := range []string{"none", "failed"} {
+		t.Run(body, func(t *testing.T) {
+			buffertest.Check(t)
+			f := startFake(t, func(c net.Conn, h *pb.DataStreamPacketHeader) {
+				if !h.HasOption(pb.DataStreamPacketHeader_CLOSE) {
+					success(c, h)
+					return
+				}
+				var rcr *pb.RaftClientReply
+				if body == "failed" {
+					rcr = &pb.RaftClientReply{ClientId: h.GetClientId(), CallId: h.GetStreamId()}
+				}
+				reply(c, &pb.DataStreamReplyHeader{PacketHeader: h, BytesWritten: h.GetStreamOffset() + h.GetDataLength(),
+					Success: true, ServerId: "fake"}, rcr)
+			})
+			c, err := datastream.NewClient(f.peers(), datastream.WithLogger(quietLogger()))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			ctx := testCtx(t)
+			out, err := c.Stream(ctx, []byte("x"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			out.WriteAsync(ctx, []byte("data"))
+			if r, err := out.Close(ctx).Wait(ctx); !errors.Is(err, datastream.ErrInternal) {
+				t.Fatalf("Close = %+v, %v; want a failure (INTERNAL)", r, err)
+			}
+			if _, err := out.RaftClientReplyFuture().Wait(ctx); err == nil {
+				t.Fatal("RaftClientReplyFuture completed without a commit")
+			}
+		})
+	}
+}

@@ -26,6 +26,9 @@ var (
 	ErrCancelled       error = &pb.Error{Code: pb.ErrorCode_CANCELLED}
 	ErrGroupMismatch   error = &pb.Error{Code: pb.ErrorCode_GROUP_MISMATCH}
 	ErrInternal        error = &pb.Error{Code: pb.ErrorCode_INTERNAL}
+	// ErrChecksum: a packet's data did not match its CRC32C on some peer;
+	// it was corrupted on the way and nothing of the stream is committed.
+	ErrChecksum error = &pb.Error{Code: pb.ErrorCode_CHECKSUM}
 )
 
 // Client-side errors.

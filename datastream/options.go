@@ -43,6 +43,7 @@ type options struct {
 	packetSize     int
 	replyTimeout   time.Duration
 	dialTimeout    time.Duration
+	noChecksums    bool
 	logger         *slog.Logger
 }
 
@@ -108,6 +109,14 @@ func WithPacketSize(n int) Option { return func(o *options) { o.packetSize = n }
 // failing all its streams. It is checked on a tick of a quarter of the
 // timeout (at most a second), since gnet has no deadlines.
 func WithReplyTimeout(d time.Duration) Option { return func(o *options) { o.replyTimeout = d } }
+
+// WithChecksums sets whether each data packet carries the CRC32C of the
+// stream through its end (the CHECKSUM option), which every peer checks
+// before it stores the packet, so a byte corrupted on the way fails the
+// stream instead of being committed. On by default; it costs one pass of
+// the CPU's CRC32 instruction over the data, on the client and on each
+// peer (see docs/performance.md).
+func WithChecksums(on bool) Option { return func(o *options) { o.noChecksums = !on } }
 
 // WithDialTimeout bounds connecting to a peer.
 func WithDialTimeout(d time.Duration) Option { return func(o *options) { o.dialTimeout = d } }

@@ -85,6 +85,7 @@ type Output struct {
 	mu        sync.Mutex
 	hdr       pb.DataStreamPacketHeader // reused for every packet, under mu
 	offset    uint64
+	crc       uint32                     // CRC32C of the data sent so far, with checksums
 	pending   fifo.Queue[*pendingPacket] // sent, not yet answered, in order
 	err       error                      // the stream failed
 	closeF    *Future[*Reply]            // CLOSE was sent
@@ -305,10 +306,16 @@ func (o *Output) send(ctx context.Context, typ pb.DataStreamPacketHeader_Type, d
 	if err == nil && f != nil && !closeCall {
 		err = fmt.Errorf("%w: write after Close", ErrClosed)
 	}
+	crc := o.crc
+	if err == nil && f == nil && typ == pb.DataStreamPacketHeader_STREAM_DATA && !o.c.opts.noChecksums {
+		opts |= uint32(pb.DataStreamPacketHeader_CHECKSUM)
+		crc, err = updateCRC(crc, data, body)
+	}
 	if err == nil && f == nil {
 		h := &o.hdr
 		h.ClientId, h.Type, h.StreamId = o.c.id, typ, o.id
 		h.StreamOffset, h.DataLength, h.Options = o.offset, uint64(n), opts
+		h.Crc32C = crc
 		var frame *buffer.Buf
 		if body == nil && len(data) > buffer.MaxPooled-1<<10 {
 			// A frame this large would not come from the pool; the
@@ -321,6 +328,7 @@ func (o *Output) send(ctx context.Context, typ pb.DataStreamPacketHeader_Type, d
 			frame, err = codec.EncodePacket(h, data)
 		}
 		if err == nil {
+			o.crc = crc
 			return o.queueLocked(frame, body, typ, n, opts, noFuture)
 		}
 	}

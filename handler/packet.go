@@ -1,10 +1,10 @@
 package handler
 
 import (
+	"fmt"
 	"sync"
-	"time"
-
 	"sync/atomic"
+	"time"
 
 	"github.com/pipestream/pipestream/buffer"
 	"github.com/pipestream/pipestream/codec"
@@ -85,10 +85,19 @@ func (p *Packet) plainData() bool {
 }
 
 // PacketDecoder turns frames into packets. A frame whose header does not
-// decode gets a BAD_HEADER reply; frame boundaries are intact, so the
-// connection carries on.
+// decode, does not agree with the frame or is over the limits cannot be
+// attributed to a stream: the decoder answers it with one reply that has no
+// packet header, saying why, and closes the connection, which fails every
+// stream on it (docs/protocol.md, Framing). Frames already read behind it
+// are dropped.
 type PacketDecoder struct {
 	MaxHeader int
+	// MaxBody, if positive, bounds a packet's data.
+	MaxBody int
+	// ID is this peer's id, for the reply's server_id.
+	ID string
+
+	failed bool // owned by the event loop
 }
 
 // ChannelRead implements pipeline.ReadHandler.
@@ -98,17 +107,21 @@ func (d *PacketDecoder) ChannelRead(ctx *pipeline.Context, msg any) {
 		ctx.FireChannelRead(msg)
 		return
 	}
+	if d.failed {
+		frame.Release()
+		return
+	}
 	p := packets.Get().(*Packet)
 	p.Frame = frame
 	off, err := codec.DecodePacketInto(frame.Bytes(), d.MaxHeader, p.Header)
-	if err != nil {
-		errorReply(ctx.Pipeline(), nil, pb.Errorf(pb.ErrorCode_BAD_HEADER, "%v", err))
-		p.Release()
-		return
+	if err == nil && d.MaxBody > 0 && frame.Len()-off > d.MaxBody {
+		err = fmt.Errorf("%w: %d bytes of data, more than the limit of %d", codec.ErrBadPacket, frame.Len()-off, d.MaxBody)
 	}
-	if unknown := p.Header.GetOptions() &^ pb.KnownOptions; unknown != 0 {
-		errorReply(ctx.Pipeline(), p.Header, pb.Errorf(pb.ErrorCode_BAD_HEADER, "unknown option bits %#x", unknown))
+	if err != nil {
 		p.Release()
+		d.failed = true
+		errorReply(ctx.Pipeline(), d.ID, nil, pb.Errorf(pb.ErrorCode_BAD_HEADER, "%v; closing the connection", err))
+		_ = ctx.Pipeline().Close()
 		return
 	}
 	p.Body = frame.Slice(off, frame.Len())

@@ -160,7 +160,7 @@ func (r *ReadServer) admit(frame []byte) (readTask, *pb.Error) {
 	h := &r.hdr
 	t.ph = &pb.DataStreamPacketHeader{
 		ClientId: append([]byte(nil), h.GetClientId()...), Type: h.GetType(), StreamId: h.GetStreamId(),
-		StreamOffset: h.GetStreamOffset(), DataLength: h.GetDataLength(), Options: h.GetOptions(),
+		StreamOffset: h.GetStreamOffset(), DataLength: h.GetDataLength(), Options: h.GetOptions(), Crc32C: h.GetCrc32C(),
 	}
 	if !isReadType(h.GetType()) {
 		return t, errorf(pb.ErrorCode_FORBIDDEN, "a read connection carries STREAM_READ and STREAM_LIST only, not %v", h.GetType())

@@ -41,7 +41,7 @@ func TestReadExampleBytes(t *testing.T) {
 			File: &pb.FileInfo{Name: "a.txt", Length: 5, Index: 3, Term: 1}}, []byte("hello"),
 			"000000280000001f0a0610041801280918013a0273314801520d0a05612e74787410051803200168656c6c6f"},
 		{"not found", &pb.DataStreamReplyHeader{PacketHeader: ph, ErrorCode: pb.ErrorCode_NOT_FOUND, ServerId: "s1", Last: true}, nil,
-			"00000014000000100a0610041801280920103a0273314801"},
+			"00000014000000100a0610041801280920113a0273314801"},
 		{"list", &pb.DataStreamPacketHeader{Type: pb.DataStreamPacketHeader_STREAM_LIST, StreamId: 2}, nil, "000000080000000410051802"},
 	} {
 		frame, err := codec.EncodePacket(tc.h, tc.body)

@@ -24,9 +24,11 @@ func writeReply(p *pipeline.Pipeline, r *Reply) {
 	}
 }
 
-func errorReply(p *pipeline.Pipeline, h *pb.DataStreamPacketHeader, e *pb.Error) {
+// errorReply answers h, or with h nil a frame that has no usable header,
+// with e, from peer id.
+func errorReply(p *pipeline.Pipeline, id string, h *pb.DataStreamPacketHeader, e *pb.Error) {
 	r := newReply(h)
-	r.hdr.ErrorCode, r.hdr.ErrorMessage = e.Code, e.Message
+	r.hdr.ErrorCode, r.hdr.ErrorMessage, r.hdr.ServerId = e.Code, e.Message, id
 	writeReply(p, r)
 	_ = p.Flush()
 }
@@ -38,6 +40,7 @@ func errorReply(p *pipeline.Pipeline, h *pb.DataStreamPacketHeader, e *pb.Error)
 type Router struct {
 	Streams *Streams
 	conn    connState
+	graves  graveyard // why this connection's streams failed
 }
 
 // connState is what one connection's streams count against its limits.
@@ -77,7 +80,7 @@ func (r *Router) ChannelRead(ctx *pipeline.Context, msg any) {
 	}
 	st, e := r.route(ctx.Pipeline(), p)
 	if st == nil {
-		errorReply(ctx.Pipeline(), p.Header, e)
+		errorReply(ctx.Pipeline(), r.Streams.cfg.ID, p.Header, e)
 		p.Release()
 		return
 	}
@@ -94,15 +97,32 @@ func (r *Router) ChannelRead(ctx *pipeline.Context, msg any) {
 }
 
 // route finds or opens p's stream. A nil stream comes with an error; a
-// stream may come with one too, when p is refused and the stream failed.
+// stream may come with one too, when p is refused: the stream failed, or,
+// for a duplicate header, p only takes its place in the open stream's
+// reply order.
 func (r *Router) route(up *pipeline.Pipeline, p *Packet) (*Stream, *pb.Error) {
 	c := &r.conn
+	if len(p.Header.GetClientId()) == 0 {
+		return nil, errorf(pb.ErrorCode_BAD_HEADER, "%v packet without a client id", p.Header.GetType())
+	}
 	if !c.peer {
 		if c.client == "" {
 			c.client = string(p.Header.GetClientId())
 		} else if c.client != string(p.Header.GetClientId()) {
 			return nil, errorf(pb.ErrorCode_FORBIDDEN, "this connection belongs to another client")
 		}
+	}
+	if unknown := p.Header.GetOptions() &^ pb.KnownOptions; unknown != 0 {
+		// An option this peer does not know may change what the packet
+		// means: its stream cannot go on.
+		e := errorf(pb.ErrorCode_BAD_HEADER, "unknown option bits %#x", unknown)
+		if p.Header.GetType() == pb.DataStreamPacketHeader_STREAM_DATA {
+			if st := r.Streams.get(p.Key()); st != nil && st.upstream == up {
+				st.fail(e)
+				return st, e
+			}
+		}
+		return nil, e
 	}
 	switch p.Header.GetType() {
 	case pb.DataStreamPacketHeader_STREAM_HEADER:
@@ -140,8 +160,11 @@ func (r *Router) ChannelInactive(ctx *pipeline.Context) {
 
 func (r *Router) open(up *pipeline.Pipeline, p *Packet) (*Stream, *pb.Error) {
 	s := r.Streams
-	if p.Header.GetStreamOffset() != 0 || p.Has(pb.DataStreamPacketHeader_CLOSE) {
-		return nil, errorf(pb.ErrorCode_BAD_HEADER, "a stream header must have offset 0 and no CLOSE")
+	if p.Header.GetStreamOffset() != 0 || p.Header.GetOptions() != 0 {
+		// SYNC, FLUSH, CLOSE and ABORT all act on a stream's data; on a
+		// header none has a meaning, and an ABORT answered OK would leave
+		// the client believing in a stream it meant to drop.
+		return nil, errorf(pb.ErrorCode_BAD_HEADER, "a stream header must have offset 0 and no options, not offset %d and options %#x", p.Header.GetStreamOffset(), p.Header.GetOptions())
 	}
 	if p.Body.Len() > s.cfg.MaxHeader {
 		return nil, errorf(pb.ErrorCode_LIMIT_EXCEEDED, "header request of %d bytes exceeds %d", p.Body.Len(), s.cfg.MaxHeader)
@@ -163,6 +186,12 @@ func (r *Router) open(up *pipeline.Pipeline, p *Packet) (*Stream, *pb.Error) {
 	if primary == "" {
 		return nil, errorf(pb.ErrorCode_BAD_ROUTING, "header request names no primary server")
 	}
+	if !r.conn.peer && primary != s.cfg.ID {
+		// Only a predecessor forwards a stream whose primary is another
+		// peer. Taken from a client, such a stream would never commit (only
+		// its primary commits) and its CLOSE would be answered OK.
+		return nil, errorf(pb.ErrorCode_BAD_ROUTING, "this peer is %q, but the header request names %q as the primary; a client sends a stream to the primary it names", s.cfg.ID, primary)
+	}
 	succIDs, err := successorsOf(req.GetRoutingTable(), primary, s.cfg.ID, s.cfg.Peers)
 	if err != nil {
 		return nil, errorf(pb.ErrorCode_BAD_ROUTING, "%v", err)
@@ -180,9 +209,15 @@ func (r *Router) open(up *pipeline.Pipeline, p *Packet) (*Stream, *pb.Error) {
 	}
 	st := newStream(s, p.Key(), req, primary == s.cfg.ID, up, &r.conn, succIDs, succ)
 	if e := s.add(st); e != nil {
+		if old := s.get(p.Key()); e.Code == pb.ErrorCode_DUPLICATE_HEADER && old != nil && old.upstream == up {
+			// Answered in the open stream's order, after the replies its
+			// client is waiting for; the stream is not affected.
+			return old, e
+		}
 		return nil, e
 	}
 	r.conn.streams.Add(1)
+	r.graves.opened(st, s)
 	return st, nil
 }
 
@@ -200,6 +235,9 @@ func (r *Router) data(up *pipeline.Pipeline, p *Packet) (*Stream, *pb.Error) {
 	if st == nil {
 		if p.Has(pb.DataStreamPacketHeader_ABORT) && r.Streams.dropParked(p.Key(), up) {
 			return nil, errorf(pb.ErrorCode_CANCELLED, "closed stream %v aborted before its commit", p.Key())
+		}
+		if e := r.graves.cause(p.Key(), r.Streams, time.Now()); e != nil {
+			return nil, e
 		}
 		return nil, errorf(pb.ErrorCode_UNKNOWN_STREAM, "no open stream %v", p.Key())
 	}
@@ -312,7 +350,7 @@ func Install(p *pipeline.Pipeline, s *Streams, maxFrame int) error {
 	}{
 		{StageFrame, frames},
 		{StageRead, NewReadServer(s)},
-		{StagePacket, &PacketDecoder{MaxHeader: s.cfg.MaxHeader}},
+		{StagePacket, &PacketDecoder{MaxHeader: s.cfg.MaxHeader, MaxBody: maxFrame - s.cfg.MaxHeader, ID: s.cfg.ID}},
 		{StageRouter, &Router{Streams: s}},
 		{StageWrite, Writer{}},
 		{StageForward, Forwarder{}},

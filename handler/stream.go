@@ -39,13 +39,16 @@ type Stream struct {
 	// Owned by the executor.
 	ch      statemachine.DataChannel
 	written uint64
+	sum     streamSum
 
-	mu       sync.Mutex
-	replies  fifo.Queue[*Packet]   // routed, not yet answered, in stream order
-	awaiting []fifo.Queue[*Packet] // per successor: forwarded, not yet acknowledged
-	failed   *pb.Error
-	commit   bool // closed everywhere; finishClose has started
-	length   uint64
+	mu          sync.Mutex
+	replies     fifo.Queue[*Packet]   // routed, not yet answered, in stream order
+	awaiting    []fifo.Queue[*Packet] // per successor: forwarded, not yet acknowledged
+	failed      *pb.Error
+	commit      bool   // closed everywhere; finishClose has started
+	length      uint64 // set with commit, as the stream's
+	checksum    uint32 // CRC32C, when checksummed
+	checksummed bool
 
 	// Guarded by Streams.mu, while the stream is parked.
 	parkedAt time.Time
@@ -156,6 +159,9 @@ func (st *Stream) writeLocal(p *Packet) error {
 	if st.ch == nil {
 		return errorf(pb.ErrorCode_INTERNAL, "stream has no data channel")
 	}
+	if err := st.sum.check(p, len(st.succ) == 0 || st.s.cfg.VerifyEveryPeer); err != nil {
+		return err
+	}
 	if b := p.Body.Bytes(); len(b) > 0 {
 		n, err := st.ch.Write(b)
 		st.written += uint64(n)
@@ -244,7 +250,12 @@ func (st *Stream) ack(i int, r *codec.ReplyView) {
 	want := h.GetStreamOffset() + h.GetDataLength()
 	switch {
 	case r.StreamOffset != h.GetStreamOffset() || r.Type != h.GetType():
-		e = errorf(pb.ErrorCode_INTERNAL, "successor %s answered offset %d, expected %d", st.succIDs[i], r.StreamOffset, h.GetStreamOffset())
+		e = errorf(pb.ErrorCode_SUCCESSOR_FAILED, "successor %s answered %v at offset %d, expected %v at %d",
+			st.succIDs[i], r.Type, r.StreamOffset, h.GetType(), h.GetStreamOffset())
+	case !r.Success && r.ErrorCode == pb.ErrorCode_CHECKSUM:
+		// The data arrived corrupt there, and so it is here too (a peer
+		// verifies only at the leaves): the cause is the data's.
+		e = errorf(pb.ErrorCode_CHECKSUM, "successor %s: %s", st.succIDs[i], r.ErrorMessage)
 	case !r.Success:
 		e = errorf(pb.ErrorCode_SUCCESSOR_FAILED, "successor %s: %s: %s", st.succIDs[i], r.ErrorCode, r.ErrorMessage)
 	case h.GetType() == pb.DataStreamPacketHeader_STREAM_DATA && r.BytesWritten != want:
@@ -258,6 +269,15 @@ func (st *Stream) ack(i int, r *codec.ReplyView) {
 		st.fail(e)
 	}
 	st.partDone(p)
+}
+
+// waitingForReplies reports whether a packet of the stream is still to be
+// answered: the client has sent what its window allows and waits, so the
+// stream is not idle.
+func (st *Stream) waitingForReplies() bool {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	return st.replies.Len() > 0
 }
 
 func (st *Stream) oldestUnanswered() (time.Time, bool) {
@@ -349,6 +369,7 @@ func (st *Stream) flushReplies() {
 			// an event loop: finish the close on a goroutine of its own.
 			st.commit = true
 			st.length = p.written
+			st.checksum, st.checksummed = st.sum.crc, st.sum.mode == sumOn
 			p.parts.Add(1)
 			st.s.wg.Add(1)
 			go st.finishClose(p)
@@ -366,6 +387,8 @@ func (st *Stream) flushReplies() {
 		st.s.remove(st)
 	}
 	if wrote {
+		// A client that waited for these replies was not idle.
+		st.lastActive.Store(time.Now().UnixNano())
 		_ = st.upstream.Flush()
 	}
 }
@@ -411,7 +434,8 @@ func (st *Stream) finishClose(p *Packet) {
 		reply, err = st.s.linkLocal(st)
 	case st.Primary:
 		ctx, cancel := context.WithTimeout(context.Background(), st.s.cfg.CommitTimeout)
-		reply, err = c.Commit(ctx, statemachine.StreamInfo{Key: st.Key, Request: st.Request, Length: st.length})
+		reply, err = c.Commit(ctx, statemachine.StreamInfo{Key: st.Key, Request: st.Request, Length: st.length,
+			Checksum: st.checksum, Checksummed: st.checksummed})
 		cancel()
 		switch {
 		case reply.GetSuccess() && err != nil:

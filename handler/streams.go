@@ -54,6 +54,12 @@ type Config struct {
 	// loop. A setting rather than a method of the state machine, so that a
 	// wrapper that blocks cannot inherit it by embedding.
 	InlineWrites bool
+	// VerifyEveryPeer has every peer check each packet's CRC32C, not only
+	// the leaves of the routing tree. The leaves' checks already cover
+	// every peer's copy, since a peer forwards the bytes it stores; set it
+	// to catch a corruption inside an interior peer between receiving a
+	// packet and forwarding it, for one more pass over the data there.
+	VerifyEveryPeer bool
 	// Committer commits closed streams on the primary. Nil runs
 	// standalone: each peer links its stream as soon as CLOSE succeeded
 	// everywhere downstream, under a local index.
@@ -339,7 +345,7 @@ func (s *Streams) Sweep(now time.Time) {
 	for _, st := range s.snapshot() {
 		if since, ok := st.oldestUnanswered(); ok && now.Sub(since) > s.cfg.ReplyTimeout {
 			st.fail(errorf(pb.ErrorCode_TIMEOUT, "no reply from successors within %v", s.cfg.ReplyTimeout))
-		} else if idle := now.Sub(time.Unix(0, st.lastActive.Load())); idle > s.cfg.IdleTimeout {
+		} else if idle := now.Sub(time.Unix(0, st.lastActive.Load())); idle > s.cfg.IdleTimeout && !st.waitingForReplies() {
 			st.fail(errorf(pb.ErrorCode_TIMEOUT, "no packet for %v", s.cfg.IdleTimeout))
 		}
 	}

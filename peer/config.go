@@ -6,6 +6,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
+	"net/netip"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/pipestream/pipestream/statemachine"
@@ -34,7 +38,8 @@ func (m Member) complete() bool {
 }
 
 // Config configures one Peer. ID and Peers are required; the zero values
-// of the other fields mean the defaults named on each.
+// of the other fields mean the defaults named on each, and negative
+// values are refused.
 type Config struct {
 	// ID is this peer's id; Peers must list it.
 	ID string
@@ -152,15 +157,22 @@ func (c Config) withDefaults() (Config, error) {
 	if err != nil {
 		return c, err
 	}
+	if err := c.checkNegative(); err != nil {
+		return c, err
+	}
 	for _, a := range []struct {
 		field *string
+		name  string
 		entry string
-	}{{&c.StreamAddr, self.StreamAddr}, {&c.RaftAddr, self.RaftAddr}, {&c.CommitAddr, self.CommitAddr}} {
+	}{{&c.StreamAddr, "StreamAddr", self.StreamAddr}, {&c.RaftAddr, "RaftAddr", self.RaftAddr}, {&c.CommitAddr, "CommitAddr", self.CommitAddr}} {
 		if *a.field == "" {
 			*a.field = a.entry
 		}
 		if *a.field == "" {
 			*a.field = defaultAddr
+		}
+		if _, err := dialable(*a.field); err != nil {
+			return c, fmt.Errorf("%w: %s %q %v", ErrConfig, a.name, *a.field, err)
 		}
 	}
 	if c.Logger == nil {
@@ -182,9 +194,108 @@ func (c Config) withDefaults() (Config, error) {
 	return c, nil
 }
 
-// findSelf checks that members have unique, non-empty ids and returns the
-// entry of id.
+// checkNegative refuses negative settings: zero means a default, and a
+// negative one is a mistake (a -1 meant as "unlimited" is not).
+func (c Config) checkNegative() error {
+	for _, f := range []struct {
+		name string
+		v    int64
+	}{
+		{"ReplyTimeout", int64(c.ReplyTimeout)},
+		{"CommitTimeout", int64(c.CommitTimeout)},
+		{"LinkTimeout", int64(c.LinkTimeout)},
+		{"SweepInterval", int64(c.SweepInterval)},
+		{"RedialInterval", int64(c.RedialInterval)},
+		{"Limits.MaxFrame", int64(c.Limits.MaxFrame)},
+		{"Limits.MaxHeader", int64(c.Limits.MaxHeader)},
+		{"Limits.MaxStreams", int64(c.Limits.MaxStreams)},
+		{"Limits.MaxStreamsPerConn", int64(c.Limits.MaxStreamsPerConn)},
+		{"Limits.MaxConnBytes", c.Limits.MaxConnBytes},
+		{"Limits.IdleTimeout", int64(c.Limits.IdleTimeout)},
+		{"Raft.HeartbeatTimeout", int64(c.Raft.HeartbeatTimeout)},
+		{"Raft.ElectionTimeout", int64(c.Raft.ElectionTimeout)},
+		{"Raft.LeaderLeaseTimeout", int64(c.Raft.LeaderLeaseTimeout)},
+		{"Raft.CommitTimeout", int64(c.Raft.CommitTimeout)},
+		{"Raft.SnapshotInterval", int64(c.Raft.SnapshotInterval)},
+		{"Raft.MaxDedupKeys", int64(c.Raft.MaxDedupKeys)},
+		{"Raft.ForwardTimeout", int64(c.Raft.ForwardTimeout)},
+	} {
+		if f.v < 0 {
+			return fmt.Errorf("%w: %s is negative (%d); zero means the default", ErrConfig, f.name, f.v)
+		}
+	}
+	return nil
+}
+
+// memberFields names a Member's addresses in errors.
+type memberFields [3]string
+
+var goFields = memberFields{"StreamAddr", "RaftAddr", "CommitAddr"}
+
+// checkAddrs checks the addresses members give (an empty one is checked
+// where it matters): each must be one the other peers can dial, and no two
+// may be the same, in one member or across members, since two listeners
+// cannot share one. Port 0, which only New's binding takes, may repeat.
+// Host names are compared as written, not resolved.
+func checkAddrs(members []Member, names memberFields) error {
+	type use struct{ id, field string }
+	seen := make(map[string]use)
+	for _, m := range members {
+		for i, a := range []string{m.StreamAddr, m.RaftAddr, m.CommitAddr} {
+			if a == "" {
+				continue
+			}
+			key, err := dialable(a)
+			if err != nil {
+				return fmt.Errorf("peer %q's %s %q %v", m.ID, names[i], a, err)
+			}
+			if strings.HasSuffix(key, ":0") {
+				continue
+			}
+			if first, dup := seen[key]; dup {
+				return fmt.Errorf("%s is both peer %q's %s and peer %q's %s; every address needs a listener of its own",
+					key, first.id, first.field, m.ID, names[i])
+			}
+			seen[key] = use{m.ID, names[i]}
+		}
+	}
+	return nil
+}
+
+// dialable checks that addr is a host:port another peer can dial: a host
+// that is not a wildcard address, and a numeric port (0 allowed, for
+// binding). It returns addr in a canonical form, for comparing.
+func dialable(addr string) (string, error) {
+	host, port, err := net.SplitHostPort(addr)
+	if err != nil {
+		return "", errors.New("is not host:port")
+	}
+	n, err := strconv.ParseUint(port, 10, 16)
+	if err != nil {
+		return "", errors.New("has a port that is not a number from 1 to 65535")
+	}
+	const useOwn = "; give this machine's address (127.0.0.1 for a group on one machine)"
+	if host == "" {
+		return "", errors.New("has no host, so the other peers could not dial it" + useOwn)
+	}
+	ip, err := netip.ParseAddr(host)
+	if err != nil {
+		return net.JoinHostPort(strings.ToLower(host), port), nil
+	}
+	if ip.IsUnspecified() {
+		return "", errors.New("is a wildcard address, which the other peers cannot dial" + useOwn)
+	}
+	return netip.AddrPortFrom(ip.Unmap(), uint16(n)).String(), nil
+}
+
+// findSelf checks that members have unique, non-empty ids and addresses
+// that checkAddrs accepts, and returns the entry of id.
 func findSelf(members []Member, id string) (Member, error) {
+	return findSelfNamed(members, id, goFields)
+}
+
+// findSelfNamed is findSelf, naming the addresses in errors by names.
+func findSelfNamed(members []Member, id string, names memberFields) (Member, error) {
 	var self Member
 	found := false
 	seen := make(map[string]bool, len(members))
@@ -202,6 +313,9 @@ func findSelf(members []Member, id string) (Member, error) {
 	}
 	if !found {
 		return self, fmt.Errorf("%w: %q is not among the members", ErrConfig, id)
+	}
+	if err := checkAddrs(members, names); err != nil {
+		return self, fmt.Errorf("%w: %v", ErrConfig, err)
 	}
 	return self, nil
 }

@@ -91,6 +91,68 @@ commit_addr = "127.0.0.1:3"
 		{name: "port 0", file: strings.Replace(peers, ":2", ":0", 1), id: "a", wantErr: "port 0"},
 		{name: "duplicate id", file: peers + peers, id: "a", wantErr: "duplicate member id"},
 		{name: "not toml", file: "[[peers", id: "a", wantErr: "toml"},
+
+		// Addresses the other peers could not dial, or that two listeners
+		// would share.
+		{name: "wildcard IPv4", file: strings.Replace(peers, "127.0.0.1:1", "0.0.0.0:1", 1), id: "a",
+			wantErr: `peer "a"'s stream_addr "0.0.0.0:1" is a wildcard address`},
+		{name: "wildcard IPv6", file: strings.Replace(peers, "127.0.0.1:2", "[::]:2", 1), id: "a",
+			wantErr: `peer "a"'s raft_addr "[::]:2" is a wildcard address`},
+		{name: "empty host", file: strings.Replace(peers, "127.0.0.1:3", ":3", 1), id: "a",
+			wantErr: `peer "a"'s commit_addr ":3" has no host`},
+		{name: "no port", file: strings.Replace(peers, "127.0.0.1:3", "127.0.0.1", 1), id: "a",
+			wantErr: `peer "a"'s commit_addr "127.0.0.1" is not host:port`},
+		{name: "port not a number", file: strings.Replace(peers, "127.0.0.1:3", "127.0.0.1:http", 1), id: "a",
+			wantErr: `peer "a"'s commit_addr "127.0.0.1:http" has a port that is not a number from 1 to 65535`},
+		{name: "same address twice in a peer", file: strings.Replace(peers, "127.0.0.1:3", "127.0.0.1:1", 1), id: "a",
+			wantErr: `127.0.0.1:1 is both peer "a"'s stream_addr and peer "a"'s commit_addr`},
+		{name: "same stream address in two peers", file: peers + strings.NewReplacer(`"a"`, `"b"`, ":2", ":5", ":3", ":6").Replace(peers), id: "a",
+			wantErr: `127.0.0.1:1 is both peer "a"'s stream_addr and peer "b"'s stream_addr`},
+		{name: "one peer's raft port is another's commit port", file: peers + strings.NewReplacer(`"a"`, `"b"`, ":1", ":4", ":2", ":5").Replace(peers), id: "a",
+			wantErr: `127.0.0.1:3 is both peer "a"'s commit_addr and peer "b"'s commit_addr`},
+		{name: "same IPv6 address spelled twice", file: strings.NewReplacer("127.0.0.1:1", "[::1]:1", "127.0.0.1:2", "[0:0::1]:1").Replace(peers), id: "a",
+			wantErr: `[::1]:1 is both peer "a"'s stream_addr and peer "a"'s raft_addr`},
+		{name: "other hosts may share a port", file: peers + strings.ReplaceAll(strings.Replace(peers, `"a"`, `"b"`, 1), "127.0.0.1", "127.0.0.2"), id: "b",
+			check: func(t *testing.T, _ string, c peer.Config) {
+				if len(c.Peers) != 2 || c.Peers[1].StreamAddr != "127.0.0.2:1" {
+					t.Errorf("got %+v", c.Peers)
+				}
+			}},
+
+		// Durations need a unit: TOML would read a bare 30 as 30ns.
+		{name: "bare integer duration", file: "[stream]\nreply_timeout = 30\n" + peers, id: "a",
+			wantErr: `(last key "stream.reply_timeout"): 30 has no unit: write "30s"`},
+		{name: "bare number in a string", file: "[raft]\nheartbeat_timeout = \"500\"\n" + peers, id: "a",
+			wantErr: `(last key "raft.heartbeat_timeout"): "500" has no unit: write "500s"`},
+		{name: "float duration", file: "[stream]\nlink_timeout = 1.5\n" + peers, id: "a",
+			wantErr: `(last key "stream.link_timeout"): 1.5 is not a duration`},
+		{name: "negative duration", file: "[stream]\ncommit_timeout = \"-5s\"\n" + peers, id: "a",
+			wantErr: `(last key "stream.commit_timeout"): "-5s" is negative`},
+		{name: "negative bare duration", file: "[raft]\nforward_timeout = -5\n" + peers, id: "a",
+			wantErr: `(last key "raft.forward_timeout"): -5 is negative`},
+		{name: "zero durations mean the defaults", file: "[stream]\nreply_timeout = 0\nsweep_interval = \"0s\"\n" + peers, id: "a",
+			check: func(t *testing.T, _ string, c peer.Config) {
+				if c.ReplyTimeout != 0 || c.SweepInterval != 0 {
+					t.Errorf("got %v, %v", c.ReplyTimeout, c.SweepInterval)
+				}
+			}},
+
+		// Counts must not wrap.
+		{name: "negative snapshot_threshold", file: "[raft]\nsnapshot_threshold = -1\n" + peers, id: "a",
+			wantErr: `(last key "raft.snapshot_threshold"): -1 is negative`},
+		{name: "negative trailing_logs", file: "[raft]\ntrailing_logs = -1\n" + peers, id: "a",
+			wantErr: `(last key "raft.trailing_logs"): -1 is negative`},
+		{name: "negative max_dedup_keys", file: "[raft]\nmax_dedup_keys = -1\n" + peers, id: "a",
+			wantErr: `(last key "raft.max_dedup_keys"): -1 is negative`},
+		{name: "count as a string", file: "[raft]\ntrailing_logs = \"10\"\n" + peers, id: "a",
+			wantErr: `(last key "raft.trailing_logs"): "10" is not a whole number`},
+		{name: "counts", file: "[raft]\nsnapshot_threshold = 0\ntrailing_logs = 7\nmax_dedup_keys = 9\n" + peers, id: "a",
+			check: func(t *testing.T, _ string, c peer.Config) {
+				if c.Raft.SnapshotThreshold != 0 || c.Raft.TrailingLogs != 7 || c.Raft.MaxDedupKeys != 9 {
+					t.Errorf("got %+v", c.Raft)
+				}
+			}},
+		{name: "parse errors name the file", file: "[stream]\nreply_timeout = 30\n" + peers, id: "a", wantErr: "group.toml: toml: line 2"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()
@@ -125,6 +187,23 @@ func TestNewRejects(t *testing.T) {
 		{"member without id", func(c *peer.Config) { c.Peers = append(c.Peers, peer.Member{}) }},
 		{"link timeout not above commit timeout", func(c *peer.Config) { c.LinkTimeout = c.CommitTimeout }},
 		{"default link timeout below commit timeout", func(c *peer.Config) { c.CommitTimeout, c.LinkTimeout = time.Hour, 0 }},
+		{"negative reply timeout", func(c *peer.Config) { c.ReplyTimeout = -time.Second }},
+		{"negative commit timeout", func(c *peer.Config) { c.CommitTimeout = -time.Second }},
+		{"negative sweep interval", func(c *peer.Config) { c.SweepInterval = -time.Second }},
+		{"negative raft timeout", func(c *peer.Config) { c.Raft.HeartbeatTimeout = -time.Second }},
+		{"negative max dedup keys", func(c *peer.Config) { c.Raft.MaxDedupKeys = -1 }},
+		{"negative max streams", func(c *peer.Config) { c.Limits.MaxStreams = -1 }},
+		{"negative max conn bytes", func(c *peer.Config) { c.Limits.MaxConnBytes = -1 }},
+		{"negative idle timeout", func(c *peer.Config) { c.Limits.IdleTimeout = -time.Second }},
+		{"wildcard stream address", func(c *peer.Config) { c.StreamAddr = "0.0.0.0:0" }},
+		{"wildcard commit address", func(c *peer.Config) { c.CommitAddr = "[::]:0" }},
+		{"member on a wildcard address", func(c *peer.Config) {
+			c.Peers[1] = peer.Member{ID: "b", StreamAddr: "0.0.0.0:1", RaftAddr: "127.0.0.1:2", CommitAddr: "127.0.0.1:3"}
+		}},
+		{"members sharing an address", func(c *peer.Config) {
+			c.Peers[0] = peer.Member{ID: "a", StreamAddr: "127.0.0.1:1", RaftAddr: "127.0.0.1:2", CommitAddr: "127.0.0.1:3"}
+			c.Peers[1] = peer.Member{ID: "b", StreamAddr: "127.0.0.1:4", RaftAddr: "127.0.0.1:1", CommitAddr: "127.0.0.1:6"}
+		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg := testConfig("a", ids)
@@ -159,6 +238,8 @@ func TestStartRejects(t *testing.T) {
 		{"missing address", []peer.Member{self, {ID: "b", StreamAddr: "x:1"}}},
 		{"self moved", []peer.Member{{ID: "a", StreamAddr: self.StreamAddr, RaftAddr: self.RaftAddr, CommitAddr: "127.0.0.1:9"}, other}},
 		{"self missing", []peer.Member{other, {ID: "c", StreamAddr: "x:1", RaftAddr: "x:2", CommitAddr: "x:3"}}},
+		{"other on self's address", []peer.Member{self, {ID: "b", StreamAddr: "127.0.0.1:1", RaftAddr: self.StreamAddr, CommitAddr: "127.0.0.1:3"}}},
+		{"other on a wildcard address", []peer.Member{self, {ID: "b", StreamAddr: "127.0.0.1:1", RaftAddr: "0.0.0.0:2", CommitAddr: "127.0.0.1:3"}}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			if err := p.Start(ctx, tc.members); !errors.Is(err, peer.ErrConfig) {

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
+	"hash/crc32"
 	"io"
 	"log/slog"
 	"math/rand/v2"
@@ -310,6 +311,11 @@ func (g *group) checkFile(i int, name string, data []byte, index, term uint64) {
 	}
 	if sf.Index != index || sf.Term != term {
 		g.t.Errorf("%s: %q linked at index %d term %d, committed at %d term %d", g.members[i].ID, name, sf.Index, sf.Term, index, term)
+	}
+	// The client sent checksums; the entry carries the stream's, and the
+	// store recorded it.
+	if want := crc32.Checksum(data, crc32.MakeTable(crc32.Castagnoli)); !sf.Checksummed || sf.Checksum != want {
+		g.t.Errorf("%s: %q recorded CRC32C %08x (%v), want %08x", g.members[i].ID, name, sf.Checksum, sf.Checksummed, want)
 	}
 	f, err := fs.Open(name)
 	if err != nil {

@@ -2,6 +2,8 @@ package peer
 
 import (
 	"fmt"
+	"io/fs"
+	"net"
 	"path/filepath"
 	"strings"
 	"time"
@@ -50,14 +52,21 @@ import (
 //	id = "s2"
 //	...
 //
-// Every peer needs all three addresses; port 0 is refused here, since the
-// other peers could not find it. The Logger and TransportOptions are left
-// for the caller to set.
+// Every peer needs all three addresses, each one the other peers can dial
+// and none used twice in the group (same host and port, whichever the
+// fields): port 0 and wildcard hosts such as 0.0.0.0, :: or an empty one
+// are refused, since the other peers could not find them. A duration
+// needs its unit ("30s"; a bare 30 is refused, as TOML would make it 30ns;
+// 0 is the default), and negative numbers are refused. The Logger and
+// TransportOptions are left for the caller to set.
 func LoadConfig(path, id string) (Config, error) {
 	var f groupFile
 	md, err := toml.DecodeFile(path, &f)
+	if _, ok := err.(*fs.PathError); ok {
+		return Config{}, fmt.Errorf("%w: %v", ErrConfig, err) // names the file
+	}
 	if err != nil {
-		return Config{}, fmt.Errorf("%w: %v", ErrConfig, err)
+		return Config{}, fmt.Errorf("%w: %s: %v", ErrConfig, path, err)
 	}
 	if extra := md.Undecoded(); len(extra) > 0 {
 		keys := make([]string, len(extra))
@@ -68,21 +77,21 @@ func LoadConfig(path, id string) (Config, error) {
 	}
 	cfg := Config{
 		ID:             id,
-		ReplyTimeout:   f.Stream.ReplyTimeout,
-		CommitTimeout:  f.Stream.CommitTimeout,
-		LinkTimeout:    f.Stream.LinkTimeout,
-		SweepInterval:  f.Stream.SweepInterval,
-		RedialInterval: f.Stream.RedialInterval,
+		ReplyTimeout:   time.Duration(f.Stream.ReplyTimeout),
+		CommitTimeout:  time.Duration(f.Stream.CommitTimeout),
+		LinkTimeout:    time.Duration(f.Stream.LinkTimeout),
+		SweepInterval:  time.Duration(f.Stream.SweepInterval),
+		RedialInterval: time.Duration(f.Stream.RedialInterval),
 		Raft: RaftTuning{
-			HeartbeatTimeout:   f.Raft.HeartbeatTimeout,
-			ElectionTimeout:    f.Raft.ElectionTimeout,
-			LeaderLeaseTimeout: f.Raft.LeaderLeaseTimeout,
-			CommitTimeout:      f.Raft.CommitTimeout,
-			SnapshotInterval:   f.Raft.SnapshotInterval,
-			SnapshotThreshold:  f.Raft.SnapshotThreshold,
-			TrailingLogs:       f.Raft.TrailingLogs,
-			MaxDedupKeys:       f.Raft.MaxDedupKeys,
-			ForwardTimeout:     f.Raft.ForwardTimeout,
+			HeartbeatTimeout:   time.Duration(f.Raft.HeartbeatTimeout),
+			ElectionTimeout:    time.Duration(f.Raft.ElectionTimeout),
+			LeaderLeaseTimeout: time.Duration(f.Raft.LeaderLeaseTimeout),
+			CommitTimeout:      time.Duration(f.Raft.CommitTimeout),
+			SnapshotInterval:   time.Duration(f.Raft.SnapshotInterval),
+			SnapshotThreshold:  uint64(f.Raft.SnapshotThreshold),
+			TrailingLogs:       uint64(f.Raft.TrailingLogs),
+			MaxDedupKeys:       int(f.Raft.MaxDedupKeys),
+			ForwardTimeout:     time.Duration(f.Raft.ForwardTimeout),
 		},
 	}
 	if cfg.Transport, err = parseTransport(f.Transport); err != nil {
@@ -102,7 +111,7 @@ func LoadConfig(path, id string) (Config, error) {
 			self = &f.Peers[i]
 		}
 	}
-	if _, err := findSelf(cfg.Peers, id); err != nil {
+	if _, err := findSelfNamed(cfg.Peers, id, tomlFields); err != nil {
 		return Config{}, fmt.Errorf("%w (%s)", err, path)
 	}
 	switch {
@@ -122,22 +131,22 @@ type groupFile struct {
 	DataDir   string `toml:"data_dir"`
 	Transport string `toml:"transport"`
 	Stream    struct {
-		ReplyTimeout   time.Duration `toml:"reply_timeout"`
-		CommitTimeout  time.Duration `toml:"commit_timeout"`
-		LinkTimeout    time.Duration `toml:"link_timeout"`
-		SweepInterval  time.Duration `toml:"sweep_interval"`
-		RedialInterval time.Duration `toml:"redial_interval"`
+		ReplyTimeout   duration `toml:"reply_timeout"`
+		CommitTimeout  duration `toml:"commit_timeout"`
+		LinkTimeout    duration `toml:"link_timeout"`
+		SweepInterval  duration `toml:"sweep_interval"`
+		RedialInterval duration `toml:"redial_interval"`
 	} `toml:"stream"`
 	Raft struct {
-		HeartbeatTimeout   time.Duration `toml:"heartbeat_timeout"`
-		ElectionTimeout    time.Duration `toml:"election_timeout"`
-		LeaderLeaseTimeout time.Duration `toml:"leader_lease_timeout"`
-		CommitTimeout      time.Duration `toml:"commit_timeout"`
-		SnapshotInterval   time.Duration `toml:"snapshot_interval"`
-		SnapshotThreshold  uint64        `toml:"snapshot_threshold"`
-		TrailingLogs       uint64        `toml:"trailing_logs"`
-		MaxDedupKeys       int           `toml:"max_dedup_keys"`
-		ForwardTimeout     time.Duration `toml:"forward_timeout"`
+		HeartbeatTimeout   duration `toml:"heartbeat_timeout"`
+		ElectionTimeout    duration `toml:"election_timeout"`
+		LeaderLeaseTimeout duration `toml:"leader_lease_timeout"`
+		CommitTimeout      duration `toml:"commit_timeout"`
+		SnapshotInterval   duration `toml:"snapshot_interval"`
+		SnapshotThreshold  count    `toml:"snapshot_threshold"`
+		TrailingLogs       count    `toml:"trailing_logs"`
+		MaxDedupKeys       count    `toml:"max_dedup_keys"`
+		ForwardTimeout     duration `toml:"forward_timeout"`
 	} `toml:"raft"`
 	Peers []peerEntry `toml:"peers"`
 }
@@ -148,6 +157,58 @@ type peerEntry struct {
 	RaftAddr   string `toml:"raft_addr"`
 	CommitAddr string `toml:"commit_addr"`
 	DataDir    string `toml:"data_dir"`
+}
+
+// tomlFields names a Member's addresses as a group file does.
+var tomlFields = memberFields{"stream_addr", "raft_addr", "commit_addr"}
+
+// duration is a group file's duration: a string that time.ParseDuration
+// reads, such as "500ms" or "5m". TOML would read a bare 30 as 30
+// nanoseconds, which nobody means, so a bare number is refused, except 0
+// (the default, whatever the unit). Negative durations are refused.
+type duration time.Duration
+
+func (d *duration) UnmarshalTOML(v any) error {
+	switch v := v.(type) {
+	case int64:
+		switch {
+		case v < 0:
+			return fmt.Errorf("%d is negative", v)
+		case v != 0:
+			return fmt.Errorf("%d has no unit: write \"%ds\", \"%dms\" or another duration in quotes", v, v, v)
+		}
+		*d = 0
+		return nil
+	case string:
+		t, err := time.ParseDuration(v)
+		switch {
+		case err != nil && strings.Trim(v, "0123456789.") == "" && v != "":
+			return fmt.Errorf("%q has no unit: write \"%ss\", \"%sms\" or another duration", v, v, v)
+		case err != nil:
+			return fmt.Errorf("%q is not a duration such as \"500ms\", \"30s\" or \"5m\"", v)
+		case t < 0:
+			return fmt.Errorf("%q is negative", v)
+		}
+		*d = duration(t)
+		return nil
+	}
+	return fmt.Errorf("%v is not a duration: write one in quotes, such as \"500ms\", \"30s\" or \"5m\"", v)
+}
+
+// count is a group file's whole number that must not be negative, which
+// an unsigned or a size would otherwise take as a huge one.
+type count int64
+
+func (c *count) UnmarshalTOML(v any) error {
+	switch n, ok := v.(int64); {
+	case !ok:
+		return fmt.Errorf("%#v is not a whole number", v)
+	case n < 0:
+		return fmt.Errorf("%d is negative", n)
+	default:
+		*c = count(n)
+		return nil
+	}
 }
 
 // Transports by their names in a group file.
@@ -164,7 +225,7 @@ func parseTransport(name string) (transport.Kind, error) {
 // zeroPort returns the first of m's addresses whose port is 0, or "".
 func zeroPort(m Member) string {
 	for _, a := range []string{m.StreamAddr, m.RaftAddr, m.CommitAddr} {
-		if strings.HasSuffix(a, ":0") {
+		if _, port, err := net.SplitHostPort(a); err == nil && strings.Trim(port, "0") == "" && port != "" {
 			return a
 		}
 	}

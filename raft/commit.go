@@ -45,12 +45,16 @@ func (n *Node) Commit(ctx context.Context, s statemachine.StreamInfo) (*pb.RaftC
 	if err != nil {
 		return n.failure(s, pb.ErrorCode_CANCELLED, "", err)
 	}
-	data, err := proto.Marshal(&pb.StreamEntry{
+	entry := &pb.StreamEntry{
 		ClientId: []byte(s.Key.ClientID),
 		StreamId: s.Key.StreamID,
 		Message:  s.Request.GetMessage(),
 		Length:   s.Length,
-	})
+	}
+	if s.Checksummed {
+		entry.Crc32C = &s.Checksum
+	}
+	data, err := proto.Marshal(entry)
 	if err != nil {
 		return n.failure(s, pb.ErrorCode_INTERNAL, "", fmt.Errorf("raft: encode entry: %w", err))
 	}

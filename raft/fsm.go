@@ -128,11 +128,13 @@ func (f *fsm) applyStream(l *hraft.Log) any {
 	res := applyResult{committed: c}
 	if f.linker != nil {
 		res.err = f.linker.Link(f.ctx, statemachine.Entry{
-			Index:   l.Index,
-			Term:    l.Term,
-			Key:     key,
-			Request: streamRequest(key, e.GetMessage()),
-			Length:  e.GetLength(),
+			Index:       l.Index,
+			Term:        l.Term,
+			Key:         key,
+			Request:     streamRequest(key, e.GetMessage()),
+			Length:      e.GetLength(),
+			Checksum:    e.GetCrc32C(),
+			Checksummed: e.Crc32C != nil,
 		})
 	}
 	if res.err != nil {
@@ -246,6 +248,11 @@ func (f *fsm) Snapshot() (hraft.FSMSnapshot, error) {
 		buf = binary.AppendUvarint(buf, e.Term)
 		buf = binary.AppendUvarint(buf, e.Length)
 		buf = appendBytes(buf, string(e.Request.GetMessage()))
+		if e.Checksummed {
+			buf = binary.BigEndian.AppendUint32(append(buf, 1), e.Checksum)
+		} else {
+			buf = append(buf, 0)
+		}
 	}
 	return fsmSnapshot(buf), nil
 }
@@ -367,6 +374,18 @@ func readCatalog(r *bufio.Reader) ([]statemachine.Entry, error) {
 			return nil, fmt.Errorf("%w: snapshot catalog: %v", ErrBadEntry, err)
 		}
 		e.Request = streamRequest(e.Key, msg)
+		has, err := r.ReadByte()
+		if err == nil && has > 1 {
+			err = fmt.Errorf("checksum flag %d", has)
+		}
+		if err == nil && has == 1 {
+			var sum [4]byte
+			_, err = io.ReadFull(r, sum[:])
+			e.Checksum, e.Checksummed = binary.BigEndian.Uint32(sum[:]), true
+		}
+		if err != nil {
+			return nil, fmt.Errorf("%w: snapshot catalog: %v", ErrBadEntry, err)
+		}
 		out = append(out, e)
 	}
 	return out, nil

@@ -1,6 +1,7 @@
 package server_test
 
 import (
+	"context"
 	"testing"
 	"time"
 
@@ -131,7 +132,51 @@ func TestIdleStreamTimesOut(t *testing.T) {
 	// Nothing more is sent; every peer drops the stream on its own.
 	g.waitClean(t)
 	r.data(1, 0, []byte("late"))
-	if h, _ := r.reply(); h.GetErrorCode() != pb.ErrorCode_UNKNOWN_STREAM {
-		t.Fatalf("data after the idle timeout: %v, want UNKNOWN_STREAM", h)
+	if h, _ := r.reply(); h.GetErrorCode() != pb.ErrorCode_TIMEOUT {
+		t.Fatalf("data after the idle timeout: %v, want its cause, TIMEOUT", h)
+	}
+}
+
+// slowStore is a Memory whose writes take longer than the idle timeout.
+type slowStore struct {
+	*statemachine.Memory
+	delay time.Duration
+}
+
+func (s slowStore) OpenStream(ctx context.Context, k statemachine.StreamKey, req *pb.RaftClientRequest) (statemachine.DataChannel, error) {
+	ch, err := s.Memory.OpenStream(ctx, k, req)
+	return slowChannel{ch, s.delay}, err
+}
+
+type slowChannel struct {
+	statemachine.DataChannel
+	delay time.Duration
+}
+
+func (c slowChannel) Write(p []byte) (int, error) {
+	time.Sleep(c.delay)
+	return c.DataChannel.Write(p)
+}
+
+// A stream whose client waits for replies is not idle: a write that takes
+// longer than the idle timeout does not fail it.
+func TestSlowWriteIsNotIdle(t *testing.T) {
+	buffertest.Check(t)
+	g := startGroup(t, 3, groupOpts{
+		tweak: func(c *server.Config) { c.IdleTimeout = 100 * time.Millisecond },
+		sm: func(int) statemachine.StateMachine {
+			return slowStore{statemachine.NewMemory(), 400 * time.Millisecond}
+		},
+	})
+	r := dialRaw(t, g.peers[0].Addr)
+	r.header(1, r.request(1, g.peers[0].ID, nil))
+	if h, _ := r.reply(); !h.GetSuccess() {
+		t.Fatal(h)
+	}
+	for i := range 2 {
+		r.data(1, uint64(i*4), []byte("slow"))
+		if h, _ := r.reply(); !h.GetSuccess() {
+			t.Fatalf("packet %d: %v", i, h)
+		}
 	}
 }

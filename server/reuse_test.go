@@ -16,8 +16,7 @@ import (
 // links an entry on the primary (peer 0) at once and on the others only
 // when release is called, as followers whose log applier lags.
 type laggingCommitter struct {
-	peers    []*server.Server
-	remember bool // implement KeyChecker, as raft.Node does
+	peers []*server.Server
 
 	mu      sync.Mutex
 	index   uint64
@@ -55,6 +54,8 @@ func (l *laggingCommitter) release(t *testing.T) {
 	}
 }
 
+// rememberingCommitter is a laggingCommitter that is a KeyChecker, as
+// raft.Node is.
 type rememberingCommitter struct{ *laggingCommitter }
 
 func (r rememberingCommitter) Committed(k statemachine.StreamKey) (uint64, bool) {

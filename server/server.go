@@ -39,6 +39,18 @@ const StageAuthorizePeer = "authorize-peer"
 // successor.
 const DefaultPeerOutbound = 512 << 20
 
+// Defaults of Config fields.
+const (
+	// DefaultMaxPartialBytes is 16 frames of 16 MiB.
+	DefaultMaxPartialBytes = 256 << 20
+	// DefaultReadStallTimeout is how long an incomplete frame may wait for
+	// its next bytes.
+	DefaultReadStallTimeout = 30 * time.Second
+	// DefaultKeepaliveInterval is how long a successor connection goes
+	// without an answered PING.
+	DefaultKeepaliveInterval = 5 * time.Second
+)
+
 // Peer is a member of the group.
 type Peer struct {
 	ID   string
@@ -59,6 +71,9 @@ type Config struct {
 	// is idle; only for a state machine whose Write never blocks. See
 	// handler.Config.
 	InlineWrites bool
+	// VerifyEveryPeer checks each packet's CRC32C on every peer, not only
+	// on the leaves of its routing tree; see handler.Config.
+	VerifyEveryPeer bool
 	// Committer commits closed streams; nil runs standalone (see
 	// handler.Config). It can also be set later with SetCommitter.
 	Committer statemachine.Committer
@@ -111,6 +126,27 @@ type Config struct {
 	// HandshakeTimeout bounds connecting to a peer and its answer to the
 	// first PING; default three seconds.
 	HandshakeTimeout time.Duration
+	// MaxPartialBytes bounds the bytes that client and predecessor
+	// connections hold, all together, in frames that have not fully
+	// arrived (see codec.PartialBudget); a connection whose frame would
+	// take them past it is closed, and the others go on. Default
+	// DefaultMaxPartialBytes, or MaxFrame if that is more; a value below
+	// MaxFrame is refused, since the largest frames could never arrive.
+	MaxPartialBytes int64
+	// ReadStallTimeout closes a connection whose incomplete frame gets no
+	// bytes this long, releasing what it holds; default
+	// DefaultReadStallTimeout. It is checked on the sweep tick.
+	ReadStallTimeout time.Duration
+	// KeepaliveInterval is how long a connection to a successor goes
+	// without an answered PING before it is sent one; default
+	// DefaultKeepaliveInterval. KeepaliveTimeout bounds the wait for the
+	// answer, after which the connection is closed and redialed; default
+	// the reply timeout, since a PING may queue behind forwarded packets
+	// that have that long to be answered. A successor that went silent
+	// without a reset (a partition) is so reported down within
+	// KeepaliveInterval + KeepaliveTimeout.
+	KeepaliveInterval time.Duration
+	KeepaliveTimeout  time.Duration
 
 	// Pipeline, if set, is called for every client or predecessor
 	// connection after the server stages are installed (see the
@@ -135,6 +171,12 @@ type Server struct {
 	ctx    context.Context // cancelled by Shutdown
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
+
+	// partials bounds the incomplete frames of upstream connections;
+	// frames holds their decoders, for the sweep to find stalls.
+	partials *codec.PartialBudget
+	fmu      sync.Mutex
+	frames   map[transport.Channel]*codec.FrameDecoder
 
 	mu    sync.Mutex
 	addrs map[string]string
@@ -173,6 +215,18 @@ func Listen(ctx context.Context, cfg Config) (*Server, error) {
 	if cfg.HandshakeTimeout <= 0 {
 		cfg.HandshakeTimeout = 3 * time.Second
 	}
+	switch {
+	case cfg.MaxPartialBytes <= 0:
+		cfg.MaxPartialBytes = max(DefaultMaxPartialBytes, int64(cfg.MaxFrame))
+	case cfg.MaxPartialBytes < int64(cfg.MaxFrame):
+		return nil, fmt.Errorf("server: MaxPartialBytes %d is less than MaxFrame %d", cfg.MaxPartialBytes, cfg.MaxFrame)
+	}
+	if cfg.ReadStallTimeout <= 0 {
+		cfg.ReadStallTimeout = DefaultReadStallTimeout
+	}
+	if cfg.KeepaliveInterval <= 0 {
+		cfg.KeepaliveInterval = DefaultKeepaliveInterval
+	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
@@ -182,31 +236,38 @@ func Listen(ctx context.Context, cfg Config) (*Server, error) {
 		addrs: addrs,
 		conns: make(map[string]transport.Channel),
 		up:    make(chan struct{}),
+
+		partials: codec.NewPartialBudget(cfg.MaxPartialBytes),
+		frames:   make(map[transport.Channel]*codec.FrameDecoder),
 	}
 	s.streams = handler.NewStreams(handler.Config{
-		GroupID:       cfg.GroupID,
-		ID:            cfg.ID,
-		Peers:         ids,
-		Dial:          s.successor,
-		StateMachine:  cfg.StateMachine,
-		InlineWrites:  cfg.InlineWrites,
-		Committer:     cfg.Committer,
-		ReplyTimeout:  cfg.ReplyTimeout,
-		CommitTimeout: cfg.CommitTimeout,
-		LinkTimeout:   cfg.LinkTimeout,
-		IdleTimeout:   cfg.IdleTimeout,
-		MaxHeader:     cfg.MaxHeader,
+		GroupID:         cfg.GroupID,
+		ID:              cfg.ID,
+		Peers:           ids,
+		Dial:            s.successor,
+		StateMachine:    cfg.StateMachine,
+		InlineWrites:    cfg.InlineWrites,
+		VerifyEveryPeer: cfg.VerifyEveryPeer,
+		Committer:       cfg.Committer,
+		ReplyTimeout:    cfg.ReplyTimeout,
+		CommitTimeout:   cfg.CommitTimeout,
+		LinkTimeout:     cfg.LinkTimeout,
+		IdleTimeout:     cfg.IdleTimeout,
+		MaxHeader:       cfg.MaxHeader,
 
 		MaxStreams:        cfg.MaxStreams,
 		MaxStreamsPerConn: cfg.MaxStreamsPerConn,
 		MaxConnBytes:      cfg.MaxConnBytes,
 		Logger:            s.log,
 	})
+	hc := s.streams.Config()
 	if cfg.SweepInterval <= 0 {
-		hc := s.streams.Config()
-		cfg.SweepInterval = min(time.Second, hc.ReplyTimeout/10, hc.IdleTimeout/10)
-		s.cfg.SweepInterval = cfg.SweepInterval
+		cfg.SweepInterval = min(time.Second, hc.ReplyTimeout/10, hc.IdleTimeout/10, cfg.ReadStallTimeout/10)
 	}
+	if cfg.KeepaliveTimeout <= 0 {
+		cfg.KeepaliveTimeout = hc.ReplyTimeout
+	}
+	s.cfg.SweepInterval, s.cfg.KeepaliveTimeout = cfg.SweepInterval, cfg.KeepaliveTimeout
 	opts := append([]transport.Option{transport.WithLogger(s.log)}, cfg.TransportOptions...)
 	if cfg.TLS != nil {
 		opts = append(opts, transport.WithTLS(cfg.TLS))
@@ -245,6 +306,18 @@ func Listen(ctx context.Context, cfg Config) (*Server, error) {
 		}
 	}
 	return s, nil
+}
+
+// PartialBytes returns the bytes that client and predecessor connections
+// hold of MaxPartialBytes.
+func (s *Server) PartialBytes() int64 { return s.partials.Held() }
+
+// PeerConnected reports whether the server has a live connection to peer
+// id, one that answered its last PING within KeepaliveTimeout.
+func (s *Server) PeerConnected(id string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.conns[id] != nil
 }
 
 // ID returns the server's peer id.
@@ -290,6 +363,12 @@ func checkTLS(cfg *Config, others bool) error {
 
 func (s *Server) initUpstream(ch transport.Channel) {
 	err := handler.Install(ch.Pipeline(), s.streams, s.cfg.MaxFrame)
+	if d, ok := ch.Pipeline().Get(handler.StageFrame).(*codec.FrameDecoder); ok {
+		d.SetBudget(s.partials)
+		s.fmu.Lock()
+		s.frames[ch] = d
+		s.fmu.Unlock()
+	}
 	if err == nil && s.cfg.AuthorizePeer != nil {
 		err = ch.Pipeline().AddBefore(handler.StageRouter, StageAuthorizePeer, &peerGate{s: s})
 	}
@@ -393,12 +472,15 @@ func (s *Server) connect(id string) {
 		s.mu.Lock()
 		addr := s.addrs[id]
 		s.mu.Unlock()
-		var ch transport.Channel
-		var err error
+		var (
+			ch    transport.Channel
+			pongs <-chan struct{}
+			err   error
+		)
 		if addr == "" {
 			err = errors.New("address unknown")
 		} else {
-			ch, err = s.dial(addr, id)
+			ch, pongs, err = s.dial(addr, id)
 		}
 		if err == nil {
 			s.log.Debug("server: connected to peer", "to", id, "local", ch.LocalAddr(), "remote", ch.RemoteAddr())
@@ -408,15 +490,9 @@ func (s *Server) connect(id string) {
 			close(s.up)
 			s.up = make(chan struct{})
 			s.mu.Unlock()
-			select {
-			case <-ch.Done():
-			case <-s.ctx.Done():
-				_ = ch.Close()
-				<-ch.Done()
-			}
-			s.mu.Lock()
-			delete(s.conns, id)
-			s.mu.Unlock()
+			s.keepalive(id, ch, pongs)
+			s.untrack(id, ch)
+			<-ch.Done()
 			continue
 		}
 		s.log.Debug("server: peer not reachable yet", "to", id, "err", err)
@@ -428,18 +504,85 @@ func (s *Server) connect(id string) {
 	}
 }
 
+// keepalive returns when the connection to peer id has ended or must: on
+// Shutdown, or when a PING sent after KeepaliveInterval without one has no
+// answer within KeepaliveTimeout. A partitioned link resets nothing, and
+// its connection would otherwise look live until a stream failed on it;
+// the connection is then taken out of use at once and closed, and connect
+// redials in the background, so that the next stream finds a live one.
+// pongs receives every answer to a PING.
+func (s *Server) keepalive(id string, ch transport.Channel, pongs <-chan struct{}) {
+	idle := time.NewTimer(s.cfg.KeepaliveInterval)
+	defer idle.Stop()
+	answer := time.NewTimer(s.cfg.KeepaliveTimeout)
+	answer.Stop()
+	for {
+		select {
+		case <-idle.C:
+		case <-ch.Done():
+			return
+		case <-s.ctx.Done():
+			_ = ch.Close()
+			return
+		}
+		select {
+		case <-pongs: // a late answer to the handshake's PING
+		default:
+		}
+		if err := handler.Ping(ch); err != nil {
+			s.log.Warn("server: cannot ping peer; reconnecting", "to", id, "err", err)
+			s.untrack(id, ch)
+			_ = ch.Close()
+			return
+		}
+		answer.Reset(s.cfg.KeepaliveTimeout)
+		select {
+		case <-pongs:
+			answer.Stop()
+			idle.Reset(s.cfg.KeepaliveInterval)
+		case <-answer.C:
+			s.log.Warn("server: peer did not answer a keepalive ping; reconnecting", "to", id, "timeout", s.cfg.KeepaliveTimeout)
+			s.untrack(id, ch)
+			_ = ch.Close()
+			return
+		case <-ch.Done():
+			return
+		case <-s.ctx.Done():
+			_ = ch.Close()
+			return
+		}
+	}
+}
+
+// untrack takes ch out of use as the connection to peer id.
+func (s *Server) untrack(id string, ch transport.Channel) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.conns[id] == ch {
+		delete(s.conns, id)
+	}
+}
+
 // dial connects to peer id and returns once the peer has answered a PING,
 // so that a socket accepted by a server on its way down never counts as a
-// live successor.
-func (s *Server) dial(addr, id string) (transport.Channel, error) {
+// live successor. pongs receives the answers to later PINGs.
+func (s *Server) dial(addr, id string) (_ transport.Channel, pongs <-chan struct{}, _ error) {
 	ctx, cancel := context.WithTimeout(s.ctx, s.cfg.HandshakeTimeout)
 	defer cancel()
 	var replies *handler.SuccessorReplies
+	answers := make(chan struct{}, 1)
 	init := func(ch transport.Channel) {
 		var err error
 		if replies, err = handler.InstallSuccessor(ch.Pipeline(), s.streams, id, s.cfg.MaxFrame); err != nil {
 			s.log.Error("server: cannot set up peer connection", "err", err)
 			_ = ch.Close()
+			return
+		}
+		replies.OnPong = func() {
+			select {
+			case answers <- struct{}{}:
+			default:
+			}
 		}
 	}
 	var (
@@ -452,21 +595,21 @@ func (s *Server) dial(addr, id string) (transport.Channel, error) {
 		ch, err = s.cfg.Transport.Dial(ctx, addr, init, s.peerOpts...)
 	}
 	if err != nil {
-		return nil, err
+		return nil, nil, err
 	}
 	if err := handler.Ping(ch); err != nil {
 		_ = ch.Close()
-		return nil, err
+		return nil, nil, err
 	}
 	select {
 	case <-replies.Pong:
-		return ch, nil
+		return ch, answers, nil
 	case <-ch.Done():
-		return nil, fmt.Errorf("connection to %s closed before it answered a ping", addr)
+		return nil, nil, fmt.Errorf("connection to %s closed before it answered a ping", addr)
 	case <-ctx.Done():
 		_ = ch.Close()
 		<-ch.Done()
-		return nil, fmt.Errorf("%s did not answer a ping: %w", addr, ctx.Err())
+		return nil, nil, fmt.Errorf("%s did not answer a ping: %w", addr, ctx.Err())
 	}
 }
 
@@ -478,9 +621,33 @@ func (s *Server) sweep() {
 		select {
 		case now := <-t.C:
 			s.streams.Sweep(now)
+			s.sweepFrames(now)
 		case <-s.ctx.Done():
 			return
 		}
+	}
+}
+
+// sweepFrames gives back the budget that upstream connections hold beyond
+// their incomplete frames' needs, and closes those whose frame stalled.
+func (s *Server) sweepFrames(now time.Time) {
+	var stalled []transport.Channel
+	s.fmu.Lock()
+	for ch, d := range s.frames {
+		select {
+		case <-ch.Done():
+			delete(s.frames, ch)
+			continue
+		default:
+		}
+		if d.Sweep(now, s.cfg.ReadStallTimeout) {
+			stalled = append(stalled, ch)
+		}
+	}
+	s.fmu.Unlock()
+	for _, ch := range stalled {
+		s.log.Warn("server: closing a connection whose incomplete frame got no bytes", "remote", ch.RemoteAddr(), "for", s.cfg.ReadStallTimeout)
+		_ = ch.Close()
 	}
 }
 

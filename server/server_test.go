@@ -192,12 +192,6 @@ func TestBadHeaders(t *testing.T) {
 		{"request does not decode", func() {
 			r.sendFrame(&pb.DataStreamPacketHeader{ClientId: r.client, Type: pb.DataStreamPacketHeader_STREAM_HEADER, StreamId: 1, DataLength: 3}, []byte{0xff, 0xff, 0xff})
 		}, pb.ErrorCode_BAD_HEADER},
-		{"packet header does not decode", func() {
-			frame := []byte{0, 0, 0, 7, 0, 0, 0, 3, 0xff, 0xff, 0xff}
-			if _, err := r.c.Write(frame); err != nil {
-				t.Fatal(err)
-			}
-		}, pb.ErrorCode_BAD_HEADER},
 		{"unknown primary", func() { r.header(2, r.request(2, "nobody", nil)) }, pb.ErrorCode_BAD_ROUTING},
 		{"routing table with a loop", func() {
 			ids := []string{g.peers[0].ID, g.peers[1].ID, g.peers[2].ID}

@@ -17,6 +17,10 @@ var (
 	// discarded rather than linked: it is not what the group committed.
 	ErrLengthMismatch = errors.New("statemachine: stream length does not match entry")
 
+	// ErrChecksumMismatch is returned when data does not have the CRC32C
+	// its entry names. The data is not linked.
+	ErrChecksumMismatch = errors.New("statemachine: checksum mismatch")
+
 	// ErrBadName is returned by FileStore.OpenStream and CleanName for a file
 	// name that cannot be stored safely under the store's data directory.
 	ErrBadName = errors.New("statemachine: bad file name")

@@ -113,6 +113,10 @@ type StoredFile struct {
 	Key         StreamKey
 	Length      uint64
 	SHA256      [32]byte // zero when Missing
+	// Checksum is the entry's CRC32C of the data, when Checksummed: the
+	// client sent checksums and every peer checked them on the way in.
+	Checksum    uint32
+	Checksummed bool
 	// Missing is true when the entry is committed but this peer holds no
 	// copy of its data: it was not on the stream's route, was down, lost its
 	// copy, or could not record its link yet. Such a name is not served.
@@ -271,7 +275,8 @@ func (s *FileStore) Link(_ context.Context, e Entry, ch DataChannel) error {
 			ErrLengthMismatch, e.Key, c.n, e.Index, e.Length), c.cleanUpLocked(), s.recordMissing(e))
 	}
 
-	sf := StoredFile{Name: c.name, Index: e.Index, Term: e.Term, Key: e.Key, Length: c.n}
+	sf := StoredFile{Name: c.name, Index: e.Index, Term: e.Term, Key: e.Key, Length: c.n,
+		Checksum: e.Checksum, Checksummed: e.Checksummed}
 	c.h.Sum(sf.SHA256[:0])
 	c.h = nil
 	err := s.linkFile(sf, c.tmp)
@@ -392,7 +397,8 @@ func (s *FileStore) recordMissing(e Entry) error {
 			"index", e.Index, "stream", e.Key.String(), "err", err)
 		return fmt.Errorf("statemachine: link %v: %w", e.Key, err)
 	}
-	sf := StoredFile{Name: name, Index: e.Index, Term: e.Term, Key: e.Key, Length: e.Length, Missing: true}
+	sf := StoredFile{Name: name, Index: e.Index, Term: e.Term, Key: e.Key, Length: e.Length, Missing: true,
+		Checksum: e.Checksum, Checksummed: e.Checksummed}
 	s.logger.Warn("statemachine: committed stream has no data on this peer; its copy is missing",
 		"name", name, "index", e.Index, "stream", e.Key.String())
 	s.mu.RLock()
@@ -453,7 +459,8 @@ func (s *FileStore) Catalog() []Entry {
 	files := s.List()
 	out := make([]Entry, len(files))
 	for i, sf := range files {
-		out[i] = Entry{Index: sf.Index, Term: sf.Term, Key: sf.Key, Length: sf.Length, Request: nameRequest(sf)}
+		out[i] = Entry{Index: sf.Index, Term: sf.Term, Key: sf.Key, Length: sf.Length, Request: nameRequest(sf),
+			Checksum: sf.Checksum, Checksummed: sf.Checksummed}
 	}
 	return out
 }
@@ -470,7 +477,7 @@ func cmpUint(a, b uint64) int {
 
 // Lookup returns what the store holds under name.
 func (s *FileStore) Lookup(name string) (StoredFile, bool) {
-	n, err := CleanName(name)
+	n, err := safeName(name) // a name stored before CleanName's newer rules too
 	if err != nil {
 		return StoredFile{}, false
 	}

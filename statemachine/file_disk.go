@@ -81,6 +81,8 @@ type record struct {
 	SHA256 string `json:"sha256"` // hex; empty when missing
 	// Missing marks an entry applied with no copy on this peer.
 	Missing bool `json:"missing,omitempty"`
+	// CRC32C is the entry's checksum of the data, hex, when it has one.
+	CRC32C string `json:"crc32c,omitempty"`
 }
 
 func (s *FileStore) appendRecord(sf StoredFile) error {
@@ -92,6 +94,9 @@ func (s *FileStore) appendRecord(sf StoredFile) error {
 	}
 	if !sf.Missing {
 		r.SHA256 = hex.EncodeToString(sf.SHA256[:])
+	}
+	if sf.Checksummed {
+		r.CRC32C = fmt.Sprintf("%08x", sf.Checksum)
 	}
 	line, err := json.Marshal(r)
 	if err != nil {
@@ -133,26 +138,68 @@ func (s *FileStore) loadLog() error {
 		return fmt.Errorf("statemachine: file store: read %s: %w", logName, err)
 	}
 	s.log = f
+	off, err := parseLog(data, s.setEntry)
+	if err != nil {
+		return fmt.Errorf("statemachine: file store: %w", err)
+	}
+	if off < len(data) {
+		s.logger.Warn("statemachine: dropping torn last line of "+logName, "bytes", len(data)-off)
+		if err := s.truncateLog(int64(off)); err != nil {
+			return err
+		}
+	}
+	s.logSize = int64(off)
+	return nil
+}
+
+// parseLog calls each for every whole line of a committed.log, in order,
+// and returns how many bytes those lines take: a last line without a
+// newline is being written, or was torn by a crash.
+func parseLog(data []byte, each func(StoredFile)) (int, error) {
 	off, line := 0, 1
 	for off < len(data) {
 		i := bytes.IndexByte(data[off:], '\n')
 		if i < 0 {
-			s.logger.Warn("statemachine: dropping torn last line of "+logName, "bytes", len(data)-off)
-			if err := s.truncateLog(int64(off)); err != nil {
-				return err
-			}
 			break
 		}
 		sf, err := parseRecord(data[off : off+i])
 		if err != nil {
-			return fmt.Errorf("statemachine: file store: %s line %d: %w", logName, line, err)
+			return off, fmt.Errorf("%s line %d: %w", logName, line, err)
 		}
-		s.setEntry(sf)
+		each(sf)
 		off += i + 1
 		line++
 	}
-	s.logSize = int64(off)
-	return nil
+	return off, nil
+}
+
+// ReadLog reads the committed.log of the FileStore directory dir without
+// opening the store, and returns what List would: the newest entry of each
+// name, in log order, missing copies included. It only reads, so it may
+// run beside the peer that uses dir (a line being appended is left out).
+// A directory with no log yet holds nothing; one that does not exist is
+// an error matching fs.ErrNotExist. Its errors are not prefixed with the
+// package's name: a command prints them to people as they are.
+func ReadLog(dir string) ([]StoredFile, error) {
+	data, err := os.ReadFile(filepath.Join(dir, logName))
+	if errors.Is(err, fs.ErrNotExist) {
+		if _, serr := os.Stat(dir); serr != nil {
+			var pe *fs.PathError
+			if errors.As(serr, &pe) {
+				serr = pe.Err // the path is in the message already
+			}
+			return nil, fmt.Errorf("no file store at %s: %w", dir, serr)
+		}
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("statemachine: %w", err)
+	}
+	s := &FileStore{byKey: make(map[StreamKey]StoredFile), byName: make(map[string]StoredFile)}
+	if _, err := parseLog(data, s.setEntry); err != nil {
+		return nil, fmt.Errorf("statemachine: %s: %w", dir, err)
+	}
+	return s.List(), nil
 }
 
 func parseRecord(line []byte) (StoredFile, error) {
@@ -169,8 +216,15 @@ func parseRecord(line []byte) (StoredFile, error) {
 		Key:    StreamKey{ClientID: string(client), StreamID: r.Stream},
 		Length: r.Length, Missing: r.Missing,
 	}
-	if sf.Name, err = CleanName(filepath.FromSlash(r.Name)); err != nil {
+	if sf.Name, err = safeName(filepath.FromSlash(r.Name)); err != nil {
 		return StoredFile{}, err
+	}
+	if r.CRC32C != "" {
+		v, err := strconv.ParseUint(r.CRC32C, 16, 32)
+		if err != nil || len(r.CRC32C) != 8 {
+			return StoredFile{}, fmt.Errorf("bad crc32c %q", r.CRC32C)
+		}
+		sf.Checksum, sf.Checksummed = uint32(v), true
 	}
 	if sf.Missing {
 		return sf, nil

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -294,5 +295,26 @@ func TestFileStoreDeferredLinkSurvivesRestart(t *testing.T) {
 	mustLink(t, s, entry(3, key(1), "w", 5), nil)
 	if got := readStored(t, s, "w"); got != "bytes" {
 		t.Fatalf("w = %q", got)
+	}
+}
+
+// ReadLog, beside a store in use, sees what List sees: each name's newest
+// entry, missing copies included, but not a line still being written.
+func TestReadLog(t *testing.T) {
+	dir := t.TempDir()
+	s := openStore(t, dir, nil)
+	mustLink(t, s, entry(1, key(1), "a", 2), write(t, s, key(1), "a", "v1"))
+	mustLink(t, s, entry(2, key(2), "b", 1), write(t, s, key(2), "b", "x"))
+	mustLink(t, s, entry(3, key(3), "a", 4), nil) // a's newest, missing here
+	appendFile(t, filepath.Join(dir, "committed.log"), `{"index":4,"term":1,`)
+	got, err := statemachine.ReadLog(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if fmt.Sprint(got) != fmt.Sprint(s.List()) || len(got) != 2 || !got[1].Missing || got[1].Name != "a" {
+		t.Fatalf("ReadLog = %+v, List = %+v", got, s.List())
+	}
+	if _, err := statemachine.ReadLog(filepath.Join(dir, "nothing")); !errors.Is(err, fs.ErrNotExist) {
+		t.Fatalf("ReadLog of no directory: %v", err)
 	}
 }

@@ -8,15 +8,36 @@ import (
 	"strconv"
 	"strings"
 	"unicode"
+	"unicode/utf8"
 
 	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
 )
 
 // CleanName checks a client-chosen file name and returns it cleaned. It
 // rejects, with ErrBadName, a name that is empty, absolute, longer than 1024
-// bytes or with an element longer than 255, or that holds a NUL, a control
-// character (such as a newline) or a ".." element. Subdirectories ("a/b") are allowed.
+// bytes or with an element longer than 255, that is not valid UTF-8, or
+// that holds a NUL, a control character (such as a newline) or a ".."
+// element. Subdirectories ("a/b") are allowed.
 func CleanName(name string) (string, error) {
+	bad := func(why string) (string, error) {
+		return "", fmt.Errorf("%w %q: %s", ErrBadName, name, why)
+	}
+	switch {
+	case strings.IndexFunc(name, unicode.IsControl) >= 0:
+		// A newline or an escape in a name breaks every listing of it.
+		return bad("contains a control character")
+	case !utf8.ValidString(name):
+		// committed.log is JSON, which would record another name.
+		return bad("is not valid UTF-8")
+	}
+	return safeName(name)
+}
+
+// safeName is CleanName without its rules for how a name reads: what
+// keeps a name inside the store. committed.log's names are checked with
+// it, so that a store written before CleanName refused control characters
+// still opens.
+func safeName(name string) (string, error) {
 	bad := func(why string) (string, error) {
 		return "", fmt.Errorf("%w %q: %s", ErrBadName, name, why)
 	}
@@ -27,9 +48,6 @@ func CleanName(name string) (string, error) {
 		return bad("longer than " + strconv.Itoa(maxNameLen) + " bytes")
 	case strings.IndexByte(name, 0) >= 0:
 		return bad("contains NUL")
-	case strings.IndexFunc(name, unicode.IsControl) >= 0:
-		// A newline or an escape in a name breaks every listing of it.
-		return bad("contains a control character")
 	case filepath.IsAbs(name) || name[0] == '/' || name[0] == '\\':
 		return bad("absolute")
 	}

@@ -4,6 +4,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"io"
 	"io/fs"
 	"path/filepath"
@@ -80,7 +81,7 @@ func (s *FileStore) repairFromOrphans() error {
 			continue
 		}
 		e := Entry{Index: sf.Index, Term: sf.Term, Key: key, Length: sf.Length,
-			Request: nameRequest(sf)}
+			Request: nameRequest(sf), Checksum: sf.Checksum, Checksummed: sf.Checksummed}
 		if err := s.linkWithoutChannel(e, sf, true); err != nil && !errors.Is(err, ErrLinkDeferred) {
 			return err
 		}
@@ -95,38 +96,53 @@ func (s *FileStore) adopt(e Entry, o orphan) (StoredFile, error) {
 	if err != nil {
 		return StoredFile{}, err
 	}
-	sf := StoredFile{Name: name, Index: e.Index, Term: e.Term, Key: e.Key}
-	n, sum, err := s.hashFile(o.path)
+	sf := StoredFile{Name: name, Index: e.Index, Term: e.Term, Key: e.Key,
+		Checksum: e.Checksum, Checksummed: e.Checksummed}
+	d, err := s.digestFile(o.path)
 	if err != nil {
 		return StoredFile{}, err
 	}
-	if n != e.Length {
+	if d.n != e.Length {
 		return StoredFile{}, fmt.Errorf("%w: kept copy of %v holds %d bytes, entry %d names %d",
-			ErrLengthMismatch, e.Key, n, e.Index, e.Length)
+			ErrLengthMismatch, e.Key, d.n, e.Index, e.Length)
 	}
-	sf.Length, sf.SHA256 = n, sum
+	if e.Checksummed && d.crc != e.Checksum {
+		return StoredFile{}, fmt.Errorf("%w: kept copy of %v has CRC32C %08x, entry %d names %08x",
+			ErrChecksumMismatch, e.Key, d.crc, e.Index, e.Checksum)
+	}
+	sf.Length, sf.SHA256 = d.n, d.sha
 	return sf, nil
 }
 
 // matches reports whether the file at p holds sf's data.
 func (s *FileStore) matches(p string, sf StoredFile) bool {
-	n, sum, err := s.hashFile(p)
-	return err == nil && n == sf.Length && sum == sf.SHA256
+	d, err := s.digestFile(p)
+	return err == nil && d.n == sf.Length && d.sha == sf.SHA256 && (!sf.Checksummed || d.crc == sf.Checksum)
 }
 
-func (s *FileStore) hashFile(p string) (uint64, [32]byte, error) {
+// digest is what reading a whole file tells about it.
+type digest struct {
+	n   uint64
+	sha [32]byte
+	crc uint32 // CRC32C
+}
+
+func (s *FileStore) digestFile(p string) (digest, error) {
 	f, err := s.root.Open(p)
 	if err != nil {
-		return 0, [32]byte{}, err
+		return digest{}, err
 	}
 	defer f.Close()
-	h := sha256.New()
-	n, err := io.Copy(h, f)
+	h, c := sha256.New(), crc32.New(castagnoli)
+	n, err := io.Copy(io.MultiWriter(h, c), f)
 	if err != nil {
-		return 0, [32]byte{}, err
+		return digest{}, err
 	}
-	return uint64(n), [32]byte(h.Sum(nil)), nil
+	return digest{n: uint64(n), sha: [32]byte(h.Sum(nil)), crc: c.Sum32()}, nil
 }
+
+// castagnoli is the CRC32C table, computed by the CPU where it can.
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
 func (s *FileStore) commitRecovered(sf StoredFile, tmp string) error {
 	dst := filepath.Join(dataDir, sf.Name)

@@ -188,6 +188,7 @@ func TestFileStoreBadNames(t *testing.T) {
 		"esc\x1b[31m",
 		"del\x7f",
 		"c1\u0085",
+		"bad\xffutf8",
 		long,
 		"dir/" + long,
 		strings.Repeat("a/", 513),

@@ -48,7 +48,7 @@ type Memory struct {
 
 // memStream is what Memory holds for a linked stream.
 type memStream struct {
-	data   []byte // nil when hashing or missing
+	data   [][]byte // chunks; nil when hashing or missing
 	sum    [32]byte
 	hasSum bool // false when the peer held no data
 }
@@ -135,7 +135,11 @@ func (m *Memory) Link(_ context.Context, e Entry, ch DataChannel) error {
 		c.h.Sum(s.sum[:0])
 	} else {
 		s.data = c.data
-		s.sum = sha256.Sum256(c.data)
+		h := sha256.New()
+		for _, b := range c.data {
+			h.Write(b)
+		}
+		h.Sum(s.sum[:0])
 	}
 	c.data, c.h = nil, nil
 	c.state = chanLinked
@@ -182,10 +186,7 @@ func (m *Memory) Data(key StreamKey) ([]byte, bool) {
 	if !ok || !s.hasSum || m.hashing {
 		return nil, false
 	}
-	if s.data == nil {
-		return []byte{}, true
-	}
-	return bytes.Clone(s.data), true
+	return bytes.Join(s.data, nil), true
 }
 
 // Sum returns the SHA-256 of a linked stream's bytes. It reports false for a
@@ -237,7 +238,7 @@ type memChannel struct {
 
 	mu    sync.Mutex
 	state chanState
-	data  []byte
+	data  [][]byte  // see appendChunked
 	h     hash.Hash // when hashing
 	n     uint64
 }
@@ -251,7 +252,7 @@ func (c *memChannel) Write(p []byte) (int, error) {
 	if c.h != nil {
 		c.h.Write(p) // a hash.Hash never returns an error
 	} else {
-		c.data = append(c.data, p...)
+		c.data = appendChunked(c.data, int(c.n), p)
 	}
 	c.n += uint64(len(p))
 	return len(p), nil
@@ -288,4 +289,27 @@ func (c *memChannel) CleanUp() error {
 	defer c.mu.Unlock()
 	c.m.discardLocked(c)
 	return nil
+}
+
+// maxChunk is the size of the chunks a Memory stream grows by once it is
+// large: growing one slice by append would copy a 256 MiB stream about
+// eight times over, and briefly hold two copies.
+const maxChunk = 1 << 20
+
+// appendChunked appends p to chunks, which hold total bytes, filling the last chunk first. New
+// chunks double with the stream up to maxChunk, so a small stream wastes
+// little and a large one is never copied.
+func appendChunked(chunks [][]byte, total int, p []byte) [][]byte {
+	for len(p) > 0 {
+		if n := len(chunks); n > 0 && len(chunks[n-1]) < cap(chunks[n-1]) {
+			last := chunks[n-1]
+			k := copy(last[len(last):cap(last)], p)
+			chunks[n-1] = last[:len(last)+k]
+			p, total = p[k:], total+k
+			continue
+		}
+		size := min(max(total, len(p), 4<<10), maxChunk)
+		chunks = append(chunks, make([]byte, 0, size))
+	}
+	return chunks
 }

@@ -6,6 +6,7 @@ import (
 	"crypto/sha256"
 	"errors"
 	"fmt"
+	"runtime"
 	"sync"
 	"testing"
 
@@ -286,5 +287,45 @@ func BenchmarkMemoryHashingWrite(b *testing.B) {
 			b.StopTimer()
 			ch.CleanUp()
 		})
+	}
+}
+
+// A large stream grows by chunks: what Memory allocates for it stays
+// close to its size, where growing one slice allocates twice that and
+// copies it over and over.
+func TestMemoryLargeStreamAllocations(t *testing.T) {
+	const size = 64 << 20
+	m := statemachine.NewMemory()
+	ch := write(t, m, key(1), "big")
+	p := make([]byte, 100<<10+7) // not a divisor of the chunk size
+	for i := range p {
+		p[i] = byte(i)
+	}
+	var before, after runtime.MemStats
+	runtime.ReadMemStats(&before)
+	written := 0
+	for written < size {
+		n, err := ch.Write(p[:min(len(p), size-written)])
+		if err != nil {
+			t.Fatal(err)
+		}
+		written += n
+	}
+	runtime.ReadMemStats(&after)
+	if got := after.TotalAlloc - before.TotalAlloc; got > size+size/10 {
+		t.Errorf("writing %d bytes allocated %d", size, got)
+	}
+	mustLink(t, m, entry(1, key(1), "big", size), ch)
+	data, ok := m.Data(key(1))
+	if !ok || len(data) != size {
+		t.Fatalf("Data: %d bytes, %v", len(data), ok)
+	}
+	for i := 0; i < size; i += len(p) {
+		if !bytes.Equal(data[i:min(i+len(p), size)], p[:min(len(p), size-i)]) {
+			t.Fatalf("data differs in the write at %d", i)
+		}
+	}
+	if sum, _ := m.Sum(key(1)); sum != sha256.Sum256(data) {
+		t.Fatal("Sum is not the data's")
 	}
 }

@@ -1,13 +1,16 @@
 // Package statemachine defines what a peer stores streams into and how a
-// closed stream is committed, the boundary between the data path (package
-// server) and the commit path (package raft).
+// closed stream is committed, the boundary between the data path (packages
+// handler and server) and the commit path (package raft).
 //
 // On every peer a stream's header opens a DataChannel; the data is written
 // into it in order on a per-stream executor; CLOSE closes it. The primary
 // then asks a Committer to commit one small entry naming the stream, and
 // each peer links its closed channel to the committed entry (Link), for
 // example by renaming a temporary file to its final name. A channel that is
-// never linked is cleaned up.
+// never linked is cleaned up. A peer that acknowledged a stream keeps its
+// copy until the entry is applied, across a crash where the state machine
+// is durable (see FileStore), and a peer that applies an entry without a
+// copy records it as missing.
 package statemachine
 
 import (
@@ -86,6 +89,10 @@ type Entry struct {
 	Key         StreamKey
 	Request     *pb.RaftClientRequest
 	Length      uint64 // bytes in the stream
+	// Checksum is the CRC32C of the stream's bytes, when Checksummed: the
+	// client sent checksums and every peer checked them.
+	Checksum    uint32
+	Checksummed bool
 }
 
 // StreamInfo is what the primary asks to commit once every peer closed a
@@ -94,10 +101,15 @@ type StreamInfo struct {
 	Key     StreamKey
 	Request *pb.RaftClientRequest
 	Length  uint64
+	// Checksum is the CRC32C of the stream's data, which every peer
+	// checked as it arrived, when Checksummed.
+	Checksum    uint32
+	Checksummed bool
 }
 
 // Committer commits closed streams. The raft package implements it on
-// hashicorp/raft; package server has a standalone one for a single process.
+// hashicorp/raft; without one, handler.Streams links each stream at once
+// under a local index (standalone, for a single process).
 type Committer interface {
 	Commit(ctx context.Context, s StreamInfo) (*pb.RaftClientReply, error)
 }
@@ -110,8 +122,9 @@ type KeyChecker interface {
 	Committed(key StreamKey) (index uint64, ok bool)
 }
 
-// Linker links a committed entry to the data a peer holds for it. Package
-// server implements it; the raft FSM calls it from Apply.
+// Linker links a committed entry to the data a peer holds for it.
+// handler.Streams implements it; the raft FSM calls it from Apply and, for
+// each entry of a snapshot's catalog, from Restore.
 type Linker interface {
 	Link(ctx context.Context, e Entry) error
 }

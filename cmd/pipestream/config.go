@@ -3,6 +3,8 @@ package main
 import (
 	"context"
 	"fmt"
+	"net/netip"
+	"strings"
 )
 
 const configHelp = `
@@ -22,15 +24,19 @@ func runConfig(ctx context.Context, args []string, e *env) int {
 	port := fs.Int("port", 7001, "first stream `port`")
 	dataDir := fs.String("data-dir", "data", "`directory` for the peers' data, relative to the file (empty: in memory)")
 	pos, err := fs.parse(args)
+	*host = strings.TrimSuffix(strings.TrimPrefix(*host, "["), "]") // [::1] is ::1
+	ip, ipErr := netip.ParseAddr(*host)
 	switch {
 	case err != nil:
 	case len(pos) > 0:
 		err = usageError("unexpected argument %q", pos[0])
 	case *n < 1 || *n > 100:
 		err = usageError("--peers must be between 1 and 100")
-	case *port < 1 || *port+200+*n-1 > 65535:
+	case *port < 1 || *port > 65535:
+		err = usageError("--port %d is not a port from 1 to 65535", *port)
+	case *port+200+*n-1 > 65535:
 		err = usageError("--port %d leaves no room for %d peers' ports up to --port+%d", *port, *n, 200+*n-1)
-	case *host == "" || *host == "0.0.0.0" || *host == "::":
+	case *host == "" || ipErr == nil && ip.IsUnspecified():
 		err = usageError("--host must be an address the other peers can dial, not %q", *host)
 	}
 	if err != nil {

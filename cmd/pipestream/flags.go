@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/pipestream/pipestream/transport"
 )
@@ -156,6 +157,27 @@ func formatBytes(n int64) string {
 
 func trimZero(f float64) string {
 	return strings.TrimSuffix(strconv.FormatFloat(f, 'f', 1, 64), ".0")
+}
+
+// durationFlag is a duration flag that, unlike flag.Duration, says what
+// is wrong with a value: a bare number ("30", for which ParseDuration
+// wants a unit) or a negative duration. 0 needs no unit.
+type durationFlag time.Duration
+
+func (d *durationFlag) String() string { return time.Duration(*d).String() }
+
+func (d *durationFlag) Set(s string) error {
+	v, err := time.ParseDuration(s)
+	switch {
+	case err != nil && s != "" && strings.Trim(s, "0123456789.") == "":
+		return fmt.Errorf("no unit: write \"%ss\", \"%sms\" or another duration", s, s)
+	case err != nil:
+		return errors.New("not a duration such as 500ms, 30s or 5m")
+	case v < 0:
+		return errors.New("negative")
+	}
+	*d = durationFlag(v)
+	return nil
 }
 
 // stringList is a repeatable string flag.

@@ -132,12 +132,19 @@ func (e *env) exit(ctx context.Context, name string, err error) int {
 		return exitOK
 	case errors.Is(err, errUsage):
 		fmt.Fprintf(e.stderr, "pipestream %s: %s\nRun \"pipestream %s --help\" for usage.\n",
-			name, strings.TrimPrefix(err.Error(), errUsage.Error()+": "), name)
+			name, strings.TrimPrefix(message(err), errUsage.Error()+": "), name)
 		return exitUsage
 	case ctx.Err() != nil && errors.Is(err, context.Canceled):
 		fmt.Fprintf(e.stderr, "pipestream %s: interrupted\n", name)
 		return exitInterrupted
 	}
-	fmt.Fprintf(e.stderr, "pipestream %s: %v\n", name, err)
+	fmt.Fprintf(e.stderr, "pipestream %s: %s\n", name, message(err))
 	return exitFailed
+}
+
+// message returns err's text without a leading "pipestream: ", which the
+// errors a peer sends back begin with (see pipestreamv1.Error): exit
+// prefixes the command already.
+func message(err error) string {
+	return strings.TrimPrefix(err.Error(), "pipestream: ")
 }

@@ -96,7 +96,7 @@ func TestDemoKeep(t *testing.T) {
 	config := filepath.Join(kept[1], "group.toml")
 	for _, id := range demoPeers {
 		ls := runCmd(t, "ls", "--config", config, "--id", id)
-		ls.want(t, exitOK, `(?m)^NAME +BYTES +INDEX +TERM +SHA256$`, `(?m)^demo\.bin +102400 +\d+ +\d+ +`+sum[1]+`$`)
+		ls.want(t, exitOK, `(?m)^NAME +BYTES +INDEX +TERM +STATUS +SHA256$`, `(?m)^demo\.bin +102400 +\d+ +\d+ +ok +`+sum[1]+`$`)
 		out := filepath.Join(t.TempDir(), "out")
 		runCmd(t, "get", "demo.bin", "--config", config, "--id", id, "-o", out).want(t, exitOK)
 		data, err := os.ReadFile(out)
@@ -180,6 +180,15 @@ func TestUsageErrors(t *testing.T) {
 		{"get without name", []string{"get", "--data-dir", "."}, exitUsage, "which file?"},
 		{"config bad port", []string{"config", "--port", "65500"}, exitUsage, "leaves no room"},
 		{"config wildcard", []string{"config", "--host", "0.0.0.0"}, exitUsage, "--host must be an address"},
+		{"config wildcard spelled out", []string{"config", "--host", "[0:0::0]"}, exitUsage, "--host must be an address"},
+		{"config negative peers", []string{"config", "--peers", "-1"}, exitUsage, "--peers must be between 1 and 100"},
+		{"config port too high", []string{"config", "--port", "70000"}, exitUsage, "--port 70000 is not a port from 1 to 65535"},
+		{"serve stats without unit", []string{"serve", "--stats", "10"}, exitUsage, `no unit: write "10s"`},
+		{"serve negative stats", []string{"serve", "--stats", "-10s"}, exitUsage, `invalid value "-10s" for flag -stats: negative`},
+		{"demo negative size", []string{"demo", "--size", "-1MiB"}, exitUsage, `"-1MiB" is not a size`},
+		{"serve member on a wildcard", []string{"serve", "--id", "p1", "--member", "p1=0.0.0.0:1,127.0.0.1:2,127.0.0.1:3"}, exitFailed, `peer "p1"'s StreamAddr "0.0.0.0:1" is a wildcard address`},
+		{"serve members sharing an address", []string{"serve", "--id", "p1", "--member", "p1=127.0.0.1:1,127.0.0.1:2,127.0.0.1:3", "--member", "p2=127.0.0.1:3,127.0.0.1:5,127.0.0.1:6"}, exitFailed,
+			`127.0.0.1:3 is both peer "p1"'s CommitAddr and peer "p2"'s StreamAddr`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -283,6 +292,18 @@ func TestConfig(t *testing.T) {
 			CommitAddr: fmt.Sprintf("127.0.0.1:%d", 9201+i)}
 		if cfg.Peers[i] != want || cfg.DataDir != filepath.Join(filepath.Dir(path), "data", id) {
 			t.Errorf("%s: %+v in %s, want %+v in data/%s", id, cfg.Peers[i], cfg.DataDir, want, id)
+		}
+	}
+	// An IPv6 host, bracketed or not, makes addresses LoadConfig reads.
+	for _, host := range []string{"::1", "[::1]"} {
+		r := runCmd(t, "config", "--host", host)
+		r.want(t, exitOK, `(?m)^stream_addr = "\[::1\]:7001"$`)
+		path6 := filepath.Join(t.TempDir(), "group.toml")
+		if err := os.WriteFile(path6, []byte(r.stdout), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := peer.LoadConfig(path6, "p1"); err != nil {
+			t.Errorf("--host %s: %v", host, err)
 		}
 	}
 	group, err := loadGroup(path)

@@ -158,28 +158,7 @@ func startPeers(t *testing.T, bin, config string) ([]*process, error) {
 	t.Helper()
 	var peers []*process
 	for _, id := range []string{"p1", "p2", "p3"} {
-		p := &process{
-			id:     id,
-			cmd:    exec.Command(bin, "serve", "--config", config, "--id", id, "--log-level", "warn"),
-			stdout: newLineWriter(),
-			stderr: newLineWriter(),
-			exited: make(chan struct{}),
-		}
-		p.cmd.Stdout, p.cmd.Stderr = p.stdout, p.stderr
-		if err := p.cmd.Start(); err != nil {
-			t.Fatal(err)
-		}
-		go func() {
-			p.err = p.cmd.Wait()
-			p.stdout.close()
-			close(p.exited)
-		}()
-		peers = append(peers, p)
-		// A process killed by the test's end is reaped by its goroutine.
-		t.Cleanup(func() {
-			_ = p.cmd.Process.Kill()
-			<-p.exited
-		})
+		peers = append(peers, startPeer(t, bin, config, id))
 	}
 	for _, p := range peers {
 		if err := p.waitReady(); err != nil {
@@ -191,6 +170,34 @@ func startPeers(t *testing.T, bin, config string) ([]*process, error) {
 		}
 	}
 	return peers, nil
+}
+
+// startPeer starts "pipestream serve" for peer id, without waiting for
+// it; the test's end kills it if it still runs.
+func startPeer(t *testing.T, bin, config, id string) *process {
+	t.Helper()
+	p := &process{
+		id:     id,
+		cmd:    exec.Command(bin, "serve", "--config", config, "--id", id, "--log-level", "warn"),
+		stdout: newLineWriter(),
+		stderr: newLineWriter(),
+		exited: make(chan struct{}),
+	}
+	p.cmd.Stdout, p.cmd.Stderr = p.stdout, p.stderr
+	if err := p.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		p.err = p.cmd.Wait()
+		p.stdout.close()
+		close(p.exited)
+	}()
+	// A process killed by the test's end is reaped by its goroutine.
+	t.Cleanup(func() {
+		_ = p.cmd.Process.Kill()
+		<-p.exited
+	})
+	return p
 }
 
 // waitReady waits for the "ready" line; it gives up if the process exits.

@@ -7,6 +7,10 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strconv"
+	"strings"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/pipestream/pipestream/datastream"
 	"github.com/pipestream/pipestream/statemachine"
@@ -72,10 +76,20 @@ func (p *put) check(pos []string, config, peers string) error {
 		return usageError("--config and --peers do not go together")
 	}
 	p.file = pos[0]
+	what, instead := "--name "+strconv.Quote(p.name), "choose another"
 	if p.name == "" {
 		p.name = filepath.Base(p.file)
+		what, instead = "the file's name "+strconv.Quote(p.name), "store it under another with --name"
 	}
-	// The peers check the name too; checking it here fails before any
+	// A name must be one line of text, or ls could not show it as one.
+	// The peers do not check that (see statemachine.CleanName).
+	if !utf8.ValidString(p.name) {
+		return usageError("%s is not UTF-8, which committed.log cannot record; %s", what, instead)
+	}
+	if strings.ContainsFunc(p.name, unicode.IsControl) {
+		return usageError("%s has a control character, which would break the lines ls prints; %s", what, instead)
+	}
+	// The peers check the rest; checking it here fails before any
 	// connection, with the same words.
 	clean, err := statemachine.CleanName(p.name)
 	if err != nil {

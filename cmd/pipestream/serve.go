@@ -41,7 +41,8 @@ func runServe(ctx context.Context, args []string, e *env) int {
 	fs.Var(&members, "member", "one member, `ID=STREAM,RAFT,COMMIT`: its id and three host:port addresses; repeat for every member, this one too, instead of --config")
 	dataDir := fs.String("data-dir", "", "this peer's data `directory` (overrides the group file's data_dir/ID)")
 	kind := fs.transportFlag("DataStream `transport`, gnet or netconn (default: the group file's, else gnet)")
-	stats := fs.Duration("stats", 0, "log the peer's counters every `interval` (0: never)")
+	var stats durationFlag
+	fs.Var(&stats, "stats", "log the peer's counters every `interval`, such as 10s (0: never)")
 	logger := fs.logFlag(slog.LevelInfo)
 	pos, err := fs.parse(args)
 	if err == nil {
@@ -62,7 +63,7 @@ func runServe(ctx context.Context, args []string, e *env) int {
 	}
 	var closing func()
 	cfg.Logger, closing = logger()
-	return e.exit(ctx, "serve", serve(ctx, e, cfg, *stats, closing))
+	return e.exit(ctx, "serve", serve(ctx, e, cfg, time.Duration(stats), closing))
 }
 
 func checkServeArgs(pos []string, config, id string, members []string) error {

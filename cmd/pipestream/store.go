@@ -1,22 +1,19 @@
 package main
 
 import (
-	"bufio"
-	"bytes"
-	"cmp"
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
-	"slices"
+	"strconv"
 	"strings"
 	"text/tabwriter"
+	"unicode/utf8"
 
 	"github.com/pipestream/pipestream/peer"
 	"github.com/pipestream/pipestream/statemachine"
@@ -26,8 +23,11 @@ const lsHelp = `
 Usage: pipestream ls (--config group.toml --id ID | --data-dir DIR)
 
 Lists the files peer ID's file store holds: name, size, the log index and
-term of the entry that wrote it, and the SHA-256 the peer computed while
-writing it.
+term of the entry that wrote it, its status and the SHA-256 the peer
+computed while writing it. Status "missing" means the entry committed but
+this peer holds no copy of it (it was down, or its copy failed); get the
+file from another peer. A name with a character that is not printable is
+shown quoted, as Go quotes strings, so that every file is one line.
 
 It reads the peer's data directory on this machine, not the network (the
 DataStream protocol only writes), and only reads it, so it works whether
@@ -39,7 +39,11 @@ Usage: pipestream get NAME (--config group.toml --id ID | --data-dir DIR) [-o FI
 
 Copies the file peer ID's store holds as NAME to stdout, or to FILE with
 -o, and checks its length and SHA-256 against what the peer recorded when
-it committed it; a mismatch is an error (and FILE is removed).
+it committed it; a mismatch is an error. With -o the copy goes to a
+temporary file next to FILE that replaces FILE only once it is checked:
+a get that fails leaves FILE as it was. A name whose newest entry this
+peer holds no copy of (ls shows it as missing) is an error, not an older
+version.
 
 Like ls, it reads the peer's data directory on this machine, and only
 reads it.
@@ -64,17 +68,33 @@ func ls(e *env, loc *storeLocation) error {
 		return err
 	}
 	tw := tabwriter.NewWriter(e.stdout, 0, 4, 2, ' ', 0)
-	fmt.Fprintln(tw, "NAME\tBYTES\tINDEX\tTERM\tSHA256")
+	fmt.Fprintln(tw, "NAME\tBYTES\tINDEX\tTERM\tSTATUS\tSHA256")
 	for _, f := range s.list() {
-		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%x\n", f.Name, f.Length, f.Index, f.Term, f.SHA256)
+		status, sum := "ok", hex.EncodeToString(f.SHA256[:])
+		if f.Missing {
+			status, sum = "missing", "-"
+		}
+		fmt.Fprintf(tw, "%s\t%d\t%d\t%d\t%s\t%s\n", displayName(f.Name), f.Length, f.Index, f.Term, status, sum)
 	}
 	return tw.Flush()
+}
+
+// displayName returns name as ls shows it: as it is, or quoted if it has
+// anything a terminal would not show as one line of text (a newline, a
+// tab, other control characters, bytes that are not UTF-8), or starts
+// with a quote and so would read as quoted.
+func displayName(name string) string {
+	if !utf8.ValidString(name) || strings.HasPrefix(name, `"`) ||
+		strings.ContainsFunc(name, func(r rune) bool { return !strconv.IsPrint(r) }) {
+		return strconv.Quote(name)
+	}
+	return name
 }
 
 func runGet(ctx context.Context, args []string, e *env) int {
 	fs := newFlagSet(e, "get", getHelp)
 	loc := storeFlags(fs)
-	out := fs.String("o", "", "write to `file` instead of stdout")
+	out := fs.String("o", "", "write to `file` instead of stdout (- is stdout); it is replaced only by a checked copy")
 	pos, err := fs.parse(args)
 	switch {
 	case err != nil:
@@ -89,26 +109,64 @@ func runGet(ctx context.Context, args []string, e *env) int {
 	return e.exit(ctx, "get", get(e, loc, pos[0], *out))
 }
 
-func get(e *env, loc *storeLocation, name, out string) (err error) {
+func get(e *env, loc *storeLocation, name, out string) error {
 	s, err := loc.open()
 	if err != nil {
 		return err
 	}
-	var w io.Writer = e.stdout
-	if out != "" {
-		f, cerr := os.Create(out)
-		if cerr != nil {
-			return cerr
-		}
-		defer func() {
-			err = errors.Join(err, f.Close())
-			if err != nil {
-				_ = os.Remove(out)
-			}
-		}()
-		w = f
+	sf, err := s.lookup(name)
+	if err != nil {
+		return err
 	}
-	return s.copy(w, name)
+	if out == "" || out == "-" {
+		return s.copy(e.stdout, sf)
+	}
+	return writeChecked(out, func(w io.Writer) error { return s.copy(w, sf) })
+}
+
+// writeChecked writes path through write, replacing path only if write
+// succeeds: write goes to a temporary file in path's directory, which is
+// synced and renamed over path once write returns nil, and removed
+// otherwise. A path that exists and is not a regular file (a device, a
+// pipe) is written in place, since it cannot be replaced.
+func writeChecked(path string, write func(io.Writer) error) (err error) {
+	perm := fs.FileMode(0o644)
+	if fi, serr := os.Stat(path); serr == nil {
+		if fi.IsDir() {
+			return fmt.Errorf("%s is a directory", path)
+		}
+		if !fi.Mode().IsRegular() {
+			f, err := os.OpenFile(path, os.O_WRONLY, 0)
+			if err != nil {
+				return err
+			}
+			return errors.Join(write(f), f.Close())
+		}
+		perm = fi.Mode().Perm()
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".pipestream-get-*")
+	if err != nil {
+		return err
+	}
+	defer func() {
+		if err != nil {
+			_ = tmp.Close()
+			_ = os.Remove(tmp.Name())
+		}
+	}()
+	if err := write(tmp); err != nil {
+		return err
+	}
+	if err := tmp.Chmod(perm); err != nil {
+		return err
+	}
+	if err := tmp.Sync(); err != nil {
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	return os.Rename(tmp.Name(), path)
 }
 
 // storeLocation is where ls and get find a peer's data directory.
@@ -148,107 +206,56 @@ func (l *storeLocation) open() (*localStore, error) {
 // localStore is a read-only view of a statemachine.FileStore's directory.
 // ls and get must not open it as a FileStore: that would take it over from
 // a running peer (removing the files of streams in progress, appending to
-// its log), and only one FileStore may use a directory at a time. The view
-// reads what the FileStore documents: committed.log, one JSON record per
-// linked stream, oldest first, and the files under data/.
+// its log), and only one FileStore may use a directory at a time.
+// statemachine.ReadLog reads its committed.log without taking it over.
 type localStore struct {
 	dir    string
-	byName map[string]statemachine.StoredFile
-}
-
-// logRecord is one line of committed.log.
-type logRecord struct {
-	Index  uint64 `json:"index"`
-	Term   uint64 `json:"term"`
-	Client string `json:"client"` // hex
-	Stream uint64 `json:"stream"`
-	Name   string `json:"name"` // slash-separated
-	Length uint64 `json:"length"`
-	SHA256 string `json:"sha256"` // hex
+	byName map[string]statemachine.StoredFile // slash-separated names
+	files  []statemachine.StoredFile          // in log order
 }
 
 // openLocalStore reads the FileStore directory dir.
 func openLocalStore(dir string) (*localStore, error) {
-	data, err := os.ReadFile(filepath.Join(dir, "committed.log"))
-	if errors.Is(err, fs.ErrNotExist) {
-		if _, serr := os.Stat(dir); serr != nil {
-			return nil, fmt.Errorf("no file store at %s: %w", dir, serr)
-		}
-		data, err = nil, nil // a store that has linked nothing yet
-	}
+	files, err := statemachine.ReadLog(dir)
 	if err != nil {
 		return nil, err
 	}
-	s := &localStore{dir: dir, byName: make(map[string]statemachine.StoredFile)}
-	// A last line without a newline is a record being written (or torn by
-	// a crash, which the FileStore drops when it next opens).
-	if i := bytes.LastIndexByte(data, '\n'); i+1 < len(data) {
-		data = data[:i+1]
+	s := &localStore{dir: dir, byName: make(map[string]statemachine.StoredFile, len(files)), files: files}
+	for i := range files {
+		files[i].Name = filepath.ToSlash(files[i].Name)
+		s.byName[files[i].Name] = files[i]
 	}
-	sc := bufio.NewScanner(bytes.NewReader(data))
-	sc.Buffer(nil, 1<<20)
-	for line := 1; sc.Scan(); line++ {
-		sf, err := parseLogRecord(sc.Bytes())
-		if err != nil {
-			return nil, fmt.Errorf("%s line %d: %w", filepath.Join(dir, "committed.log"), line, err)
-		}
-		s.byName[sf.Name] = sf // a later entry replaced the file
-	}
-	return s, sc.Err()
-}
-
-func parseLogRecord(line []byte) (statemachine.StoredFile, error) {
-	var r logRecord
-	if err := json.Unmarshal(line, &r); err != nil {
-		return statemachine.StoredFile{}, err
-	}
-	client, err := hex.DecodeString(r.Client)
-	if err != nil {
-		return statemachine.StoredFile{}, fmt.Errorf("client: %w", err)
-	}
-	sum, err := hex.DecodeString(r.SHA256)
-	if err != nil || len(sum) != sha256.Size {
-		return statemachine.StoredFile{}, fmt.Errorf("bad sha256 %q", r.SHA256)
-	}
-	name, err := statemachine.CleanName(filepath.FromSlash(r.Name))
-	if err != nil {
-		return statemachine.StoredFile{}, err
-	}
-	return statemachine.StoredFile{
-		Name: filepath.ToSlash(name), Index: r.Index, Term: r.Term,
-		Key:    statemachine.StreamKey{ClientID: string(client), StreamID: r.Stream},
-		Length: r.Length, SHA256: [32]byte(sum),
-	}, nil
+	return s, nil
 }
 
 // list returns the stored files in log order.
-func (s *localStore) list() []statemachine.StoredFile {
-	out := make([]statemachine.StoredFile, 0, len(s.byName))
-	for _, sf := range s.byName {
-		out = append(out, sf)
-	}
-	slices.SortFunc(out, func(a, b statemachine.StoredFile) int {
-		return cmp.Or(cmp.Compare(a.Index, b.Index), strings.Compare(a.Name, b.Name))
-	})
-	return out
-}
+func (s *localStore) list() []statemachine.StoredFile { return s.files }
 
-// copy writes the stored file name to w and checks it against its record.
-func (s *localStore) copy(w io.Writer, name string) error {
+// lookup returns the record of the file the store holds as name, or an
+// error if it holds none, or no copy of the newest.
+func (s *localStore) lookup(name string) (statemachine.StoredFile, error) {
 	clean, err := statemachine.CleanName(name)
 	if err != nil {
-		return usageError("%v", err)
+		return statemachine.StoredFile{}, usageError("%v", err)
 	}
 	sf, ok := s.byName[filepath.ToSlash(clean)]
-	if !ok {
-		return fmt.Errorf("%s holds no file %q (pipestream ls lists what it holds)", s.dir, name)
+	switch {
+	case !ok:
+		return sf, fmt.Errorf("%s holds no file %q (pipestream ls lists what it holds)", s.dir, name)
+	case sf.Missing:
+		return sf, fmt.Errorf("%s: copy missing on this peer (log index %d, term %d); get it from another peer", name, sf.Index, sf.Term)
 	}
+	return sf, nil
+}
+
+// copy writes the stored file sf to w and checks it against its record.
+func (s *localStore) copy(w io.Writer, sf statemachine.StoredFile) error {
 	root, err := os.OpenRoot(filepath.Join(s.dir, "data"))
 	if err != nil {
 		return err
 	}
 	defer root.Close()
-	f, err := root.Open(clean)
+	f, err := root.Open(filepath.FromSlash(sf.Name))
 	if err != nil {
 		return err
 	}
@@ -262,7 +269,7 @@ func (s *localStore) copy(w io.Writer, name string) error {
 		// The file under a name is replaced after its new record is
 		// written, so a get racing a put of the same name may see this.
 		return fmt.Errorf("%s: read %d bytes with sha256 %x; the store recorded %d bytes with sha256 %x at log index %d (was it being replaced? try again)",
-			name, n, h.Sum(nil), sf.Length, sf.SHA256, sf.Index)
+			sf.Name, n, h.Sum(nil), sf.Length, sf.SHA256, sf.Index)
 	}
 	return nil
 }

@@ -3,7 +3,7 @@
 // until the test injects a fault: it stops forwarding (Pause), closes every
 // connection at once (Cut), or closes a connection once it has forwarded a
 // given number of bytes toward the target (DropAfter), for example in the
-// middle of a frame.
+// middle of a frame, or flips a byte on its way to the target (CorruptAt).
 //
 // A paused proxy reads nothing more from either side, so the sender's socket
 // buffers fill and its writes stall, as with a peer that stopped reading.
@@ -65,6 +65,9 @@ type link struct {
 	// dropped; negative when DropAfter was not armed for it. Guarded by
 	// the proxy's mu.
 	budget int64
+	// corrupt is the bytes toward the target left before the one to flip;
+	// negative when CorruptAt was not armed. Guarded by the proxy's mu.
+	corrupt int64
 }
 
 // Listen starts a proxy on a free loopback port that forwards each
@@ -146,6 +149,20 @@ func (p *Proxy) DropAfter(n int64) {
 	}
 }
 
+// CorruptAt arms every open connection to flip (invert) the byte that
+// comes n bytes from now toward the target, once; the connection carries
+// on. Connections accepted later are not armed.
+func (p *Proxy) CorruptAt(n int64) {
+	if n < 0 {
+		panic("faultnet: CorruptAt with a negative offset")
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for l := range p.links {
+		l.corrupt = n
+	}
+}
+
 // Stats returns what the proxy did so far.
 func (p *Proxy) Stats() Stats {
 	p.mu.Lock()
@@ -200,7 +217,7 @@ func (p *Proxy) accept() {
 			_ = c.Close()
 			continue
 		}
-		l := &link{client: c, target: t, done: make(chan struct{}), budget: -1}
+		l := &link{client: c, target: t, done: make(chan struct{}), budget: -1, corrupt: -1}
 		p.mu.Lock()
 		if p.closed {
 			p.mu.Unlock()
@@ -240,6 +257,14 @@ func (p *Proxy) pump(l *link, src, dst net.Conn, toTarget bool) {
 					l.budget -= int64(m)
 					if drop = l.budget == 0; drop {
 						p.dropped++
+					}
+				}
+				if l.corrupt >= 0 {
+					if l.corrupt < int64(m) {
+						buf[l.corrupt] ^= 0xff
+						l.corrupt = -1
+					} else {
+						l.corrupt -= int64(m)
 					}
 				}
 				p.mu.Unlock()

@@ -209,3 +209,27 @@ func TestTargetDown(t *testing.T) {
 		t.Fatalf("read through a proxy whose target is down: %v, want the connection closed", err)
 	}
 }
+
+func TestCorruptAt(t *testing.T) {
+	for _, n := range []int64{0, 1, 32<<10 - 1, 32 << 10, 100<<10 + 3} {
+		s := newSink(t)
+		p := listen(t, s.ln.Addr().String())
+		c := dial(t, p)
+		waitOpen(t, p, 1)
+		p.CorruptAt(n)
+		msg := bytes.Repeat([]byte{0x5a}, 256<<10)
+		if _, err := c.Write(msg); err != nil {
+			t.Fatal(err)
+		}
+		_ = c.Close()
+		got := s.next(t)
+		if len(got) != len(msg) {
+			t.Fatalf("CorruptAt(%d): target got %d bytes, want %d", n, len(got), len(msg))
+		}
+		for i := range got {
+			if want := msg[i] ^ map[bool]byte{true: 0xff}[int64(i) == n]; got[i] != want {
+				t.Fatalf("CorruptAt(%d): byte %d is %#x, want %#x", n, i, got[i], want)
+			}
+		}
+	}
+}

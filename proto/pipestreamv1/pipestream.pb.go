@@ -91,16 +91,19 @@ const (
 	ErrorCode_GROUP_MISMATCH ErrorCode = 14
 	// A bug or an unexpected condition on the server.
 	ErrorCode_INTERNAL ErrorCode = 15
+	// The packet's data does not match its CRC32C: it was corrupted on the
+	// way. Nothing of it is stored; the stream fails.
+	ErrorCode_CHECKSUM ErrorCode = 16
 	// STREAM_READ of a name this peer has no committed entry for, or whose
 	// entry is not the one the request's index names (the peer has not
 	// applied it yet, or holds a newer version).
-	ErrorCode_NOT_FOUND ErrorCode = 16
+	ErrorCode_NOT_FOUND ErrorCode = 17
 	// STREAM_READ of a name whose newest committed entry has no copy on this
 	// peer (it was down, wiped, or its copy failed). The peer never serves
 	// an older version in its place; another peer may hold the copy.
-	ErrorCode_MISSING ErrorCode = 17
+	ErrorCode_MISSING ErrorCode = 18
 	// STREAM_READ whose offset is beyond the file's length.
-	ErrorCode_OUT_OF_RANGE ErrorCode = 18
+	ErrorCode_OUT_OF_RANGE ErrorCode = 19
 )
 
 // Enum value maps for ErrorCode.
@@ -122,9 +125,10 @@ var (
 		13: "CANCELLED",
 		14: "GROUP_MISMATCH",
 		15: "INTERNAL",
-		16: "NOT_FOUND",
-		17: "MISSING",
-		18: "OUT_OF_RANGE",
+		16: "CHECKSUM",
+		17: "NOT_FOUND",
+		18: "MISSING",
+		19: "OUT_OF_RANGE",
 	}
 	ErrorCode_value = map[string]int32{
 		"ERROR_NONE":       0,
@@ -143,9 +147,10 @@ var (
 		"CANCELLED":        13,
 		"GROUP_MISMATCH":   14,
 		"INTERNAL":         15,
-		"NOT_FOUND":        16,
-		"MISSING":          17,
-		"OUT_OF_RANGE":     18,
+		"CHECKSUM":         16,
+		"NOT_FOUND":        17,
+		"MISSING":          18,
+		"OUT_OF_RANGE":     19,
 	}
 )
 
@@ -335,16 +340,19 @@ const (
 	// gives up (a cancelled context) and by a peer whose stream failed. The
 	// reply, if any, carries CANCELLED and may be ignored.
 	DataStreamPacketHeader_ABORT DataStreamPacketHeader_Option = 8
+	// crc32c is set. A stream's data packets carry it all or none.
+	DataStreamPacketHeader_CHECKSUM DataStreamPacketHeader_Option = 16
 )
 
 // Enum value maps for DataStreamPacketHeader_Option.
 var (
 	DataStreamPacketHeader_Option_name = map[int32]string{
-		0: "OPTION_NONE",
-		1: "SYNC",
-		2: "FLUSH",
-		4: "CLOSE",
-		8: "ABORT",
+		0:  "OPTION_NONE",
+		1:  "SYNC",
+		2:  "FLUSH",
+		4:  "CLOSE",
+		8:  "ABORT",
+		16: "CHECKSUM",
 	}
 	DataStreamPacketHeader_Option_value = map[string]int32{
 		"OPTION_NONE": 0,
@@ -352,6 +360,7 @@ var (
 		"FLUSH":       2,
 		"CLOSE":       4,
 		"ABORT":       8,
+		"CHECKSUM":    16,
 	}
 )
 
@@ -842,7 +851,12 @@ type DataStreamPacketHeader struct {
 	DataLength uint64 `protobuf:"varint,5,opt,name=data_length,json=dataLength,proto3" json:"data_length,omitempty"`
 	// A bitmask of Option values. A bitmask rather than a repeated enum: one
 	// varint, no allocation to decode, and unknown bits are easy to reject.
-	Options       uint32 `protobuf:"varint,6,opt,name=options,proto3" json:"options,omitempty"`
+	Options uint32 `protobuf:"varint,6,opt,name=options,proto3" json:"options,omitempty"`
+	// With the CHECKSUM option on a STREAM_DATA packet: the CRC32C
+	// (Castagnoli) of the stream's data from offset 0 through the end of
+	// this packet. Every peer checks it before it stores the packet, so a
+	// running checksum checks each packet and, at CLOSE, the whole stream.
+	Crc32C        uint32 `protobuf:"fixed32,7,opt,name=crc32c,proto3" json:"crc32c,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -915,6 +929,13 @@ func (x *DataStreamPacketHeader) GetDataLength() uint64 {
 func (x *DataStreamPacketHeader) GetOptions() uint32 {
 	if x != nil {
 		return x.Options
+	}
+	return 0
+}
+
+func (x *DataStreamPacketHeader) GetCrc32C() uint32 {
+	if x != nil {
+		return x.Crc32C
 	}
 	return 0
 }
@@ -1298,7 +1319,9 @@ type StreamEntry struct {
 	Length uint64 `protobuf:"varint,4,opt,name=length,proto3" json:"length,omitempty"`
 	// SHA-256 of the stream's bytes, if the primary computed it; empty
 	// otherwise.
-	Sha256        []byte `protobuf:"bytes,5,opt,name=sha256,proto3" json:"sha256,omitempty"`
+	Sha256 []byte `protobuf:"bytes,5,opt,name=sha256,proto3" json:"sha256,omitempty"`
+	// The CRC32C of the stream's bytes, when its packets carried checksums.
+	Crc32C        *uint32 `protobuf:"fixed32,6,opt,name=crc32c,proto3,oneof" json:"crc32c,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1368,6 +1391,13 @@ func (x *StreamEntry) GetSha256() []byte {
 	return nil
 }
 
+func (x *StreamEntry) GetCrc32C() uint32 {
+	if x != nil && x.Crc32C != nil {
+		return *x.Crc32C
+	}
+	return 0
+}
+
 var File_pipestream_proto protoreflect.FileDescriptor
 
 const file_pipestream_proto_rawDesc = "" +
@@ -1418,7 +1448,7 @@ const file_pipestream_proto_rawDesc = "" +
 	"\x04peer\x18\x01 \x01(\tR\x04peer\x12\x1e\n" +
 	"\n" +
 	"successors\x18\x02 \x03(\tR\n" +
-	"successors\"\xa6\x03\n" +
+	"successors\"\xcc\x03\n" +
 	"\x16DataStreamPacketHeader\x12\x1b\n" +
 	"\tclient_id\x18\x01 \x01(\fR\bclientId\x12>\n" +
 	"\x04type\x18\x02 \x01(\x0e2*.pipestream.v1.DataStreamPacketHeader.TypeR\x04type\x12\x1b\n" +
@@ -1426,20 +1456,22 @@ const file_pipestream_proto_rawDesc = "" +
 	"\rstream_offset\x18\x04 \x01(\x04R\fstreamOffset\x12\x1f\n" +
 	"\vdata_length\x18\x05 \x01(\x04R\n" +
 	"dataLength\x12\x18\n" +
-	"\aoptions\x18\x06 \x01(\rR\aoptions\"l\n" +
+	"\aoptions\x18\x06 \x01(\rR\aoptions\x12\x16\n" +
+	"\x06crc32c\x18\a \x01(\aR\x06crc32c\"l\n" +
 	"\x04Type\x12\x14\n" +
 	"\x10TYPE_UNSPECIFIED\x10\x00\x12\x11\n" +
 	"\rSTREAM_HEADER\x10\x01\x12\x0f\n" +
 	"\vSTREAM_DATA\x10\x02\x12\b\n" +
 	"\x04PING\x10\x03\x12\x0f\n" +
 	"\vSTREAM_READ\x10\x04\x12\x0f\n" +
-	"\vSTREAM_LIST\x10\x05\"D\n" +
+	"\vSTREAM_LIST\x10\x05\"R\n" +
 	"\x06Option\x12\x0f\n" +
 	"\vOPTION_NONE\x10\x00\x12\b\n" +
 	"\x04SYNC\x10\x01\x12\t\n" +
 	"\x05FLUSH\x10\x02\x12\t\n" +
 	"\x05CLOSE\x10\x04\x12\t\n" +
-	"\x05ABORT\x10\b\"\xbd\x03\n" +
+	"\x05ABORT\x10\b\x12\f\n" +
+	"\bCHECKSUM\x10\x10\"\xbd\x03\n" +
 	"\x15DataStreamReplyHeader\x12J\n" +
 	"\rpacket_header\x18\x01 \x01(\v2%.pipestream.v1.DataStreamPacketHeaderR\fpacketHeader\x12#\n" +
 	"\rbytes_written\x18\x02 \x01(\x04R\fbytesWritten\x12\x18\n" +
@@ -1469,13 +1501,15 @@ const file_pipestream_proto_rawDesc = "" +
 	"\tclient_id\x18\a \x01(\fR\bclientId\x12\x1b\n" +
 	"\tstream_id\x18\b \x01(\x04R\bstreamId\":\n" +
 	"\tListReply\x12-\n" +
-	"\x05files\x18\x01 \x03(\v2\x17.pipestream.v1.FileInfoR\x05files\"\x91\x01\n" +
+	"\x05files\x18\x01 \x03(\v2\x17.pipestream.v1.FileInfoR\x05files\"\xb9\x01\n" +
 	"\vStreamEntry\x12\x1b\n" +
 	"\tclient_id\x18\x01 \x01(\fR\bclientId\x12\x1b\n" +
 	"\tstream_id\x18\x02 \x01(\x04R\bstreamId\x12\x18\n" +
 	"\amessage\x18\x03 \x01(\fR\amessage\x12\x16\n" +
 	"\x06length\x18\x04 \x01(\x04R\x06length\x12\x16\n" +
-	"\x06sha256\x18\x05 \x01(\fR\x06sha256*\xd6\x02\n" +
+	"\x06sha256\x18\x05 \x01(\fR\x06sha256\x12\x1b\n" +
+	"\x06crc32c\x18\x06 \x01(\aH\x00R\x06crc32c\x88\x01\x01B\t\n" +
+	"\a_crc32c*\xe4\x02\n" +
 	"\tErrorCode\x12\x0e\n" +
 	"\n" +
 	"ERROR_NONE\x10\x00\x12\x12\n" +
@@ -1496,10 +1530,11 @@ const file_pipestream_proto_rawDesc = "" +
 	"\tFORBIDDEN\x10\f\x12\r\n" +
 	"\tCANCELLED\x10\r\x12\x12\n" +
 	"\x0eGROUP_MISMATCH\x10\x0e\x12\f\n" +
-	"\bINTERNAL\x10\x0f\x12\r\n" +
-	"\tNOT_FOUND\x10\x10\x12\v\n" +
-	"\aMISSING\x10\x11\x12\x10\n" +
-	"\fOUT_OF_RANGE\x10\x12B5Z3github.com/pipestream/pipestream/proto/pipestreamv1b\x06proto3"
+	"\bINTERNAL\x10\x0f\x12\f\n" +
+	"\bCHECKSUM\x10\x10\x12\r\n" +
+	"\tNOT_FOUND\x10\x11\x12\v\n" +
+	"\aMISSING\x10\x12\x12\x10\n" +
+	"\fOUT_OF_RANGE\x10\x13B5Z3github.com/pipestream/pipestream/proto/pipestreamv1b\x06proto3"
 
 var (
 	file_pipestream_proto_rawDescOnce sync.Once
@@ -1556,6 +1591,7 @@ func file_pipestream_proto_init() {
 	if File_pipestream_proto != nil {
 		return
 	}
+	file_pipestream_proto_msgTypes[10].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
