@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/pipestream/pipestream/repair"
 	"github.com/pipestream/pipestream/statemachine"
 	"github.com/pipestream/pipestream/transport"
 )
@@ -108,6 +109,12 @@ type Config struct {
 	// Raft tunes the Raft node; see raft.Config for the meaning and
 	// defaults of each field.
 	Raft RaftTuning
+
+	// Repair tunes how a peer with a FileStore fetches the copies it lacks
+	// from the others, and Scrub how often it rereads the copies it holds;
+	// see package repair for the defaults.
+	Repair repair.Config
+	Scrub  repair.ScrubConfig
 }
 
 // Limits are the server.Config limits a Peer passes through.

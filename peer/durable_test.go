@@ -1,10 +1,13 @@
 package peer_test
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/pipestream/pipestream/buffer/buffertest"
 	"github.com/pipestream/pipestream/peer"
@@ -67,8 +70,9 @@ func TestFollowerShutdownKeepsAcknowledgedCopies(t *testing.T) {
 // A peer whose data directory is wiped, and that restores the group's
 // state from a snapshot (the log it missed is compacted), knows every
 // committed name and reports each copy it lacks as missing, at the newest
-// version's index: it never reports nothing, and never an older version.
-func TestWipedPeerReportsMissingAfterSnapshot(t *testing.T) {
+// version's index (never an older version), and then repairs every one
+// from the others, byte-equal.
+func TestWipedPeerCatchesUpAfterSnapshot(t *testing.T) {
 	buffertest.Check(t)
 	g := startGroup(t, groupOpts{onDisk: true, edit: func(_ int, cfg *peer.Config) {
 		cfg.Raft.TrailingLogs = 1 // a snapshot compacts the log
@@ -80,7 +84,8 @@ func TestWipedPeerReportsMissingAfterSnapshot(t *testing.T) {
 	if _, err := putFile(g, c, primary, "a", randomBytes(1, 10<<10)); err != nil {
 		t.Fatal(err)
 	}
-	rb, err := putFile(g, c, primary, "b", randomBytes(2, 10<<10))
+	b := randomBytes(2, 10<<10)
+	rb, err := putFile(g, c, primary, "b", b)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -108,20 +113,121 @@ func TestWipedPeerReportsMissingAfterSnapshot(t *testing.T) {
 	g.restart(f, nil)
 	g.waitReady()
 	fs := g.files(f)
-	g.eventually("the wiped peer restores the snapshot", func() bool { return fs.Missing() == 2 })
-	got := fs.List()
-	if names := names(got); !slices.Equal(names, []string{"b", "a"}) {
+	g.eventually("the wiped peer repairs every copy", func() bool {
+		l := fs.List()
+		return len(l) == 2 && fs.Missing() == 0
+	})
+	if names := names(fs.List()); !slices.Equal(names, []string{"b", "a"}) {
 		t.Fatalf("wiped peer lists %v, want [b a]", names)
 	}
-	for _, sf := range got {
-		want := map[string]uint64{"a": ra2.GetLogIndex(), "b": rb.GetLogIndex()}[sf.Name]
-		if !sf.Missing || sf.Index != want {
-			t.Errorf("%+v, want missing at index %d", sf, want)
+	g.checkFile(f, "a", a2, ra2.GetLogIndex(), ra2.GetTerm())
+	g.checkFile(f, "b", b, rb.GetLogIndex(), rb.GetTerm())
+	// It reported each copy missing, at the newest index, before it had it.
+	log, err := os.ReadFile(filepath.Join(g.cfgs[f].DataDir, "files", "committed.log"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, want := range []string{
+		fmt.Sprintf(`{"index":%d,`, ra2.GetLogIndex()), fmt.Sprintf(`{"index":%d,`, rb.GetLogIndex()),
+	} {
+		lines := 0
+		for _, l := range strings.Split(string(log), "\n") {
+			if strings.HasPrefix(l, want) {
+				lines++
+				if lines == 1 && !strings.Contains(l, `"missing":true`) {
+					t.Errorf("first record %s is not a missing one", l)
+				}
+			}
+		}
+		if lines != 2 {
+			t.Errorf("%d records start %s, want a missing one and its repair:\n%s", lines, want, log)
 		}
 	}
-	if _, err := fs.Open("a"); err == nil {
-		t.Error("a wiped peer serves a")
+	if st := g.peers[f].Repairer().Stats(); st.Repaired != 2 {
+		t.Errorf("repairer %+v, want 2 repaired", st)
 	}
-	// The others still hold the newest version.
-	g.checkFile(leader, "a", a2, ra2.GetLogIndex(), ra2.GetTerm())
+}
+
+// A follower that acknowledged a stream, stopped before it applied the
+// entry and lost its kept copy (a replaced disk, say) records the copy
+// missing when it applies the entry after its restart, and repairs it from
+// the others with no client action.
+func TestLostCopyIsRepaired(t *testing.T) {
+	buffertest.Check(t)
+	stalls := make([]*stallingStore, 3)
+	g := startGroup(t, groupOpts{onDisk: true, edit: func(i int, cfg *peer.Config) {
+		fs, err := statemachine.NewFileStore(filepath.Join(cfg.DataDir, "files"), statemachine.WithLogger(quietLogger()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { fs.Close() })
+		stalls[i] = &stallingStore{FileStore: fs, name: "lost", entered: make(chan struct{})}
+		cfg.StateMachine = stalls[i]
+	}})
+	leader := g.leader()
+	f := g.other(leader)
+	stalls[f].armed.Store(true)
+	c := g.client()
+	lost := randomBytes(9, 3<<20+5)
+	r, err := putFile(g, c, g.members[leader].ID, "lost", lost)
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-stalls[f].entered
+	g.stop(f)
+	if err := stalls[f].Close(); err != nil {
+		t.Fatal(err)
+	}
+	tmp := filepath.Join(g.cfgs[f].DataDir, "files", "tmp")
+	if err := os.RemoveAll(tmp); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Mkdir(tmp, 0o755); err != nil {
+		t.Fatal(err)
+	}
+
+	g.restart(f, func(cfg *peer.Config) { cfg.StateMachine = nil })
+	g.waitReady()
+	g.eventually("the follower repairs its lost copy", func() bool {
+		sf, ok := g.files(f).Lookup("lost")
+		return ok && !sf.Missing
+	})
+	g.checkFile(f, "lost", lost, r.GetLogIndex(), r.GetTerm())
+	if st := g.peers[f].Repairer().Stats(); st.Repaired != 1 {
+		t.Errorf("repairer %+v, want 1 repaired", st)
+	}
+}
+
+// One byte flipped in a stored file is found by the scrubber, and the copy
+// is repaired from another peer.
+func TestScrubRepairsFlippedByte(t *testing.T) {
+	buffertest.Check(t)
+	g := startGroup(t, groupOpts{onDisk: true, edit: func(_ int, cfg *peer.Config) {
+		cfg.Scrub.Interval = 200 * time.Millisecond
+	}})
+	leader := g.leader()
+	f := g.other(leader)
+	c := g.client()
+	data := randomBytes(4, 1<<20+77)
+	r, err := putFile(g, c, g.members[leader].ID, "scrubbed", data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	g.eventually("the follower links the stream", func() bool {
+		_, ok := g.files(f).Lookup("scrubbed")
+		return ok
+	})
+	p := filepath.Join(g.cfgs[f].DataDir, "files", "data", "scrubbed")
+	b, err := os.ReadFile(p)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b[len(b)/2] ^= 0x40
+	if err := os.WriteFile(p, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	g.eventually("the scrubber finds the flipped byte and the copy is repaired", func() bool {
+		return g.peers[f].Repairer().Stats().Repaired == 1 && g.files(f).Missing() == 0
+	})
+	g.checkFile(f, "scrubbed", data, r.GetLogIndex(), r.GetTerm())
 }

@@ -11,7 +11,9 @@ import (
 	"sync"
 	"time"
 
+	"github.com/pipestream/pipestream/datastream"
 	"github.com/pipestream/pipestream/raft"
+	"github.com/pipestream/pipestream/repair"
 	"github.com/pipestream/pipestream/server"
 	"github.com/pipestream/pipestream/statemachine"
 )
@@ -33,9 +35,12 @@ type Peer struct {
 	srv   *server.Server
 	node  *raft.Node
 
-	// keep runs from Start until release; see keepFiles.
+	// keepFiles, the Repairer and the scrubber run from Start until
+	// release.
 	keepStop context.CancelFunc
 	keepWG   sync.WaitGroup
+	repairer *repair.Repairer   // nil without a FileStore of New's
+	fetch    *datastream.Client // the Repairer's reads from the others
 
 	mu       sync.Mutex
 	members  []Member // set by Start
@@ -183,13 +188,60 @@ func (p *Peer) Start(ctx context.Context, members []Member) error {
 	p.members = slices.Clone(members)
 	p.started = true
 	if p.files != nil {
-		ctx, cancel := context.WithCancel(context.Background())
-		p.keepStop = cancel
-		p.keepWG.Add(1)
-		go p.keepFiles(ctx)
+		if err := p.startRepair(members); err != nil {
+			return fmt.Errorf("peer %s: %w", p.cfg.ID, err)
+		}
 	}
 	return nil
 }
+
+// startRepair starts what tends the FileStore: keepFiles, a Repairer that
+// fetches missing copies from the other members, and a scrubber.
+func (p *Peer) startRepair(members []Member) error {
+	var others []datastream.Peer
+	for _, m := range members {
+		if m.ID != p.cfg.ID {
+			others = append(others, datastream.Peer{ID: m.ID, Addr: m.StreamAddr})
+		}
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	p.keepStop = cancel
+	p.keepWG.Add(1)
+	go p.keepFiles(ctx)
+	if len(others) == 0 {
+		return nil // a group of one has nobody to repair from
+	}
+	opts := []datastream.Option{datastream.WithTransport(p.cfg.Transport, p.cfg.TransportOptions...),
+		datastream.WithLogger(p.cfg.Logger.With("peer", p.cfg.ID, "part", "repair"))}
+	if p.cfg.PeerTLS != nil {
+		opts = append(opts, datastream.WithTLS(p.cfg.PeerTLS))
+	}
+	c, err := datastream.NewClient(others, opts...)
+	if err != nil {
+		return err
+	}
+	p.fetch = c
+	ids := make([]string, len(others))
+	for i, o := range others {
+		ids[i] = o.ID
+	}
+	log := p.cfg.Logger.With("peer", p.cfg.ID)
+	p.repairer = repair.New(p.cfg.Repair, p.files, c, func() []string { return ids }, log)
+	p.keepWG.Add(2)
+	go func() {
+		defer p.keepWG.Done()
+		p.repairer.Run(ctx)
+	}()
+	go func() {
+		defer p.keepWG.Done()
+		repair.RunScrubber(ctx, p.cfg.Scrub, p.files, p.repairer.Kick, log)
+	}()
+	return nil
+}
+
+// Repairer returns the peer's Repairer, or nil when it has no FileStore of
+// its own (no DataDir, or Config.StateMachine) or no other member.
+func (p *Peer) Repairer() *repair.Repairer { return p.repairer }
 
 // keepFiles tends the FileStore's leftovers on the sweep tick:
 // it retries links that could not be recorded, and removes the closed
@@ -329,6 +381,9 @@ func (p *Peer) release(ctx context.Context) error {
 	if p.keepStop != nil {
 		p.keepStop()
 		p.keepWG.Wait()
+	}
+	if p.fetch != nil {
+		errs = append(errs, p.fetch.Close())
 	}
 	if p.node != nil {
 		errs = append(errs, p.node.Shutdown())
