@@ -534,6 +534,9 @@ type fault struct {
 	point   string // when: before, during, at-close, after-reply (of put #put)
 	put     int
 	delay   time.Duration // between the kill and the restart
+	// wipe: the victim's store (files/) is deleted before its restart, as
+	// a replaced disk; its copies come back by repair.
+	wipe bool
 }
 
 // A schedule of rounds: each starts one or two puts (random sizes up to 8
@@ -607,6 +610,7 @@ func TestCrashSchedule(t *testing.T) {
 			for _, i := range rng.Perm(len(candidates))[:nv] {
 				f.victims = append(f.victims, candidates[i])
 			}
+			f.wipe = nv == 1 && rng.IntN(5) == 0
 		}
 
 		if f != nil && f.point == "before" {
@@ -649,6 +653,11 @@ func TestCrashSchedule(t *testing.T) {
 			// The delay is the schedule's: how long the peers stay down.
 			time.Sleep(f.delay)
 			for _, id := range f.victims {
+				if f.wipe {
+					if err := os.RemoveAll(g.files(id)); err != nil {
+						t.Fatal(err)
+					}
+				}
 				if err := g.restart(id); err != nil {
 					cancel()
 					wg.Wait()
@@ -671,7 +680,7 @@ func TestCrashSchedule(t *testing.T) {
 		var b strings.Builder
 		fmt.Fprintf(&b, "round %d:", round)
 		if f != nil {
-			fmt.Fprintf(&b, " kill %v %s put %d, restart after %v;", f.victims, f.point, f.put, f.delay)
+			fmt.Fprintf(&b, " kill %v %s put %d, %srestart after %v;", f.victims, f.point, f.put, map[bool]string{true: "wipe its store, "}[f.wipe], f.delay)
 		}
 		for i, r := range recs {
 			fmt.Fprintf(&b, "\n\t#%d %v", i, r)
@@ -688,13 +697,30 @@ func TestCrashSchedule(t *testing.T) {
 	g.barrier(context.Background(), h, c)
 	stores := g.stores()
 	v := h.check(stores, nil)
+	// Then the group heals itself: every copy reported missing is
+	// repaired from another peer, and the invariant still holds.
+	healStart := time.Now()
+	left := missingCopies(stores)
+	missingAtEnd := len(left)
+	for len(left) > 0 && time.Since(healStart) < healTimeout {
+		time.Sleep(100 * time.Millisecond)
+		stores = g.stores()
+		left = missingCopies(stores)
+	}
+	healed := time.Since(healStart)
+	if len(left) > 0 {
+		t.Errorf("seed %d: copies still missing %v after the faults ended: %s", seed, healTimeout, strings.Join(left, ", "))
+	}
+	if len(v) == 0 {
+		v = h.check(stores, nil)
+	}
 	n := h.counts()
-	t.Logf("crash schedule: seed %d, %d rounds, puts %d committed / %d failed / %d indeterminate, %d kills, %d violations",
-		seed, round, n[outCommitted], n[outFailed], n[outIndeterminate], kills, len(v))
+	t.Logf("crash schedule: seed %d, %d rounds, puts %d committed / %d failed / %d indeterminate, %d kills, %d violations; %d copies missing at the end, healed in %v",
+		seed, round, n[outCommitted], n[outFailed], n[outIndeterminate], kills, len(v), missingAtEnd, healed.Round(time.Millisecond))
 	if len(v) > 0 {
 		var fl []string
 		for _, f := range faults {
-			fl = append(fl, fmt.Sprintf("round %d: kill %v %s put %d, restart after %v", f.round, f.victims, f.point, f.put, f.delay))
+			fl = append(fl, fmt.Sprintf("round %d: kill %v %s put %d, wipe %v, restart after %v", f.round, f.victims, f.point, f.put, f.wipe, f.delay))
 		}
 		t.Errorf("seed %d: %d violations:\n  %s\nputs:\n  %s\nfaults:\n  %s\nstores:\n%s", seed, len(v),
 			strings.Join(v, "\n  "), strings.Join(h.lines(), "\n  "), strings.Join(fl, "\n  "), describe(stores))

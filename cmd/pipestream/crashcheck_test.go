@@ -36,6 +36,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/pipestream/pipestream/datastream"
 	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
@@ -436,6 +437,25 @@ func (h *history) check(stores []*peerStore, names []string) []string {
 		}
 	}
 	return v
+}
+
+// healTimeout bounds how long the group may take, once the faults end, to
+// repair every copy a peer reported missing.
+const healTimeout = 60 * time.Second
+
+// missingCopies lists the names whose newest record on some peer is a
+// missing copy, as "peer:name".
+func missingCopies(stores []*peerStore) []string {
+	var out []string
+	for _, s := range stores {
+		for name, r := range s.newest {
+			if r.Missing {
+				out = append(out, s.id+":"+name)
+			}
+		}
+	}
+	slices.Sort(out)
+	return out
 }
 
 // describe lists the stores' newest records per name, for a failure.
