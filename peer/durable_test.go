@@ -11,7 +11,6 @@ import (
 
 	"github.com/pipestream/pipestream/buffer/buffertest"
 	"github.com/pipestream/pipestream/peer"
-	"github.com/pipestream/pipestream/statemachine"
 )
 
 // A follower shut down cleanly while it holds a stream it acknowledged and
@@ -20,16 +19,7 @@ import (
 // copies it kept, byte-equal.
 func TestFollowerShutdownKeepsAcknowledgedCopies(t *testing.T) {
 	buffertest.Check(t)
-	stalls := make([]*stallingStore, 3)
-	g := startGroup(t, groupOpts{onDisk: true, edit: func(i int, cfg *peer.Config) {
-		fs, err := statemachine.NewFileStore(filepath.Join(cfg.DataDir, "files"), statemachine.WithLogger(quietLogger()))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { fs.Close() })
-		stalls[i] = &stallingStore{FileStore: fs, name: "block", entered: make(chan struct{})}
-		cfg.StateMachine = stalls[i]
-	}})
+	g, stalls := startStallingGroup(t, "block")
 	leader := g.leader()
 	f := g.other(leader)
 	stalls[f].armed.Store(true)
@@ -154,16 +144,7 @@ func TestWipedPeerCatchesUpAfterSnapshot(t *testing.T) {
 // the others with no client action.
 func TestLostCopyIsRepaired(t *testing.T) {
 	buffertest.Check(t)
-	stalls := make([]*stallingStore, 3)
-	g := startGroup(t, groupOpts{onDisk: true, edit: func(i int, cfg *peer.Config) {
-		fs, err := statemachine.NewFileStore(filepath.Join(cfg.DataDir, "files"), statemachine.WithLogger(quietLogger()))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { fs.Close() })
-		stalls[i] = &stallingStore{FileStore: fs, name: "lost", entered: make(chan struct{})}
-		cfg.StateMachine = stalls[i]
-	}})
+	g, stalls := startStallingGroup(t, "lost")
 	leader := g.leader()
 	f := g.other(leader)
 	stalls[f].armed.Store(true)

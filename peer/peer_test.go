@@ -270,12 +270,10 @@ func (s *stallingStore) Link(ctx context.Context, e statemachine.Entry, ch state
 	return s.FileStore.Link(ctx, e, ch)
 }
 
-// TestFollowerRestart stops a follower and starts it again on the same
-// DataDir. It keeps the stream it had linked, links the stream it had
-// acknowledged and stopped before linking from the copy it kept, and takes
-// part in the streams that follow.
-func TestFollowerRestart(t *testing.T) {
-	buffertest.Check(t)
+// startStallingGroup starts three peers on disk, each storing in a
+// stallingStore that stalls the Link of the stream named name once armed.
+func startStallingGroup(t *testing.T, name string) (*group, []*stallingStore) {
+	t.Helper()
 	stalls := make([]*stallingStore, 3)
 	g := startGroup(t, groupOpts{onDisk: true, edit: func(i int, cfg *peer.Config) {
 		fs, err := statemachine.NewFileStore(filepath.Join(cfg.DataDir, "files"), statemachine.WithLogger(quietLogger()))
@@ -283,9 +281,19 @@ func TestFollowerRestart(t *testing.T) {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { fs.Close() })
-		stalls[i] = &stallingStore{FileStore: fs, name: "lost", entered: make(chan struct{})}
+		stalls[i] = &stallingStore{FileStore: fs, name: name, entered: make(chan struct{})}
 		cfg.StateMachine = stalls[i]
 	}})
+	return g, stalls
+}
+
+// TestFollowerRestart stops a follower and starts it again on the same
+// DataDir. It keeps the stream it had linked, links the stream it had
+// acknowledged and stopped before linking from the copy it kept, and takes
+// part in the streams that follow.
+func TestFollowerRestart(t *testing.T) {
+	buffertest.Check(t)
+	g, stalls := startStallingGroup(t, "lost")
 	leader := g.leader()
 	f := g.other(leader)
 	stall := stalls[f]
