@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/pipestream/pipestream/peer"
+	"github.com/pipestream/pipestream/statemachine"
 )
 
 const serveHelp = `
@@ -155,8 +156,16 @@ func logStats(ctx context.Context, log *slog.Logger, p *peer.Peer, interval time
 		st := p.Server().Streams()
 		rs := p.Node().Stats()
 		leader, _ := p.Leader()
-		log.Info("stats", "peer", p.ID(), "leader", leader.ID,
+		attrs := []any{"peer", p.ID(), "leader", leader.ID,
 			"streams_open", st.Active(), "streams_awaiting_commit", st.Pending(),
-			"applied_index", rs.LastIndex, "applied_term", rs.LastTerm, "streams_committed", rs.Streams)
+			"applied_index", rs.LastIndex, "applied_term", rs.LastTerm, "streams_committed", rs.Streams}
+		if fs, ok := p.StateMachine().(*statemachine.FileStore); ok {
+			attrs = append(attrs, "copies_missing", fs.Missing(), "links_deferred", fs.Deferred(), "kept_closed", fs.Orphans())
+		}
+		if r := p.Repairer(); r != nil {
+			rst := r.Stats()
+			attrs = append(attrs, "repaired", rst.Repaired, "repairs_failed", rst.Failed, "repairing", rst.InProgress)
+		}
+		log.Info("stats", attrs...)
 	}
 }
