@@ -113,7 +113,7 @@ func TestPrependerLargeBodyNotCopied(t *testing.T) {
 
 func TestPrependerErrors(t *testing.T) {
 	buffertest.Check(t)
-	p, tr := newPrepender(t, codec.PrependerConfig{LengthFieldLength: 1})
+	p, _ := newPrepender(t, codec.PrependerConfig{LengthFieldLength: 1})
 	if err := p.Write(buffer.Get(256)); !errors.Is(err, codec.ErrFrameTooLong) {
 		t.Errorf("256 bytes behind a 1-byte length: %v, want ErrFrameTooLong", err)
 	}
@@ -128,7 +128,7 @@ func TestPrependerErrors(t *testing.T) {
 	}
 
 	// A failed prefix write releases the body too.
-	p, tr = newPrepender(t, codec.PrependerConfig{LengthFieldLength: 4})
+	p, tr := newPrepender(t, codec.PrependerConfig{LengthFieldLength: 4})
 	tr.failNext = 1
 	if err := p.Write(buffer.Get(1 << 20)); !errors.Is(err, errFakeWrite) {
 		t.Errorf("write with a failing transport: %v", err)

@@ -147,19 +147,6 @@ func (g *group) restart(t testing.TB, i int, o groupOpts) {
 	}
 }
 
-// without returns g less peer i, for checks over the peers still up.
-func (g *group) without(i int) *group {
-	h := &group{}
-	for j := range g.servers {
-		if j != i {
-			h.servers = append(h.servers, g.servers[j])
-			h.sms = append(h.sms, g.sms[j])
-			h.peers = append(h.peers, g.peers[j])
-		}
-	}
-	return h
-}
-
 func (g *group) ids() []string {
 	ids := make([]string, len(g.peers))
 	for i, p := range g.peers {
