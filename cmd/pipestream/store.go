@@ -211,20 +211,11 @@ func getNetwork(ctx context.Context, e *env, loc *storeLocation, name, out strin
 		opts = append(opts, datastream.WithReadPeer(loc.id))
 	}
 	r, err := c.Open(ctx, name, opts...)
-	switch {
-	case err == nil:
-	case ctx.Err() != nil:
-		return err
-	case errors.Is(err, datastream.ErrMissing) && loc.id != "":
-		return fmt.Errorf("%s: peer %s holds no copy of its newest entry (ls shows it missing); get it from another peer with --id, or leave out --id to read from any", name, loc.id)
-	case errors.Is(err, datastream.ErrMissing):
-		return fmt.Errorf("%s: no peer reached holds a copy of its newest entry (%w)", name, err)
-	case errors.Is(err, datastream.ErrNotFound) && loc.id != "":
-		return fmt.Errorf("peer %s holds no file %q (pipestream ls lists what it holds)", loc.id, name)
-	case errors.Is(err, datastream.ErrNotFound):
-		return fmt.Errorf("no peer reached holds a file %q (pipestream ls lists what a peer holds)", name)
-	default:
-		return hint(err)
+	if err != nil {
+		if ctx.Err() != nil {
+			return err
+		}
+		return openError(err, name, loc.id)
 	}
 	defer r.Close()
 	info := r.Info()
@@ -244,6 +235,22 @@ func getNetwork(ctx context.Context, e *env, loc *storeLocation, name, out strin
 		return read(e.stdout)
 	}
 	return writeChecked(out, read)
+}
+
+// openError explains why Open found no copy of name to read, on peer id
+// or, if id is empty, on any peer.
+func openError(err error, name, id string) error {
+	switch {
+	case errors.Is(err, datastream.ErrMissing) && id != "":
+		return fmt.Errorf("%s: peer %s holds no copy of its newest entry (ls shows it missing); get it from another peer with --id, or leave out --id to read from any", name, id)
+	case errors.Is(err, datastream.ErrMissing):
+		return fmt.Errorf("%s: no peer reached holds a copy of its newest entry (%w)", name, err)
+	case errors.Is(err, datastream.ErrNotFound) && id != "":
+		return fmt.Errorf("peer %s holds no file %q (pipestream ls lists what it holds)", id, name)
+	case errors.Is(err, datastream.ErrNotFound):
+		return fmt.Errorf("no peer reached holds a file %q (pipestream ls lists what a peer holds)", name)
+	}
+	return hint(err)
 }
 
 // writeChecked writes path through write, replacing path only if write
