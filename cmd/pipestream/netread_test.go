@@ -244,3 +244,25 @@ func TestOpenError(t *testing.T) {
 		}
 	}
 }
+
+// A group that does not run: ls and get fail at once, in this process,
+// saying so, and leave no goroutine or connection behind (TestMain).
+func TestNetworkReadNoGroup(t *testing.T) {
+	config := filepath.Join(t.TempDir(), "group.toml")
+	group := "[[peers]]\nid = \"p1\"\nstream_addr = \"127.0.0.1:1\"\nraft_addr = \"127.0.0.1:2\"\ncommit_addr = \"127.0.0.1:3\"\n"
+	if err := os.WriteFile(config, []byte(group), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, args := range [][]string{
+		{"ls", "--config", config},
+		{"ls", "--config", config, "--id", "p1", "--transport", "netconn"},
+		{"get", "f", "--config", config},
+		{"get", "f", "--config", config, "--id", "p1", "-o", filepath.Join(t.TempDir(), "out")},
+	} {
+		r := runCmd(t, args...)
+		if r.code != exitFailed || r.stdout != "" || !strings.Contains(r.stderr, "connect to p1") ||
+			!strings.HasSuffix(r.stderr, "(is the group running? start it with pipestream serve)\n") {
+			t.Errorf("%q: want exit 1 saying p1 is not reachable, got:\n%v", args, r)
+		}
+	}
+}
