@@ -164,6 +164,14 @@ func TestNetworkRead(t *testing.T) {
 		if got, err := os.ReadFile(out); err != nil || string(got) != "before" {
 			t.Errorf("a failed get replaced %s: %q, %v", out, got, err)
 		}
+		// Without --id, a get to a file that meets p2's copy reads again
+		// from another peer; the get starts at p2 with probability 1/3
+		// each time, or moves to it if its first peer fails.
+		for range 3 {
+			if got := getFile(t); !bytes.Equal(got, data) {
+				t.Fatalf("get with p2's copy corrupt gave %d bytes that differ from the %d put", len(got), len(data))
+			}
+		}
 		// scrub, beside the running peers, finds it too.
 		s := runBinaryResult(t, bin, "scrub", "--config", config, "--id", "p2")
 		if s.code != exitFailed || !strings.Contains(s.stdout, "bad "+name+": read ") || !strings.Contains(s.stdout, ": 1 bad, 0 intact;") {

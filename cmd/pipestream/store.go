@@ -56,7 +56,8 @@ an older version.
 
 With --config it reads over the network: from peer ID alone, or without
 --id from any peer that holds a copy, moving on to another if one fails
-part way. With --local (and --config, --id), or --data-dir, it reads the
+part way; and without --id, a copy to FILE that fails its check is read
+again from the other peers. With --local (and --config, --id), or --data-dir, it reads the
 peer's data directory on this machine instead, for a peer that is down.
 `
 
@@ -199,42 +200,86 @@ func get(e *env, loc *storeLocation, name, out string) error {
 }
 
 // getNetwork reads name from peer --id, or from any peer, and checks it
-// against the record of the peer that answered first.
+// against the record of the peer that answered first. Without --id, a
+// copy to a file that fails its check is read again from the peers not
+// yet found bad: one bad copy on disk does not fail the get.
 func getNetwork(ctx context.Context, e *env, loc *storeLocation, name, out string) error {
-	c, _, err := loc.client()
+	c, peers, err := loc.client()
 	if err != nil {
 		return err
 	}
 	defer c.Close()
+	toStdout := out == "" || out == "-"
+	ids := []string{loc.id}
+	if loc.id == "" {
+		ids = nil // every peer, from a random one
+	}
+	for {
+		err := getFrom(ctx, e, c, ids, name, out, toStdout)
+		var bad *mismatchError
+		if loc.id != "" || toStdout || !errors.As(err, &bad) {
+			return err
+		}
+		if ids == nil {
+			for _, p := range peers {
+				ids = append(ids, p.ID)
+			}
+		}
+		ids = slices.DeleteFunc(ids, func(id string) bool { return id == bad.info.Peer })
+		if len(ids) == 0 {
+			return err
+		}
+		fmt.Fprintf(e.stderr, "pipestream get: %v; reading from another peer\n", err)
+	}
+}
+
+// getFrom reads name from the peers ids (nil: any) to stdout or out.
+func getFrom(ctx context.Context, e *env, c *datastream.Client, ids []string, name, out string, toStdout bool) error {
 	var opts []datastream.ReadOption
-	if loc.id != "" {
-		opts = append(opts, datastream.WithReadPeer(loc.id))
+	if ids != nil {
+		opts = append(opts, datastream.WithReadPeer(ids...))
 	}
 	r, err := c.Open(ctx, name, opts...)
 	if err != nil {
 		if ctx.Err() != nil {
 			return err
 		}
-		return openError(err, name, loc.id)
+		id := ""
+		if len(ids) == 1 {
+			id = ids[0]
+		}
+		return openError(err, name, id)
 	}
 	defer r.Close()
-	info := r.Info()
 	read := func(w io.Writer) error {
 		h := sha256.New()
 		n, err := io.Copy(io.MultiWriter(w, h), r)
 		if err != nil {
 			return hint(err)
 		}
+		info := r.Info()
 		if uint64(n) != info.Length || !bytes.Equal(h.Sum(nil), info.SHA256) {
-			return fmt.Errorf("%s: read %d bytes with sha256 %x; peer %s recorded %d bytes with sha256 %x at log index %d",
-				name, n, h.Sum(nil), info.Peer, info.Length, info.SHA256, info.Index)
+			return &mismatchError{name: name, n: n, sum: h.Sum(nil), info: info}
 		}
 		return nil
 	}
-	if out == "" || out == "-" {
+	if toStdout {
 		return read(e.stdout)
 	}
 	return writeChecked(out, read)
+}
+
+// mismatchError is a read that is not what the peer recorded.
+type mismatchError struct {
+	name string
+	n    int64
+	sum  []byte
+	info datastream.FileInfo
+}
+
+func (m *mismatchError) Error() string {
+	return fmt.Sprintf("%s: read %d bytes with sha256 %x; peer %s recorded %d bytes with sha256 %x at log index %d",
+		m.name, m.n, m.sum, m.info.Peer, m.info.Length, m.info.SHA256, m.info.Index)
 }
 
 // openError explains why Open found no copy of name to read, on peer id
