@@ -5,14 +5,15 @@
 //	pipestream serve --config group.toml --id p1      one peer, until interrupted
 //	pipestream put --config group.toml FILE           stream FILE to the group and commit it
 //	pipestream ls --config group.toml --id p2         what p2's file store holds
-//	pipestream get --config group.toml --id p2 NAME   one stored file, checked against its SHA-256
+//	pipestream get --config group.toml NAME           one stored file from any peer, checked against its SHA-256
+//	pipestream scrub --config group.toml --id p2      reread p2's local copies and report the bad ones
 //
 // Every subcommand takes --help. Logs go to stderr through log/slog, at
 // the level --log-level sets; results go to stdout.
 //
-// ls and get read a peer's data directory on this machine, not the
-// network: the DataStream protocol only writes. They only read it, so they
-// are safe while the peer runs.
+// ls and get ask the peers over the network; with --local or --data-dir
+// they read a peer's data directory on this machine instead, as scrub
+// does. Those only read it, so they are safe while the peer runs.
 package main
 
 import (
@@ -57,8 +58,9 @@ var commands = []command{
 	{"demo", "start a 3-peer group in this process and stream a generated file through it", runDemo},
 	{"serve", "run one peer of a group until interrupted", runServe},
 	{"put", "stream a file to a running group and commit it", runPut},
-	{"ls", "list the files a peer's store holds (reads its local data directory)", runLs},
-	{"get", "copy a file out of a peer's store (reads its local data directory)", runGet},
+	{"ls", "list the files a peer's store holds", runLs},
+	{"get", "copy a committed file out of the group, checked against its SHA-256", runGet},
+	{"scrub", "check a peer's local copies against their records (reports only)", runScrub},
 	{"config", "print a sample group file", runConfig},
 }
 

@@ -95,10 +95,10 @@ func TestDemoKeep(t *testing.T) {
 	}
 	config := filepath.Join(kept[1], "group.toml")
 	for _, id := range demoPeers {
-		ls := runCmd(t, "ls", "--config", config, "--id", id)
+		ls := runCmd(t, "ls", "--config", config, "--id", id, "--local")
 		ls.want(t, exitOK, `(?m)^NAME +BYTES +INDEX +TERM +STATUS +SHA256$`, `(?m)^demo\.bin +102400 +\d+ +\d+ +ok +`+sum[1]+`$`)
 		out := filepath.Join(t.TempDir(), "out")
-		runCmd(t, "get", "demo.bin", "--config", config, "--id", id, "-o", out).want(t, exitOK)
+		runCmd(t, "get", "demo.bin", "--config", config, "--id", id, "--local", "-o", out).want(t, exitOK)
 		data, err := os.ReadFile(out)
 		if err != nil {
 			t.Fatal(err)
@@ -175,7 +175,7 @@ func TestUsageErrors(t *testing.T) {
 		{"put bad name", []string{"put", "a", "--peers", "p1=127.0.0.1:1", "--name", "../etc/passwd"}, exitUsage, `--name: statemachine: bad file name "../etc/passwd"`},
 		{"put unknown primary", []string{"put", "a", "--peers", "p1=127.0.0.1:1", "--primary", "p9"}, exitUsage, `--primary "p9" is not a peer`},
 		{"put missing file", []string{"put", missing, "--peers", "p1=127.0.0.1:1"}, exitFailed, "no such file"},
-		{"ls without store", []string{"ls"}, exitUsage, "give --config FILE and --id ID, or --data-dir DIR"},
+		{"ls without store", []string{"ls"}, exitUsage, "give --config FILE (and --id ID), or --data-dir DIR"},
 		{"ls empty dir", []string{"ls", "--data-dir", missing}, exitFailed, "no file store at"},
 		{"get without name", []string{"get", "--data-dir", "."}, exitUsage, "which file?"},
 		{"config bad port", []string{"config", "--port", "65500"}, exitUsage, "leaves no room"},
