@@ -478,12 +478,15 @@ func TestLossStaleVersion(t *testing.T) {
 	case !r.Missing && (r.SHA256 != want2 || s.dataSum[v2.Name] != want2):
 		t.Errorf("%s: %s at index %d is not missing and holds sha256 %.12s (data %.12s), not v2's %.12s", victim, v2.Name, r.Index, r.SHA256, s.dataSum[v2.Name], want2)
 	}
-	// What a reader gets: an error, or v2's bytes; never v1's.
-	var stdout, stderr bytes.Buffer
-	get := exec.Command(g.bin, "get", v2.Name, "--config", g.config, "--id", victim)
-	get.Stdout, get.Stderr = &stdout, &stderr
-	if err := get.Run(); err == nil && bytes.Equal(stdout.Bytes(), data1) {
-		t.Errorf("%s: get %s gives v1's bytes (index %d); v2 committed at index %d", victim, v2.Name, v1.Index, v2.Index)
+	// What a reader gets, over the network from the victim or from its
+	// directory: an error, or v2's bytes; never v1's.
+	for _, how := range [][]string{{"--id", victim}, {"--id", victim, "--local"}} {
+		var stdout, stderr bytes.Buffer
+		get := exec.Command(g.bin, append([]string{"get", v2.Name, "--config", g.config}, how...)...)
+		get.Stdout, get.Stderr = &stdout, &stderr
+		if err := get.Run(); err == nil && bytes.Equal(stdout.Bytes(), data1) {
+			t.Errorf("%s: get %s %v gives v1's bytes (index %d); v2 committed at index %d", victim, v2.Name, how, v1.Index, v2.Index)
+		}
 	}
 	g.checkOrFail(h, []string{v2.Name})
 }
