@@ -179,12 +179,24 @@ func TestLostCopyIsRepaired(t *testing.T) {
 	}
 }
 
-// One byte flipped in a stored file is found by the scrubber, and the copy
-// is repaired from another peer.
+// One byte flipped in a stored file is found by the scrubber, on its
+// schedule or when asked (ScrubNow, serve's SIGUSR1), and the copy is
+// repaired from another peer.
 func TestScrubRepairsFlippedByte(t *testing.T) {
+	for _, now := range []bool{false, true} {
+		t.Run(map[bool]string{false: "scheduled", true: "now"}[now], func(t *testing.T) {
+			testScrubRepairsFlippedByte(t, now)
+		})
+	}
+}
+
+func testScrubRepairsFlippedByte(t *testing.T, now bool) {
 	buffertest.Check(t)
 	g := startGroup(t, groupOpts{onDisk: true, edit: func(_ int, cfg *peer.Config) {
 		cfg.Scrub.Interval = 200 * time.Millisecond
+		if now {
+			cfg.Scrub.Interval = -1 // only when asked
+		}
 	}})
 	leader := g.leader()
 	f := g.other(leader)
@@ -206,6 +218,9 @@ func TestScrubRepairsFlippedByte(t *testing.T) {
 	b[len(b)/2] ^= 0x40
 	if err := os.WriteFile(p, b, 0o644); err != nil {
 		t.Fatal(err)
+	}
+	if now {
+		g.peers[f].ScrubNow()
 	}
 	g.eventually("the scrubber finds the flipped byte and the copy is repaired", func() bool {
 		return g.peers[f].Repairer().Stats().Repaired == 1 && g.files(f).Missing() == 0

@@ -39,7 +39,8 @@ type Peer struct {
 	// release.
 	keepStop context.CancelFunc
 	keepWG   sync.WaitGroup
-	repairer *repair.Repairer   // nil without a FileStore of New's
+	repairer *repair.Repairer // nil without a FileStore of New's
+	scrubber *repair.Scrubber
 	fetch    *datastream.Client // the Repairer's reads from the others
 
 	mu       sync.Mutex
@@ -227,6 +228,7 @@ func (p *Peer) startRepair(members []Member) error {
 	}
 	log := p.cfg.Logger.With("peer", p.cfg.ID)
 	p.repairer = repair.New(p.cfg.Repair, p.files, c, func() []string { return ids }, log)
+	p.scrubber = repair.NewScrubber(p.cfg.Scrub, p.files, p.repairer.Kick, log)
 	p.keepWG.Add(2)
 	go func() {
 		defer p.keepWG.Done()
@@ -234,9 +236,18 @@ func (p *Peer) startRepair(members []Member) error {
 	}()
 	go func() {
 		defer p.keepWG.Done()
-		repair.RunScrubber(ctx, p.cfg.Scrub, p.files, p.repairer.Kick, log)
+		p.scrubber.Run(ctx)
 	}()
 	return nil
+}
+
+// ScrubNow makes the peer reread every copy it stores now, and repair the
+// bad ones, rather than at its next scheduled scrub. pipestream serve
+// calls it on SIGUSR1. It does nothing on a peer without a Repairer.
+func (p *Peer) ScrubNow() {
+	if p.scrubber != nil {
+		p.scrubber.Kick()
+	}
 }
 
 // Repairer returns the peer's Repairer, or nil when it has no FileStore of

@@ -263,10 +263,11 @@ type Scrubbed interface {
 	Scrub(ctx context.Context, limit statemachine.Pacer) (statemachine.ScrubReport, error)
 }
 
-// ScrubConfig configures RunScrubber. Zero fields take the defaults.
+// ScrubConfig configures a Scrubber. Zero fields take the defaults.
 type ScrubConfig struct {
 	// Interval is the time between the starts of two scrubs, the first
-	// one Interval after start. Default 24 hours; negative disables it.
+	// one Interval after start. Default 24 hours; negative scrubs only
+	// when kicked.
 	Interval time.Duration
 	// BytesPerSecond paces a scrub's reads; 0 takes the default, 32 MiB/s,
 	// and a negative value does not limit.
@@ -279,14 +280,22 @@ const (
 	DefaultScrubBytesPerSecond = 32 << 20
 )
 
-// RunScrubber scrubs store every cfg.Interval until ctx is done, and calls
-// found after a scrub that recorded bad copies missing (a Repairer's Kick).
-func RunScrubber(ctx context.Context, cfg ScrubConfig, store Scrubbed, found func(), log *slog.Logger) {
+// Scrubber rereads a store's copies on a schedule, and when kicked.
+type Scrubber struct {
+	cfg   ScrubConfig
+	store Scrubbed
+	found func()
+	limit *ratelimit.Limiter
+	log   *slog.Logger
+	kick  chan struct{}
+	runs  atomic.Int64
+}
+
+// NewScrubber returns a Scrubber of store that calls found after a scrub
+// that recorded bad copies missing (a Repairer's Kick). Run starts it.
+func NewScrubber(cfg ScrubConfig, store Scrubbed, found func(), log *slog.Logger) *Scrubber {
 	if cfg.Interval == 0 {
 		cfg.Interval = DefaultScrubInterval
-	}
-	if cfg.Interval < 0 {
-		return
 	}
 	if cfg.BytesPerSecond == 0 {
 		cfg.BytesPerSecond = DefaultScrubBytesPerSecond
@@ -294,24 +303,49 @@ func RunScrubber(ctx context.Context, cfg ScrubConfig, store Scrubbed, found fun
 	if log == nil {
 		log = slog.Default()
 	}
-	limit := ratelimit.New(cfg.BytesPerSecond)
-	t := time.NewTicker(cfg.Interval)
-	defer t.Stop()
+	return &Scrubber{cfg: cfg, store: store, found: found, limit: ratelimit.New(cfg.BytesPerSecond), log: log,
+		kick: make(chan struct{}, 1)}
+}
+
+// Kick starts a scrub now, or right after the one in progress.
+func (s *Scrubber) Kick() {
+	select {
+	case s.kick <- struct{}{}:
+	default:
+	}
+}
+
+// Runs returns how many scrubs have finished.
+func (s *Scrubber) Runs() int64 { return s.runs.Load() }
+
+// Run scrubs on the schedule and when kicked, until ctx is done.
+func (s *Scrubber) Run(ctx context.Context) {
+	var tick <-chan time.Time
+	if s.cfg.Interval > 0 {
+		t := time.NewTicker(s.cfg.Interval)
+		defer t.Stop()
+		tick = t.C
+	}
 	for {
 		select {
 		case <-ctx.Done():
 			return
-		case <-t.C:
+		case <-tick:
+		case <-s.kick:
 		}
-		rep, err := store.Scrub(ctx, limit)
-		if err != nil && ctx.Err() == nil {
-			log.Warn("repair: scrub stopped", "checked", rep.Checked, "err", err)
+		rep, err := s.store.Scrub(ctx, s.limit)
+		switch {
+		case err != nil && ctx.Err() != nil:
+			return
+		case err != nil:
+			s.log.Warn("repair: scrub stopped", "checked", rep.Checked, "err", err)
+		case len(rep.Bad) == 0:
+			s.log.Info("repair: scrub found every copy intact", "checked", rep.Checked, "bytes", rep.Bytes)
 		}
 		if len(rep.Bad) > 0 {
-			log.Warn("repair: scrub found bad copies; repairing", "bad", len(rep.Bad), "checked", rep.Checked)
-			found()
-		} else if err == nil {
-			log.Info("repair: scrub found every copy intact", "checked", rep.Checked, "bytes", rep.Bytes)
+			s.log.Warn("repair: scrub found bad copies; repairing", "bad", len(rep.Bad), "checked", rep.Checked)
+			s.found()
 		}
+		s.runs.Add(1)
 	}
 }

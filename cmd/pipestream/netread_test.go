@@ -15,6 +15,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/pipestream/pipestream/datastream"
 )
@@ -152,7 +153,12 @@ func TestNetworkRead(t *testing.T) {
 		// is, and get finds that it is not what p2 recorded.
 		stored := filepath.Join(dir, "data", "p2", "files", "data", filepath.FromSlash(name))
 		flipByte(t, stored, 1000)
-		defer flipByte(t, stored, 1000)
+		repaired := false
+		defer func() {
+			if !repaired {
+				flipByte(t, stored, 1000)
+			}
+		}()
 		out := filepath.Join(t.TempDir(), "out")
 		if err := os.WriteFile(out, []byte("before"), 0o644); err != nil {
 			t.Fatal(err)
@@ -179,6 +185,26 @@ func TestNetworkRead(t *testing.T) {
 		}
 		if s := runBinaryResult(t, bin, "scrub", "--config", config, "--id", "p1"); s.code != 0 || !strings.Contains(s.stdout, ": 0 bad, 1 intact;") {
 			t.Errorf("scrub of p1:\n%v", s)
+		}
+		// SIGUSR1 makes p2 scrub now: it finds the bad copy, removes it,
+		// and repairs it from another peer.
+		if err := peers[1].cmd.Process.Signal(syscall.SIGUSR1); err != nil {
+			t.Fatal(err)
+		}
+		deadline := time.Now().Add(30 * time.Second)
+		for {
+			s := runBinaryResult(t, bin, "scrub", "--config", config, "--id", "p2")
+			if s.code == 0 && strings.Contains(s.stdout, ": 0 bad, 1 intact;") {
+				repaired = true
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("p2 did not repair its copy within 30 s of SIGUSR1; scrub says:\n%v", s)
+			}
+			time.Sleep(100 * time.Millisecond)
+		}
+		if got, err := os.ReadFile(stored); err != nil || !bytes.Equal(got, data) {
+			t.Fatalf("p2's repaired copy: %d bytes, %v; want the put's", len(got), err)
 		}
 	})
 	t.Run("peer down", func(t *testing.T) {

@@ -22,7 +22,8 @@ scrub only reads and only reports: it changes nothing, so it is safe
 while the peer runs (a copy a put replaces while scrub reads it may show
 as bad; run it again). A running peer scrubs its own store on a schedule
 (peer.Config.Scrub, daily by default), records the bad copies it finds as
-missing and fetches them again from the other peers.
+missing and fetches them again from the other peers; send its serve
+process SIGUSR1 to have it do so now (kill -USR1 PID).
 `
 
 func runScrub(ctx context.Context, args []string, e *env) int {

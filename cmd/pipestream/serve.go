@@ -5,7 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
+	"os/signal"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/pipestream/pipestream/peer"
@@ -24,7 +27,10 @@ The peer prints one line to stdout when it is bound ("ID serving: ...") and
 one when the group has a leader and every other peer is connected ("ID
 ready: ..."). It serves until SIGINT (Ctrl-C) or SIGTERM, then shuts down:
 open streams fail, the Raft node and the stores are closed. It exits 0
-after a clean shutdown. A second Ctrl-C kills it at once.
+after a clean shutdown. A second Ctrl-C kills it at once. SIGUSR1 makes it
+reread every copy it stores now, and repair from the other peers any that
+no longer matches its record (as its daily scrub does); "pipestream scrub"
+only reports.
 
 Instead of a group file, list every member (this one too) with --member;
 without --data-dir the peer then keeps its Raft log and files in memory.
@@ -102,6 +108,11 @@ func serveConfig(config, id string, members []string) (peer.Config, error) {
 // closing is called as the peer starts shutting down.
 func serve(ctx context.Context, e *env, cfg peer.Config, stats time.Duration, closing func()) error {
 	log := cfg.Logger
+	// SIGUSR1 asks for a scrub; caught from the start, so that it never
+	// takes its default action, killing the peer.
+	usr1 := make(chan os.Signal, 1)
+	signal.Notify(usr1, syscall.SIGUSR1)
+	defer signal.Stop(usr1)
 	p, err := peer.Start(ctx, cfg)
 	if err != nil {
 		return err
@@ -129,6 +140,17 @@ func serve(ctx context.Context, e *env, cfg peer.Config, stats time.Duration, cl
 	if stats > 0 && err == nil {
 		wg.Go(func() { logStats(ctx, log, p, stats) })
 	}
+	wg.Go(func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-usr1:
+				log.Info("SIGUSR1: scrubbing now", "peer", a.ID)
+				p.ScrubNow()
+			}
+		}
+	})
 	<-ctx.Done()
 
 	log.Info("shutting down", "peer", a.ID, "cause", context.Cause(ctx))
