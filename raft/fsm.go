@@ -13,6 +13,7 @@ import (
 	hraft "github.com/hashicorp/raft"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/pipestream/pipestream/internal/crashpoint"
 	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
 	"github.com/pipestream/pipestream/statemachine"
 )
@@ -126,6 +127,7 @@ func (f *fsm) applyStream(l *hraft.Log) any {
 	f.mu.Unlock()
 
 	res := applyResult{committed: c}
+	crashpoint.HitOn("raft.apply.before-link", string(e.GetMessage()))
 	if f.linker != nil {
 		res.err = f.linker.Link(f.ctx, statemachine.Entry{
 			Index:       l.Index,
@@ -341,6 +343,7 @@ func (f *fsm) Restore(rc io.ReadCloser) error {
 			failed++
 			f.log.Warn("raft: link from snapshot failed", "key", e.Key, "index", e.Index, "err", err)
 		}
+		crashpoint.Hit("raft.restore.linking")
 	}
 	if len(catalog) > 0 {
 		f.log.Info("raft: restored snapshot", "index", st.LastIndex, "entries", len(catalog), "link_errors", failed)

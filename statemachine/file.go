@@ -14,6 +14,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/pipestream/pipestream/internal/crashpoint"
 	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
 )
 
@@ -353,6 +354,7 @@ func (s *FileStore) commit(sf StoredFile, tmp string) (committed bool, err error
 	if err := s.appendRecord(sf); err != nil {
 		return false, errors.Join(fmt.Errorf("statemachine: link %v: %w", sf.Key, err), s.truncateLog(before))
 	}
+	crashpoint.HitOn("filestore.link.recorded", sf.Name)
 	if superseded {
 		s.setEntry(sf)
 		if err := s.root.Remove(tmp); err != nil && !errors.Is(err, fs.ErrNotExist) {
@@ -369,6 +371,7 @@ func (s *FileStore) commit(sf StoredFile, tmp string) (committed bool, err error
 		return false, err
 	}
 	s.setEntry(sf)
+	crashpoint.HitOn("filestore.link.renamed", sf.Name)
 	if err := s.syncDir(filepath.Dir(dst)); err != nil {
 		return true, fmt.Errorf("statemachine: link %v: %w", sf.Key, err)
 	}

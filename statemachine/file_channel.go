@@ -7,6 +7,8 @@ import (
 	"io/fs"
 	"os"
 	"sync"
+
+	"github.com/pipestream/pipestream/internal/crashpoint"
 )
 
 // fileChannel is FileStore's DataChannel: a temporary file and a running
@@ -83,9 +85,13 @@ func (c *fileChannel) closeLocked() error {
 		return err
 	}
 	c.tmp = closed
+	crashpoint.HitOn("filestore.close.renamed", c.name)
 	if c.s.syncOnClose {
-		return c.s.syncDir(tmpDir)
+		if err := c.s.syncDir(tmpDir); err != nil {
+			return err
+		}
 	}
+	crashpoint.HitOn("filestore.close.synced", c.name) // the ack is next
 	return nil
 }
 

@@ -10,6 +10,8 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+
+	"github.com/pipestream/pipestream/internal/crashpoint"
 )
 
 // Pacer paces bulk reads: Wait returns once n more bytes may go, or with
@@ -70,6 +72,7 @@ func (s *FileStore) Repair(ctx context.Context, sf StoredFile, src io.Reader, wa
 		return errors.Join(fmt.Errorf("statemachine: repair %s: %w", sf.Name, err), s.removeTmp(tmp))
 	}
 
+	crashpoint.HitOn("filestore.repair.filled", sf.Name)
 	s.linkMu.Lock()
 	defer s.linkMu.Unlock()
 	if !s.stillMissing(sf) {

@@ -60,14 +60,19 @@ type group struct {
 
 var putLine = regexp.MustCompile(`^committed (\S+): .*, log index (\d+), term (\d+), primary (\S+)$`)
 
-func startGroup(t *testing.T) *group {
+func startGroup(t *testing.T) *group { return startGroupWith(t, "") }
+
+// startGroupWith is startGroup with raftSettings (TOML lines) added to the
+// group file's [raft] table.
+func startGroupWith(t *testing.T, raftSettings string) *group {
 	t.Helper()
 	g := &group{t: t, bin: buildBinary(t), dir: t.TempDir(), ids: []string{"p1", "p2", "p3"}, procs: map[string]*process{}}
 	g.config = filepath.Join(g.dir, "group.toml")
 	var peers []*process
 	for attempt := 1; ; attempt++ {
 		addrs := freeAddrs(t, 9)
-		if err := os.WriteFile(g.config, []byte(crashGroupFile(addrs)), 0o644); err != nil {
+		file := strings.Replace(crashGroupFile(addrs), "[raft]\n", "[raft]\n"+raftSettings, 1)
+		if err := os.WriteFile(g.config, []byte(file), 0o644); err != nil {
 			t.Fatal(err)
 		}
 		var err error
@@ -120,11 +125,12 @@ func (g *group) down(id string) bool {
 	}
 }
 
-// restart starts peer id again and waits until it is serving. Its ports
-// were its own a moment ago; a bind that fails anyway is retried.
-func (g *group) restart(id string) error {
+// restart starts peer id again, with env added to its environment, and
+// waits until it is serving. Its ports were its own a moment ago; a bind
+// that fails anyway is retried.
+func (g *group) restart(id string, env ...string) error {
 	for attempt := 1; ; attempt++ {
-		p := startPeer(g.t, g.bin, g.config, id)
+		p := startPeer(g.t, g.bin, g.config, id, env...)
 		_, err := p.stdout.waitFor(id+" serving: ", testTimeout)
 		if err == nil {
 			g.mu.Lock()

@@ -172,8 +172,9 @@ func startPeers(t *testing.T, bin, config string) ([]*process, error) {
 }
 
 // startPeer starts "pipestream serve" for peer id, without waiting for
-// it; the test's end kills it if it still runs.
-func startPeer(t *testing.T, bin, config, id string) *process {
+// it, with env added to its environment; the test's end kills it if it
+// still runs.
+func startPeer(t *testing.T, bin, config, id string, env ...string) *process {
 	t.Helper()
 	p := &process{
 		id:     id,
@@ -183,6 +184,9 @@ func startPeer(t *testing.T, bin, config, id string) *process {
 		exited: make(chan struct{}),
 	}
 	p.cmd.Stdout, p.cmd.Stderr = p.stdout, p.stderr
+	if len(env) > 0 {
+		p.cmd.Env = append(os.Environ(), env...)
+	}
 	if err := p.cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
