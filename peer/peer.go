@@ -6,12 +6,16 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io/fs"
 	"path/filepath"
 	"slices"
 	"sync"
 	"time"
 
+	"google.golang.org/protobuf/proto"
+
 	"github.com/pipestream/pipestream/datastream"
+	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
 	"github.com/pipestream/pipestream/raft"
 	"github.com/pipestream/pipestream/repair"
 	"github.com/pipestream/pipestream/server"
@@ -132,6 +136,7 @@ func New(ctx context.Context, cfg Config) (_ *Peer, err error) {
 		ForwardTimeout:     t.ForwardTimeout,
 		TLS:                peersOnly(cfg.TLS, cfg.AuthorizePeer),
 		PeerTLS:            cfg.PeerTLS,
+		Status:             p.status,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("peer %s: %w", cfg.ID, err)
@@ -253,6 +258,41 @@ func (p *Peer) ScrubNow() {
 // Repairer returns the peer's Repairer, or nil when it has no FileStore of
 // its own (no DataDir, or Config.StateMachine) or no other member.
 func (p *Peer) Repairer() *repair.Repairer { return p.repairer }
+
+// status is what the Raft node's answer to a peer status request adds to
+// its own state (raft.Config.Status): streams, copies, repairs and the
+// size of the data directory, which it walks each time.
+func (p *Peer) status() *pb.PeerStatus {
+	st := &pb.PeerStatus{
+		OpenStreams:    uint64(p.srv.Streams().Active()),
+		PendingStreams: uint64(p.srv.Streams().Pending()),
+	}
+	if p.files != nil {
+		st.MissingCopies = proto.Uint64(uint64(p.files.Missing()))
+	}
+	p.mu.Lock()
+	r := p.repairer
+	p.mu.Unlock()
+	if r != nil {
+		rs := r.Stats()
+		st.RepairsRunning, st.RepairsWaiting = proto.Uint64(uint64(rs.InProgress)), proto.Uint64(uint64(rs.Waiting))
+	}
+	if p.cfg.DataDir != "" {
+		var size uint64
+		// Files come and go while it walks (streams, snapshots): count what
+		// is there.
+		_ = filepath.WalkDir(p.cfg.DataDir, func(_ string, d fs.DirEntry, err error) error {
+			if err == nil && d.Type().IsRegular() {
+				if fi, err := d.Info(); err == nil {
+					size += uint64(fi.Size())
+				}
+			}
+			return nil
+		})
+		st.DataDirBytes = proto.Uint64(size)
+	}
+	return st
+}
 
 // keepFiles tends the FileStore's leftovers on the sweep tick:
 // it retries links that could not be recorded, and removes the closed

@@ -326,6 +326,27 @@ func (n *Node) commitInfo() *pb.CommitInfo {
 	return info
 }
 
+// peerStatus is this peer's answer to a peer status request: Raft's
+// state, and what Config.Status adds.
+func (n *Node) peerStatus() *pb.PeerStatus {
+	var st *pb.PeerStatus
+	if n.cfg.Status != nil {
+		st = n.cfg.Status()
+	}
+	if st == nil {
+		st = &pb.PeerStatus{}
+	}
+	st.ServerId = n.cfg.ID
+	st.FsmAppliedIndex = n.fsm.stats().LastIndex
+	st.State = hraft.Shutdown.String() // the commit address is served from Start to Shutdown
+	if r, err := n.started(); err == nil {
+		_, leader := r.LeaderWithID()
+		st.State, st.LeaderId, st.Term = r.State().String(), string(leader), r.CurrentTerm()
+		st.CommitIndex, st.AppliedIndex = r.CommitIndex(), r.AppliedIndex()
+	}
+	return st
+}
+
 // commitInfos returns own and what every other peer answers to a status
 // request within statusTimeout, ordered by peer id.
 func (n *Node) commitInfos(ctx context.Context, own *pb.CommitInfo) []*pb.CommitInfo {

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"time"
 
+	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
 	"github.com/pipestream/pipestream/statemachine"
 )
 
@@ -79,6 +80,13 @@ type Config struct {
 	// to recognise duplicates; the oldest are forgotten first. It must be the
 	// same on every peer. Default 65536.
 	MaxDedupKeys int
+
+	// Status, if set, supplies what this peer's answer to a peer status
+	// request (QueryStatus) tells beyond Raft's own state: its streams,
+	// copies and disk. The Node sets the Raft fields of what it returns,
+	// which must be a new message each call. It runs on the connection's
+	// goroutine and should be quick.
+	Status func() *pb.PeerStatus
 
 	// ForwardTimeout bounds how long a leader works on one forwarded commit
 	// and how long a forwarding connection may take for one message.

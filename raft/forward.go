@@ -20,8 +20,15 @@ import (
 // and reads back a RaftClientReply for each. Every message is a 4-byte
 // big-endian length and its bytes; a request's bytes start with its kind:
 //
-//	reqCommit  a StreamEntry, for the leader to append
-//	reqStatus  nothing; the reply carries the peer's CommitInfo
+//	reqCommit      a StreamEntry, for the leader to append
+//	reqStatus      nothing; the reply carries the peer's CommitInfo
+//	reqPeerStatus  nothing; the reply carries the CommitInfo and a
+//	               PeerStatus (QueryStatus)
+//
+// reqStatus is on every commit's path (each reply collects the peers'
+// indexes), so it stays cheap; reqPeerStatus, for an operator's status
+// command, may cost more. A peer older than reqPeerStatus answers it with
+// BAD_HEADER.
 //
 // A connection carries any number of request/reply pairs in turn and is
 // pooled by the sender.
@@ -35,9 +42,10 @@ const maxIdleConns = 4
 
 // Request kinds of the commit RPC.
 var (
-	reqCommit = []byte{1}
-	reqStatus = []byte{2}
-	noKind    []byte // a reply
+	reqCommit     = []byte{1}
+	reqStatus     = []byte{2}
+	reqPeerStatus = []byte{3}
+	noKind        []byte // a reply
 )
 
 // writeFrame writes kind and body with their length prefix in one write.
@@ -226,6 +234,9 @@ func (n *Node) serveCommitConn(raw net.Conn) {
 			rep = n.serveCommit(data[1:])
 		case len(data) == 1 && data[0] == reqStatus[0]:
 			rep = &pb.RaftClientReply{ServerId: n.cfg.ID, Success: true, CommitInfos: []*pb.CommitInfo{n.commitInfo()}}
+		case len(data) == 1 && data[0] == reqPeerStatus[0]:
+			rep = &pb.RaftClientReply{ServerId: n.cfg.ID, Success: true, CommitInfos: []*pb.CommitInfo{n.commitInfo()},
+				PeerStatus: n.peerStatus()}
 		default:
 			rep = &pb.RaftClientReply{ServerId: n.cfg.ID, ErrorCode: pb.ErrorCode_BAD_HEADER,
 				ErrorMessage: fmt.Sprintf("%v: unknown request", ErrBadEntry)}
@@ -273,4 +284,44 @@ func (n *Node) serveCommit(data []byte) *pb.RaftClientReply {
 	rep.Success = true
 	rep.LogIndex, rep.Term = res.index, res.term
 	return rep
+}
+
+// QueryStatus asks the peer whose commit address is addr for its
+// PeerStatus, over a connection of its own: for tools outside the group,
+// such as pipestream status. tlsConf is nil for plain TCP; a group that
+// speaks TLS wants what its peers dial each other with (Config.PeerTLS),
+// since the commit address may accept peers only. ctx bounds the call.
+func QueryStatus(ctx context.Context, addr string, tlsConf *tls.Config) (*pb.PeerStatus, error) {
+	if addr == "" {
+		return nil, fmt.Errorf("%w: no commit address", ErrConfig)
+	}
+	c, err := dial(ctx, addr, 0, tlsConf)
+	if err != nil {
+		return nil, fmt.Errorf("raft: status %s: %w", addr, errors.Join(err, ctx.Err()))
+	}
+	defer c.Close()
+	if d, ok := ctx.Deadline(); ok {
+		c.SetDeadline(d)
+	}
+	stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Unix(1, 0)) })
+	defer stop()
+	var rep pb.RaftClientReply
+	err = writeFrame(c, reqPeerStatus, nil)
+	if err == nil {
+		var buf []byte
+		if buf, err = readFrame(c); err == nil {
+			if err = proto.Unmarshal(buf, &rep); err != nil {
+				err = fmt.Errorf("%w: reply: %v", ErrBadEntry, err)
+			}
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("raft: status %s: %w", addr, errors.Join(err, ctx.Err()))
+	}
+	st := rep.GetPeerStatus()
+	if !rep.GetSuccess() || st == nil {
+		return nil, fmt.Errorf("%w: status %s: peer %q answered %v %q (older than peer status requests?)",
+			ErrBadEntry, addr, rep.GetServerId(), rep.GetErrorCode(), rep.GetErrorMessage())
+	}
+	return st, nil
 }

@@ -314,7 +314,7 @@ func (x DataStreamPacketHeader_Type) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use DataStreamPacketHeader_Type.Descriptor instead.
 func (DataStreamPacketHeader_Type) EnumDescriptor() ([]byte, []int) {
-	return file_pipestream_proto_rawDescGZIP(), []int{5, 0}
+	return file_pipestream_proto_rawDescGZIP(), []int{6, 0}
 }
 
 // Option values are bit flags, ORed together in options. They apply to
@@ -388,7 +388,7 @@ func (x DataStreamPacketHeader_Option) Number() protoreflect.EnumNumber {
 
 // Deprecated: Use DataStreamPacketHeader_Option.Descriptor instead.
 func (DataStreamPacketHeader_Option) EnumDescriptor() ([]byte, []int) {
-	return file_pipestream_proto_rawDescGZIP(), []int{5, 1}
+	return file_pipestream_proto_rawDescGZIP(), []int{6, 1}
 }
 
 // RaftClientRequest is a request to a Raft group. As the body of a
@@ -541,7 +541,10 @@ type RaftClientReply struct {
 	// right after the commit (peers it could not reach in time are left
 	// out), so a client can see how far the entry has been applied and
 	// wait for ALL.
-	CommitInfos   []*CommitInfo `protobuf:"bytes,11,rep,name=commit_infos,json=commitInfos,proto3" json:"commit_infos,omitempty"`
+	CommitInfos []*CommitInfo `protobuf:"bytes,11,rep,name=commit_infos,json=commitInfos,proto3" json:"commit_infos,omitempty"`
+	// In the reply to a peer status request of the commit RPC (what
+	// pipestream status sends each peer): the answering peer's state.
+	PeerStatus    *PeerStatus `protobuf:"bytes,12,opt,name=peer_status,json=peerStatus,proto3" json:"peer_status,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -653,6 +656,171 @@ func (x *RaftClientReply) GetCommitInfos() []*CommitInfo {
 	return nil
 }
 
+func (x *RaftClientReply) GetPeerStatus() *PeerStatus {
+	if x != nil {
+		return x.PeerStatus
+	}
+	return nil
+}
+
+// PeerStatus is one peer's state as it reports it, for an operator's view
+// of the group. The optional fields are absent when the peer has nothing
+// of the kind: no file store of its own, no repairer (a group of one), or
+// no data directory.
+type PeerStatus struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	ServerId string                 `protobuf:"bytes,1,opt,name=server_id,json=serverId,proto3" json:"server_id,omitempty"`
+	// Raft's role of the peer: "Leader", "Follower", "Candidate" or
+	// "Shutdown".
+	State string `protobuf:"bytes,2,opt,name=state,proto3" json:"state,omitempty"`
+	// The leader this peer knows of, empty while it knows none, and its
+	// current term.
+	LeaderId string `protobuf:"bytes,3,opt,name=leader_id,json=leaderId,proto3" json:"leader_id,omitempty"`
+	Term     uint64 `protobuf:"varint,4,opt,name=term,proto3" json:"term,omitempty"`
+	// Raft's commit index and applied index. Raft's applied index counts
+	// every entry, an election's no-op too, so a caught-up peer's equals the
+	// leader's commit index; CommitInfo.applied_index (fsm_applied_index
+	// here) is the last entry the state machine saw.
+	CommitIndex     uint64 `protobuf:"varint,5,opt,name=commit_index,json=commitIndex,proto3" json:"commit_index,omitempty"`
+	AppliedIndex    uint64 `protobuf:"varint,6,opt,name=applied_index,json=appliedIndex,proto3" json:"applied_index,omitempty"`
+	FsmAppliedIndex uint64 `protobuf:"varint,7,opt,name=fsm_applied_index,json=fsmAppliedIndex,proto3" json:"fsm_applied_index,omitempty"`
+	// Streams open on this peer, and streams closed here whose entry has not
+	// committed yet.
+	OpenStreams    uint64 `protobuf:"varint,8,opt,name=open_streams,json=openStreams,proto3" json:"open_streams,omitempty"`
+	PendingStreams uint64 `protobuf:"varint,9,opt,name=pending_streams,json=pendingStreams,proto3" json:"pending_streams,omitempty"`
+	// Committed entries this peer holds no copy of (FileStore.Missing), and
+	// the repairs fetching them: running now, and waiting for a retry.
+	MissingCopies  *uint64 `protobuf:"varint,10,opt,name=missing_copies,json=missingCopies,proto3,oneof" json:"missing_copies,omitempty"`
+	RepairsRunning *uint64 `protobuf:"varint,11,opt,name=repairs_running,json=repairsRunning,proto3,oneof" json:"repairs_running,omitempty"`
+	RepairsWaiting *uint64 `protobuf:"varint,12,opt,name=repairs_waiting,json=repairsWaiting,proto3,oneof" json:"repairs_waiting,omitempty"`
+	// The bytes of the files under the peer's data directory: its Raft log
+	// and snapshots, its copies and its unfinished streams.
+	DataDirBytes  *uint64 `protobuf:"varint,13,opt,name=data_dir_bytes,json=dataDirBytes,proto3,oneof" json:"data_dir_bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *PeerStatus) Reset() {
+	*x = PeerStatus{}
+	mi := &file_pipestream_proto_msgTypes[2]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *PeerStatus) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*PeerStatus) ProtoMessage() {}
+
+func (x *PeerStatus) ProtoReflect() protoreflect.Message {
+	mi := &file_pipestream_proto_msgTypes[2]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use PeerStatus.ProtoReflect.Descriptor instead.
+func (*PeerStatus) Descriptor() ([]byte, []int) {
+	return file_pipestream_proto_rawDescGZIP(), []int{2}
+}
+
+func (x *PeerStatus) GetServerId() string {
+	if x != nil {
+		return x.ServerId
+	}
+	return ""
+}
+
+func (x *PeerStatus) GetState() string {
+	if x != nil {
+		return x.State
+	}
+	return ""
+}
+
+func (x *PeerStatus) GetLeaderId() string {
+	if x != nil {
+		return x.LeaderId
+	}
+	return ""
+}
+
+func (x *PeerStatus) GetTerm() uint64 {
+	if x != nil {
+		return x.Term
+	}
+	return 0
+}
+
+func (x *PeerStatus) GetCommitIndex() uint64 {
+	if x != nil {
+		return x.CommitIndex
+	}
+	return 0
+}
+
+func (x *PeerStatus) GetAppliedIndex() uint64 {
+	if x != nil {
+		return x.AppliedIndex
+	}
+	return 0
+}
+
+func (x *PeerStatus) GetFsmAppliedIndex() uint64 {
+	if x != nil {
+		return x.FsmAppliedIndex
+	}
+	return 0
+}
+
+func (x *PeerStatus) GetOpenStreams() uint64 {
+	if x != nil {
+		return x.OpenStreams
+	}
+	return 0
+}
+
+func (x *PeerStatus) GetPendingStreams() uint64 {
+	if x != nil {
+		return x.PendingStreams
+	}
+	return 0
+}
+
+func (x *PeerStatus) GetMissingCopies() uint64 {
+	if x != nil && x.MissingCopies != nil {
+		return *x.MissingCopies
+	}
+	return 0
+}
+
+func (x *PeerStatus) GetRepairsRunning() uint64 {
+	if x != nil && x.RepairsRunning != nil {
+		return *x.RepairsRunning
+	}
+	return 0
+}
+
+func (x *PeerStatus) GetRepairsWaiting() uint64 {
+	if x != nil && x.RepairsWaiting != nil {
+		return *x.RepairsWaiting
+	}
+	return 0
+}
+
+func (x *PeerStatus) GetDataDirBytes() uint64 {
+	if x != nil && x.DataDirBytes != nil {
+		return *x.DataDirBytes
+	}
+	return 0
+}
+
 // CommitInfo is one peer's progress through the Raft log.
 type CommitInfo struct {
 	state    protoimpl.MessageState `protogen:"open.v1"`
@@ -673,7 +841,7 @@ type CommitInfo struct {
 
 func (x *CommitInfo) Reset() {
 	*x = CommitInfo{}
-	mi := &file_pipestream_proto_msgTypes[2]
+	mi := &file_pipestream_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -685,7 +853,7 @@ func (x *CommitInfo) String() string {
 func (*CommitInfo) ProtoMessage() {}
 
 func (x *CommitInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_pipestream_proto_msgTypes[2]
+	mi := &file_pipestream_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -698,7 +866,7 @@ func (x *CommitInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CommitInfo.ProtoReflect.Descriptor instead.
 func (*CommitInfo) Descriptor() ([]byte, []int) {
-	return file_pipestream_proto_rawDescGZIP(), []int{2}
+	return file_pipestream_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *CommitInfo) GetServerId() string {
@@ -745,7 +913,7 @@ type RoutingTable struct {
 
 func (x *RoutingTable) Reset() {
 	*x = RoutingTable{}
-	mi := &file_pipestream_proto_msgTypes[3]
+	mi := &file_pipestream_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -757,7 +925,7 @@ func (x *RoutingTable) String() string {
 func (*RoutingTable) ProtoMessage() {}
 
 func (x *RoutingTable) ProtoReflect() protoreflect.Message {
-	mi := &file_pipestream_proto_msgTypes[3]
+	mi := &file_pipestream_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -770,7 +938,7 @@ func (x *RoutingTable) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use RoutingTable.ProtoReflect.Descriptor instead.
 func (*RoutingTable) Descriptor() ([]byte, []int) {
-	return file_pipestream_proto_rawDescGZIP(), []int{3}
+	return file_pipestream_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *RoutingTable) GetRoutes() []*Route {
@@ -791,7 +959,7 @@ type Route struct {
 
 func (x *Route) Reset() {
 	*x = Route{}
-	mi := &file_pipestream_proto_msgTypes[4]
+	mi := &file_pipestream_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -803,7 +971,7 @@ func (x *Route) String() string {
 func (*Route) ProtoMessage() {}
 
 func (x *Route) ProtoReflect() protoreflect.Message {
-	mi := &file_pipestream_proto_msgTypes[4]
+	mi := &file_pipestream_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -816,7 +984,7 @@ func (x *Route) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Route.ProtoReflect.Descriptor instead.
 func (*Route) Descriptor() ([]byte, []int) {
-	return file_pipestream_proto_rawDescGZIP(), []int{4}
+	return file_pipestream_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *Route) GetPeer() string {
@@ -863,7 +1031,7 @@ type DataStreamPacketHeader struct {
 
 func (x *DataStreamPacketHeader) Reset() {
 	*x = DataStreamPacketHeader{}
-	mi := &file_pipestream_proto_msgTypes[5]
+	mi := &file_pipestream_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -875,7 +1043,7 @@ func (x *DataStreamPacketHeader) String() string {
 func (*DataStreamPacketHeader) ProtoMessage() {}
 
 func (x *DataStreamPacketHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_pipestream_proto_msgTypes[5]
+	mi := &file_pipestream_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -888,7 +1056,7 @@ func (x *DataStreamPacketHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DataStreamPacketHeader.ProtoReflect.Descriptor instead.
 func (*DataStreamPacketHeader) Descriptor() ([]byte, []int) {
-	return file_pipestream_proto_rawDescGZIP(), []int{5}
+	return file_pipestream_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *DataStreamPacketHeader) GetClientId() []byte {
@@ -977,7 +1145,7 @@ type DataStreamReplyHeader struct {
 
 func (x *DataStreamReplyHeader) Reset() {
 	*x = DataStreamReplyHeader{}
-	mi := &file_pipestream_proto_msgTypes[6]
+	mi := &file_pipestream_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -989,7 +1157,7 @@ func (x *DataStreamReplyHeader) String() string {
 func (*DataStreamReplyHeader) ProtoMessage() {}
 
 func (x *DataStreamReplyHeader) ProtoReflect() protoreflect.Message {
-	mi := &file_pipestream_proto_msgTypes[6]
+	mi := &file_pipestream_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1002,7 +1170,7 @@ func (x *DataStreamReplyHeader) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DataStreamReplyHeader.ProtoReflect.Descriptor instead.
 func (*DataStreamReplyHeader) Descriptor() ([]byte, []int) {
-	return file_pipestream_proto_rawDescGZIP(), []int{6}
+	return file_pipestream_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *DataStreamReplyHeader) GetPacketHeader() *DataStreamPacketHeader {
@@ -1096,7 +1264,7 @@ type ReadRequest struct {
 
 func (x *ReadRequest) Reset() {
 	*x = ReadRequest{}
-	mi := &file_pipestream_proto_msgTypes[7]
+	mi := &file_pipestream_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1108,7 +1276,7 @@ func (x *ReadRequest) String() string {
 func (*ReadRequest) ProtoMessage() {}
 
 func (x *ReadRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_pipestream_proto_msgTypes[7]
+	mi := &file_pipestream_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1121,7 +1289,7 @@ func (x *ReadRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ReadRequest.ProtoReflect.Descriptor instead.
 func (*ReadRequest) Descriptor() ([]byte, []int) {
-	return file_pipestream_proto_rawDescGZIP(), []int{7}
+	return file_pipestream_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *ReadRequest) GetName() string {
@@ -1174,7 +1342,7 @@ type FileInfo struct {
 
 func (x *FileInfo) Reset() {
 	*x = FileInfo{}
-	mi := &file_pipestream_proto_msgTypes[8]
+	mi := &file_pipestream_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1186,7 +1354,7 @@ func (x *FileInfo) String() string {
 func (*FileInfo) ProtoMessage() {}
 
 func (x *FileInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_pipestream_proto_msgTypes[8]
+	mi := &file_pipestream_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1199,7 +1367,7 @@ func (x *FileInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use FileInfo.ProtoReflect.Descriptor instead.
 func (*FileInfo) Descriptor() ([]byte, []int) {
-	return file_pipestream_proto_rawDescGZIP(), []int{8}
+	return file_pipestream_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *FileInfo) GetName() string {
@@ -1269,7 +1437,7 @@ type ListReply struct {
 
 func (x *ListReply) Reset() {
 	*x = ListReply{}
-	mi := &file_pipestream_proto_msgTypes[9]
+	mi := &file_pipestream_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1281,7 +1449,7 @@ func (x *ListReply) String() string {
 func (*ListReply) ProtoMessage() {}
 
 func (x *ListReply) ProtoReflect() protoreflect.Message {
-	mi := &file_pipestream_proto_msgTypes[9]
+	mi := &file_pipestream_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1294,7 +1462,7 @@ func (x *ListReply) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListReply.ProtoReflect.Descriptor instead.
 func (*ListReply) Descriptor() ([]byte, []int) {
-	return file_pipestream_proto_rawDescGZIP(), []int{9}
+	return file_pipestream_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *ListReply) GetFiles() []*FileInfo {
@@ -1328,7 +1496,7 @@ type StreamEntry struct {
 
 func (x *StreamEntry) Reset() {
 	*x = StreamEntry{}
-	mi := &file_pipestream_proto_msgTypes[10]
+	mi := &file_pipestream_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1340,7 +1508,7 @@ func (x *StreamEntry) String() string {
 func (*StreamEntry) ProtoMessage() {}
 
 func (x *StreamEntry) ProtoReflect() protoreflect.Message {
-	mi := &file_pipestream_proto_msgTypes[10]
+	mi := &file_pipestream_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1353,7 +1521,7 @@ func (x *StreamEntry) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use StreamEntry.ProtoReflect.Descriptor instead.
 func (*StreamEntry) Descriptor() ([]byte, []int) {
-	return file_pipestream_proto_rawDescGZIP(), []int{10}
+	return file_pipestream_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *StreamEntry) GetClientId() []byte {
@@ -1419,7 +1587,7 @@ const file_pipestream_proto_rawDesc = "" +
 	"\n" +
 	"\x06STREAM\x10\x02\x12\b\n" +
 	"\x04READ\x10\x03\x12\v\n" +
-	"\aFORWARD\x10\x04\"\x86\x03\n" +
+	"\aFORWARD\x10\x04\"\xc2\x03\n" +
 	"\x0fRaftClientReply\x12\x1b\n" +
 	"\tclient_id\x18\x01 \x01(\fR\bclientId\x12\x17\n" +
 	"\acall_id\x18\x02 \x01(\x04R\x06callId\x12\x1b\n" +
@@ -1434,7 +1602,29 @@ const file_pipestream_proto_rawDesc = "" +
 	"leaderHint\x12\x18\n" +
 	"\amessage\x18\n" +
 	" \x01(\fR\amessage\x12<\n" +
-	"\fcommit_infos\x18\v \x03(\v2\x19.pipestream.v1.CommitInfoR\vcommitInfos\"\x90\x01\n" +
+	"\fcommit_infos\x18\v \x03(\v2\x19.pipestream.v1.CommitInfoR\vcommitInfos\x12:\n" +
+	"\vpeer_status\x18\f \x01(\v2\x19.pipestream.v1.PeerStatusR\n" +
+	"peerStatus\"\xb1\x04\n" +
+	"\n" +
+	"PeerStatus\x12\x1b\n" +
+	"\tserver_id\x18\x01 \x01(\tR\bserverId\x12\x14\n" +
+	"\x05state\x18\x02 \x01(\tR\x05state\x12\x1b\n" +
+	"\tleader_id\x18\x03 \x01(\tR\bleaderId\x12\x12\n" +
+	"\x04term\x18\x04 \x01(\x04R\x04term\x12!\n" +
+	"\fcommit_index\x18\x05 \x01(\x04R\vcommitIndex\x12#\n" +
+	"\rapplied_index\x18\x06 \x01(\x04R\fappliedIndex\x12*\n" +
+	"\x11fsm_applied_index\x18\a \x01(\x04R\x0ffsmAppliedIndex\x12!\n" +
+	"\fopen_streams\x18\b \x01(\x04R\vopenStreams\x12'\n" +
+	"\x0fpending_streams\x18\t \x01(\x04R\x0ependingStreams\x12*\n" +
+	"\x0emissing_copies\x18\n" +
+	" \x01(\x04H\x00R\rmissingCopies\x88\x01\x01\x12,\n" +
+	"\x0frepairs_running\x18\v \x01(\x04H\x01R\x0erepairsRunning\x88\x01\x01\x12,\n" +
+	"\x0frepairs_waiting\x18\f \x01(\x04H\x02R\x0erepairsWaiting\x88\x01\x01\x12)\n" +
+	"\x0edata_dir_bytes\x18\r \x01(\x04H\x03R\fdataDirBytes\x88\x01\x01B\x11\n" +
+	"\x0f_missing_copiesB\x12\n" +
+	"\x10_repairs_runningB\x12\n" +
+	"\x10_repairs_waitingB\x11\n" +
+	"\x0f_data_dir_bytes\"\x90\x01\n" +
 	"\n" +
 	"CommitInfo\x12\x1b\n" +
 	"\tserver_id\x18\x01 \x01(\tR\bserverId\x12!\n" +
@@ -1549,7 +1739,7 @@ func file_pipestream_proto_rawDescGZIP() []byte {
 }
 
 var file_pipestream_proto_enumTypes = make([]protoimpl.EnumInfo, 4)
-var file_pipestream_proto_msgTypes = make([]protoimpl.MessageInfo, 11)
+var file_pipestream_proto_msgTypes = make([]protoimpl.MessageInfo, 12)
 var file_pipestream_proto_goTypes = []any{
 	(ErrorCode)(0),                     // 0: pipestream.v1.ErrorCode
 	(RaftClientRequest_Type)(0),        // 1: pipestream.v1.RaftClientRequest.Type
@@ -1557,33 +1747,35 @@ var file_pipestream_proto_goTypes = []any{
 	(DataStreamPacketHeader_Option)(0), // 3: pipestream.v1.DataStreamPacketHeader.Option
 	(*RaftClientRequest)(nil),          // 4: pipestream.v1.RaftClientRequest
 	(*RaftClientReply)(nil),            // 5: pipestream.v1.RaftClientReply
-	(*CommitInfo)(nil),                 // 6: pipestream.v1.CommitInfo
-	(*RoutingTable)(nil),               // 7: pipestream.v1.RoutingTable
-	(*Route)(nil),                      // 8: pipestream.v1.Route
-	(*DataStreamPacketHeader)(nil),     // 9: pipestream.v1.DataStreamPacketHeader
-	(*DataStreamReplyHeader)(nil),      // 10: pipestream.v1.DataStreamReplyHeader
-	(*ReadRequest)(nil),                // 11: pipestream.v1.ReadRequest
-	(*FileInfo)(nil),                   // 12: pipestream.v1.FileInfo
-	(*ListReply)(nil),                  // 13: pipestream.v1.ListReply
-	(*StreamEntry)(nil),                // 14: pipestream.v1.StreamEntry
+	(*PeerStatus)(nil),                 // 6: pipestream.v1.PeerStatus
+	(*CommitInfo)(nil),                 // 7: pipestream.v1.CommitInfo
+	(*RoutingTable)(nil),               // 8: pipestream.v1.RoutingTable
+	(*Route)(nil),                      // 9: pipestream.v1.Route
+	(*DataStreamPacketHeader)(nil),     // 10: pipestream.v1.DataStreamPacketHeader
+	(*DataStreamReplyHeader)(nil),      // 11: pipestream.v1.DataStreamReplyHeader
+	(*ReadRequest)(nil),                // 12: pipestream.v1.ReadRequest
+	(*FileInfo)(nil),                   // 13: pipestream.v1.FileInfo
+	(*ListReply)(nil),                  // 14: pipestream.v1.ListReply
+	(*StreamEntry)(nil),                // 15: pipestream.v1.StreamEntry
 }
 var file_pipestream_proto_depIdxs = []int32{
 	1,  // 0: pipestream.v1.RaftClientRequest.type:type_name -> pipestream.v1.RaftClientRequest.Type
-	7,  // 1: pipestream.v1.RaftClientRequest.routing_table:type_name -> pipestream.v1.RoutingTable
+	8,  // 1: pipestream.v1.RaftClientRequest.routing_table:type_name -> pipestream.v1.RoutingTable
 	0,  // 2: pipestream.v1.RaftClientReply.error_code:type_name -> pipestream.v1.ErrorCode
-	6,  // 3: pipestream.v1.RaftClientReply.commit_infos:type_name -> pipestream.v1.CommitInfo
-	8,  // 4: pipestream.v1.RoutingTable.routes:type_name -> pipestream.v1.Route
-	2,  // 5: pipestream.v1.DataStreamPacketHeader.type:type_name -> pipestream.v1.DataStreamPacketHeader.Type
-	9,  // 6: pipestream.v1.DataStreamReplyHeader.packet_header:type_name -> pipestream.v1.DataStreamPacketHeader
-	0,  // 7: pipestream.v1.DataStreamReplyHeader.error_code:type_name -> pipestream.v1.ErrorCode
-	6,  // 8: pipestream.v1.DataStreamReplyHeader.commit_infos:type_name -> pipestream.v1.CommitInfo
-	12, // 9: pipestream.v1.DataStreamReplyHeader.file:type_name -> pipestream.v1.FileInfo
-	12, // 10: pipestream.v1.ListReply.files:type_name -> pipestream.v1.FileInfo
-	11, // [11:11] is the sub-list for method output_type
-	11, // [11:11] is the sub-list for method input_type
-	11, // [11:11] is the sub-list for extension type_name
-	11, // [11:11] is the sub-list for extension extendee
-	0,  // [0:11] is the sub-list for field type_name
+	7,  // 3: pipestream.v1.RaftClientReply.commit_infos:type_name -> pipestream.v1.CommitInfo
+	6,  // 4: pipestream.v1.RaftClientReply.peer_status:type_name -> pipestream.v1.PeerStatus
+	9,  // 5: pipestream.v1.RoutingTable.routes:type_name -> pipestream.v1.Route
+	2,  // 6: pipestream.v1.DataStreamPacketHeader.type:type_name -> pipestream.v1.DataStreamPacketHeader.Type
+	10, // 7: pipestream.v1.DataStreamReplyHeader.packet_header:type_name -> pipestream.v1.DataStreamPacketHeader
+	0,  // 8: pipestream.v1.DataStreamReplyHeader.error_code:type_name -> pipestream.v1.ErrorCode
+	7,  // 9: pipestream.v1.DataStreamReplyHeader.commit_infos:type_name -> pipestream.v1.CommitInfo
+	13, // 10: pipestream.v1.DataStreamReplyHeader.file:type_name -> pipestream.v1.FileInfo
+	13, // 11: pipestream.v1.ListReply.files:type_name -> pipestream.v1.FileInfo
+	12, // [12:12] is the sub-list for method output_type
+	12, // [12:12] is the sub-list for method input_type
+	12, // [12:12] is the sub-list for extension type_name
+	12, // [12:12] is the sub-list for extension extendee
+	0,  // [0:12] is the sub-list for field type_name
 }
 
 func init() { file_pipestream_proto_init() }
@@ -1591,14 +1783,15 @@ func file_pipestream_proto_init() {
 	if File_pipestream_proto != nil {
 		return
 	}
-	file_pipestream_proto_msgTypes[10].OneofWrappers = []any{}
+	file_pipestream_proto_msgTypes[2].OneofWrappers = []any{}
+	file_pipestream_proto_msgTypes[11].OneofWrappers = []any{}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
 		File: protoimpl.DescBuilder{
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_pipestream_proto_rawDesc), len(file_pipestream_proto_rawDesc)),
 			NumEnums:      4,
-			NumMessages:   11,
+			NumMessages:   12,
 			NumExtensions: 0,
 			NumServices:   0,
 		},
