@@ -7,6 +7,7 @@
 //	pipestream ls --config group.toml --id p2         what p2's file store holds
 //	pipestream get --config group.toml NAME           one stored file from any peer, checked against its SHA-256
 //	pipestream scrub --config group.toml --id p2      reread p2's local copies and report the bad ones
+//	pipestream status --config group.toml             the leader and every peer's state; exit 1 if unhealthy
 //
 // Every subcommand takes --help. Logs go to stderr through log/slog, at
 // the level --log-level sets; results go to stdout.
@@ -61,6 +62,7 @@ var commands = []command{
 	{"ls", "list the files a peer's store holds", runLs},
 	{"get", "copy a committed file out of the group, checked against its SHA-256", runGet},
 	{"scrub", "check a peer's local copies against their records (reports only)", runScrub},
+	{"status", "show the leader and each peer's progress, copies and disk; exit 1 if unhealthy", runStatus},
 	{"config", "print a sample group file", runConfig},
 }
 
