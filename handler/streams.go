@@ -212,11 +212,15 @@ func (s *Streams) add(st *Stream) *pb.Error {
 		return errorf(pb.ErrorCode_DUPLICATE_HEADER, "stream %v is already closed", st.Key)
 	}
 	if st.Primary {
-		if c, ok := s.commitHook().(statemachine.KeyChecker); ok {
-			if idx, done := c.Committed(st.Key); done {
-				// Committing it again would find the old entry and call the
-				// new bytes committed: a stream id is used once.
-				return errorf(pb.ErrorCode_DUPLICATE_HEADER, "stream %v was committed at index %d; a stream id may be used once", st.Key, idx)
+		// Committing a key again would find the old entry (or, past the
+		// committer's memory, link nothing) and call the new bytes
+		// committed: a stream id is used once. The committer remembers
+		// recent keys, a durable state machine every key it linked.
+		for _, c := range []any{s.commitHook(), s.cfg.StateMachine} {
+			if kc, ok := c.(statemachine.KeyChecker); ok {
+				if idx, done := kc.Committed(st.Key); done {
+					return errorf(pb.ErrorCode_DUPLICATE_HEADER, "stream %v was committed at index %d; a stream id may be used once", st.Key, idx)
+				}
 			}
 		}
 	}

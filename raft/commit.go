@@ -124,12 +124,15 @@ func (n *Node) Committed(key statemachine.StreamKey) (uint64, bool) {
 	return c.index, ok
 }
 
-// CaughtUp reports whether this peer has applied every entry the leader
-// knows to be committed, asking the leader for its commit index when this
-// peer is a follower. It is false while no leader is known. It goes by
-// raft's applied index, which counts the entries the FSM never sees (an
-// election's no-op) and runs a moment ahead of the FSM: callers that
-// sweep what never committed also require it to be old.
+// CaughtUp reports whether this peer's FSM has applied every stream entry
+// the group had committed when it asked, and false while no leader is
+// known. The leader answers after a barrier, which its FSM passes only
+// once it has applied everything committed before (a new leader's commit
+// index is stale until it commits in its own term, so that index would
+// not do), with the last entry its FSM applied; a follower compares its
+// FSM's own. Both count the entries the FSM applies, not raft's indexes,
+// which also count what the FSM never sees (no-ops, barriers) and run
+// ahead of it.
 func (n *Node) CaughtUp(ctx context.Context) (bool, error) {
 	r, err := n.started()
 	if err != nil {
@@ -140,19 +143,45 @@ func (n *Node) CaughtUp(ctx context.Context) (bool, error) {
 	case leaderID == "":
 		return false, nil
 	case leaderID == hraft.ServerID(n.cfg.ID):
-		return r.AppliedIndex() >= r.CommitIndex(), nil
+		rep := n.serveSettled()
+		return rep.GetSuccess(), nil
 	}
-	ctx, cancel := context.WithTimeout(ctx, statusTimeout)
+	ctx, cancel := context.WithTimeout(ctx, settleTimeout+statusTimeout)
 	defer cancel()
-	rep, err := n.call(ctx, n.commitAddr(string(leaderID)), reqStatus, nil)
+	rep, err := n.call(ctx, n.commitAddr(string(leaderID)), reqSettled, nil)
 	if err != nil {
 		return false, err
 	}
 	infos := rep.GetCommitInfos()
-	if len(infos) != 1 || infos[0].GetServerId() != string(leaderID) {
-		return false, fmt.Errorf("raft: status from leader %s: unexpected reply %v", leaderID, rep)
+	if !rep.GetSuccess() || len(infos) != 1 || infos[0].GetServerId() != string(leaderID) {
+		return false, nil // not the leader any more, or no barrier in time
 	}
-	return r.AppliedIndex() >= infos[0].GetCommitIndex(), nil
+	return n.fsm.stats().LastIndex >= infos[0].GetAppliedIndex(), nil
+}
+
+// settleTimeout bounds the barrier of a reqSettled.
+const settleTimeout = time.Second
+
+// serveSettled answers reqSettled: on the leader, once a barrier has gone
+// through, its CommitInfo, whose applied index is then the last entry
+// committed before the barrier that the FSM applies; elsewhere NOT_LEADER.
+func (n *Node) serveSettled() *pb.RaftClientReply {
+	rep := &pb.RaftClientReply{ServerId: n.cfg.ID}
+	r, err := n.started()
+	if err == nil && r.State() != hraft.Leader {
+		err = hraft.ErrNotLeader
+	}
+	if err == nil {
+		err = r.Barrier(settleTimeout).Error()
+	}
+	if err != nil {
+		rep.ErrorCode, _ = classify(err)
+		rep.ErrorMessage = err.Error()
+		return rep
+	}
+	rep.Success = true
+	rep.CommitInfos = []*pb.CommitInfo{n.commitInfo()}
+	return rep
 }
 
 // awaitApplied waits, after the leader committed a forwarded entry, until

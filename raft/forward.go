@@ -24,6 +24,9 @@ import (
 //	reqStatus      nothing; the reply carries the peer's CommitInfo
 //	reqPeerStatus  nothing; the reply carries the CommitInfo and a
 //	               PeerStatus (QueryStatus)
+//	reqSettled     nothing; the leader answers, after a barrier, with its
+//	               CommitInfo, whose applied index then covers every entry
+//	               committed before (CaughtUp); another peer: NOT_LEADER
 //
 // reqStatus is on every commit's path (each reply collects the peers'
 // indexes), so it stays cheap; reqPeerStatus, for an operator's status
@@ -45,6 +48,7 @@ var (
 	reqCommit     = []byte{1}
 	reqStatus     = []byte{2}
 	reqPeerStatus = []byte{3}
+	reqSettled    = []byte{4}
 	noKind        []byte // a reply
 )
 
@@ -234,6 +238,8 @@ func (n *Node) serveCommitConn(raw net.Conn) {
 			rep = n.serveCommit(data[1:])
 		case len(data) == 1 && data[0] == reqStatus[0]:
 			rep = &pb.RaftClientReply{ServerId: n.cfg.ID, Success: true, CommitInfos: []*pb.CommitInfo{n.commitInfo()}}
+		case len(data) == 1 && data[0] == reqSettled[0]:
+			rep = n.serveSettled()
 		case len(data) == 1 && data[0] == reqPeerStatus[0]:
 			rep = &pb.RaftClientReply{ServerId: n.cfg.ID, Success: true, CommitInfos: []*pb.CommitInfo{n.commitInfo()},
 				PeerStatus: n.peerStatus()}

@@ -127,3 +127,43 @@ func TestForwardingProtocol(t *testing.T) {
 		t.Errorf("linked %v, want the raw entry once", got)
 	}
 }
+
+// CaughtUp asks the leader for its commit index after a barrier; a
+// follower that applied it is caught up, and a settle request to a
+// follower is refused.
+func TestCaughtUp(t *testing.T) {
+	c := newCluster(t, 3, false, nil)
+	li := c.leader()
+	fi := c.follower(li)
+	c.commit(li, streamInfo("c", 1))
+	for _, i := range []int{li, fi} {
+		c.waitFor(c.cfgs[i].ID+" caught up", func() bool {
+			ok, err := c.nodes[i].CaughtUp(c.ctx)
+			return ok && err == nil
+		})
+	}
+	conn, err := net.Dial("tcp", c.peers[fi].CommitAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	rep, err := rawCall(t, conn, []byte{4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.GetSuccess() || rep.GetErrorCode() != pb.ErrorCode_NOT_LEADER {
+		t.Errorf("settle request to a follower: %v, want NOT_LEADER", rep)
+	}
+	conn2, err := net.Dial("tcp", c.peers[li].CommitAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn2.Close()
+	rep, err = rawCall(t, conn2, []byte{4})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if infos := rep.GetCommitInfos(); !rep.GetSuccess() || len(infos) != 1 || infos[0].GetAppliedIndex() != c.nodes[li].Stats().LastIndex {
+		t.Errorf("settle request to the leader: %v, want its FSM's last applied entry", rep)
+	}
+}

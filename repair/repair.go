@@ -254,7 +254,10 @@ func (r *Repairer) fetch(ctx context.Context, sf statemachine.StoredFile, id str
 		return fmt.Errorf("%w: index %d, want %d", errOtherVersion, info.Index, sf.Index)
 	}
 	var want [32]byte
-	copy(want[:], info.SHA256)
+	if copy(want[:], info.SHA256) != len(want) && !sf.Checksummed {
+		// Nothing to check the bytes against but their length.
+		return fmt.Errorf("repair: %s serves %s without a SHA-256, and its entry has no checksum", id, sf.Name)
+	}
 	return r.store.Repair(ctx, sf, rd, want, r.limit)
 }
 

@@ -3,6 +3,7 @@ package server_test
 import (
 	"context"
 	"crypto/sha256"
+	"strings"
 	"sync"
 	"testing"
 
@@ -119,5 +120,32 @@ func TestStreamIDReusedAfterClose(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// Past what a committer remembers, a durable state machine still knows
+// the key: a primary whose FileStore linked a stream refuses its id again.
+func TestStreamIDReusedLongAfter(t *testing.T) {
+	buffertest.Check(t)
+	g := startGroup(t, 3, groupOpts{sm: func(int) statemachine.StateMachine {
+		fs, err := statemachine.NewFileStore(t.TempDir(), statemachine.WithLogger(quietLogger()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { fs.Close() })
+		return fs
+	}})
+	lc := &laggingCommitter{peers: g.servers, keys: map[statemachine.StreamKey]uint64{}} // remembers nothing for the primary
+	for _, s := range g.servers {
+		s.SetCommitter(lc)
+	}
+	r := dialRaw(t, g.peers[0].Addr)
+	r.open(1, g.peers[0].ID)
+	r.data(1, 0, []byte("once"), pb.DataStreamPacketHeader_CLOSE)
+	r.expect("close", 1, 0, pb.ErrorCode_ERROR_NONE)
+	lc.release(t)
+	r.header(1, r.request(1, g.peers[0].ID, nil))
+	if h := r.expect("reused id", 1, 0, pb.ErrorCode_DUPLICATE_HEADER); !strings.Contains(h.GetErrorMessage(), "used once") {
+		t.Errorf("refusal %q does not say why", h.GetErrorMessage())
 	}
 }

@@ -126,8 +126,8 @@ type StoredFile struct {
 
 // orphan is a closed stream's file found at start-up.
 type orphan struct {
-	path    string // inside the root
-	modTime time.Time
+	path string    // inside the root
+	kept time.Time // when NewFileStore found it
 }
 
 // deferredLink is an applied entry whose data is closed on disk but whose
@@ -275,6 +275,13 @@ func (s *FileStore) Link(_ context.Context, e Entry, ch DataChannel) error {
 		return errors.Join(fmt.Errorf("%w: stream %v holds %d bytes, entry %d names %d",
 			ErrLengthMismatch, e.Key, c.n, e.Index, e.Length), c.cleanUpLocked(), s.recordMissing(e))
 	}
+	// The leaves of the stream's routing tree checked the bytes on the
+	// wire; this checks what this peer wrote, so a copy that went wrong
+	// between its memory and its disk is repaired, not linked.
+	if e.Checksummed && c.crc != e.Checksum {
+		return errors.Join(fmt.Errorf("%w: stream %v wrote CRC32C %08x, entry %d names %08x",
+			ErrChecksumMismatch, e.Key, c.crc, e.Index, e.Checksum), c.cleanUpLocked(), s.recordMissing(e))
+	}
 
 	sf := StoredFile{Name: c.name, Index: e.Index, Term: e.Term, Key: e.Key, Length: c.n,
 		Checksum: e.Checksum, Checksummed: e.Checksummed}
@@ -329,7 +336,15 @@ func (s *FileStore) linkFile(sf StoredFile, tmp string) error {
 	s.deferred[sf.Key] = deferredLink{sf: sf, tmp: tmp}
 	missing := sf
 	missing.Missing, missing.SHA256 = true, [32]byte{}
+	s.mu.RLock()
+	cur, held := s.byName[sf.Name]
+	s.mu.RUnlock()
 	s.setEntry(missing)
+	if held && cur.Index < sf.Index && !cur.Missing {
+		// A crash before the retry must not leave the older version to
+		// be served under the name: the log still holds only its record.
+		err = errors.Join(err, s.removeData(sf.Name))
+	}
 	s.logger.Warn("statemachine: could not record a link; the copy is kept, reported missing and retried",
 		"name", sf.Name, "index", sf.Index, "err", err)
 	return fmt.Errorf("%w: %w", ErrLinkDeferred, err)
@@ -415,13 +430,29 @@ func (s *FileStore) recordMissing(e Entry) error {
 	// Recorded or not, this process must not serve the older version.
 	s.setEntry(sf)
 	if held && cur.Index < sf.Index && !cur.Missing {
-		if err := s.root.Remove(filepath.Join(dataDir, name)); err != nil && !errors.Is(err, fs.ErrNotExist) {
-			aerr = errors.Join(aerr, fmt.Errorf("statemachine: remove superseded %s: %w", name, err))
-		} else if err == nil {
-			aerr = errors.Join(aerr, s.syncDir(filepath.Dir(filepath.Join(dataDir, name))))
-		}
+		aerr = errors.Join(aerr, s.removeData(name))
 	}
 	return aerr
+}
+
+// removeData removes the copy stored under name, durably.
+func (s *FileStore) removeData(name string) error {
+	p := filepath.Join(dataDir, name)
+	if err := s.root.Remove(p); errors.Is(err, fs.ErrNotExist) {
+		return nil
+	} else if err != nil {
+		return fmt.Errorf("statemachine: remove superseded %s: %w", name, err)
+	}
+	return s.syncDir(filepath.Dir(p))
+}
+
+// Committed implements KeyChecker: whether an entry for key was applied
+// here, linked or missing, and at which index.
+func (s *FileStore) Committed(key StreamKey) (uint64, bool) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	sf, ok := s.byKey[key]
+	return sf.Index, ok
 }
 
 // Missing returns the number of names whose newest committed entry has no

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"hash"
+	"hash/crc32"
 	"io/fs"
 	"os"
 	"sync"
@@ -23,6 +24,7 @@ type fileChannel struct {
 	state chanState
 	f     *os.File // nil once closed
 	h     hash.Hash
+	crc   uint32 // CRC32C of what was written, to check against the entry's
 	n     uint64
 	dirty bool // written since the last fsync
 }
@@ -35,6 +37,7 @@ func (c *fileChannel) Write(p []byte) (int, error) {
 	}
 	n, err := c.f.Write(p)
 	c.h.Write(p[:n])
+	c.crc = crc32.Update(c.crc, castagnoli, p[:n])
 	c.n += uint64(n)
 	c.dirty = c.dirty || n > 0
 	return n, err

@@ -45,13 +45,12 @@ func (s *FileStore) recoverTmp() error {
 					continue
 				}
 			} else if closed {
-				fi, err := de.Info()
-				if err != nil {
-					return fmt.Errorf("statemachine: file store: %w", err)
-				}
 				// Linked when its entry is applied (or was recorded
-				// missing by a peer that could not see this file).
-				s.orphans[key] = orphan{path: p, modTime: fi.ModTime()}
+				// missing by a peer that could not see this file). Its
+				// age counts from now: how long this process has kept it
+				// waiting, not when it was written, which may be long
+				// before a restart that replays its entry.
+				s.orphans[key] = orphan{path: p, kept: time.Now()}
 				continue
 			}
 		}
@@ -66,7 +65,39 @@ func (s *FileStore) recoverTmp() error {
 	if len(s.orphans) > 0 {
 		s.logger.Info("statemachine: kept closed streams for their entries", "count", len(s.orphans))
 	}
-	return s.repairFromOrphans()
+	if err := s.repairFromOrphans(); err != nil {
+		return err
+	}
+	return s.checkCopies()
+}
+
+// checkCopies records missing every name whose newest entry the log calls
+// linked but whose file is not in data/: a crash between a repair's record
+// and its rename, or a copy removed behind the store's back. The Repairer
+// then fetches it like any missing copy.
+func (s *FileStore) checkCopies() error {
+	s.linkMu.Lock()
+	defer s.linkMu.Unlock()
+	var errs error
+	for _, sf := range s.List() {
+		if sf.Missing {
+			continue
+		}
+		_, err := s.root.Lstat(filepath.Join(dataDir, sf.Name))
+		if err == nil {
+			continue
+		}
+		if !errors.Is(err, fs.ErrNotExist) {
+			errs = errors.Join(errs, fmt.Errorf("statemachine: file store: %w", err))
+			continue
+		}
+		s.logger.Warn("statemachine: the log names a copy that is not on disk; it is reported missing",
+			"name", sf.Name, "index", sf.Index)
+		if _, err := s.markMissing(sf, false); err != nil {
+			errs = errors.Join(errs, err)
+		}
+	}
+	return errs
 }
 
 // repairFromOrphans links the orphans whose entry was already applied and
@@ -167,8 +198,8 @@ func (s *FileStore) Orphans() int {
 	return len(s.orphans)
 }
 
-// SweepOrphans removes the kept closed streams whose files were last
-// written before cutoff, and returns how many it removed. Their entries
+// SweepOrphans removes the kept closed streams that NewFileStore found
+// before cutoff, and returns how many it removed. Their entries
 // will never come: call it only once this peer has applied the log as far
 // as the group has committed it, with a cutoff at least as old as the
 // longest a primary may take to commit a closed stream (the server's link
@@ -179,7 +210,7 @@ func (s *FileStore) SweepOrphans(cutoff time.Time) (int, error) {
 	var errs error
 	n := 0
 	for key, o := range s.orphans {
-		if !o.modTime.Before(cutoff) {
+		if !o.kept.Before(cutoff) {
 			continue
 		}
 		if err := s.root.Remove(o.path); err != nil && !errors.Is(err, fs.ErrNotExist) {

@@ -170,11 +170,16 @@ func (s *FileStore) Scrub(ctx context.Context, limit Pacer) (ScrubReport, error)
 			continue
 		}
 		d, err := s.scrubOne(ctx, sf, limit)
-		if errors.Is(err, fs.ErrNotExist) {
-			continue // replaced since List
+		if ctx.Err() != nil {
+			return rep, ctx.Err()
 		}
 		if err != nil {
-			return rep, fmt.Errorf("statemachine: scrub %s: %w", sf.Name, err)
+			// Gone, or unreadable (a bad sector): bad, unless the name
+			// was replaced meanwhile, which markMissing sees.
+			if err := s.scrubBad(sf, &rep); err != nil {
+				return rep, err
+			}
+			continue
 		}
 		rep.Checked++
 		rep.Bytes += int64(d.n)
@@ -182,15 +187,24 @@ func (s *FileStore) Scrub(ctx context.Context, limit Pacer) (ScrubReport, error)
 		if !bad {
 			continue
 		}
-		marked, err := s.markCorrupt(sf)
-		if err != nil {
+		if err := s.scrubBad(sf, &rep); err != nil {
 			return rep, err
-		}
-		if marked {
-			rep.Bad = append(rep.Bad, sf)
 		}
 	}
 	return rep, nil
+}
+
+// scrubBad records a copy Scrub found bad (or gone, or unreadable).
+func (s *FileStore) scrubBad(sf StoredFile, rep *ScrubReport) error {
+	s.linkMu.Lock()
+	marked, err := s.markMissing(sf, true)
+	s.linkMu.Unlock()
+	if marked {
+		s.logger.Warn("statemachine: stored copy does not match its record; it is removed and reported missing",
+			"name", sf.Name, "index", sf.Index)
+		rep.Bad = append(rep.Bad, sf)
+	}
+	return err
 }
 
 func (s *FileStore) scrubOne(ctx context.Context, sf StoredFile, limit Pacer) (digest, error) {
@@ -202,30 +216,29 @@ func (s *FileStore) scrubOne(ctx context.Context, sf StoredFile, limit Pacer) (d
 	return fill(ctx, io.Discard, f, limit)
 }
 
-// markCorrupt records sf, whose stored copy does not match it, as missing
-// and removes the copy, unless a newer link changed the name meanwhile.
-func (s *FileStore) markCorrupt(sf StoredFile) (bool, error) {
-	s.linkMu.Lock()
-	defer s.linkMu.Unlock()
+// markMissing records sf, whose copy is bad or gone, as missing, unless a
+// newer link changed the name meanwhile; with remove it also removes the
+// copy, but only once the record stands, so that a restart never finds the
+// log naming a copy that is gone. Call with linkMu held.
+func (s *FileStore) markMissing(sf StoredFile, remove bool) (bool, error) {
 	s.mu.RLock()
 	cur := s.byName[sf.Name]
 	s.mu.RUnlock()
 	if cur != sf {
 		return false, nil
 	}
-	s.logger.Warn("statemachine: stored copy does not match its record; it is removed and reported missing",
-		"name", sf.Name, "index", sf.Index)
 	missing := sf
 	missing.Missing, missing.SHA256 = true, [32]byte{}
 	before := s.logSize
 	err := s.appendRecord(missing)
-	if err != nil {
-		err = errors.Join(fmt.Errorf("statemachine: record corrupt %s: %w", sf.Name, err), s.truncateLog(before))
-	}
 	s.setEntry(missing) // recorded or not, never served again
-	dst := filepath.Join(dataDir, sf.Name)
-	if rerr := s.root.Remove(dst); rerr != nil && !errors.Is(rerr, fs.ErrNotExist) {
-		err = errors.Join(err, rerr)
+	if err != nil {
+		return true, errors.Join(fmt.Errorf("statemachine: record missing %s: %w", sf.Name, err), s.truncateLog(before))
 	}
-	return true, err
+	if remove {
+		if rerr := s.root.Remove(filepath.Join(dataDir, sf.Name)); rerr != nil && !errors.Is(rerr, fs.ErrNotExist) {
+			return true, rerr
+		}
+	}
+	return true, nil
 }

@@ -114,9 +114,10 @@ type Committer interface {
 	Commit(ctx context.Context, s StreamInfo) (*pb.RaftClientReply, error)
 }
 
-// KeyChecker is a Committer that remembers the streams it committed, so
-// that a primary can refuse a header that reuses a committed stream's key.
-// raft.Node implements it for the keys its FSM keeps for deduplication.
+// KeyChecker is a Committer or a StateMachine that remembers the streams
+// committed, so that a primary can refuse a header that reuses a committed
+// stream's key. raft.Node implements it for the keys its FSM keeps for
+// deduplication, FileStore for every key it has applied.
 type KeyChecker interface {
 	// Committed reports whether key was committed, and at which index.
 	Committed(key StreamKey) (index uint64, ok bool)
