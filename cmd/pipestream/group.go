@@ -6,29 +6,34 @@ import (
 	"strconv"
 	"strings"
 
-	"github.com/BurntSushi/toml"
-
 	"github.com/pipestream/pipestream/datastream"
 	"github.com/pipestream/pipestream/peer"
+	"github.com/pipestream/pipestream/transport"
 )
 
-// loadGroup returns a group file as peer.LoadConfig reads it for its first
-// member: the members and the group-wide settings.
-func loadGroup(path string) (peer.Config, error) {
-	// LoadConfig wants the id of a member; take the first one's. Every
-	// other key is LoadConfig's to check.
-	var ids struct {
-		Peers []struct {
-			ID string `toml:"id"`
-		} `toml:"peers"`
+// loadGroup returns a group file as a client sees it: peer.LoadClientConfig
+// checks every key, and reads [tls]'s CA and client certificate, not the
+// peers' keys.
+func loadGroup(path string) (peer.ClientConfig, error) {
+	return peer.LoadClientConfig(path)
+}
+
+// clientOptions returns the options of a datastream client of group g:
+// its transport, or the --transport flag's if set, and its TLS. A group
+// with TLS needs netconn, so --transport gnet is refused rather than
+// dropping TLS or the flag in silence.
+func clientOptions(g peer.ClientConfig, kind *transportValue) ([]datastream.Option, error) {
+	k := g.Transport
+	if kind != nil && kind.set {
+		k = kind.kind
 	}
-	if _, err := toml.DecodeFile(path, &ids); err != nil {
-		return peer.Config{}, fmt.Errorf("%w: %v", peer.ErrConfig, err)
+	if g.TLS != nil {
+		if k != transport.NetConn {
+			return nil, usageError("--transport %s: the group file has [tls], which needs netconn", kind)
+		}
+		return []datastream.Option{datastream.WithTLS(g.TLS)}, nil
 	}
-	if len(ids.Peers) == 0 {
-		return peer.Config{}, fmt.Errorf("%w: %s lists no [[peers]]", peer.ErrConfig, path)
-	}
-	return peer.LoadConfig(path, ids.Peers[0].ID)
+	return []datastream.Option{datastream.WithTransport(k)}, nil
 }
 
 // streamPeers returns the group as a datastream client sees it.

@@ -397,15 +397,16 @@ func (l *storeLocation) client() (*datastream.Client, []datastream.Peer, error) 
 	if err != nil {
 		return nil, nil, err
 	}
-	peers, kind := streamPeers(cfg.Peers), cfg.Transport
-	if l.transport.set {
-		kind = l.transport.kind
+	peers := streamPeers(cfg.Peers)
+	opts, err := clientOptions(cfg, l.transport)
+	if err != nil {
+		return nil, nil, err
 	}
 	if l.id != "" && !slices.ContainsFunc(peers, func(p datastream.Peer) bool { return p.ID == l.id }) {
 		return nil, nil, usageError("--id %q is not a peer of %s", l.id, l.config)
 	}
 	log, _ := l.logger()
-	c, err := datastream.NewClient(peers, datastream.WithLogger(log), datastream.WithTransport(kind))
+	c, err := datastream.NewClient(peers, append(opts, datastream.WithLogger(log))...)
 	if err != nil {
 		return nil, nil, err
 	}
