@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"strconv"
@@ -34,6 +35,20 @@ func clientOptions(g peer.ClientConfig, kind *transportValue) ([]datastream.Opti
 		return []datastream.Option{datastream.WithTLS(g.TLS)}, nil
 	}
 	return []datastream.Option{datastream.WithTransport(k)}, nil
+}
+
+// tlsHint adds to an error of a client of a group with TLS what to check
+// when the connection was lost: with TLS 1.3 a peer that refuses the
+// client's certificate closes the connection only after the handshake,
+// so the client sees no more than that (see docs/security.md).
+func tlsHint(g *peer.ClientConfig, err error) error {
+	if g == nil || g.TLS == nil || !errors.Is(err, datastream.ErrConnectionLost) {
+		return err
+	}
+	if len(g.TLS.Certificates) == 0 {
+		return fmt.Errorf("%w (the group requires a client certificate: give [tls.client] cert_file and key_file in the group file)", err)
+	}
+	return fmt.Errorf("%w (did the peers refuse the certificate of [tls.client]? it must be signed by [tls] ca_file; their log says why at debug level)", err)
 }
 
 // streamPeers returns the group as a datastream client sees it.

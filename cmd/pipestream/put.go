@@ -148,7 +148,7 @@ func (p *put) run(ctx context.Context, log *slog.Logger) error {
 	res, err := putFile(ctx, c, f, fi.Size(), p.name, p.primary, bar)
 	bar.finish(err == nil)
 	if err != nil {
-		return hint(err)
+		return tlsHint(p.group, hint(err))
 	}
 	fmt.Fprintln(p.stdout, res.summary(p.name))
 	return nil

@@ -133,7 +133,7 @@ func lsNetwork(ctx context.Context, e *env, loc *storeLocation) error {
 		}
 		return printCatalog(e, entries)
 	}
-	return hint(errors.Join(errs...))
+	return tlsHint(loc.group, hint(errors.Join(errs...)))
 }
 
 func printCatalog(e *env, entries []catalogEntry) error {
@@ -218,7 +218,7 @@ func getNetwork(ctx context.Context, e *env, loc *storeLocation, name, out strin
 		err := getFrom(ctx, e, c, ids, name, out, toStdout)
 		var bad *mismatchError
 		if loc.id != "" || toStdout || !errors.As(err, &bad) {
-			return err
+			return tlsHint(loc.group, err)
 		}
 		if ids == nil {
 			for _, p := range peers {
@@ -350,6 +350,7 @@ type storeLocation struct {
 	local               bool
 	transport           *transportValue
 	logger              func() (*slog.Logger, func())
+	group               *peer.ClientConfig // set by client
 }
 
 func storeFlags(fs *flagSet) *storeLocation {
@@ -398,6 +399,7 @@ func (l *storeLocation) client() (*datastream.Client, []datastream.Peer, error) 
 		return nil, nil, err
 	}
 	peers := streamPeers(cfg.Peers)
+	l.group = &cfg
 	opts, err := clientOptions(cfg, l.transport)
 	if err != nil {
 		return nil, nil, err
