@@ -7,15 +7,37 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/BurntSushi/toml"
+
 	"github.com/pipestream/pipestream/datastream"
 	"github.com/pipestream/pipestream/peer"
 	"github.com/pipestream/pipestream/transport"
 )
 
-// loadGroup returns a group file as a client sees it: peer.LoadClientConfig
-// checks every key, and reads [tls]'s CA and client certificate, not the
-// peers' keys.
-func loadGroup(path string) (peer.ClientConfig, error) {
+// loadGroup returns a group file as peer.LoadConfig reads it for its first
+// member: the members and the group-wide settings, and with [tls] that
+// member's certificate, which the commit port of a peer requires.
+func loadGroup(path string) (peer.Config, error) {
+	// LoadConfig wants the id of a member; take the first one's. Every
+	// other key is LoadConfig's to check.
+	var ids struct {
+		Peers []struct {
+			ID string `toml:"id"`
+		} `toml:"peers"`
+	}
+	if _, err := toml.DecodeFile(path, &ids); err != nil {
+		return peer.Config{}, fmt.Errorf("%w: %v", peer.ErrConfig, err)
+	}
+	if len(ids.Peers) == 0 {
+		return peer.Config{}, fmt.Errorf("%w: %s lists no [[peers]]", peer.ErrConfig, path)
+	}
+	return peer.LoadConfig(path, ids.Peers[0].ID)
+}
+
+// loadClientGroup returns a group file as a client of the stream port
+// sees it: peer.LoadClientConfig checks every key, and reads [tls]'s CA
+// and client certificate, no peer's key.
+func loadClientGroup(path string) (peer.ClientConfig, error) {
 	return peer.LoadClientConfig(path)
 }
 

@@ -105,7 +105,7 @@ func (p *put) check(pos []string, config, peers string) error {
 	}
 	p.name = filepath.ToSlash(clean)
 	if config != "" {
-		cfg, err := loadGroup(config)
+		cfg, err := loadClientGroup(config)
 		if err != nil {
 			return err
 		}

@@ -394,7 +394,7 @@ func (l *storeLocation) network() bool { return l.dataDir == "" && !l.local }
 // client returns a datastream client for the group file's peers, set up
 // as put's, and the peers.
 func (l *storeLocation) client() (*datastream.Client, []datastream.Peer, error) {
-	cfg, err := loadGroup(l.config)
+	cfg, err := loadClientGroup(l.config)
 	if err != nil {
 		return nil, nil, err
 	}
