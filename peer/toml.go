@@ -1,10 +1,15 @@
 package peer
 
 import (
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
 	"fmt"
 	"io/fs"
 	"net"
+	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -41,12 +46,20 @@ import (
 //	max_dedup_keys = 65536
 //	forward_timeout = "10s"
 //
+//	[tls]                          # mutual TLS on every port; see below
+//	ca_file = "tls/ca.crt"
+//	[tls.client]                   # what put, get and ls present
+//	cert_file = "tls/client.crt"
+//	key_file = "tls/client.key"
+//
 //	[[peers]]
 //	id = "s1"
 //	stream_addr = "127.0.0.1:7001"
 //	raft_addr = "127.0.0.1:7101"
 //	commit_addr = "127.0.0.1:7201"
 //	# data_dir = "/disk2/s1"       # this peer's own directory instead
+//	cert_file = "tls/s1.crt"       # with [tls]: this peer's certificate
+//	key_file = "tls/s1.key"
 //
 //	[[peers]]
 //	id = "s2"
@@ -59,22 +72,101 @@ import (
 // needs its unit ("30s"; a bare 30 is refused, as TOML would make it 30ns;
 // 0 is the default), and negative numbers are refused. The Logger and
 // TransportOptions are left for the caller to set.
+//
+// A [tls] table turns on mutual TLS for every connection of the group,
+// which needs the netconn transport: without a transport key [tls] implies
+// netconn, and transport = "gnet" with [tls] is an error. Every peer then
+// needs cert_file and key_file, a certificate signed by ca_file with
+// organizational unit PeerOU that names the hosts of its addresses; the
+// peers require a certificate from ca_file of everyone who connects, and
+// take only one with PeerOU for a peer (Config.AuthorizePeer). Paths are
+// relative to the group file. LoadConfig reads only peer id's certificate
+// and key, and checks them against ca_file and its addresses, so that a
+// wrong file fails here and not at the first connection. See
+// docs/security.md.
 func LoadConfig(path, id string) (Config, error) {
-	var f groupFile
-	md, err := toml.DecodeFile(path, &f)
+	f, cfg, err := loadGroup(path, id)
+	if err != nil {
+		return Config{}, err
+	}
+	if f.hasTLS {
+		if err := f.peerTLS(&cfg, path); err != nil {
+			return Config{}, fmt.Errorf("%w: %s: %v", ErrConfig, path, err)
+		}
+	}
+	return cfg, nil
+}
+
+// PeerOU is the organizational unit that makes a certificate a peer's in
+// a group file with [tls]: the peers take a connection for a peer's, on
+// the stream port and on the Raft and commit ports, only with it.
+const PeerOU = "pipestream-peer"
+
+// ClientConfig is what a client of a group needs from its group file.
+type ClientConfig struct {
+	// Peers lists the group's members.
+	Peers []Member
+	// Transport is the group's DataStream transport.
+	Transport transport.Kind
+	// TLS is the dialing side of the group's [tls]: the peers are checked
+	// against ca_file, and [tls.client]'s certificate, if any, presented.
+	// Nil without [tls].
+	TLS *tls.Config
+}
+
+// LoadClientConfig reads a group file as LoadConfig does, for a client:
+// it checks the whole file, but reads no peer's certificate or key, only
+// ca_file and [tls.client]'s cert_file and key_file. A [tls] without
+// [tls.client] gives a client without a certificate, which the peers
+// refuse; that is for tests and for tools that only check the peers.
+func LoadClientConfig(path string) (ClientConfig, error) {
+	// loadGroup wants the id of a member; take the first one's.
+	var ids struct {
+		Peers []struct {
+			ID string `toml:"id"`
+		} `toml:"peers"`
+	}
+	if _, err := toml.DecodeFile(path, &ids); err != nil {
+		if _, ok := err.(*fs.PathError); ok {
+			return ClientConfig{}, fmt.Errorf("%w: %v", ErrConfig, err)
+		}
+		return ClientConfig{}, fmt.Errorf("%w: %s: %v", ErrConfig, path, err)
+	}
+	if len(ids.Peers) == 0 {
+		return ClientConfig{}, fmt.Errorf("%w: %s lists no [[peers]]", ErrConfig, path)
+	}
+	f, cfg, err := loadGroup(path, ids.Peers[0].ID)
+	if err != nil {
+		return ClientConfig{}, err
+	}
+	cc := ClientConfig{Peers: cfg.Peers, Transport: cfg.Transport}
+	if f.hasTLS {
+		if cc.TLS, err = f.clientTLS(path); err != nil {
+			return ClientConfig{}, fmt.Errorf("%w: %s: %v", ErrConfig, path, err)
+		}
+	}
+	return cc, nil
+}
+
+// loadGroup decodes and checks the group file at path, and returns it
+// with the Config of member id, TLS aside.
+func loadGroup(path, id string) (*groupFile, Config, error) {
+	f := new(groupFile)
+	md, err := toml.DecodeFile(path, f)
 	if _, ok := err.(*fs.PathError); ok {
-		return Config{}, fmt.Errorf("%w: %v", ErrConfig, err) // names the file
+		return nil, Config{}, fmt.Errorf("%w: %v", ErrConfig, err) // names the file
 	}
 	if err != nil {
-		return Config{}, fmt.Errorf("%w: %s: %v", ErrConfig, path, err)
+		return nil, Config{}, fmt.Errorf("%w: %s: %v", ErrConfig, path, err)
 	}
 	if extra := md.Undecoded(); len(extra) > 0 {
 		keys := make([]string, len(extra))
 		for i, k := range extra {
 			keys[i] = k.String()
 		}
-		return Config{}, fmt.Errorf("%w: %s: unknown keys %s", ErrConfig, path, strings.Join(keys, ", "))
+		return nil, Config{}, fmt.Errorf("%w: %s: unknown keys %s", ErrConfig, path, strings.Join(keys, ", "))
 	}
+	f.hasTLS = md.IsDefined("tls")
 	cfg := Config{
 		ID:             id,
 		ReplyTimeout:   time.Duration(f.Stream.ReplyTimeout),
@@ -95,16 +187,22 @@ func LoadConfig(path, id string) (Config, error) {
 		},
 	}
 	if cfg.Transport, err = parseTransport(f.Transport); err != nil {
-		return Config{}, fmt.Errorf("%w: %s: %v", ErrConfig, path, err)
+		return nil, Config{}, fmt.Errorf("%w: %s: %v", ErrConfig, path, err)
+	}
+	if err := f.checkTLS(); err != nil {
+		return nil, Config{}, fmt.Errorf("%w: %s: %v", ErrConfig, path, err)
+	}
+	if f.hasTLS {
+		cfg.Transport = transport.NetConn
 	}
 	var self *peerEntry
 	for i, p := range f.Peers {
 		m := Member{ID: p.ID, StreamAddr: p.StreamAddr, RaftAddr: p.RaftAddr, CommitAddr: p.CommitAddr}
 		if !m.complete() {
-			return Config{}, fmt.Errorf("%w: %s: peer %d (%q) needs id, stream_addr, raft_addr and commit_addr", ErrConfig, path, i+1, p.ID)
+			return nil, Config{}, fmt.Errorf("%w: %s: peer %d (%q) needs id, stream_addr, raft_addr and commit_addr", ErrConfig, path, i+1, p.ID)
 		}
 		if a := zeroPort(m); a != "" {
-			return Config{}, fmt.Errorf("%w: %s: peer %q has port 0 in %s", ErrConfig, path, p.ID, a)
+			return nil, Config{}, fmt.Errorf("%w: %s: peer %q has port 0 in %s", ErrConfig, path, p.ID, a)
 		}
 		cfg.Peers = append(cfg.Peers, m)
 		if p.ID == id {
@@ -112,7 +210,7 @@ func LoadConfig(path, id string) (Config, error) {
 		}
 	}
 	if _, err := findSelfNamed(cfg.Peers, id, tomlFields); err != nil {
-		return Config{}, fmt.Errorf("%w (%s)", err, path)
+		return nil, Config{}, fmt.Errorf("%w (%s)", err, path)
 	}
 	switch {
 	case self.DataDir != "":
@@ -123,7 +221,8 @@ func LoadConfig(path, id string) (Config, error) {
 	if cfg.DataDir != "" && !filepath.IsAbs(cfg.DataDir) {
 		cfg.DataDir = filepath.Join(filepath.Dir(path), cfg.DataDir)
 	}
-	return cfg, nil
+	f.self = self
+	return f, cfg, nil
 }
 
 // groupFile is the layout of a group file; see LoadConfig.
@@ -148,7 +247,20 @@ type groupFile struct {
 		MaxDedupKeys       count    `toml:"max_dedup_keys"`
 		ForwardTimeout     duration `toml:"forward_timeout"`
 	} `toml:"raft"`
+	TLS struct {
+		CAFile string  `toml:"ca_file"`
+		Client keyPair `toml:"client"`
+	} `toml:"tls"`
 	Peers []peerEntry `toml:"peers"`
+
+	hasTLS bool       // the file has a [tls] table
+	self   *peerEntry // the entry of the id loadGroup was given
+}
+
+// keyPair names a certificate and its private key, as a group file does.
+type keyPair struct {
+	CertFile string `toml:"cert_file"`
+	KeyFile  string `toml:"key_file"`
 }
 
 type peerEntry struct {
@@ -157,6 +269,7 @@ type peerEntry struct {
 	RaftAddr   string `toml:"raft_addr"`
 	CommitAddr string `toml:"commit_addr"`
 	DataDir    string `toml:"data_dir"`
+	keyPair
 }
 
 // tomlFields names a Member's addresses as a group file does.
@@ -230,4 +343,141 @@ func zeroPort(m Member) string {
 		}
 	}
 	return ""
+}
+
+// checkTLS checks the TLS keys that need no file: [tls] needs ca_file and
+// the netconn transport, every peer a cert_file and a key_file, and a
+// certificate without its key (or the other way round) is an error.
+func (f *groupFile) checkTLS() error {
+	if !f.hasTLS {
+		for _, p := range f.Peers {
+			if p.CertFile != "" || p.KeyFile != "" {
+				return fmt.Errorf("peer %q has cert_file or key_file but the file has no [tls] table with ca_file", p.ID)
+			}
+		}
+		return nil
+	}
+	if f.TLS.CAFile == "" {
+		return errors.New("[tls] needs ca_file, the certificate authority of the group")
+	}
+	if k, _ := parseTransport(f.Transport); f.Transport != "" && k != transport.NetConn {
+		return fmt.Errorf("transport %q has no TLS: [tls] needs transport = \"netconn\" (or no transport key, which [tls] makes netconn)", f.Transport)
+	}
+	if (f.TLS.Client.CertFile == "") != (f.TLS.Client.KeyFile == "") {
+		return errors.New("[tls.client] needs both cert_file and key_file, or neither")
+	}
+	for _, p := range f.Peers {
+		if p.CertFile == "" || p.KeyFile == "" {
+			return fmt.Errorf("peer %q needs cert_file and key_file, since the file has [tls]", p.ID)
+		}
+	}
+	return nil
+}
+
+// relTo returns name relative to the directory of the group file path.
+func relTo(path, name string) string {
+	if filepath.IsAbs(name) {
+		return name
+	}
+	return filepath.Join(filepath.Dir(path), name)
+}
+
+// caPool reads [tls] ca_file.
+func (f *groupFile) caPool(path string) (*x509.CertPool, string, error) {
+	name := relTo(path, f.TLS.CAFile)
+	data, err := os.ReadFile(name)
+	if err != nil {
+		return nil, "", fmt.Errorf("[tls] ca_file: %v", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(data) {
+		return nil, "", fmt.Errorf("[tls] ca_file %s holds no PEM certificate", name)
+	}
+	return pool, name, nil
+}
+
+// loadKeyPair reads a certificate and its key, named as in path's file.
+func loadKeyPair(path, what string, kp keyPair) (tls.Certificate, error) {
+	certFile, keyFile := relTo(path, kp.CertFile), relTo(path, kp.KeyFile)
+	cert, err := tls.LoadX509KeyPair(certFile, keyFile)
+	if err != nil {
+		return cert, fmt.Errorf("%s: cert_file %s and key_file %s: %v", what, certFile, keyFile, err)
+	}
+	return cert, nil
+}
+
+// peerTLS loads the self entry's certificate and fills in cfg's TLS,
+// PeerTLS and AuthorizePeer. The certificate must chain to ca_file, serve
+// both sides of a connection, carry PeerOU and name the hosts of the
+// peer's addresses: each is checked here, with the reason, rather than
+// left to the first connection that fails.
+func (f *groupFile) peerTLS(cfg *Config, path string) error {
+	pool, caName, err := f.caPool(path)
+	if err != nil {
+		return err
+	}
+	what := fmt.Sprintf("peer %q", f.self.ID)
+	cert, err := loadKeyPair(path, what, f.self.keyPair)
+	if err != nil {
+		return err
+	}
+	leaf := cert.Leaf
+	if leaf == nil { // GODEBUG x509keypairleaf=0
+		if leaf, err = x509.ParseCertificate(cert.Certificate[0]); err != nil {
+			return fmt.Errorf("%s: %v", what, err)
+		}
+	}
+	certFile := relTo(path, f.self.CertFile)
+	for _, usage := range []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth} {
+		if _, err := leaf.Verify(x509.VerifyOptions{Roots: pool, KeyUsages: []x509.ExtKeyUsage{usage}}); err != nil {
+			return fmt.Errorf("%s: cert_file %s does not verify against ca_file %s for both sides of a connection (a peer listens and dials): %v", what, certFile, caName, err)
+		}
+	}
+	if !isPeerCert(leaf) {
+		return fmt.Errorf("%s: cert_file %s is not a peer certificate: its subject has no organizational unit %q", what, certFile, PeerOU)
+	}
+	for _, a := range []string{f.self.StreamAddr, f.self.RaftAddr, f.self.CommitAddr} {
+		host, _, _ := net.SplitHostPort(a)
+		if err := leaf.VerifyHostname(host); err != nil {
+			return fmt.Errorf("%s: cert_file %s does not name the host of %s, which the others dial: %v", what, certFile, a, err)
+		}
+	}
+	cfg.TLS = &tls.Config{
+		MinVersion:   tls.VersionTLS13,
+		Certificates: []tls.Certificate{cert},
+		ClientAuth:   tls.RequireAndVerifyClientCert,
+		ClientCAs:    pool,
+	}
+	cfg.PeerTLS = &tls.Config{
+		MinVersion:   tls.VersionTLS13,
+		Certificates: []tls.Certificate{cert},
+		RootCAs:      pool,
+	}
+	cfg.AuthorizePeer = isPeerCert
+	return nil
+}
+
+// clientTLS returns a client's TLS config: the peers checked against
+// ca_file, [tls.client]'s certificate presented if there is one. Whether
+// the peers take that certificate is theirs to decide.
+func (f *groupFile) clientTLS(path string) (*tls.Config, error) {
+	pool, _, err := f.caPool(path)
+	if err != nil {
+		return nil, err
+	}
+	c := &tls.Config{MinVersion: tls.VersionTLS13, RootCAs: pool}
+	if f.TLS.Client.CertFile != "" {
+		cert, err := loadKeyPair(path, "[tls.client]", f.TLS.Client)
+		if err != nil {
+			return nil, err
+		}
+		c.Certificates = []tls.Certificate{cert}
+	}
+	return c, nil
+}
+
+// isPeerCert reports whether cert names PeerOU: the AuthorizePeer of a
+// group file with [tls].
+func isPeerCert(cert *x509.Certificate) bool {
+	return cert != nil && slices.Contains(cert.Subject.OrganizationalUnit, PeerOU)
 }

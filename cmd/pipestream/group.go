@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"fmt"
 	"net"
 	"strconv"
@@ -10,10 +11,12 @@ import (
 
 	"github.com/pipestream/pipestream/datastream"
 	"github.com/pipestream/pipestream/peer"
+	"github.com/pipestream/pipestream/transport"
 )
 
 // loadGroup returns a group file as peer.LoadConfig reads it for its first
-// member: the members and the group-wide settings.
+// member: the members and the group-wide settings, and with [tls] that
+// member's certificate, which the commit port of a peer requires.
 func loadGroup(path string) (peer.Config, error) {
 	// LoadConfig wants the id of a member; take the first one's. Every
 	// other key is LoadConfig's to check.
@@ -29,6 +32,45 @@ func loadGroup(path string) (peer.Config, error) {
 		return peer.Config{}, fmt.Errorf("%w: %s lists no [[peers]]", peer.ErrConfig, path)
 	}
 	return peer.LoadConfig(path, ids.Peers[0].ID)
+}
+
+// loadClientGroup returns a group file as a client of the stream port
+// sees it: peer.LoadClientConfig checks every key, and reads [tls]'s CA
+// and client certificate, no peer's key.
+func loadClientGroup(path string) (peer.ClientConfig, error) {
+	return peer.LoadClientConfig(path)
+}
+
+// clientOptions returns the options of a datastream client of group g:
+// its transport, or the --transport flag's if set, and its TLS. A group
+// with TLS needs netconn, so --transport gnet is refused rather than
+// dropping TLS or the flag in silence.
+func clientOptions(g peer.ClientConfig, kind *transportValue) ([]datastream.Option, error) {
+	k := g.Transport
+	if kind != nil && kind.set {
+		k = kind.kind
+	}
+	if g.TLS != nil {
+		if k != transport.NetConn {
+			return nil, usageError("--transport %s: the group file has [tls], which needs netconn", kind)
+		}
+		return []datastream.Option{datastream.WithTLS(g.TLS)}, nil
+	}
+	return []datastream.Option{datastream.WithTransport(k)}, nil
+}
+
+// tlsHint adds to an error of a client of a group with TLS what to check
+// when the connection was lost: with TLS 1.3 a peer that refuses the
+// client's certificate closes the connection only after the handshake,
+// so the client sees no more than that (see docs/security.md).
+func tlsHint(g *peer.ClientConfig, err error) error {
+	if g == nil || g.TLS == nil || !errors.Is(err, datastream.ErrConnectionLost) {
+		return err
+	}
+	if len(g.TLS.Certificates) == 0 {
+		return fmt.Errorf("%w (the group requires a client certificate: give [tls.client] cert_file and key_file in the group file)", err)
+	}
+	return fmt.Errorf("%w (did the peers refuse the certificate of [tls.client]? it must be signed by [tls] ca_file; their log says why at debug level)", err)
 }
 
 // streamPeers returns the group as a datastream client sees it.

@@ -13,6 +13,7 @@ import (
 	"unicode/utf8"
 
 	"github.com/pipestream/pipestream/datastream"
+	"github.com/pipestream/pipestream/peer"
 	"github.com/pipestream/pipestream/statemachine"
 	"github.com/pipestream/pipestream/transport"
 )
@@ -50,6 +51,11 @@ func runPut(ctx context.Context, args []string, e *env) int {
 	if kind.set {
 		p.kind = kind.kind
 	}
+	if p.group != nil {
+		if p.opts, err = clientOptions(*p.group, kind); err != nil {
+			return e.exit(ctx, "put", err)
+		}
+	}
 	log, _ := logger()
 	return e.exit(ctx, "put", p.run(ctx, log))
 }
@@ -59,8 +65,10 @@ type put struct {
 	*env
 	file, name, primary string
 	peers               []datastream.Peer
-	kind                transport.Kind // the group file's, or --transport
+	kind                transport.Kind     // the group file's, or --transport
+	group               *peer.ClientConfig // with --config
 	bar                 bool
+	opts                []datastream.Option // from the group file: transport and TLS
 }
 
 // check validates the arguments and fills in the defaults.
@@ -97,11 +105,11 @@ func (p *put) check(pos []string, config, peers string) error {
 	}
 	p.name = filepath.ToSlash(clean)
 	if config != "" {
-		cfg, err := loadGroup(config)
+		cfg, err := loadClientGroup(config)
 		if err != nil {
 			return err
 		}
-		p.peers, p.kind = streamPeers(cfg.Peers), cfg.Transport
+		p.peers, p.kind, p.group = streamPeers(cfg.Peers), cfg.Transport, &cfg
 	} else if p.peers, err = parsePeers(peers); err != nil {
 		return usageError("%v", err)
 	}
@@ -127,7 +135,11 @@ func (p *put) run(ctx context.Context, log *slog.Logger) error {
 	if !fi.Mode().IsRegular() {
 		return fmt.Errorf("%s is not a regular file", p.file)
 	}
-	c, err := datastream.NewClient(p.peers, datastream.WithLogger(log), datastream.WithTransport(p.kind))
+	opts := p.opts
+	if opts == nil {
+		opts = []datastream.Option{datastream.WithTransport(p.kind)}
+	}
+	c, err := datastream.NewClient(p.peers, append(opts, datastream.WithLogger(log))...)
 	if err != nil {
 		return err
 	}
@@ -136,7 +148,7 @@ func (p *put) run(ctx context.Context, log *slog.Logger) error {
 	res, err := putFile(ctx, c, f, fi.Size(), p.name, p.primary, bar)
 	bar.finish(err == nil)
 	if err != nil {
-		return hint(err)
+		return tlsHint(p.group, hint(err))
 	}
 	fmt.Fprintln(p.stdout, res.summary(p.name))
 	return nil

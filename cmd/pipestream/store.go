@@ -133,7 +133,7 @@ func lsNetwork(ctx context.Context, e *env, loc *storeLocation) error {
 		}
 		return printCatalog(e, entries)
 	}
-	return hint(errors.Join(errs...))
+	return tlsHint(loc.group, hint(errors.Join(errs...)))
 }
 
 func printCatalog(e *env, entries []catalogEntry) error {
@@ -218,7 +218,7 @@ func getNetwork(ctx context.Context, e *env, loc *storeLocation, name, out strin
 		err := getFrom(ctx, e, c, ids, name, out, toStdout)
 		var bad *mismatchError
 		if loc.id != "" || toStdout || !errors.As(err, &bad) {
-			return err
+			return tlsHint(loc.group, err)
 		}
 		if ids == nil {
 			for _, p := range peers {
@@ -350,6 +350,7 @@ type storeLocation struct {
 	local               bool
 	transport           *transportValue
 	logger              func() (*slog.Logger, func())
+	group               *peer.ClientConfig // set by client
 }
 
 func storeFlags(fs *flagSet) *storeLocation {
@@ -393,19 +394,21 @@ func (l *storeLocation) network() bool { return l.dataDir == "" && !l.local }
 // client returns a datastream client for the group file's peers, set up
 // as put's, and the peers.
 func (l *storeLocation) client() (*datastream.Client, []datastream.Peer, error) {
-	cfg, err := loadGroup(l.config)
+	cfg, err := loadClientGroup(l.config)
 	if err != nil {
 		return nil, nil, err
 	}
-	peers, kind := streamPeers(cfg.Peers), cfg.Transport
-	if l.transport.set {
-		kind = l.transport.kind
+	peers := streamPeers(cfg.Peers)
+	l.group = &cfg
+	opts, err := clientOptions(cfg, l.transport)
+	if err != nil {
+		return nil, nil, err
 	}
 	if l.id != "" && !slices.ContainsFunc(peers, func(p datastream.Peer) bool { return p.ID == l.id }) {
 		return nil, nil, usageError("--id %q is not a peer of %s", l.id, l.config)
 	}
 	log, _ := l.logger()
-	c, err := datastream.NewClient(peers, datastream.WithLogger(log), datastream.WithTransport(kind))
+	c, err := datastream.NewClient(peers, append(opts, datastream.WithLogger(log))...)
 	if err != nil {
 		return nil, nil, err
 	}
