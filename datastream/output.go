@@ -521,6 +521,9 @@ func replyError(h *codec.ReplyView, rcr *pb.RaftClientReply) error {
 	if hint := rcr.GetLeaderHint(); hint != "" {
 		err = fmt.Errorf("%w (leader hint %s)", err, hint)
 	}
+	if rcr != nil {
+		err = &CloseError{Reply: rcr, Err: err}
+	}
 	return err
 }
 
