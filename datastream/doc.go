@@ -19,7 +19,13 @@
 // WriteBufAsync sends a pooled buffer as it is; Send does too, without a
 // future, and allocates nothing; WriteFile sends a file region with
 // sendfile(2) where the transport can; Writer is an io.WriteCloser for
-// io.Copy.
+// io.Copy. A future's Done channel, Wait and OnDone callback (on a
+// goroutine of its own) all give the same result.
+//
+// A CLOSE's reply comes once the stream's entry is committed; its
+// CommitInfos show how far each peer had applied the log. WaitApplied
+// waits until every peer has applied the entry (and so linked the file),
+// asking each for the name's entry on the read path.
 //
 // # Flow control
 //
@@ -56,7 +62,11 @@
 //
 // Errors a server reports are *pb.Error values: errors.Is matches them
 // against ErrUnknownStream and its siblings by code, and errors.As gives
-// the code and the server's message. Errors the client detects itself are
+// the code and the server's message. A failed reply that carries a
+// RaftClientReply (a failed CLOSE) is a *CloseError around that error, for
+// the reply's leader hint, log index and term. A routing table that cannot
+// carry the stream fails Stream with ErrBadRouting before anything is
+// sent. Errors the client detects itself are
 // ErrClosed, ErrConnectionLost, ErrReplyTimeout and ErrTooLarge, or the
 // ctx's error.
 package datastream

@@ -2,6 +2,7 @@ package datastream
 
 import (
 	"errors"
+	"fmt"
 
 	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
 )
@@ -46,3 +47,23 @@ var (
 	// Nothing is sent and the stream carries on.
 	ErrTooLarge = errors.New("datastream: packet too large")
 )
+
+// CloseError is the error of a stream whose failed reply carried a
+// RaftClientReply, as a CLOSE whose commit failed does: Reply keeps what
+// the primary knew (LeaderHint, and LogIndex and Term where the entry got
+// that far), which a caller retrying on the leader wants. errors.Is sees
+// through it to the code, errors.Is(err, ErrNotLeader) say; errors.As(err,
+// &ce) with ce *CloseError gives the reply.
+type CloseError struct {
+	Reply *pb.RaftClientReply
+	Err   error
+}
+
+func (e *CloseError) Error() string {
+	if e.Reply.GetLogIndex() == 0 {
+		return e.Err.Error()
+	}
+	return fmt.Sprintf("%v (log index %d, term %d)", e.Err, e.Reply.GetLogIndex(), e.Reply.GetTerm())
+}
+
+func (e *CloseError) Unwrap() error { return e.Err }

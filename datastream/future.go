@@ -13,6 +13,7 @@ type Future[T any] struct {
 	done  chan struct{} // made when first asked for: most futures are never waited on
 	v     T
 	err   error
+	cbs   []func(T, error) // OnDone's, until ready
 }
 
 // closedChan is the Done channel of futures that completed before anyone
@@ -38,6 +39,27 @@ func (f *Future[T]) complete(v T, err error) {
 	if f.done != nil {
 		close(f.done)
 	}
+	for _, fn := range f.cbs {
+		go fn(v, err)
+	}
+	f.cbs = nil
+}
+
+// OnDone calls fn with the result once it is ready, or at once if it is.
+// fn runs once, on a goroutine of its own: futures complete on the
+// connection's event loop, which a callback must not hold up, and fn may
+// block or call the client. Callbacks of one future run concurrently, in
+// no set order.
+func (f *Future[T]) OnDone(fn func(T, error)) {
+	f.mu.Lock()
+	if !f.ready {
+		f.cbs = append(f.cbs, fn)
+		f.mu.Unlock()
+		return
+	}
+	v, err := f.v, f.err
+	f.mu.Unlock()
+	go fn(v, err)
 }
 
 // Done is closed when the result is ready; Wait then returns at once.

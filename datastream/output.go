@@ -143,14 +143,18 @@ func (c *Client) Stream(ctx context.Context, message []byte, opts ...StreamOptio
 	if !ok {
 		return nil, fmt.Errorf("datastream: primary %q is not a peer of the group", so.primary)
 	}
-	if so.routing == nil {
-		ids := []string{primary.ID}
-		for _, p := range c.peers {
-			if p.ID != primary.ID {
-				ids = append(ids, p.ID)
-			}
+	ids := []string{primary.ID}
+	for _, p := range c.peers {
+		if p.ID != primary.ID {
+			ids = append(ids, p.ID)
 		}
+	}
+	if so.routing == nil {
 		so.routing = pb.Chain(ids...)
+	} else if err := so.routing.Validate(primary.ID, ids); err != nil {
+		// Refused here, before a dial, as the primary would refuse it
+		// after one.
+		return nil, fmt.Errorf("datastream: %w: %w", ErrBadRouting, err)
 	}
 	cn, err := c.connFor(ctx, primary)
 	if err != nil {
@@ -516,6 +520,9 @@ func replyError(h *codec.ReplyView, rcr *pb.RaftClientReply) error {
 	err := error(&pb.Error{Code: code, Message: string(h.ErrorMessage)})
 	if hint := rcr.GetLeaderHint(); hint != "" {
 		err = fmt.Errorf("%w (leader hint %s)", err, hint)
+	}
+	if rcr != nil {
+		err = &CloseError{Reply: rcr, Err: err}
 	}
 	return err
 }
