@@ -89,6 +89,10 @@ func TestThreeProcessesTLS(t *testing.T) {
 			t.Errorf("%s stored a refused client's file:\n%s", id, ls)
 		}
 	}
+	// status reaches every peer's commit port over mutual TLS too.
+	if st := runBinary(t, bin, "status", "--config", config); !strings.Contains(st, "group healthy") {
+		t.Errorf("status over TLS:\n%s", st)
+	}
 
 	for _, p := range peers {
 		p.interrupt(t)
