@@ -70,6 +70,9 @@ func TestCrashPoints(t *testing.T) {
 				if err := g.waitReady(victim); err != nil {
 					t.Fatal(err)
 				}
+				// Every peer connected to the new process (the point is
+				// armed for this test's name only, not the barrier's).
+				g.barrier(context.Background(), h, c)
 				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 				rec := streamPut(ctx, h, c, name, leader, data, nil)
 				cancel()
