@@ -77,7 +77,7 @@ func startPeers(tb testing.TB, n int, kind transport.Kind, sm smKind) (peers []d
 // startServers starts a server.Server peer on loopback for each state
 // machine, s1, s2 and so on, and waits until each reaches the others. They
 // are shut down when tb ends, or before by stop.
-func startServers(tb testing.TB, kind transport.Kind, sms []statemachine.StateMachine) (peers []datastream.Peer, stop func()) {
+func startServers(tb testing.TB, kind transport.Kind, sms []statemachine.StateMachine, tune ...func(i int, c *server.Config)) (peers []datastream.Peer, stop func()) {
 	tb.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), patience)
 	defer cancel()
@@ -97,10 +97,14 @@ func startServers(tb testing.TB, kind transport.Kind, sms []statemachine.StateMa
 	})
 	tb.Cleanup(shutdown)
 	for i, p := range group {
-		s, err := server.Listen(ctx, server.Config{
+		cfg := server.Config{
 			ID: p.ID, Peers: group, StateMachine: sms[i], InlineWrites: writesInline(sms[i]),
 			Transport: kind, Logger: discardLogger(),
-		})
+		}
+		for _, f := range tune {
+			f(i, &cfg)
+		}
+		s, err := server.Listen(ctx, cfg)
 		if err != nil {
 			tb.Fatal(err)
 		}

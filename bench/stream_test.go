@@ -9,10 +9,14 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/pipestream/pipestream/buffer"
 	"github.com/pipestream/pipestream/datastream"
 	"github.com/pipestream/pipestream/internal/leaktest"
+	"github.com/pipestream/pipestream/metrics"
 	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
+	"github.com/pipestream/pipestream/server"
 	"github.com/pipestream/pipestream/statemachine"
 	"github.com/pipestream/pipestream/transport"
 )
@@ -37,19 +41,23 @@ func BenchmarkChain(b *testing.B) {
 	b.Run("relay", benchRelay)
 	counting := func() statemachine.StateMachine { return &countingSM{} }
 	for _, v := range []struct {
-		name string
-		kind transport.Kind
-		sm   func() statemachine.StateMachine
-		opts []datastream.Option
+		name   string
+		kind   transport.Kind
+		sm     func() statemachine.StateMachine
+		opts   []datastream.Option
+		events bool
 	}{
-		{"stream", transport.Gnet, counting, nil},
-		{"stream-netconn", transport.NetConn, counting, nil},
-		{"stream-sha256", transport.Gnet, func() statemachine.StateMachine { return statemachine.NewMemoryHashing() }, nil},
+		{"stream", transport.Gnet, counting, nil, false},
+		{"stream-netconn", transport.NetConn, counting, nil, false},
+		{"stream-sha256", transport.Gnet, func() statemachine.StateMachine { return statemachine.NewMemoryHashing() }, nil, false},
 		// What end-to-end checksums cost: the same stream without them.
-		{"stream-nochecksum", transport.Gnet, counting, []datastream.Option{datastream.WithChecksums(false)}},
+		{"stream-nochecksum", transport.Gnet, counting, []datastream.Option{datastream.WithChecksums(false)}, false},
+		// What the events hook costs: the stream with every peer's
+		// server.Config.Events set to a metrics.Metrics.
+		{"stream-events", transport.Gnet, counting, nil, true},
 	} {
 		b.Run(v.name, func(b *testing.B) {
-			benchStream(b, v.kind, v.sm, v.opts...)
+			benchStream(b, v.kind, v.sm, v.events, v.opts...)
 			relay := relayTime(b, b.N)
 			b.ReportMetric(float64(relay)/float64(b.Elapsed()), "vs-relay")
 		})
@@ -58,8 +66,20 @@ func BenchmarkChain(b *testing.B) {
 
 // benchStream writes b.N packets on one stream through a chain of three
 // peers and closes it.
-func benchStream(b *testing.B, kind transport.Kind, sm func() statemachine.StateMachine, opts ...datastream.Option) {
-	peers, sms := startChain(b, kind, sm)
+// With events, each peer's server.Config.Events is a metrics.Metrics, and
+// each must have counted every packet written.
+func benchStream(b *testing.B, kind transport.Kind, sm func() statemachine.StateMachine, events bool, opts ...datastream.Option) {
+	var (
+		tune []func(int, *server.Config)
+		regs [chainLen]*prometheus.Registry
+	)
+	if events {
+		tune = append(tune, func(i int, c *server.Config) {
+			regs[i] = prometheus.NewRegistry()
+			c.Events = metrics.New(regs[i])
+		})
+	}
+	peers, sms := startChain(b, kind, sm, tune...)
 	opts = append([]datastream.Option{datastream.WithTransport(kind), datastream.WithLogger(discardLogger())}, opts...)
 	c, err := datastream.NewClient(peers, opts...)
 	if err != nil {
@@ -126,17 +146,48 @@ func benchStream(b *testing.B, kind transport.Kind, sm func() statemachine.State
 			b.Fatalf("%s linked %d bytes, want %d", peers[i].ID, n.linked.Load(), want)
 		}
 	}
+	for i, reg := range regs {
+		if reg == nil {
+			continue
+		}
+		// b.N data packets and the CLOSE.
+		if got := writtenPackets(b, reg); got != float64(b.N+1) {
+			b.Fatalf("%s: events counted %v packets written, want %d", peers[i].ID, got, b.N+1)
+		}
+	}
+}
+
+// writtenPackets reads pipestream_packets_total{stage="written"} from reg.
+func writtenPackets(b *testing.B, reg *prometheus.Registry) float64 {
+	mfs, err := reg.Gather()
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != "pipestream_packets_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "stage" && l.GetValue() == "written" {
+					return m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	b.Fatal("no pipestream_packets_total{stage=\"written\"}")
+	return 0
 }
 
 // startChain starts three peers, each with a state machine from newSM,
 // and waits until each reaches the others. They are shut down when b ends.
-func startChain(b *testing.B, kind transport.Kind, newSM func() statemachine.StateMachine) ([]datastream.Peer, []statemachine.StateMachine) {
+func startChain(b *testing.B, kind transport.Kind, newSM func() statemachine.StateMachine, tune ...func(int, *server.Config)) ([]datastream.Peer, []statemachine.StateMachine) {
 	b.Helper()
 	sms := make([]statemachine.StateMachine, chainLen)
 	for i := range sms {
 		sms[i] = newSM()
 	}
-	peers, _ := startServers(b, kind, sms)
+	peers, _ := startServers(b, kind, sms, tune...)
 	return peers, sms
 }
 

@@ -154,6 +154,9 @@ func (r *Router) checkBytes(p *Packet) *pb.Error {
 // ChannelInactive fails the streams whose packets came over this
 // connection.
 func (r *Router) ChannelInactive(ctx *pipeline.Context) {
+	if ev := r.Streams.cfg.Events; ev != nil {
+		ev.Conn(ConnEvent{Kind: ConnDown})
+	}
 	r.Streams.UpstreamClosed(ctx.Pipeline())
 	ctx.FireChannelInactive()
 }
@@ -218,6 +221,9 @@ func (r *Router) open(up *pipeline.Pipeline, p *Packet) (*Stream, *pb.Error) {
 	}
 	r.conn.streams.Add(1)
 	r.graves.opened(st, s)
+	if ev := s.cfg.Events; ev != nil {
+		ev.Stream(StreamEvent{Kind: StreamOpened, Key: st.Key, Primary: st.Primary})
+	}
 	return st, nil
 }
 

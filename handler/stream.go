@@ -33,6 +33,7 @@ type Stream struct {
 	received uint64
 	closing  bool
 
+	opened     time.Time
 	lastActive atomic.Int64 // unix nanoseconds of the last packet
 	ended      atomic.Bool  // the connection's stream count was given back
 
@@ -75,7 +76,8 @@ func newStream(s *Streams, key StreamKey, req *pb.RaftClientRequest, primary boo
 		awaiting: make([]fifo.Queue[*Packet], len(succ)),
 	}
 	st.exec = serial.New(st.run, &s.wg)
-	st.lastActive.Store(time.Now().UnixNano())
+	st.opened = time.Now()
+	st.lastActive.Store(st.opened.UnixNano())
 	return st
 }
 
@@ -122,10 +124,17 @@ func (st *Stream) run(t task) {
 	case taskWrite:
 		p := t.p
 		if st.Err() == nil {
+			ev := st.s.cfg.Events
+			var start time.Time
+			if ev != nil {
+				start = time.Now()
+			}
 			if err := st.writeLocal(p); err != nil {
 				e := codeOf(err, pb.ErrorCode_STATE_MACHINE)
 				st.setErr(p, e)
 				st.fail(e)
+			} else if ev != nil && p.Header.GetType() == pb.DataStreamPacketHeader_STREAM_DATA {
+				ev.Packet(PacketEvent{Kind: PacketWritten, Key: st.Key, Bytes: p.Header.GetDataLength(), Duration: time.Since(start)})
 			}
 		}
 		st.partDone(p)
@@ -234,6 +243,9 @@ func (st *Stream) forward(p *Packet) {
 			st.fail(errorf(pb.ErrorCode_SUCCESSOR_FAILED, "forward to %s: %v", st.succIDs[i], err))
 			return
 		}
+		if ev := st.s.cfg.Events; ev != nil && p.Header.GetType() == pb.DataStreamPacketHeader_STREAM_DATA {
+			ev.Packet(PacketEvent{Kind: PacketForwarded, Key: st.Key, Peer: st.succIDs[i], Bytes: p.Header.GetDataLength()})
+		}
 	}
 }
 
@@ -265,6 +277,13 @@ func (st *Stream) ack(i int, r *codec.ReplyView) {
 		p.err = e
 	}
 	st.mu.Unlock()
+	if ev := st.s.cfg.Events; ev != nil && h.GetType() == pb.DataStreamPacketHeader_STREAM_DATA {
+		pe := PacketEvent{Kind: PacketAcknowledged, Key: st.Key, Peer: st.succIDs[i], Bytes: h.GetDataLength(), Duration: time.Since(p.sentAt)}
+		if e != nil {
+			pe.Code = e.Code
+		}
+		ev.Packet(pe)
+	}
 	if e != nil {
 		st.fail(e)
 	}
@@ -310,6 +329,9 @@ func (st *Stream) fail(e *pb.Error) {
 		released = append(released, st.awaiting[i].Take()...)
 	}
 	st.mu.Unlock()
+	if ev := st.s.cfg.Events; ev != nil {
+		ev.Stream(StreamEvent{Kind: StreamFailed, Key: st.Key, Primary: st.Primary, Duration: time.Since(st.opened), Code: e.Code})
+	}
 
 	st.end()
 	st.abortSuccessors()
@@ -463,6 +485,9 @@ func (st *Stream) finishClose(p *Packet) {
 		p.err = codeOf(err, code)
 		if hint := reply.GetLeaderHint(); hint != "" {
 			p.err = errorf(p.err.Code, "%s; leader is %s", p.err.Message, hint)
+		}
+		if ev := st.s.cfg.Events; ev != nil {
+			ev.Stream(StreamEvent{Kind: StreamFailed, Key: st.Key, Primary: st.Primary, Bytes: st.length, Duration: time.Since(st.opened), Code: p.err.Code})
 		}
 	}
 	if st.Primary {

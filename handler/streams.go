@@ -84,7 +84,10 @@ type Config struct {
 	MaxConnBytes int64
 	// IdleTimeout fails a stream that receives no packet for this long.
 	IdleTimeout time.Duration
-	Logger      *slog.Logger
+	// Events, if set, is told of streams, packets and connections; see
+	// Events for what an implementation may do.
+	Events Events
+	Logger *slog.Logger
 }
 
 // Defaults for Config's zero fields.
@@ -287,7 +290,12 @@ func (s *Streams) Link(ctx context.Context, e statemachine.Entry) error {
 	}
 	// The channel is closed and its executor idle: no task touches it
 	// after the CLOSE write, so Link may use it from this goroutine.
-	return s.cfg.StateMachine.Link(ctx, e, st.ch)
+	err := s.cfg.StateMachine.Link(ctx, e, st.ch)
+	if ev := s.cfg.Events; ev != nil && err == nil {
+		ev.Stream(StreamEvent{Kind: StreamCommitted, Key: st.Key, Primary: st.Primary,
+			Bytes: e.Length, Duration: time.Since(st.opened)})
+	}
+	return err
 }
 
 // Catalog implements statemachine.Cataloger for Raft snapshots: the state

@@ -12,6 +12,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/pipestream/pipestream/handler"
 	"github.com/pipestream/pipestream/repair"
 	"github.com/pipestream/pipestream/statemachine"
 	"github.com/pipestream/pipestream/transport"
@@ -115,6 +116,11 @@ type Config struct {
 	// see package repair for the defaults.
 	Repair repair.Config
 	Scrub  repair.ScrubConfig
+
+	// Events, if set, observes the server's streams, packets and
+	// connections and the repairs (unless Repair.Events is set); see
+	// handler.Events, and package metrics for one that exports them.
+	Events handler.Events
 }
 
 // Limits are the server.Config limits a Peer passes through.

@@ -113,6 +113,7 @@ func New(ctx context.Context, cfg Config) (_ *Peer, err error) {
 		TLS:           cfg.TLS,
 		PeerTLS:       cfg.PeerTLS,
 		AuthorizePeer: cfg.AuthorizePeer,
+		Events:        cfg.Events,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("peer %s: %w", cfg.ID, err)
@@ -232,7 +233,11 @@ func (p *Peer) startRepair(members []Member) error {
 		ids[i] = o.ID
 	}
 	log := p.cfg.Logger.With("peer", p.cfg.ID)
-	p.repairer = repair.New(p.cfg.Repair, p.files, c, func() []string { return ids }, log)
+	rc := p.cfg.Repair
+	if rc.Events == nil {
+		rc.Events = p.cfg.Events
+	}
+	p.repairer = repair.New(rc, p.files, c, func() []string { return ids }, log)
 	p.scrubber = repair.NewScrubber(p.cfg.Scrub, p.files, p.repairer.Kick, log)
 	p.keepWG.Add(2)
 	go func() {

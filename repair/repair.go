@@ -22,7 +22,9 @@ import (
 	"time"
 
 	"github.com/pipestream/pipestream/datastream"
+	"github.com/pipestream/pipestream/handler"
 	"github.com/pipestream/pipestream/internal/ratelimit"
+	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
 	"github.com/pipestream/pipestream/statemachine"
 )
 
@@ -52,6 +54,10 @@ type Config struct {
 	// MaxBackoff bounds the wait before an entry whose repair failed is
 	// tried again; the wait doubles from Interval. Default one minute.
 	MaxBackoff time.Duration
+	// Events, if set, is told when each repair starts and finishes, as
+	// StreamRepairStarted and StreamRepairFinished events of the entry's
+	// stream key.
+	Events handler.Events
 }
 
 // Defaults for Config's zero fields.
@@ -188,7 +194,22 @@ func (r *Repairer) start(ctx context.Context, wg *sync.WaitGroup) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
+			ev, begin := r.cfg.Events, time.Now()
+			if ev != nil {
+				ev.Stream(handler.StreamEvent{Kind: handler.StreamRepairStarted, Key: sf.Key, Bytes: sf.Length})
+			}
 			err := r.repair(ctx, sf)
+			if ev != nil {
+				e := handler.StreamEvent{Kind: handler.StreamRepairFinished, Key: sf.Key, Bytes: sf.Length, Duration: time.Since(begin)}
+				if err != nil && !errors.Is(err, statemachine.ErrNotMissing) {
+					e.Code = pb.ErrorCode_INTERNAL
+					var pe *pb.Error
+					if errors.As(err, &pe) {
+						e.Code = pe.Code
+					}
+				}
+				ev.Stream(e)
+			}
 			r.done(sf, err, ctx.Err() != nil)
 		}()
 	}

@@ -156,6 +156,10 @@ type Config struct {
 	// connection. Connections to successors are not passed to it.
 	Pipeline func(p *pipeline.Pipeline) error
 
+	// Events, if set, observes streams, packets and connections; see
+	// handler.Events.
+	Events handler.Events
+
 	Logger *slog.Logger
 }
 
@@ -258,6 +262,7 @@ func Listen(ctx context.Context, cfg Config) (*Server, error) {
 		MaxStreams:        cfg.MaxStreams,
 		MaxStreamsPerConn: cfg.MaxStreamsPerConn,
 		MaxConnBytes:      cfg.MaxConnBytes,
+		Events:            cfg.Events,
 		Logger:            s.log,
 	})
 	hc := s.streams.Config()
@@ -362,6 +367,10 @@ func checkTLS(cfg *Config, others bool) error {
 }
 
 func (s *Server) initUpstream(ch transport.Channel) {
+	if ev := s.cfg.Events; ev != nil {
+		// Its ConnDown comes from the router's ChannelInactive.
+		ev.Conn(handler.ConnEvent{Kind: handler.ConnUp})
+	}
 	err := handler.Install(ch.Pipeline(), s.streams, s.cfg.MaxFrame)
 	if d, ok := ch.Pipeline().Get(handler.StageFrame).(*codec.FrameDecoder); ok {
 		d.SetBudget(s.partials)
@@ -490,9 +499,15 @@ func (s *Server) connect(id string) {
 			close(s.up)
 			s.up = make(chan struct{})
 			s.mu.Unlock()
+			if ev := s.cfg.Events; ev != nil {
+				ev.Conn(handler.ConnEvent{Kind: handler.ConnUp, Peer: id})
+			}
 			s.keepalive(id, ch, pongs)
 			s.untrack(id, ch)
 			<-ch.Done()
+			if ev := s.cfg.Events; ev != nil {
+				ev.Conn(handler.ConnEvent{Kind: handler.ConnDown, Peer: id})
+			}
 			continue
 		}
 		s.log.Debug("server: peer not reachable yet", "to", id, "err", err)

@@ -176,9 +176,15 @@ func startPeers(t *testing.T, bin, config string) ([]*process, error) {
 // still runs.
 func startPeer(t *testing.T, bin, config, id string, env ...string) *process {
 	t.Helper()
+	return startPeerArgs(t, bin, config, id, nil, env...)
+}
+
+// startPeerArgs is startPeer with extra serve flags.
+func startPeerArgs(t *testing.T, bin, config, id string, args []string, env ...string) *process {
+	t.Helper()
 	p := &process{
 		id:     id,
-		cmd:    exec.Command(bin, "serve", "--config", config, "--id", id, "--log-level", "warn"),
+		cmd:    exec.Command(bin, append([]string{"serve", "--config", config, "--id", id, "--log-level", "warn"}, args...)...),
 		stdout: newLineWriter(),
 		stderr: newLineWriter(),
 		exited: make(chan struct{}),

@@ -5,12 +5,20 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
+	"net/http"
+	"net/http/pprof"
 	"os"
 	"os/signal"
 	"sync"
 	"syscall"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/pipestream/pipestream/metrics"
 	"github.com/pipestream/pipestream/peer"
 	"github.com/pipestream/pipestream/statemachine"
 )
@@ -32,6 +40,12 @@ reread every copy it stores now, and repair from the other peers any that
 no longer matches its record (as its daily scrub does); "pipestream scrub"
 only reports.
 
+With --metrics ADDR the peer serves Prometheus metrics at
+http://ADDR/metrics and the Go profiler at http://ADDR/debug/pprof/, and
+prints "ID metrics: http://ADDR/metrics" once bound; see
+docs/operations.md for the metric names. The address should be a private
+or loopback one: the profiler shows the process's internals.
+
 Instead of a group file, list every member (this one too) with --member;
 without --data-dir the peer then keeps its Raft log and files in memory.
 The flags other than --config override the file.
@@ -50,6 +64,7 @@ func runServe(ctx context.Context, args []string, e *env) int {
 	kind := fs.transportFlag("DataStream `transport`, gnet or netconn (default: the group file's, else gnet)")
 	var stats durationFlag
 	fs.Var(&stats, "stats", "log the peer's counters every `interval`, such as 10s (0: never)")
+	metricsAddr := fs.String("metrics", "", "serve /metrics and /debug/pprof/ on `host:port` (default: off)")
 	logger := fs.logFlag(slog.LevelInfo)
 	pos, err := fs.parse(args)
 	if err == nil {
@@ -70,7 +85,7 @@ func runServe(ctx context.Context, args []string, e *env) int {
 	}
 	var closing func()
 	cfg.Logger, closing = logger()
-	return e.exit(ctx, "serve", serve(ctx, e, cfg, time.Duration(stats), closing))
+	return e.exit(ctx, "serve", serve(ctx, e, cfg, serveOptions{stats: time.Duration(stats), metrics: *metricsAddr}, closing))
 }
 
 func checkServeArgs(pos []string, config, id string, members []string) error {
@@ -104,10 +119,31 @@ func serveConfig(config, id string, members []string) (peer.Config, error) {
 	return cfg, nil
 }
 
+// serveOptions are serve's flags beyond the peer's config.
+type serveOptions struct {
+	stats   time.Duration // log interval, 0 for never
+	metrics string        // metrics listen address, "" for none
+}
+
 // serve runs the peer until ctx is done.
 // closing is called as the peer starts shutting down.
-func serve(ctx context.Context, e *env, cfg peer.Config, stats time.Duration, closing func()) error {
-	log := cfg.Logger
+func serve(ctx context.Context, e *env, cfg peer.Config, opts serveOptions, closing func()) error {
+	log, stats := cfg.Logger, opts.stats
+	var (
+		reg *prometheus.Registry
+		mln net.Listener
+	)
+	if opts.metrics != "" {
+		// Bound before the peer starts, so that a taken port fails at once.
+		var err error
+		if mln, err = net.Listen("tcp", opts.metrics); err != nil {
+			return fmt.Errorf("metrics: %w", err)
+		}
+		defer mln.Close()
+		reg = prometheus.NewRegistry()
+		reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+		cfg.Events = metrics.New(reg)
+	}
 	// SIGUSR1 asks for a scrub; caught from the start, so that it never
 	// takes its default action, killing the peer.
 	usr1 := make(chan os.Signal, 1)
@@ -123,6 +159,13 @@ func serve(ctx context.Context, e *env, cfg peer.Config, stats time.Duration, cl
 		data = "(memory)"
 	}
 	fmt.Fprintf(e.stdout, "%s serving: stream %s, raft %s, commit %s, data %s\n", a.ID, a.StreamAddr, a.RaftAddr, a.CommitAddr, data)
+	if mln != nil {
+		reg.MustRegister(metrics.NewCollector(p))
+		hs := metricsServer(reg)
+		go func() { _ = hs.Serve(mln) }()
+		defer hs.Close()
+		fmt.Fprintf(e.stdout, "%s metrics: http://%s/metrics\n", a.ID, mln.Addr())
+	}
 
 	// WaitReady returns early on a signal, which is then served below.
 	start := time.Now()
@@ -162,6 +205,18 @@ func serve(ctx context.Context, e *env, cfg peer.Config, stats time.Duration, cl
 	}
 	fmt.Fprintf(e.stdout, "%s stopped\n", a.ID)
 	return nil
+}
+
+// metricsServer serves reg at /metrics and the profiler at /debug/pprof/.
+func metricsServer(reg *prometheus.Registry) *http.Server {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	return &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 }
 
 // logStats logs p's counters every interval until ctx is done: what there
