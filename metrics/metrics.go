@@ -6,6 +6,8 @@ package metrics
 
 import (
 	"github.com/prometheus/client_golang/prometheus"
+	"strconv"
+	"time"
 
 	"github.com/pipestream/pipestream/handler"
 	"github.com/pipestream/pipestream/peer"
@@ -185,8 +187,9 @@ var _ handler.Events = (*Metrics)(nil)
 type Collector struct {
 	p *peer.Peer
 
-	leader, appliedIndex, appliedTerm, raftStreams   *prometheus.Desc
-	open, pending, missing, repairing, repairWaiting *prometheus.Desc
+	leader, appliedIndex, appliedTerm, raftStreams            *prometheus.Desc
+	open, pending, missing, repairing, repairWaiting          *prometheus.Desc
+	raftTerm, raftCommit, raftLastLog, raftPeers, raftContact *prometheus.Desc
 }
 
 // NewCollector returns a Collector of p; register it with a registry.
@@ -202,13 +205,19 @@ func NewCollector(p *peer.Peer) *Collector {
 		missing:       d("pipestream_copies_missing", "Committed entries this peer holds no copy of."),
 		repairing:     d("pipestream_repairs_in_progress", "Repairs running now."),
 		repairWaiting: d("pipestream_repairs_waiting", "Missing copies waiting for their next repair attempt."),
+		raftTerm:      d("pipestream_raft_term", "hashicorp/raft's current term."),
+		raftCommit:    d("pipestream_raft_commit_index", "hashicorp/raft's commit index."),
+		raftLastLog:   d("pipestream_raft_last_log_index", "hashicorp/raft's last log index."),
+		raftPeers:     d("pipestream_raft_peers", "Other voters in hashicorp/raft's configuration."),
+		raftContact:   d("pipestream_raft_last_contact_seconds", "Seconds since a follower last heard from its leader (0 on the leader)."),
 	}
 }
 
 // Describe implements prometheus.Collector.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.leader, c.appliedIndex, c.appliedTerm, c.raftStreams,
-		c.open, c.pending, c.missing, c.repairing, c.repairWaiting} {
+		c.open, c.pending, c.missing, c.repairing, c.repairWaiting,
+		c.raftTerm, c.raftCommit, c.raftLastLog, c.raftPeers, c.raftContact} {
 		ch <- d
 	}
 }
@@ -235,5 +244,23 @@ func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 		s := r.Stats()
 		g(c.repairing, float64(s.InProgress))
 		g(c.repairWaiting, float64(s.Waiting))
+	}
+	// hashicorp/raft reports its state as strings; the numeric ones are
+	// exported as they are, last_contact as seconds.
+	raw := c.p.Node().RaftStats()
+	for d, key := range map[*prometheus.Desc]string{c.raftTerm: "term", c.raftCommit: "commit_index",
+		c.raftLastLog: "last_log_index", c.raftPeers: "num_peers"} {
+		if v, err := strconv.ParseFloat(raw[key], 64); err == nil {
+			g(d, v)
+		}
+	}
+	switch lc := raw["last_contact"]; lc {
+	case "", "never":
+	case "0":
+		g(c.raftContact, 0)
+	default:
+		if d, err := time.ParseDuration(lc); err == nil {
+			g(c.raftContact, d.Seconds())
+		}
 	}
 }

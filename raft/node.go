@@ -276,6 +276,17 @@ func (n *Node) WaitLeader(ctx context.Context) (string, error) {
 // Stats returns the FSM's counters.
 func (n *Node) Stats() Stats { return n.fsm.stats() }
 
+// RaftStats returns hashicorp/raft's own statistics (state, term,
+// last_log_index, commit_index, applied_index, num_peers, last_contact,
+// ...), or nil before Start.
+func (n *Node) RaftStats() map[string]string {
+	r, err := n.started()
+	if err != nil {
+		return nil
+	}
+	return r.Stats()
+}
+
 // Snapshot takes a snapshot now and compacts the log behind it, as raft
 // does on its own every SnapshotInterval once SnapshotThreshold entries
 // have accumulated.

@@ -127,6 +127,15 @@ func TestServeMetrics(t *testing.T) {
 		if got := after["pipestream_raft_leader"]; got != 0 && got != 1 {
 			t.Errorf("%s: pipestream_raft_leader = %v", id, got)
 		}
+		// hashicorp/raft's own figures: every peer in a term, with two
+		// other voters, its log and commit index past the put's entry.
+		if after["pipestream_raft_term"] < 1 || after["pipestream_raft_peers"] != 2 ||
+			after["pipestream_raft_commit_index"] < after["pipestream_raft_applied_index"] ||
+			after["pipestream_raft_last_log_index"] < after["pipestream_raft_commit_index"] {
+			t.Errorf("%s: raft term %v, peers %v, commit %v, last log %v, applied %v", id, after["pipestream_raft_term"],
+				after["pipestream_raft_peers"], after["pipestream_raft_commit_index"], after["pipestream_raft_last_log_index"],
+				after["pipestream_raft_applied_index"])
+		}
 	}
 	leaders := 0.0
 	for i := range peers {
