@@ -133,9 +133,8 @@ func TestWipedPeerCatchesUpAfterSnapshot(t *testing.T) {
 			t.Errorf("%d records start %s, want a missing one and its repair:\n%s", lines, want, log)
 		}
 	}
-	if st := g.peers[f].Repairer().Stats(); st.Repaired != 2 {
-		t.Errorf("repairer %+v, want 2 repaired", st)
-	}
+	// The repairer counts a repair once the store has linked it.
+	g.eventually("the repairer counts 2 repairs", func() bool { return g.peers[f].Repairer().Stats().Repaired == 2 })
 }
 
 // A follower that acknowledged a stream, stopped before it applied the
@@ -174,9 +173,7 @@ func TestLostCopyIsRepaired(t *testing.T) {
 		return ok && !sf.Missing
 	})
 	g.checkFile(f, "lost", lost, r.GetLogIndex(), r.GetTerm())
-	if st := g.peers[f].Repairer().Stats(); st.Repaired != 1 {
-		t.Errorf("repairer %+v, want 1 repaired", st)
-	}
+	g.eventually("the repairer counts the repair", func() bool { return g.peers[f].Repairer().Stats().Repaired == 1 })
 }
 
 // One byte flipped in a stored file is found by the scrubber, on its
