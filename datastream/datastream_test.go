@@ -552,11 +552,7 @@ func TestPeerKilled(t *testing.T) {
 func TestReplyTimeout(t *testing.T) {
 	buffertest.Check(t)
 	f := startFake(t, nil)
-	c, err := datastream.NewClient(f.peers(), datastream.WithLogger(quietLogger()), datastream.WithReplyTimeout(200*time.Millisecond))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := f.client(t, datastream.WithReplyTimeout(200*time.Millisecond))
 	ctx := testCtx(t)
 	out, err := c.Stream(ctx, []byte("void"))
 	if err != nil {
@@ -585,11 +581,7 @@ func TestReplyTimeoutOneStream(t *testing.T) {
 			success(c, h)
 		}
 	})
-	c, err := datastream.NewClient(f.peers(), datastream.WithLogger(quietLogger()), datastream.WithReplyTimeout(200*time.Millisecond))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := f.client(t, datastream.WithReplyTimeout(200*time.Millisecond))
 	ctx := testCtx(t)
 	busy, err := c.Stream(ctx, []byte("busy"))
 	if err != nil {
@@ -683,11 +675,7 @@ func TestPeerReplies(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			buffertest.Check(t)
 			f := startFake(t, tc.answer)
-			c, err := datastream.NewClient(f.peers(), datastream.WithLogger(quietLogger()))
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer c.Close()
+			c := f.client(t)
 			ctx := testCtx(t)
 			out, err := c.Stream(ctx, []byte("s"))
 			if err != nil {
@@ -733,11 +721,7 @@ func TestReconnect(t *testing.T) {
 		}
 		success(c, h)
 	})
-	c, err := datastream.NewClient(f.peers(), datastream.WithLogger(quietLogger()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := f.client(t)
 	ctx := testCtx(t)
 	out, err := c.Stream(ctx, []byte("first"))
 	if err == nil {
@@ -1079,11 +1063,7 @@ func TestClientWindow(t *testing.T) {
 func TestOneConnection(t *testing.T) {
 	buffertest.Check(t)
 	f := startFake(t, success)
-	c, err := datastream.NewClient(f.peers(), datastream.WithLogger(quietLogger()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := f.client(t)
 	ctx := testCtx(t)
 	var wg sync.WaitGroup
 	for i := 0; i < 50; i++ {
@@ -1144,11 +1124,7 @@ func TestCloseWithoutRaftClientReplyFails(t *testing.T) {
 				reply(c, &pb.DataStreamReplyHeader{PacketHeader: h, BytesWritten: h.GetStreamOffset() + h.GetDataLength(),
 					Success: true, ServerId: "fake"}, rcr)
 			})
-			c, err := datastream.NewClient(f.peers(), datastream.WithLogger(quietLogger()))
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer c.Close()
+			c := f.client(t)
 			ctx := testCtx(t)
 			out, err := c.Stream(ctx, []byte("x"))
 			if err != nil {

@@ -22,11 +22,7 @@ func TestFutureOnDone(t *testing.T) {
 		}
 		success(c, h)
 	})
-	c, err := datastream.NewClient(f.peers(), datastream.WithLogger(quietLogger()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
+	c := f.client(t)
 	ctx := testCtx(t)
 	out, err := c.Stream(ctx, []byte("s"))
 	if err != nil {

@@ -320,6 +320,18 @@ func startFake(t testing.TB, answer func(c net.Conn, h *pb.DataStreamPacketHeade
 	return f
 }
 
+// client returns a client of the fake peer, with the tests' quiet logger
+// and opts, closed when the test ends.
+func (f *fakePeer) client(t testing.TB, opts ...datastream.Option) *datastream.Client {
+	t.Helper()
+	c, err := datastream.NewClient(f.peers(), append([]datastream.Option{datastream.WithLogger(quietLogger())}, opts...)...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
 func (f *fakePeer) peers() []datastream.Peer {
 	return []datastream.Peer{{ID: "fake", Addr: f.ln.Addr().String()}}
 }
