@@ -37,12 +37,15 @@ func TestCrashPoints(t *testing.T) {
 		// ("all") before the armed start, so that it must repair or
 		// restore a snapshot.
 		wipe string
-		// committed: the put succeeds (the victim crashes after its ack);
-		// otherwise it must not commit, or may not.
+		// committed: the put succeeds. After its ack the victim links
+		// its copy when it replays the entry; before it, the other two
+		// recover the pipeline around it and commit (the write quorum is
+		// a majority), and the victim, not a holder, repairs its copy.
+		// Otherwise it must not commit.
 		committed bool
 	}{
-		{"filestore.close.renamed", "", false},
-		{"filestore.close.synced", "", false},
+		{"filestore.close.renamed", "", true},
+		{"filestore.close.synced", "", true},
 		{"raft.apply.before-link", "", true},
 		{"filestore.link.recorded", "", true},
 		{"filestore.link.renamed", "", true},
