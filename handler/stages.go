@@ -195,7 +195,7 @@ func (r *Router) open(up *pipeline.Pipeline, p *Packet) (*Stream, *pb.Error) {
 		// its primary commits) and its CLOSE would be answered OK.
 		return nil, errorf(pb.ErrorCode_BAD_ROUTING, "this peer is %q, but the header request names %q as the primary; a client sends a stream to the primary it names", s.cfg.ID, primary)
 	}
-	succIDs, err := successorsOf(req.GetRoutingTable(), primary, s.cfg.ID, s.cfg.Peers)
+	succIDs, err := successorsOf(req.GetRoutingTable(), primary, s.cfg.ID, s.groupPeers())
 	if err != nil {
 		return nil, errorf(pb.ErrorCode_BAD_ROUTING, "%v", err)
 	}

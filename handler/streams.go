@@ -115,6 +115,23 @@ type Streams struct {
 
 	localIndex atomic.Uint64 // standalone commit index
 	committer  atomic.Pointer[statemachine.Committer]
+	peers      atomic.Pointer[[]string] // set by SetPeers; nil: cfg.Peers
+}
+
+// SetPeers replaces Config.Peers, the ids routing tables may name, for a
+// group whose membership changed. Streams already open keep their
+// successors; headers that arrive afterwards are checked against ids.
+func (s *Streams) SetPeers(ids []string) {
+	ids = append([]string(nil), ids...)
+	s.peers.Store(&ids)
+}
+
+// groupPeers returns the group's peer ids as SetPeers or Config set them.
+func (s *Streams) groupPeers() []string {
+	if p := s.peers.Load(); p != nil {
+		return *p
+	}
+	return s.cfg.Peers
 }
 
 // SetCommitter replaces Config.Committer; see server.Server.SetCommitter.
