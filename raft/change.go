@@ -188,7 +188,7 @@ func (n *Node) leadAdd(ctx context.Context, r *hraft.Raft, cur Membership, p Pee
 		return fmt.Errorf("%w: a new member needs an id and its stream, raft and commit addresses: %+v", ErrConfig, p)
 	}
 	if slices.Contains(cur.Removed, p.ID) {
-		return fmt.Errorf("%w: %q was removed from the group; give the new peer an id never used before", ErrIDRemoved, p.ID)
+		return fmt.Errorf("%w: %q; ids are never used again: give the new peer an id of its own", ErrIDRemoved, p.ID)
 	}
 	old, member := cur.Member(p.ID)
 	if member && old != p {
