@@ -81,7 +81,7 @@ type status struct {
 	members []peer.Member
 	group   *raft.Membership // the leader's view, once asked
 	gone    map[string]bool  // members of the file the group no longer has
-	tls     *tls.Config // nil: the commit addresses speak plain TCP
+	tls     *tls.Config      // nil: the commit addresses speak plain TCP
 	timeout time.Duration
 	settle  time.Duration
 	maxLag  uint64
