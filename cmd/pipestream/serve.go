@@ -192,8 +192,13 @@ func serve(ctx context.Context, e *env, cfg peer.Config, opts serveOptions, clos
 		closing()
 		return errors.Join(err, p.Shutdown(context.Background()))
 	}
+	// The helpers below stop with the peer: at the signal, or once the
+	// peer is removed from the group.
+	sig := ctx
+	ctx, stopHelpers := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	defer wg.Wait()
+	defer stopHelpers()
 	if stats > 0 && err == nil {
 		wg.Go(func() { logStats(ctx, log, p, stats) })
 	}
@@ -209,15 +214,16 @@ func serve(ctx context.Context, e *env, cfg peer.Config, opts serveOptions, clos
 		}
 	})
 	select {
-	case <-ctx.Done():
-		log.Info("shutting down", "peer", a.ID, "cause", context.Cause(ctx))
+	case <-sig.Done():
+		log.Info("shutting down", "peer", a.ID, "cause", context.Cause(sig))
 	case <-p.Removed():
 		fmt.Fprintf(e.stdout, "%s removed from the group\n", a.ID)
 		log.Info("shutting down: removed from the group", "peer", a.ID)
 		// Give the leader a moment to take it out of the Raft
 		// configuration too, which it does right after.
-		awaitNonvoter(ctx, p)
+		awaitNonvoter(sig, p)
 	}
+	stopHelpers()
 	closing()
 	sctx, cancel := context.WithTimeout(context.Background(), serveShutdownTimeout)
 	defer cancel()
