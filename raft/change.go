@@ -143,7 +143,7 @@ func (n *Node) lead(ctx context.Context, r *hraft.Raft, req *pb.MembershipReques
 	if cur.Index == 0 {
 		// The group never changed: its members are the configuration's,
 		// with the addresses Start was given.
-		if cur.Members, err = n.configMembers(cur); err != nil {
+		if cur.Members, err = n.configMembers(r, cur); err != nil {
 			return Membership{}, err
 		}
 	}
@@ -169,14 +169,21 @@ func (n *Node) lead(ctx context.Context, r *hraft.Raft, req *pb.MembershipReques
 	return n.Membership()
 }
 
-// configMembers returns the voters and nonvoters of cur's configuration
-// with the addresses of cur.Members (the Start list).
-func (n *Node) configMembers(cur Membership) ([]Peer, error) {
+// configMembers returns the servers of r's configuration with the
+// addresses of cur.Members (the Start list); a server the list lacks (its
+// entry was dropped from the group file before it left) keeps the Raft
+// address the configuration gives it and no other.
+func (n *Node) configMembers(r *hraft.Raft, cur Membership) ([]Peer, error) {
+	conf := r.GetConfiguration()
+	if err := conf.Error(); err != nil {
+		return nil, fmt.Errorf("raft: configuration: %w", leaderErr(err))
+	}
 	var out []Peer
-	for _, id := range append(slices.Clone(cur.Voters), cur.Nonvoters...) {
-		p, ok := cur.Member(id)
+	for _, s := range conf.Configuration().Servers {
+		p, ok := cur.Member(string(s.ID))
 		if !ok {
-			return nil, fmt.Errorf("%w: the Raft configuration names %q, which the member list this peer started with lacks", ErrConfig, id)
+			n.log.Warn("raft: a server of the configuration is not in the member list this peer started with", "id", s.ID)
+			p = Peer{ID: string(s.ID), RaftAddr: string(s.Address)}
 		}
 		out = append(out, p)
 	}
