@@ -182,9 +182,10 @@ func (p *Peer) Addrs() Member {
 // Start joins the group: it tells the stream server where the other
 // members are and starts the Raft node, which bootstraps the group with
 // members as its voters if its log is empty (every peer may do so with the
-// same list) and otherwise keeps the membership it has. members must hold
-// the same ids as Config.Peers, with every address, and this peer's entry
-// must equal Addrs. ctx bounds the start only.
+// same list; with Config.Join it waits to be added instead) and otherwise
+// keeps the membership it has, which its log may have changed since.
+// members must hold the same ids as Config.Peers, with every address, and
+// this peer's entry must equal Addrs. ctx bounds the start only.
 func (p *Peer) Start(ctx context.Context, members []Member) error {
 	if err := p.checkMembers(members); err != nil {
 		return err
