@@ -25,7 +25,7 @@ import (
 // holds is never linked.
 
 // maxRecoveries bounds the recoveries one peer makes for one stream.
-func (s *Streams) maxRecoveries() uint64 { return uint64(len(s.peers())) }
+func (s *Streams) maxRecoveries() uint64 { return uint64(len(s.members())) }
 
 // linkFailed recovers the stream around failed successor l.
 func (st *Stream) linkFailed(l *link, cause *pb.Error) {

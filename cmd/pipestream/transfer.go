@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 	"syscall"
 	"time"
 
@@ -105,6 +106,8 @@ func hint(err error) error {
 		return fmt.Errorf("%w (is every peer up and ready? each serve prints a ready line)", err)
 	case errors.Is(err, datastream.ErrNotLeader):
 		return fmt.Errorf("%w (the group has no leader: is a majority of its peers up?)", err)
+	case errors.Is(err, datastream.ErrBadRouting) && strings.Contains(err.Error(), "not in the group"):
+		return fmt.Errorf("%w (has a peer joined or left? the group file must list the members: pipestream status shows them)", err)
 	}
 	return err
 }
