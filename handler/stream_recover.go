@@ -110,9 +110,14 @@ func (st *Stream) recoverLocked(l *link, cause *pb.Error) {
 		if header != nil {
 			header.parts.Add(1)
 		}
+		// The reply timeout counts from the replay: the new successor
+		// has only now been asked.
+		now := time.Now()
+		marker.sentAt = now
 		nl.awaiting.Push(marker)
 		for _, q := range replay {
 			q.parts.Add(1)
+			q.sentAt = now
 			nl.awaiting.Push(q)
 		}
 		st.links = append(st.links, nl)
