@@ -42,10 +42,15 @@ func (c committed) summary(name string) string {
 func putFile(ctx context.Context, c *datastream.Client, f *os.File, size int64, name, primary string, bar *progress) (committed, error) {
 	res := committed{primary: primary}
 	start := time.Now()
-	out, err := c.Stream(ctx, []byte(name), datastream.WithPrimary(primary))
+	var opts []datastream.StreamOption
+	if primary != "" {
+		opts = append(opts, datastream.WithPrimary(primary))
+	}
+	out, err := c.Stream(ctx, []byte(name), opts...)
 	if err != nil {
 		return res, err
 	}
+	res.primary = out.Request().GetServerId()
 	// Chunks sent and not yet acknowledged, oldest first. Replies come in
 	// order, and a chunk's future is its last packet's.
 	type sent struct {
