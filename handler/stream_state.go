@@ -1,30 +1,29 @@
 package handler
 
-import "sync/atomic"
+import "github.com/pipestream/pipestream/internal/statetrace"
 
 // streamState is where a stream is in its life on one peer. The state is
 // guarded by the stream's mu; every change goes through setStateLocked,
-// which allows only the transitions of this diagram (TestStreamStates
-// drives a real server through each of them):
+// which allows only these transitions (TestStreamStates in package server
+// drives real servers through each of them and checks no other happens):
 //
-//	   ┌──────────────── resume ─────────────────┐
-//	   ▼                                         │
-//	 open ──── CLOSE routed ────▶ closing ───────┤ resume: the CLOSE
-//	  │ │                          │  │          │ is replayed
-//	  │ └── upstream peer lost ─┐  │  └── closed on every successor ──▶ parked
-//	  │                         ▼  ▼                                      │
-//	  │                       orphaned ─── resume ──▶ open                ├─ entry applied ──▶ linked
-//	  │                         │                                         ├─ abort, link timeout ──▶ discarded
-//	  ▼                         ▼                                         └─ shutdown ──▶ released
-//	failed ◀── error, abort ── (open, closing); orphaned ── no resume in time ──▶ failed
-//	  │
-//	  └── last reply out ──▶ drained (out of the stream table)
+//	open ───── CLOSE routed ─────▶ closing ── closed on every successor ──▶ parked
+//	 │  ▲                           │  │                                     │ ▲
+//	 │  └────────── resume ─────────┘  │ (the CLOSE will be replayed)        │ │
+//	 │  ▲                              │                                     │ │
+//	 │  └─ resume ── orphaned ◀── upstream peer connection lost ── (open,    │ │
+//	 │               │   │                                      closing)    │ │
+//	 │               │   └──── its CLOSE completes ─────────────────────────┼─┘
+//	 │               └── no resume within the reply timeout ──┐              │
+//	 ▼                                                        ▼              ├── entry applied ───▶ linked
+//	failed ◀──── error, abort (open, closing) ───────────────┘              ├── abort, link timeout ─▶ discarded
+//	 │                                                                       └── shutdown ─────────▶ released
+//	 └── last reply out ──▶ drained (out of the stream table)
 //
 // open and closing take packets from their upstream connection; orphaned
-// has lost it (a predecessor died) and waits, for at most the reply
-// timeout, for a new predecessor's RESUME (pipeline recovery,
-// stream_recover.go); parked waits for the committed entry; linked,
-// discarded, released and drained are final.
+// has lost it (a predecessor died) and waits for a RESUME from a new one
+// (pipeline recovery, stream_recover.go); parked waits for the committed
+// entry; linked, discarded, released and drained are final.
 type streamState uint8
 
 const (
@@ -53,7 +52,7 @@ func (s streamState) String() string {
 var transitions = [numStreamStates][]streamState{
 	stateOpen:     {stateClosing, stateOrphaned, stateFailed},
 	stateClosing:  {stateParked, stateOrphaned, stateFailed, stateOpen},
-	stateOrphaned: {stateOpen, stateFailed},
+	stateOrphaned: {stateOpen, stateFailed, stateParked},
 	stateParked:   {stateLinked, stateDiscarded, stateReleased},
 	stateFailed:   {stateDrained},
 }
@@ -67,18 +66,22 @@ func allowed(from, to streamState) bool {
 	return false
 }
 
-// transitionHook, if set, sees every state change, allowed or not; tests
-// set it to check the diagram.
-var transitionHook atomic.Pointer[func(from, to streamState, ok bool)]
+func init() {
+	var all []statetrace.Change
+	for from, tos := range transitions {
+		for _, to := range tos {
+			all = append(all, statetrace.Change{From: streamState(from).String(), To: to.String(), Allowed: true})
+		}
+	}
+	statetrace.Declare(all)
+}
 
 // setStateLocked moves the stream to state to if the diagram allows it,
 // and reports whether it did. st.mu must be held.
 func (st *Stream) setStateLocked(to streamState) bool {
 	from := st.state
 	ok := allowed(from, to)
-	if h := transitionHook.Load(); h != nil {
-		(*h)(from, to, ok)
-	}
+	statetrace.Emit(statetrace.Change{From: from.String(), To: to.String(), Allowed: ok})
 	if ok {
 		st.state = to
 	} else {

@@ -480,7 +480,7 @@ func TestRestartReplaysAfterSnapshot(t *testing.T) {
 	c.stop(fi)
 	c.restart(fi)
 	// The snapshot is restored before Start returns...
-	if st := c.nodes[fi].Stats(); st.LastIndex < repB.GetLogIndex() || st.Streams != 2 {
+	if st := c.nodes[fi].Stats(); st.LastIndex < repB.GetLogIndex() || st.Streams < 2 { // the late entry may be replayed already
 		t.Errorf("after restart: %+v, want the snapshot's state (index >= %d, 2 streams)", st, repB.GetLogIndex())
 	}
 	// ...and the entry after it is replayed and linked again, unchanged.
