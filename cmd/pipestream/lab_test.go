@@ -182,9 +182,17 @@ func (l *labLoad) work() {
 			}
 		}()
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-		l.lg.client.put(ctx, l.h, name, primary, uint64(n)<<20|uint64(size), size, ev)
+		rec := l.lg.client.put(ctx, l.h, name, primary, uint64(n)<<20|uint64(size), size, ev)
 		cancel()
 		close(done)
+		if rec.Outcome != outCommitted {
+			// A peer that is down refuses at once; a client would back
+			// off too, and the history stays readable.
+			select {
+			case <-l.stop:
+			case <-time.After(100 * time.Millisecond):
+			}
+		}
 	}
 }
 
