@@ -44,21 +44,21 @@ const labClients = 3
 // between real machines. One op is each client sending -lab.mib (64 MiB),
 // committed; MB/s is all clients' payload together.
 //
-//	BenchmarkLab/rate=<1Gbit|10Gbit>/peers=<3|5>/clients=<1|3>/<log|chain|star>
+//		BenchmarkLab/rate=<1Gbit|10Gbit>/peers=<3|5>/clients=<1|3>/<log|chain|star>
 //
-//   - log: each client sends 1 MiB entries over TCP to the leader's
-//     process, which appends them to a Raft log (raft-boltdb) with
-//     raft.Node.ApplyData, 64 in flight, as BenchmarkCommitPath's log path;
-//     every node also writes each entry to a file.
-//   - chain, star: each client streams through pipestream serve processes
-//     with that routing table and commits one entry; client i's primary is
-//     the i-th peer after the leader, so that several clients spread out.
-//     The peers keep their files in a FileStore.
-//   - stream/log: the ratio of the throughputs, log run moments before on
-//     the same lab.
-//   - busy-%: how busy the machine's cores were during the op (100: both
-//     saturated, by the lab or by anything else running); lab-cpu-%: the
-//     share of them the lab's processes used, user and system time.
+//	  - log: each client sends 1 MiB entries over TCP to the leader's
+//	    process, which appends them to a Raft log (raft-boltdb) with
+//	    raft.Node.ApplyData, 64 in flight, as BenchmarkCommitPath's log path;
+//	    every node also writes each entry to a file.
+//	  - chain, star: each client streams through pipestream serve processes
+//	    with that routing table and commits one entry; client i's primary is
+//	    the i-th peer after the leader, so that several clients spread out.
+//	    The peers keep their files in a FileStore.
+//	  - stream/log: the ratio of the throughputs, log run moments before on
+//	    the same lab.
+//	  - busy-%: how busy the machine's cores were during the op (100: both
+//	    saturated, by the lab or by anything else running); lab-cpu-%: the
+//	    share of them the lab's processes used, user and system time.
 //
 // Data directories are under -lab.dir, a tmpfs by default, so that the
 // shared disk of one machine does not stand in for every host's own. It

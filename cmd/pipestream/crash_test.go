@@ -53,7 +53,7 @@ type group struct {
 	dir    string
 	config string
 	ids    []string
-	leader string // as the first ready lines named it
+	leader string      // as the first ready lines named it
 	lab    *netlab.Lab // the hosts the peers run on; nil: this machine's loopback
 
 	mu    sync.Mutex
