@@ -78,7 +78,9 @@ const labClients = 3
 //	    the same lab.
 //	  - busy-%: how busy the machine's cores were during the op (100: both
 //	    saturated, by the lab or by anything else running); lab-cpu-%: the
-//	    share of them the lab's processes used, user and system time.
+//	    share of them the lab's processes used, user and system time;
+//	    cpu-ms/MB: the CPU time the lab's processes spent per MB committed,
+//	    what bounds a path once the cores are saturated.
 //
 // Data directories are under -lab.dir, a tmpfs by default, so that the
 // shared disk of one machine does not stand in for every host's own.
@@ -114,7 +116,9 @@ func BenchmarkLab(b *testing.B) {
 								after := readCPU()
 								// Both cores' time: 100% is the machine saturated.
 								b.ReportMetric(100*(after.busy-before.busy)/(after.total-before.total), "busy-%")
-								b.ReportMetric(100*(lab.cpu()-procs)/wall/float64(runtime.NumCPU()), "lab-cpu-%")
+								used := lab.cpu() - procs
+								b.ReportMetric(100*used/wall/float64(runtime.NumCPU()), "lab-cpu-%")
+								b.ReportMetric(1000*used/(float64(b.N*clients)*float64(size)/1e6), "cpu-ms/MB")
 								if path == "log" {
 									logRate = r
 								} else if logRate > 0 {
