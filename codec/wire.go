@@ -23,6 +23,7 @@ const (
 	phLength   = 5
 	phOptions  = 6
 	phCRC32C   = 7
+	phEpoch    = 8
 
 	rhPacketHeader = 1
 	rhBytesWritten = 2
@@ -30,6 +31,7 @@ const (
 	rhErrorCode    = 4
 	rhErrorMessage = 5
 	rhServerID     = 7
+	rhHolders      = 11
 )
 
 // consumeTag is protowire.ConsumeTag refusing field numbers past the
@@ -51,6 +53,7 @@ type packetFields struct {
 	length   uint64
 	options  uint32
 	crc32c   uint32
+	epoch    uint64
 }
 
 // merge overwrites the fields that b holds, as protobuf merges a message.
@@ -68,7 +71,7 @@ func (f *packetFields) merge(b []byte) error {
 				return fmt.Errorf("%w: packet header client id: %v", ErrBadPacket, protowire.ParseError(m))
 			}
 			f.clientID, n = v, m
-		case num >= phType && num <= phOptions && typ == protowire.VarintType:
+		case (num >= phType && num <= phOptions || num == phEpoch) && typ == protowire.VarintType:
 			v, m := protowire.ConsumeVarint(b)
 			if m < 0 {
 				return fmt.Errorf("%w: packet header field %d: %v", ErrBadPacket, num, protowire.ParseError(m))
@@ -85,6 +88,8 @@ func (f *packetFields) merge(b []byte) error {
 				f.length = v
 			case phOptions:
 				f.options = uint32(v)
+			case phEpoch:
+				f.epoch = v
 			}
 		case num == phCRC32C && typ == protowire.Fixed32Type:
 			v, m := protowire.ConsumeFixed32(b)
@@ -112,7 +117,7 @@ func UnmarshalPacketHeader(b []byte, h *pb.DataStreamPacketHeader) error {
 		f.clientID = nil // as proto.Unmarshal leaves an empty bytes field
 	}
 	h.ClientId, h.Type, h.StreamId, h.StreamOffset, h.DataLength, h.Options = f.clientID, f.typ, f.streamID, f.offset, f.length, f.options
-	h.Crc32C = f.crc32c
+	h.Crc32C, h.Epoch = f.crc32c, f.epoch
 	return err
 }
 
@@ -132,6 +137,9 @@ type ReplyView struct {
 	ErrorCode    pb.ErrorCode
 	ErrorMessage []byte
 	ServerID     []byte
+	// Holders are the peers a successful CLOSE reply says hold the
+	// stream; only such replies carry them, so only they allocate.
+	Holders [][]byte
 	// Body is the serialized RaftClientReply, if the frame has one.
 	Body []byte
 }
@@ -177,6 +185,13 @@ func DecodeReplyView(frame []byte, maxHeader int, v *ReplyView) error {
 			} else {
 				v.ServerID = s
 			}
+			n = m
+		case num == rhHolders && typ == protowire.BytesType:
+			s, m := protowire.ConsumeBytes(b)
+			if m < 0 {
+				return fmt.Errorf("%w: reply holders: %v", ErrBadPacket, protowire.ParseError(m))
+			}
+			v.Holders = append(v.Holders, s)
 			n = m
 		case (num == rhBytesWritten || num == rhSuccess || num == rhErrorCode) && typ == protowire.VarintType:
 			x, m := protowire.ConsumeVarint(b)

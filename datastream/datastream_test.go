@@ -18,6 +18,7 @@ import (
 	"github.com/pipestream/pipestream/buffer"
 	"github.com/pipestream/pipestream/buffer/buffertest"
 	"github.com/pipestream/pipestream/datastream"
+	"github.com/pipestream/pipestream/handler"
 	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
 	"github.com/pipestream/pipestream/server"
 	"github.com/pipestream/pipestream/statemachine"
@@ -508,7 +509,11 @@ func TestPeerKilled(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			buffertest.Check(t)
 			sm, sms := gated(func(i int) bool { return i == 2 })
-			g := startGroup(t, 3, groupOpts{sm: sm, tweak: func(c *server.Config) { c.ReplyTimeout = time.Hour }})
+			// WriteQuorum all: a lost peer fails the stream, as this test
+			// wants; recovery has its own tests in package server.
+			g := startGroup(t, 3, groupOpts{sm: sm, tweak: func(c *server.Config) {
+				c.ReplyTimeout, c.WriteQuorum = time.Hour, handler.QuorumAll
+			}})
 			t.Cleanup(func() { openAll(sms) })
 			c := g.client(t)
 			ctx := testCtx(t)

@@ -30,6 +30,9 @@ var (
 	// ErrChecksum: a packet's data did not match its CRC32C on some peer;
 	// it was corrupted on the way and nothing of the stream is committed.
 	ErrChecksum error = &pb.Error{Code: pb.ErrorCode_CHECKSUM}
+	// ErrNotEnoughPeers: fewer peers than the group's write quorum could
+	// hold the stream; the message names the missing ones.
+	ErrNotEnoughPeers error = &pb.Error{Code: pb.ErrorCode_NOT_ENOUGH_PEERS}
 )
 
 // Client-side errors.

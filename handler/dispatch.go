@@ -63,12 +63,7 @@ func (d *SuccessorReplies) ChannelRead(ctx *pipeline.Context, msg any) {
 	if st == nil {
 		return // the stream failed meanwhile
 	}
-	for i, id := range st.succIDs {
-		if id == d.Peer {
-			st.ack(i, v)
-			return
-		}
-	}
+	st.ack(d.Peer, v)
 }
 
 // ChannelInactive fails the streams forwarded over this connection.

@@ -35,9 +35,12 @@ const (
 	// a Code other than ERROR_NONE when the repair failed.
 	StreamRepairStarted
 	StreamRepairFinished
+	// StreamRecovered: successor Peer failed (Code says how) and this
+	// peer recovered the stream's pipeline around it.
+	StreamRecovered
 )
 
-var streamEventNames = [...]string{"", "opened", "committed", "failed", "repair_started", "repair_finished"}
+var streamEventNames = [...]string{"", "opened", "committed", "failed", "repair_started", "repair_finished", "recovered"}
 
 func (k StreamEventKind) String() string {
 	if int(k) < len(streamEventNames) {
@@ -51,6 +54,7 @@ type StreamEvent struct {
 	Kind     StreamEventKind
 	Key      StreamKey
 	Primary  bool
+	Peer     string // for StreamRecovered
 	Bytes    uint64
 	Duration time.Duration
 	Code     pb.ErrorCode

@@ -48,6 +48,20 @@ type Packet struct {
 	refused bool
 	reply   *pb.RaftClientReply
 
+	// Set by the router: the connection p came from, where its reply
+	// goes, and its counters; the stream's attachment p was routed under
+	// (see Stream.gen); a header's decoded request.
+	up   *pipeline.Pipeline
+	conn *connState
+	gen  uint64
+	req  *pb.RaftClientRequest
+	// origin marks a resume this peer sends in a recovery: no upstream
+	// waits for its reply, and it answers for standsFor, the stream's
+	// header, when the failed successor had not acknowledged that yet.
+	origin    bool
+	standsFor *Packet
+	crcStart  uint32 // the stream's CRC32C up to p, as forwarded
+
 	hdr pb.DataStreamPacketHeader // what Header points to
 }
 
@@ -65,6 +79,7 @@ func (p *Packet) Release() {
 	}
 	p.Frame, p.Body, p.Stream = nil, nil, nil
 	p.written, p.sentAt, p.err, p.refused, p.reply = 0, time.Time{}, nil, false, nil
+	p.up, p.conn, p.gen, p.req, p.origin, p.standsFor, p.crcStart = nil, nil, 0, nil, false, nil, 0
 	p.hdr.ClientId = nil
 	packets.Put(p)
 }

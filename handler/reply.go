@@ -42,6 +42,7 @@ func newReply(h *pb.DataStreamPacketHeader) *Reply {
 func (r *Reply) Release() {
 	h := &r.hdr
 	h.PacketHeader, h.BytesWritten, h.Success, h.ErrorCode, h.ErrorMessage, h.CommitInfos, h.ServerId = nil, 0, false, 0, "", nil, ""
+	h.Holders = nil
 	r.ph.ClientId = nil
 	r.Header, r.Body = nil, nil
 	replies.Put(r)

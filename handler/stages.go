@@ -2,6 +2,7 @@ package handler
 
 import (
 	"fmt"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -79,6 +80,10 @@ func (r *Router) ChannelRead(ctx *pipeline.Context, msg any) {
 		return
 	}
 	st, e := r.route(ctx.Pipeline(), p)
+	if e == answered {
+		p.Release()
+		return
+	}
 	if st == nil {
 		errorReply(ctx.Pipeline(), r.Streams.cfg.ID, p.Header, e)
 		p.Release()
@@ -88,6 +93,7 @@ func (r *Router) ChannelRead(ctx *pipeline.Context, msg any) {
 	// takes its place in the stream's reply order, so the client sees the
 	// replies of earlier packets first.
 	p.err, p.refused = e, e != nil
+	p.up, p.conn = ctx.Pipeline(), &r.conn
 	r.conn.inflight.Add(int64(p.Header.GetDataLength()))
 	st.lastActive.Store(time.Now().UnixNano())
 	p.Stream = st
@@ -117,7 +123,7 @@ func (r *Router) route(up *pipeline.Pipeline, p *Packet) (*Stream, *pb.Error) {
 		// means: its stream cannot go on.
 		e := errorf(pb.ErrorCode_BAD_HEADER, "unknown option bits %#x", unknown)
 		if p.Header.GetType() == pb.DataStreamPacketHeader_STREAM_DATA {
-			if st := r.Streams.get(p.Key()); st != nil && st.upstream == up {
+			if st := r.Streams.get(p.Key()); st != nil && st.ownedBy(up) {
 				st.fail(e)
 				return st, e
 			}
@@ -157,16 +163,18 @@ func (r *Router) ChannelInactive(ctx *pipeline.Context) {
 	if ev := r.Streams.cfg.Events; ev != nil {
 		ev.Conn(ConnEvent{Kind: ConnDown})
 	}
-	r.Streams.UpstreamClosed(ctx.Pipeline())
+	r.Streams.UpstreamClosed(ctx.Pipeline(), r.conn.peer)
 	ctx.FireChannelInactive()
 }
 
 func (r *Router) open(up *pipeline.Pipeline, p *Packet) (*Stream, *pb.Error) {
 	s := r.Streams
-	if p.Header.GetStreamOffset() != 0 || p.Header.GetOptions() != 0 {
+	resume := p.Has(pb.DataStreamPacketHeader_RESUME)
+	if opts := p.Header.GetOptions() &^ uint32(pb.DataStreamPacketHeader_RESUME|pb.DataStreamPacketHeader_CHECKSUM); !resume && (p.Header.GetStreamOffset() != 0 || p.Header.GetOptions() != 0) || opts != 0 {
 		// SYNC, FLUSH, CLOSE and ABORT all act on a stream's data; on a
 		// header none has a meaning, and an ABORT answered OK would leave
-		// the client believing in a stream it meant to drop.
+		// the client believing in a stream it meant to drop. Only a
+		// resume starts past offset 0.
 		return nil, errorf(pb.ErrorCode_BAD_HEADER, "a stream header must have offset 0 and no options, not offset %d and options %#x", p.Header.GetStreamOffset(), p.Header.GetOptions())
 	}
 	if p.Body.Len() > s.cfg.MaxHeader {
@@ -195,22 +203,40 @@ func (r *Router) open(up *pipeline.Pipeline, p *Packet) (*Stream, *pb.Error) {
 		// its primary commits) and its CLOSE would be answered OK.
 		return nil, errorf(pb.ErrorCode_BAD_ROUTING, "this peer is %q, but the header request names %q as the primary; a client sends a stream to the primary it names", s.cfg.ID, primary)
 	}
-	succIDs, err := successorsOf(req.GetRoutingTable(), primary, s.cfg.ID, s.cfg.Peers)
+	table, err := s.tableFor(req.GetRoutingTable(), primary, resume)
 	if err != nil {
 		return nil, errorf(pb.ErrorCode_BAD_ROUTING, "%v", err)
 	}
-	succ := make([]Successor, len(succIDs))
-	for i, id := range succIDs {
-		c, err := s.cfg.Dial(id)
-		if err != nil {
-			return nil, errorf(pb.ErrorCode_SUCCESSOR_FAILED, "successor %s: %v", id, err)
+	p.req = req
+	if resume {
+		if st, e, done := r.resume(up, p, primary == s.cfg.ID); done {
+			return st, e
 		}
-		succ[i] = c
+		// A resume at offset 0 of a stream this peer never saw: its
+		// header was lost with the failed peer. It opens the stream.
 	}
 	if n := r.conn.streams.Load(); !r.conn.peer && int(n) >= s.cfg.MaxStreamsPerConn {
 		return nil, errorf(pb.ErrorCode_LIMIT_EXCEEDED, "connection has %d open streams, its limit", n)
 	}
-	st := newStream(s, p.Key(), req, primary == s.cfg.ID, up, &r.conn, succIDs, succ)
+	isPrimary := primary == s.cfg.ID
+	if isPrimary {
+		if e := s.checkQuorum(table); e != nil {
+			return nil, e
+		}
+	}
+	st := newStream(s, p.Key(), req, isPrimary, up, &r.conn, table)
+	ids := st.table.Successors(s.cfg.ID) // without recovery, each must take it
+	if s.recovers() {
+		ids = st.reachable(slices.Clone(ids))
+	}
+	for _, id := range ids {
+		c, err := s.cfg.Dial(id)
+		if err != nil {
+			return nil, errorf(pb.ErrorCode_SUCCESSOR_FAILED, "successor %s: %v", id, err)
+		}
+		st.links = append(st.links, &link{id: id, c: c})
+	}
+	st.verify.Store(len(st.links) == 0)
 	if e := s.add(st); e != nil {
 		if old := s.get(p.Key()); e.Code == pb.ErrorCode_DUPLICATE_HEADER && old != nil && old.upstream == up {
 			// Answered in the open stream's order, after the replies its
@@ -222,49 +248,60 @@ func (r *Router) open(up *pipeline.Pipeline, p *Packet) (*Stream, *pb.Error) {
 	r.conn.streams.Add(1)
 	r.graves.opened(st, s)
 	if ev := s.cfg.Events; ev != nil {
-		ev.Stream(StreamEvent{Kind: StreamOpened, Key: st.Key, Primary: st.Primary})
+		ev.Stream(StreamEvent{Kind: StreamOpened, Key: st.Key, Primary: isPrimary})
 	}
 	return st, nil
 }
 
-// successorsOf validates the routing table and returns self's successors.
-// An empty table is the star: the primary forwards to every other peer.
-func successorsOf(t *pb.RoutingTable, primary, self string, peers []string) ([]string, error) {
-	if err := t.Validate(primary, peers); err != nil {
-		return nil, err
+// resume resumes the stream p names, if this peer holds it: done reports
+// whether p was taken (with the stream it goes to, or an error).
+func (r *Router) resume(up *pipeline.Pipeline, p *Packet, primary bool) (*Stream, *pb.Error, bool) {
+	s := r.Streams
+	if st := s.get(p.Key()); st != nil {
+		if e := st.resumeFrom(up, &r.conn, p, primary); e != nil {
+			return nil, e, true
+		}
+		return st, nil, true
 	}
-	return t.OrStar(primary, peers).Successors(self), nil
+	if st := s.parked(p.Key()); st != nil {
+		return nil, st.resumeParked(up, p, primary), true
+	}
+	if p.Header.GetStreamOffset() == 0 {
+		return nil, nil, false
+	}
+	return nil, errorf(pb.ErrorCode_UNKNOWN_STREAM, "no stream %v to resume at offset %d", p.Key(), p.Header.GetStreamOffset()), true
 }
 
 func (r *Router) data(up *pipeline.Pipeline, p *Packet) (*Stream, *pb.Error) {
+	if p.Has(pb.DataStreamPacketHeader_RESUME) {
+		return nil, errorf(pb.ErrorCode_BAD_HEADER, "RESUME is an option of a stream header, not of data")
+	}
 	st := r.Streams.get(p.Key())
 	if st == nil {
 		if p.Has(pb.DataStreamPacketHeader_ABORT) && r.Streams.dropParked(p.Key(), up) {
 			return nil, errorf(pb.ErrorCode_CANCELLED, "closed stream %v aborted before its commit", p.Key())
+		}
+		if e, done := r.Streams.replayParked(up, p); done {
+			return nil, e
 		}
 		if e := r.graves.cause(p.Key(), r.Streams, time.Now()); e != nil {
 			return nil, e
 		}
 		return nil, errorf(pb.ErrorCode_UNKNOWN_STREAM, "no open stream %v", p.Key())
 	}
-	if st.upstream != up {
-		return nil, errorf(pb.ErrorCode_FORBIDDEN, "stream %v belongs to another connection", p.Key())
-	}
 	if p.Has(pb.DataStreamPacketHeader_ABORT) {
+		if !st.ownedBy(up) {
+			return nil, errorf(pb.ErrorCode_FORBIDDEN, "stream %v belongs to another connection", p.Key())
+		}
 		st.fail(errorf(pb.ErrorCode_CANCELLED, "stream aborted by its client"))
 		return st, nil
 	}
-	if err := st.Err(); err != nil {
-		return st, err.(*pb.Error)
+	if e := st.admit(up, p); e != nil {
+		if e.Code == pb.ErrorCode_FORBIDDEN {
+			return nil, e // another connection's stream: not this packet's to fail
+		}
+		return st, e
 	}
-	if st.closing {
-		return st, errorf(pb.ErrorCode_BAD_HEADER, "data after CLOSE")
-	}
-	if off := p.Header.GetStreamOffset(); off != st.received {
-		return st, errorf(pb.ErrorCode_OFFSET_MISMATCH, "offset %d, expected %d", off, st.received)
-	}
-	st.received += p.Header.GetDataLength()
-	st.closing = p.Has(pb.DataStreamPacketHeader_CLOSE)
 	return st, nil
 }
 
@@ -279,6 +316,9 @@ func (Writer) ChannelRead(ctx *pipeline.Context, msg any) {
 	if p, ok := msg.(*Packet); ok && p.Stream != nil && !p.refused && !p.Has(pb.DataStreamPacketHeader_ABORT) {
 		p.parts.Add(1)
 		t := task{kind: taskWrite, p: p}
+		if p.Has(pb.DataStreamPacketHeader_RESUME) {
+			t.kind = taskResume
+		}
 		if !p.Stream.s.cfg.InlineWrites || !p.plainData() || !p.Stream.exec.TryRun(t) {
 			p.Stream.exec.Submit(t)
 		}

@@ -4,6 +4,8 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -84,11 +86,22 @@ type Config struct {
 	MaxConnBytes int64
 	// IdleTimeout fails a stream that receives no packet for this long.
 	IdleTimeout time.Duration
+	// WriteQuorum is how many peers, the primary included, must hold a
+	// stream for its CLOSE to commit. 0 is a majority of Peers; QuorumAll,
+	// or any value from len(Peers) up, is every peer. Below all, a stream
+	// goes on when peers fail (routed around at the header, recovered
+	// around mid-stream, the primary resumed elsewhere by the client) and
+	// the peers that miss it repair their copy after the commit.
+	WriteQuorum int
 	// Events, if set, is told of streams, packets and connections; see
 	// Events for what an implementation may do.
 	Events Events
 	Logger *slog.Logger
 }
+
+// QuorumAll is the WriteQuorum of every peer: one peer down fails
+// every stream through it.
+const QuorumAll = -1
 
 // Defaults for Config's zero fields.
 const (
@@ -170,6 +183,96 @@ func NewStreams(cfg Config) *Streams {
 // Config returns the configuration with defaults filled in.
 func (s *Streams) Config() Config { return s.cfg }
 
+func (s *Streams) peers() []string { return s.cfg.Peers }
+
+// quorum returns the write quorum as a number of peers.
+func (s *Streams) quorum() int {
+	n := len(s.peers())
+	switch q := s.cfg.WriteQuorum; {
+	case q == 0:
+		return n/2 + 1
+	case q < 0 || q > n:
+		return n
+	default:
+		return q
+	}
+}
+
+func (s *Streams) shuttingDown() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.shut
+}
+
+// recovers reports whether streams go on without a failed peer.
+func (s *Streams) recovers() bool { return s.quorum() < len(s.peers()) }
+
+// tableFor validates a header's routing table and returns it with the star
+// default spelled out. A resume's table is the stream's tree without the
+// peers dropped from it, so it need only span some of the group.
+func (s *Streams) tableFor(t *pb.RoutingTable, primary string, resume bool) (*pb.RoutingTable, error) {
+	peers := s.peers()
+	if resume && len(t.GetRoutes()) > 0 {
+		peers = tablePeers(t, primary)
+		for _, id := range peers {
+			if !slices.Contains(s.peers(), id) {
+				return nil, fmt.Errorf("%w: peer %q is not in the group", pb.ErrInvalidRoutingTable, id)
+			}
+		}
+	}
+	if err := t.Validate(primary, peers); err != nil {
+		return nil, err
+	}
+	return t.OrStar(primary, peers), nil
+}
+
+// tablePeers lists the peers a routing table names, primary first.
+func tablePeers(t *pb.RoutingTable, primary string) []string {
+	out := []string{primary}
+	add := func(id string) {
+		if !slices.Contains(out, id) {
+			out = append(out, id)
+		}
+	}
+	for _, r := range t.GetRoutes() {
+		add(r.GetPeer())
+		for _, id := range r.GetSuccessors() {
+			add(id)
+		}
+	}
+	return out
+}
+
+// successorsIn returns this peer's successors in table t of a stream
+// whose primary is primary.
+func (s *Streams) successorsIn(t *pb.RoutingTable, primary string) []string {
+	if len(t.GetRoutes()) == 0 {
+		t = t.OrStar(primary, s.peers())
+	}
+	return t.Successors(s.cfg.ID)
+}
+
+// checkQuorum refuses a stream, at its primary, when fewer peers of its
+// table than the write quorum are reachable from here.
+func (s *Streams) checkQuorum(t *pb.RoutingTable) *pb.Error {
+	if !s.recovers() {
+		return nil // every successor is dialed, and must answer, as before
+	}
+	up, down := []string{s.cfg.ID}, []string(nil)
+	for _, id := range tablePeers(t, s.cfg.ID)[1:] {
+		if _, err := s.cfg.Dial(id); err != nil {
+			down = append(down, id)
+		} else {
+			up = append(up, id)
+		}
+	}
+	if len(up) < s.quorum() {
+		return errorf(pb.ErrorCode_NOT_ENOUGH_PEERS, "%d of %d peers reachable (%s), the write quorum is %d; unreachable: %s",
+			len(up), len(up)+len(down), strings.Join(up, ", "), s.quorum(), strings.Join(down, ", "))
+	}
+	return nil
+}
+
 // Active returns the number of open streams.
 func (s *Streams) Active() int {
 	s.mu.Lock()
@@ -214,7 +317,7 @@ func (s *Streams) add(st *Stream) *pb.Error {
 		parked.reopened = true
 		return errorf(pb.ErrorCode_DUPLICATE_HEADER, "stream %v is already closed", st.Key)
 	}
-	if st.Primary {
+	if st.IsPrimary() {
 		// Committing a key again would find the old entry (or, past the
 		// committer's memory, link nothing) and call the new bytes
 		// committed: a stream id is used once. The committer remembers
@@ -249,6 +352,29 @@ func (s *Streams) park(st *Stream) {
 	st.parkedAt = time.Now()
 	s.closed[st.Key] = st
 	s.mu.Unlock()
+	st.setState(stateParked)
+}
+
+// parked returns the stream with key k if it is parked.
+func (s *Streams) parked(k StreamKey) *Stream {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.closed[k]
+}
+
+// discard drops parked stream st, which will never commit, here and on
+// its successors.
+func (s *Streams) discard(st *Stream) {
+	s.mu.Lock()
+	if s.closed[st.Key] != st {
+		s.mu.Unlock()
+		return
+	}
+	delete(s.closed, st.Key)
+	s.mu.Unlock()
+	st.setState(stateDiscarded)
+	st.cleanUp()
+	st.abortSuccessors()
 }
 
 // dropParked cleans up the parked stream k on an ABORT from its upstream.
@@ -261,15 +387,19 @@ func (s *Streams) park(st *Stream) {
 func (s *Streams) dropParked(k StreamKey, up *pipeline.Pipeline) bool {
 	s.mu.Lock()
 	st := s.closed[k]
-	if st == nil || st.upstream != up || st.Primary || st.reopened {
-		s.mu.Unlock()
+	s.mu.Unlock()
+	if st == nil || !st.ownedBy(up) || st.IsPrimary() {
 		return false
 	}
-	delete(s.closed, k)
+	s.mu.Lock()
+	reopened := st.reopened
 	s.mu.Unlock()
-	st.cleanUp()
-	// The successors below have parked it too: pass the abort on.
-	st.abortSuccessors()
+	if reopened {
+		return false
+	}
+	// The successors below have parked it too: discard passes the abort
+	// on.
+	s.discard(st)
 	return true
 }
 
@@ -285,6 +415,18 @@ func (s *Streams) unpark(k StreamKey) *Stream {
 // stream's closed channel, if this peer holds one, to the state machine.
 func (s *Streams) Link(ctx context.Context, e statemachine.Entry) error {
 	st := s.unpark(e.Key)
+	if st != nil {
+		st.setState(stateLinked)
+	}
+	if st != nil && !e.Holds(s.cfg.ID) {
+		// Dropped from the stream's pipeline: what this peer holds may
+		// lack the bytes replayed after it was dropped, or hold bytes the
+		// others cut back. It is recorded missing and repaired from a
+		// holder.
+		s.cfg.Logger.Warn("handler: committed without this peer's copy; it will be repaired", "stream", e.Key, "index", e.Index, "holders", e.Holders)
+		st.cleanUp()
+		st = nil
+	}
 	if st == nil {
 		return s.cfg.StateMachine.Link(ctx, e, nil)
 	}
@@ -292,7 +434,7 @@ func (s *Streams) Link(ctx context.Context, e statemachine.Entry) error {
 	// after the CLOSE write, so Link may use it from this goroutine.
 	err := s.cfg.StateMachine.Link(ctx, e, st.ch)
 	if ev := s.cfg.Events; ev != nil && err == nil {
-		ev.Stream(StreamEvent{Kind: StreamCommitted, Key: st.Key, Primary: st.Primary,
+		ev.Stream(StreamEvent{Kind: StreamCommitted, Key: st.Key, Primary: st.IsPrimary(),
 			Bytes: e.Length, Duration: time.Since(st.opened)})
 	}
 	return err
@@ -310,7 +452,7 @@ func (s *Streams) Catalog() []statemachine.Entry {
 // linkLocal is the standalone commit: a local index, linked at once.
 func (s *Streams) linkLocal(st *Stream) (*pb.RaftClientReply, error) {
 	idx := s.localIndex.Add(1)
-	e := statemachine.Entry{Index: idx, Key: st.Key, Request: st.Request, Length: st.length}
+	e := statemachine.Entry{Index: idx, Key: st.Key, Request: st.Request, Length: st.length, Holders: st.holders}
 	if err := s.Link(context.Background(), e); err != nil {
 		return nil, err
 	}
@@ -320,22 +462,31 @@ func (s *Streams) linkLocal(st *Stream) (*pb.RaftClientReply, error) {
 	}, nil
 }
 
-// PeerDown fails every stream that forwards to peer id: its connection is
-// gone, so their packets will never be acknowledged.
+// PeerDown recovers every stream that forwards to peer id around it, or
+// fails it where the write quorum does not allow going on without it: its
+// connection is gone, so their packets will never be acknowledged.
 func (s *Streams) PeerDown(id string, cause error) {
+	e := errorf(pb.ErrorCode_SUCCESSOR_FAILED, "connection to successor %s lost: %v", id, cause)
 	for _, st := range s.snapshot() {
-		if st.forwardsTo(id) {
-			st.fail(errorf(pb.ErrorCode_SUCCESSOR_FAILED, "connection to successor %s lost: %v", id, cause))
+		st.mu.Lock()
+		l := st.linkTo(id)
+		st.mu.Unlock()
+		if l != nil {
+			st.linkFailed(l, e)
 		}
 	}
 }
 
-// UpstreamClosed fails every open stream whose packets came over up: the
-// client or predecessor is gone, so the stream can never be completed.
-func (s *Streams) UpstreamClosed(up *pipeline.Pipeline) {
+// UpstreamClosed handles the end of connection up, over which a
+// predecessor (peer true) or a client forwarded streams. A client's
+// streams fail: their primary is here, and aborts them downstream. A
+// predecessor's are orphaned where the write quorum allows recovery,
+// waiting for a resume from another predecessor or from their client, and
+// fail otherwise, since they can never be completed.
+func (s *Streams) UpstreamClosed(up *pipeline.Pipeline, peer bool) {
 	for _, st := range s.snapshot() {
-		if st.upstream == up {
-			st.fail(errorf(pb.ErrorCode_CANCELLED, "upstream connection closed"))
+		if st.ownedBy(up) {
+			st.orphan(peer && s.recovers())
 		}
 	}
 }
@@ -355,10 +506,16 @@ func (s *Streams) snapshot() []*Stream {
 // it on a tick, since gnet has no deadlines.
 func (s *Streams) Sweep(now time.Time) {
 	for _, st := range s.snapshot() {
-		if since, ok := st.oldestUnanswered(); ok && now.Sub(since) > s.cfg.ReplyTimeout {
-			st.fail(errorf(pb.ErrorCode_TIMEOUT, "no reply from successors within %v", s.cfg.ReplyTimeout))
-		} else if idle := now.Sub(time.Unix(0, st.lastActive.Load())); idle > s.cfg.IdleTimeout && !st.waitingForReplies() {
-			st.fail(errorf(pb.ErrorCode_TIMEOUT, "no packet for %v", s.cfg.IdleTimeout))
+		l, since := st.oldestUnanswered()
+		switch {
+		case l != nil && now.Sub(since) > s.cfg.ReplyTimeout:
+			st.linkFailed(l, errorf(pb.ErrorCode_TIMEOUT, "no reply from successor %s within %v", l.id, s.cfg.ReplyTimeout))
+		case st.orphanedFor(now) > s.cfg.ReplyTimeout:
+			st.fail(errorf(pb.ErrorCode_CANCELLED, "upstream connection closed, and no peer resumed the stream within %v", s.cfg.ReplyTimeout))
+		default:
+			if idle := now.Sub(time.Unix(0, st.lastActive.Load())); idle > s.cfg.IdleTimeout && !st.waitingForReplies() {
+				st.fail(errorf(pb.ErrorCode_TIMEOUT, "no packet for %v", s.cfg.IdleTimeout))
+			}
 		}
 	}
 	var stale []*Stream
@@ -372,6 +529,7 @@ func (s *Streams) Sweep(now time.Time) {
 	s.mu.Unlock()
 	for _, st := range stale {
 		s.cfg.Logger.Warn("handler: closed stream was never committed; cleaning up", "stream", st.Key)
+		st.setState(stateDiscarded)
 		st.cleanUp()
 	}
 }
@@ -392,6 +550,7 @@ func (s *Streams) Shutdown(ctx context.Context) error {
 		st.fail(errorf(pb.ErrorCode_CANCELLED, "server is shutting down"))
 	}
 	for _, st := range closed {
+		st.setState(stateReleased)
 		st.release()
 	}
 	done := make(chan struct{})

@@ -92,6 +92,11 @@ type Config struct {
 	// a peer. Default one second.
 	RedialInterval time.Duration
 
+	// WriteQuorum is how many peers must hold a stream for it to commit:
+	// 0 is a majority of the group, handler.QuorumAll every peer; see
+	// handler.Config. Every peer of a group must use the same.
+	WriteQuorum int
+
 	// Limits bound what clients may hold on this peer; see
 	// server.Config. Zero fields take the server's defaults.
 	Limits Limits

@@ -97,6 +97,7 @@ func New(ctx context.Context, cfg Config) (_ *Peer, err error) {
 		Transport:        cfg.Transport,
 		TransportOptions: cfg.TransportOptions,
 		ReplyTimeout:     cfg.ReplyTimeout,
+		WriteQuorum:      cfg.WriteQuorum,
 		CommitTimeout:    cfg.CommitTimeout,
 		LinkTimeout:      cfg.LinkTimeout,
 		SweepInterval:    cfg.SweepInterval,

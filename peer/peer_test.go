@@ -15,6 +15,7 @@ import (
 
 	"github.com/pipestream/pipestream/buffer/buffertest"
 	"github.com/pipestream/pipestream/datastream"
+	"github.com/pipestream/pipestream/handler"
 	"github.com/pipestream/pipestream/peer"
 	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
 	"github.com/pipestream/pipestream/statemachine"
@@ -156,6 +157,9 @@ func TestLeaderLostBeforeClose(t *testing.T) {
 		stop      func(g *group, leader int)
 		committed bool
 	}{
+		// With every peer required (WriteQuorum all): the stream cannot
+		// go on without the leader's copy. With the default majority it
+		// is recovered around the lost peer: see TestFollowerDown.
 		{"peer", func(g *group, l int) { g.stop(l) }, false},
 		{"raft", func(g *group, l int) {
 			if err := g.peers[l].Node().Shutdown(); err != nil {
@@ -165,7 +169,7 @@ func TestLeaderLostBeforeClose(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			buffertest.Check(t)
-			g := startGroup(t, groupOpts{onDisk: true})
+			g := startGroup(t, groupOpts{onDisk: true, edit: func(_ int, c *peer.Config) { c.WriteQuorum = handler.QuorumAll }})
 			leader := g.leader()
 			primary := g.other(leader)
 			last := g.other(leader, primary)

@@ -50,6 +50,8 @@ func (n *Node) Commit(ctx context.Context, s statemachine.StreamInfo) (*pb.RaftC
 		StreamId: s.Key.StreamID,
 		Message:  s.Request.GetMessage(),
 		Length:   s.Length,
+		Holders:  s.Holders,
+		Epoch:    s.Epoch,
 	}
 	if s.Checksummed {
 		entry.Crc32C = &s.Checksum

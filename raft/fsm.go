@@ -137,6 +137,8 @@ func (f *fsm) applyStream(l *hraft.Log) any {
 			Length:      e.GetLength(),
 			Checksum:    e.GetCrc32C(),
 			Checksummed: e.Crc32C != nil,
+			Holders:     e.GetHolders(),
+			Epoch:       e.GetEpoch(),
 		})
 	}
 	if res.err != nil {

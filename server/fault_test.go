@@ -12,6 +12,7 @@ import (
 
 	"github.com/pipestream/pipestream/buffer/buffertest"
 	"github.com/pipestream/pipestream/datastream"
+	"github.com/pipestream/pipestream/handler"
 	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
 	"github.com/pipestream/pipestream/server"
 	"github.com/pipestream/pipestream/statemachine"
@@ -60,7 +61,7 @@ func TestFaultSuccessorKilled(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			buffertest.Check(t)
-			g := startGroup(t, 3, groupOpts{})
+			g := startGroup(t, 3, groupOpts{quorum: handler.QuorumAll})
 			fc := &fanoutCommitter{peers: g.servers, down: map[int]bool{}}
 			if tc.commit {
 				for _, s := range g.servers {
@@ -272,7 +273,7 @@ func TestFaultSuccessorStopsReading(t *testing.T) {
 		t.Run(then, func(t *testing.T) {
 			buffertest.Check(t)
 			const replyTimeout = 2 * time.Second
-			g, proxies := startGroupVia(t, 3, groupOpts{tweak: func(c *server.Config) {
+			g, proxies := startGroupVia(t, 3, groupOpts{quorum: handler.QuorumAll, tweak: func(c *server.Config) {
 				c.ReplyTimeout = replyTimeout
 				c.RedialInterval = 100 * time.Millisecond
 			}}, edge{0, 1})
@@ -383,7 +384,7 @@ func TestFaultSuccessorStopsReading(t *testing.T) {
 // address, and a new stream commits with the right bytes on all three.
 func TestFaultPeerRestarted(t *testing.T) {
 	buffertest.Check(t)
-	o := groupOpts{tweak: func(c *server.Config) {
+	o := groupOpts{quorum: handler.QuorumAll, tweak: func(c *server.Config) {
 		c.RedialInterval = 100 * time.Millisecond
 		// A peer that redials the old address while it shuts down may
 		// have its connection accepted and never served: gnet's main
@@ -464,7 +465,7 @@ func TestFaultConnectionDrops(t *testing.T) {
 		} {
 			t.Run(fmt.Sprintf("%s-%s/%s", peerID(stage.from)[:1], peerID(stage.to)[:1], cut.name), func(t *testing.T) {
 				buffertest.Check(t)
-				g, proxies := startGroupVia(t, 3, groupOpts{tweak: func(c *server.Config) {
+				g, proxies := startGroupVia(t, 3, groupOpts{quorum: handler.QuorumAll, tweak: func(c *server.Config) {
 					c.RedialInterval = 100 * time.Millisecond
 				}}, stage)
 				px := proxies[stage]
@@ -513,7 +514,7 @@ func TestFaultConnectionDrops(t *testing.T) {
 
 	t.Run("client-primary/in-frame-body", func(t *testing.T) {
 		buffertest.Check(t)
-		g := startGroup(t, 3, groupOpts{})
+		g := startGroup(t, 3, groupOpts{quorum: handler.QuorumAll})
 		px := listenProxy(t, g.peers[0].Addr)
 		peers := append([]datastream.Peer(nil), g.peers...)
 		peers[0].Addr = px.Addr()
@@ -566,7 +567,7 @@ func TestFaultConnectionDrops(t *testing.T) {
 // its data for the link timeout (five minutes by default).
 func TestFaultAbortReachesParkedStream(t *testing.T) {
 	buffertest.Check(t)
-	g, proxies := startGroupVia(t, 3, groupOpts{}, edge{0, 1})
+	g, proxies := startGroupVia(t, 3, groupOpts{quorum: handler.QuorumAll}, edge{0, 1})
 	px := proxies[edge{0, 1}]
 	fc := &fanoutCommitter{peers: g.servers, down: map[int]bool{}}
 	for _, s := range g.servers {
@@ -625,7 +626,7 @@ func TestFaultAbortReachesParkedChain(t *testing.T) {
 	var once sync.Once
 	free := func() { once.Do(func() { close(release) }) }
 	t.Cleanup(free) // before the servers shut down, whatever happens
-	g := startGroup(t, 3, groupOpts{sm: func(i int) statemachine.StateMachine {
+	g := startGroup(t, 3, groupOpts{quorum: handler.QuorumAll, sm: func(i int) statemachine.StateMachine {
 		if i == 0 {
 			return &closeFailingSM{Memory: statemachine.NewMemoryHashing(), release: release}
 		}

@@ -36,7 +36,7 @@ func startGroupVia(t testing.TB, n int, o groupOpts, via ...edge) (*group, map[e
 	for i := 0; i < n; i++ {
 		cfg := server.Config{
 			ID: peerID(i), Peers: peers, StateMachine: o.sm(i),
-			Transport: o.kind, Logger: quietLogger(),
+			Transport: o.kind, Logger: quietLogger(), WriteQuorum: o.quorum,
 		}
 		if o.tweak != nil {
 			o.tweak(&cfg)
@@ -126,7 +126,7 @@ func (g *group) restart(t testing.TB, i int, o groupOpts) {
 	}
 	cfg := server.Config{
 		ID: g.peers[i].ID, Peers: peers, StateMachine: sm,
-		Transport: o.kind, Logger: quietLogger(),
+		Transport: o.kind, Logger: quietLogger(), WriteQuorum: o.quorum,
 	}
 	if o.tweak != nil {
 		o.tweak(&cfg)

@@ -38,9 +38,13 @@ type group struct {
 }
 
 type groupOpts struct {
-	kind  transport.Kind
-	sm    func(i int) statemachine.StateMachine
-	tweak func(*server.Config)
+	// quorum is the servers' WriteQuorum. The tests of what a failed peer
+	// does to a stream without recovery set handler.QuorumAll;
+	// recovery_test.go has them with the default majority.
+	quorum int
+	kind   transport.Kind
+	sm     func(i int) statemachine.StateMachine
+	tweak  func(*server.Config)
 }
 
 // startGroup starts n peers and waits until each reaches the others. Its

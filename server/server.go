@@ -74,6 +74,9 @@ type Config struct {
 	// VerifyEveryPeer checks each packet's CRC32C on every peer, not only
 	// on the leaves of its routing tree; see handler.Config.
 	VerifyEveryPeer bool
+	// WriteQuorum is how many peers must hold a stream for it to commit;
+	// see handler.Config. 0 is a majority, handler.QuorumAll every peer.
+	WriteQuorum int
 	// Committer commits closed streams; nil runs standalone (see
 	// handler.Config). It can also be set later with SetCommitter.
 	Committer statemachine.Committer
@@ -252,6 +255,7 @@ func Listen(ctx context.Context, cfg Config) (*Server, error) {
 		StateMachine:    cfg.StateMachine,
 		InlineWrites:    cfg.InlineWrites,
 		VerifyEveryPeer: cfg.VerifyEveryPeer,
+		WriteQuorum:     cfg.WriteQuorum,
 		Committer:       cfg.Committer,
 		ReplyTimeout:    cfg.ReplyTimeout,
 		CommitTimeout:   cfg.CommitTimeout,

@@ -13,6 +13,7 @@ import (
 
 	"github.com/pipestream/pipestream/buffer/buffertest"
 	"github.com/pipestream/pipestream/datastream"
+	"github.com/pipestream/pipestream/handler"
 	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
 	"github.com/pipestream/pipestream/server"
 	"github.com/pipestream/pipestream/statemachine"
@@ -303,7 +304,7 @@ func TestStateMachineFailure(t *testing.T) {
 	for failing := 0; failing < 3; failing++ {
 		t.Run(peerID(failing), func(t *testing.T) {
 			buffertest.Check(t)
-			g := startGroup(t, 3, groupOpts{sm: func(i int) statemachine.StateMachine {
+			g := startGroup(t, 3, groupOpts{quorum: handler.QuorumAll, sm: func(i int) statemachine.StateMachine {
 				if i == failing {
 					return &failingSM{Memory: statemachine.NewMemory(), limit: 1 << 20}
 				}
@@ -376,7 +377,7 @@ func TestOtherStreamsCarryOn(t *testing.T) {
 // fails a stream whose successor dies mid-stream, on every peer.
 func TestSuccessorDies(t *testing.T) {
 	buffertest.Check(t)
-	g := startGroup(t, 3, groupOpts{sm: func(int) statemachine.StateMachine { return statemachine.NewMemory() }})
+	g := startGroup(t, 3, groupOpts{quorum: handler.QuorumAll, sm: func(int) statemachine.StateMachine { return statemachine.NewMemory() }})
 	c := g.client(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()

@@ -220,7 +220,7 @@ func (s *FileStore) OpenStream(ctx context.Context, key StreamKey, req *pb.RaftC
 	if _, err := s.root.Lstat(tmp + closedSuffix); err == nil {
 		return nil, fmt.Errorf("%w: %v is closed and waiting for its entry", ErrDuplicateStream, key)
 	}
-	f, err := s.root.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_EXCL, 0o644)
+	f, err := s.root.OpenFile(tmp, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o644) // read back by Truncate
 	if errors.Is(err, fs.ErrExist) {
 		return nil, fmt.Errorf("%w: %v", ErrDuplicateStream, key)
 	}

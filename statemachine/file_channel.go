@@ -1,10 +1,12 @@
 package statemachine
 
 import (
+	"crypto/sha256"
 	"errors"
 	"fmt"
 	"hash"
 	"hash/crc32"
+	"io"
 	"io/fs"
 	"os"
 	"sync"
@@ -41,6 +43,45 @@ func (c *fileChannel) Write(p []byte) (int, error) {
 	c.n += uint64(n)
 	c.dirty = c.dirty || n > 0
 	return n, err
+}
+
+// Truncate implements Truncater. The running SHA-256 cannot be wound
+// back, so it and the CRC32C are recomputed from the file's first size
+// bytes: a resume is rare, and the kept part is read once.
+func (c *fileChannel) Truncate(size uint64) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.state != chanOpen {
+		return ErrChannelClosed
+	}
+	if size > c.n {
+		return fmt.Errorf("statemachine: truncate %v to %d bytes: it holds %d", c.key, size, c.n)
+	}
+	if size == c.n {
+		return nil
+	}
+	if err := c.f.Truncate(int64(size)); err != nil {
+		return err
+	}
+	if _, err := c.f.Seek(int64(size), io.SeekStart); err != nil {
+		return err
+	}
+	h, crc := sha256.New(), uint32(0)
+	r := io.NewSectionReader(c.f, 0, int64(size))
+	buf := make([]byte, 256<<10)
+	for {
+		n, err := r.Read(buf)
+		h.Write(buf[:n])
+		crc = crc32.Update(crc, castagnoli, buf[:n])
+		if err == io.EOF {
+			break
+		}
+		if err != nil {
+			return fmt.Errorf("statemachine: truncate %v: reread: %w", c.key, err)
+		}
+	}
+	c.h, c.crc, c.n, c.dirty = h, crc, size, true
+	return nil
 }
 
 func (c *fileChannel) Sync() error {

@@ -258,6 +258,35 @@ func (c *memChannel) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
+// Truncate implements Truncater. A hashing Memory keeps no data to cut,
+// so it can only keep what it has.
+func (c *memChannel) Truncate(size uint64) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	switch {
+	case c.state != chanOpen:
+		return ErrChannelClosed
+	case size > c.n:
+		return fmt.Errorf("statemachine: truncate %v to %d bytes: it holds %d", c.key, size, c.n)
+	case size == c.n:
+		return nil
+	case c.h != nil:
+		return fmt.Errorf("statemachine: a hashing Memory cannot truncate %v", c.key)
+	}
+	keep := size
+	for i, ch := range c.data {
+		if uint64(len(ch)) >= keep {
+			c.data[i] = ch[:keep]
+			clear(c.data[i+1:])
+			c.data = c.data[:i+1]
+			break
+		}
+		keep -= uint64(len(ch))
+	}
+	c.n = size
+	return nil
+}
+
 func (c *memChannel) Sync() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()

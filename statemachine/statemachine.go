@@ -72,6 +72,17 @@ type Cataloger interface {
 	Catalog() []Entry
 }
 
+// Truncater is a DataChannel that can discard what was written past a
+// size, so that a stream resumed after a pipeline recovery (a RESUME
+// header, docs/protocol.md) continues from the offset its new predecessor
+// replays from. A channel that is not a Truncater can be resumed only at
+// the length it holds.
+type Truncater interface {
+	// Truncate cuts the stream to its first size bytes; later writes
+	// append there. size is at most what was written.
+	Truncate(size uint64) error
+}
+
 // Releaser is a DataChannel that can be let go of without discarding its
 // data: a closed stream at shutdown, whose entry may commit while the
 // process is down, keeps its data for the state machine to link after a
@@ -93,6 +104,27 @@ type Entry struct {
 	// client sent checksums and every peer checked them.
 	Checksum    uint32
 	Checksummed bool
+	// Holders are the peers that acknowledged the whole stream; empty
+	// means every peer. A peer not among them was dropped from the
+	// stream's pipeline: the Linker (handler.Streams) discards whatever
+	// copy it has and links with no data, so the copy is recorded missing
+	// and repaired from a holder.
+	Holders []string
+	// Epoch counts the stream's pipeline recoveries.
+	Epoch uint64
+}
+
+// Holds reports whether peer id acknowledged the whole stream.
+func (e Entry) Holds(id string) bool {
+	if len(e.Holders) == 0 {
+		return true
+	}
+	for _, h := range e.Holders {
+		if h == id {
+			return true
+		}
+	}
+	return false
 }
 
 // StreamInfo is what the primary asks to commit once every peer closed a
@@ -105,6 +137,9 @@ type StreamInfo struct {
 	// checked as it arrived, when Checksummed.
 	Checksum    uint32
 	Checksummed bool
+	// Holders and Epoch go to the entry; see Entry.
+	Holders []string
+	Epoch   uint64
 }
 
 // Committer commits closed streams. The raft package implements it on

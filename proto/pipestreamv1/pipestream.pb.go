@@ -104,6 +104,10 @@ const (
 	ErrorCode_MISSING ErrorCode = 18
 	// STREAM_READ whose offset is beyond the file's length.
 	ErrorCode_OUT_OF_RANGE ErrorCode = 19
+	// Fewer peers than the group's write quorum can hold the stream: at the
+	// header, too few are reachable; at CLOSE, too few acknowledged it all.
+	// error_message names the peers missing. Nothing is committed.
+	ErrorCode_NOT_ENOUGH_PEERS ErrorCode = 20
 )
 
 // Enum value maps for ErrorCode.
@@ -129,6 +133,7 @@ var (
 		17: "NOT_FOUND",
 		18: "MISSING",
 		19: "OUT_OF_RANGE",
+		20: "NOT_ENOUGH_PEERS",
 	}
 	ErrorCode_value = map[string]int32{
 		"ERROR_NONE":       0,
@@ -151,6 +156,7 @@ var (
 		"NOT_FOUND":        17,
 		"MISSING":          18,
 		"OUT_OF_RANGE":     19,
+		"NOT_ENOUGH_PEERS": 20,
 	}
 )
 
@@ -342,6 +348,14 @@ const (
 	DataStreamPacketHeader_ABORT DataStreamPacketHeader_Option = 8
 	// crc32c is set. A stream's data packets carry it all or none.
 	DataStreamPacketHeader_CHECKSUM DataStreamPacketHeader_Option = 16
+	// On a STREAM_HEADER: the stream already exists on the receiver, and
+	// the sender takes it over from a predecessor that failed (pipeline
+	// recovery, docs/protocol.md). stream_offset is where the sender
+	// replays from; the receiver discards what it holds past it. With
+	// CHECKSUM, crc32c is the stream's CRC32C through stream_offset. The
+	// body is the stream's header request, its routing table the stream's
+	// tree without the failed peers.
+	DataStreamPacketHeader_RESUME DataStreamPacketHeader_Option = 32
 )
 
 // Enum value maps for DataStreamPacketHeader_Option.
@@ -353,6 +367,7 @@ var (
 		4:  "CLOSE",
 		8:  "ABORT",
 		16: "CHECKSUM",
+		32: "RESUME",
 	}
 	DataStreamPacketHeader_Option_value = map[string]int32{
 		"OPTION_NONE": 0,
@@ -361,6 +376,7 @@ var (
 		"CLOSE":       4,
 		"ABORT":       8,
 		"CHECKSUM":    16,
+		"RESUME":      32,
 	}
 )
 
@@ -1024,7 +1040,11 @@ type DataStreamPacketHeader struct {
 	// (Castagnoli) of the stream's data from offset 0 through the end of
 	// this packet. Every peer checks it before it stores the packet, so a
 	// running checksum checks each packet and, at CLOSE, the whole stream.
-	Crc32C        uint32 `protobuf:"fixed32,7,opt,name=crc32c,proto3" json:"crc32c,omitempty"`
+	Crc32C uint32 `protobuf:"fixed32,7,opt,name=crc32c,proto3" json:"crc32c,omitempty"`
+	// On a STREAM_HEADER with RESUME: the recovery's number, one more than
+	// the last the sender knows of; a peer refuses a resume whose epoch is
+	// not above its own.
+	Epoch         uint64 `protobuf:"varint,8,opt,name=epoch,proto3" json:"epoch,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1108,6 +1128,13 @@ func (x *DataStreamPacketHeader) GetCrc32C() uint32 {
 	return 0
 }
 
+func (x *DataStreamPacketHeader) GetEpoch() uint64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
 // DataStreamReplyHeader is the header of every reply frame: exactly one per
 // request packet, for each stream in the order the packets were sent. Its
 // frame body is empty or a serialized RaftClientReply.
@@ -1138,7 +1165,11 @@ type DataStreamReplyHeader struct {
 	// reply. An error reply is always final.
 	Last bool `protobuf:"varint,9,opt,name=last,proto3" json:"last,omitempty"`
 	// On the first reply to a STREAM_READ: the entry being read.
-	File          *FileInfo `protobuf:"bytes,10,opt,name=file,proto3" json:"file,omitempty"`
+	File *FileInfo `protobuf:"bytes,10,opt,name=file,proto3" json:"file,omitempty"`
+	// On a successful reply to CLOSE: the peers of the replying peer's
+	// subtree (itself included) that hold the whole stream. The primary
+	// commits the stream only if they are at least the write quorum.
+	Holders       []string `protobuf:"bytes,11,rep,name=holders,proto3" json:"holders,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1239,6 +1270,13 @@ func (x *DataStreamReplyHeader) GetLast() bool {
 func (x *DataStreamReplyHeader) GetFile() *FileInfo {
 	if x != nil {
 		return x.File
+	}
+	return nil
+}
+
+func (x *DataStreamReplyHeader) GetHolders() []string {
+	if x != nil {
+		return x.Holders
 	}
 	return nil
 }
@@ -1489,7 +1527,15 @@ type StreamEntry struct {
 	// otherwise.
 	Sha256 []byte `protobuf:"bytes,5,opt,name=sha256,proto3" json:"sha256,omitempty"`
 	// The CRC32C of the stream's bytes, when its packets carried checksums.
-	Crc32C        *uint32 `protobuf:"fixed32,6,opt,name=crc32c,proto3,oneof" json:"crc32c,omitempty"`
+	Crc32C *uint32 `protobuf:"fixed32,6,opt,name=crc32c,proto3,oneof" json:"crc32c,omitempty"`
+	// The peers that acknowledged the whole stream when it closed. A peer
+	// not among them does not link a copy of its own, even if it holds one
+	// (it was dropped from the stream's pipeline): it records the entry as
+	// missing and repairs it from a holder. Empty, in entries written before
+	// write quorums, means every peer.
+	Holders []string `protobuf:"bytes,7,rep,name=holders,proto3" json:"holders,omitempty"`
+	// How many pipeline recoveries the stream went through.
+	Epoch         uint64 `protobuf:"varint,8,opt,name=epoch,proto3" json:"epoch,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1566,6 +1612,20 @@ func (x *StreamEntry) GetCrc32C() uint32 {
 	return 0
 }
 
+func (x *StreamEntry) GetHolders() []string {
+	if x != nil {
+		return x.Holders
+	}
+	return nil
+}
+
+func (x *StreamEntry) GetEpoch() uint64 {
+	if x != nil {
+		return x.Epoch
+	}
+	return 0
+}
+
 var File_pipestream_proto protoreflect.FileDescriptor
 
 const file_pipestream_proto_rawDesc = "" +
@@ -1638,7 +1698,7 @@ const file_pipestream_proto_rawDesc = "" +
 	"\x04peer\x18\x01 \x01(\tR\x04peer\x12\x1e\n" +
 	"\n" +
 	"successors\x18\x02 \x03(\tR\n" +
-	"successors\"\xcc\x03\n" +
+	"successors\"\xee\x03\n" +
 	"\x16DataStreamPacketHeader\x12\x1b\n" +
 	"\tclient_id\x18\x01 \x01(\fR\bclientId\x12>\n" +
 	"\x04type\x18\x02 \x01(\x0e2*.pipestream.v1.DataStreamPacketHeader.TypeR\x04type\x12\x1b\n" +
@@ -1647,21 +1707,24 @@ const file_pipestream_proto_rawDesc = "" +
 	"\vdata_length\x18\x05 \x01(\x04R\n" +
 	"dataLength\x12\x18\n" +
 	"\aoptions\x18\x06 \x01(\rR\aoptions\x12\x16\n" +
-	"\x06crc32c\x18\a \x01(\aR\x06crc32c\"l\n" +
+	"\x06crc32c\x18\a \x01(\aR\x06crc32c\x12\x14\n" +
+	"\x05epoch\x18\b \x01(\x04R\x05epoch\"l\n" +
 	"\x04Type\x12\x14\n" +
 	"\x10TYPE_UNSPECIFIED\x10\x00\x12\x11\n" +
 	"\rSTREAM_HEADER\x10\x01\x12\x0f\n" +
 	"\vSTREAM_DATA\x10\x02\x12\b\n" +
 	"\x04PING\x10\x03\x12\x0f\n" +
 	"\vSTREAM_READ\x10\x04\x12\x0f\n" +
-	"\vSTREAM_LIST\x10\x05\"R\n" +
+	"\vSTREAM_LIST\x10\x05\"^\n" +
 	"\x06Option\x12\x0f\n" +
 	"\vOPTION_NONE\x10\x00\x12\b\n" +
 	"\x04SYNC\x10\x01\x12\t\n" +
 	"\x05FLUSH\x10\x02\x12\t\n" +
 	"\x05CLOSE\x10\x04\x12\t\n" +
 	"\x05ABORT\x10\b\x12\f\n" +
-	"\bCHECKSUM\x10\x10\"\xbd\x03\n" +
+	"\bCHECKSUM\x10\x10\x12\n" +
+	"\n" +
+	"\x06RESUME\x10 \"\xd7\x03\n" +
 	"\x15DataStreamReplyHeader\x12J\n" +
 	"\rpacket_header\x18\x01 \x01(\v2%.pipestream.v1.DataStreamPacketHeaderR\fpacketHeader\x12#\n" +
 	"\rbytes_written\x18\x02 \x01(\x04R\fbytesWritten\x12\x18\n" +
@@ -1675,7 +1738,8 @@ const file_pipestream_proto_rawDesc = "" +
 	"readOffset\x12\x12\n" +
 	"\x04last\x18\t \x01(\bR\x04last\x12+\n" +
 	"\x04file\x18\n" +
-	" \x01(\v2\x17.pipestream.v1.FileInfoR\x04file\"g\n" +
+	" \x01(\v2\x17.pipestream.v1.FileInfoR\x04file\x12\x18\n" +
+	"\aholders\x18\v \x03(\tR\aholders\"g\n" +
 	"\vReadRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x16\n" +
 	"\x06offset\x18\x02 \x01(\x04R\x06offset\x12\x16\n" +
@@ -1691,15 +1755,17 @@ const file_pipestream_proto_rawDesc = "" +
 	"\tclient_id\x18\a \x01(\fR\bclientId\x12\x1b\n" +
 	"\tstream_id\x18\b \x01(\x04R\bstreamId\":\n" +
 	"\tListReply\x12-\n" +
-	"\x05files\x18\x01 \x03(\v2\x17.pipestream.v1.FileInfoR\x05files\"\xb9\x01\n" +
+	"\x05files\x18\x01 \x03(\v2\x17.pipestream.v1.FileInfoR\x05files\"\xe9\x01\n" +
 	"\vStreamEntry\x12\x1b\n" +
 	"\tclient_id\x18\x01 \x01(\fR\bclientId\x12\x1b\n" +
 	"\tstream_id\x18\x02 \x01(\x04R\bstreamId\x12\x18\n" +
 	"\amessage\x18\x03 \x01(\fR\amessage\x12\x16\n" +
 	"\x06length\x18\x04 \x01(\x04R\x06length\x12\x16\n" +
 	"\x06sha256\x18\x05 \x01(\fR\x06sha256\x12\x1b\n" +
-	"\x06crc32c\x18\x06 \x01(\aH\x00R\x06crc32c\x88\x01\x01B\t\n" +
-	"\a_crc32c*\xe4\x02\n" +
+	"\x06crc32c\x18\x06 \x01(\aH\x00R\x06crc32c\x88\x01\x01\x12\x18\n" +
+	"\aholders\x18\a \x03(\tR\aholders\x12\x14\n" +
+	"\x05epoch\x18\b \x01(\x04R\x05epochB\t\n" +
+	"\a_crc32c*\xfa\x02\n" +
 	"\tErrorCode\x12\x0e\n" +
 	"\n" +
 	"ERROR_NONE\x10\x00\x12\x12\n" +
@@ -1724,7 +1790,8 @@ const file_pipestream_proto_rawDesc = "" +
 	"\bCHECKSUM\x10\x10\x12\r\n" +
 	"\tNOT_FOUND\x10\x11\x12\v\n" +
 	"\aMISSING\x10\x12\x12\x10\n" +
-	"\fOUT_OF_RANGE\x10\x13B5Z3github.com/pipestream/pipestream/proto/pipestreamv1b\x06proto3"
+	"\fOUT_OF_RANGE\x10\x13\x12\x14\n" +
+	"\x10NOT_ENOUGH_PEERS\x10\x14B5Z3github.com/pipestream/pipestream/proto/pipestreamv1b\x06proto3"
 
 var (
 	file_pipestream_proto_rawDescOnce sync.Once
