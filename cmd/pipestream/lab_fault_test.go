@@ -17,8 +17,9 @@ var labSeed = flag.Uint64("lab.seed", 0, "seed of TestLabFaults' schedules (0: f
 // up; then the checker runs (no acknowledged put lost, nothing failed
 // visible, no older version served), missing copies must be repaired, and
 // every name is read back from every peer over the network. Puts that fail
-// while a peer is away are counted, not asserted: a write waits for every
-// peer of its chain today.
+// while a peer is away (a stream that cannot reach a write quorum, or was
+// under way through a peer that went) are counted and logged, not
+// asserted: the invariant is what is checked, not availability.
 //
 //   - leader: the leader is cut off in the middle of a put; the others
 //     elect a new one and puts go on; then it comes back.
