@@ -3,6 +3,7 @@ package datastream
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 	"time"
@@ -57,7 +58,8 @@ type streamOptions struct {
 // StreamOption configures a stream.
 type StreamOption func(*streamOptions)
 
-// WithPrimary sends the stream to peer id; the default is the first peer.
+// WithPrimary sends the stream to peer id. The default is the first peer,
+// in the order NewClient got them, that accepts a connection.
 func WithPrimary(id string) StreamOption { return func(o *streamOptions) { o.primary = id } }
 
 // WithRoutingTable sets how peers forward the stream. The default is a
@@ -135,30 +137,57 @@ func (c *Client) Stream(ctx context.Context, message []byte, opts ...StreamOptio
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
-	so := streamOptions{primary: c.peers[0].ID}
+	var so streamOptions
 	for _, opt := range opts {
 		opt(&so)
 	}
-	primary, ok := c.peer(so.primary)
-	if !ok {
-		return nil, fmt.Errorf("datastream: primary %q is not a peer of the group", so.primary)
-	}
-	ids := []string{primary.ID}
-	for _, p := range c.peers {
-		if p.ID != primary.ID {
-			ids = append(ids, p.ID)
+	// Without WithPrimary the stream goes to the first peer that answers
+	// the dial, in the group's order, so that one peer down does not stop
+	// writes (the peers route around it, within the write quorum).
+	candidates := c.peers
+	if so.primary != "" {
+		p, ok := c.peer(so.primary)
+		if !ok {
+			return nil, fmt.Errorf("datastream: primary %q is not a peer of the group", so.primary)
 		}
+		candidates = []Peer{p}
+	} else if so.routing != nil {
+		candidates = c.peers[:1] // a table names its primary's place
 	}
-	if so.routing == nil {
-		so.routing = pb.Chain(ids...)
-	} else if err := so.routing.Validate(primary.ID, ids); err != nil {
-		// Refused here, before a dial, as the primary would refuse it
-		// after one.
-		return nil, fmt.Errorf("datastream: %w: %w", ErrBadRouting, err)
+	var (
+		primary Peer
+		cn      *conn
+		errs    []error
+	)
+	for _, cand := range candidates {
+		ids := []string{cand.ID}
+		for _, p := range c.peers {
+			if p.ID != cand.ID {
+				ids = append(ids, p.ID)
+			}
+		}
+		if so.routing != nil {
+			if err := so.routing.Validate(cand.ID, ids); err != nil {
+				// Refused here, before a dial, as the primary would
+				// refuse it after one.
+				return nil, fmt.Errorf("datastream: %w: %w", ErrBadRouting, err)
+			}
+		}
+		var err error
+		if cn, err = c.connFor(ctx, cand); err == nil {
+			primary = cand
+			if so.routing == nil {
+				so.routing = pb.Chain(ids...)
+			}
+			break
+		}
+		if ctx.Err() != nil || errors.Is(err, ErrClosed) {
+			return nil, err
+		}
+		errs = append(errs, err)
 	}
-	cn, err := c.connFor(ctx, primary)
-	if err != nil {
-		return nil, err
+	if cn == nil {
+		return nil, errors.Join(errs...)
 	}
 	o := &Output{
 		c: c, cn: cn, id: c.callID.Add(1),

@@ -164,7 +164,10 @@ func (c *Client) Open(ctx context.Context, name string, opts ...ReadOption) (*Re
 	r.ctx, r.cancel = context.WithCancelCause(ctx)
 	// A Reader left open when its client closes is closed with it, so its
 	// connection does not outlive the client.
-	r.stop = context.AfterFunc(c.ctx, func() { _ = r.Close() })
+	stop := context.AfterFunc(c.ctx, func() { _ = r.Close() })
+	r.mu.Lock()
+	r.stop = stop // under mu: the func may already be running Close
+	r.mu.Unlock()
 	// Each peer is asked once: one that has no copy now will not have one
 	// a moment later.
 	var errs []error
@@ -491,11 +494,13 @@ func (r *Reader) Close() error {
 		return nil
 	}
 	r.closed = true
-	rc := r.rc
+	rc, stop := r.rc, r.stop
 	r.rc = nil
 	r.mu.Unlock()
 	r.cancel(ErrClosed)
-	r.stop()
+	if stop != nil {
+		stop()
+	}
 	if rc != nil {
 		rc.close()
 	}

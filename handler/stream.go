@@ -46,6 +46,10 @@ type Stream struct {
 	written uint64
 	sum     streamSum
 	execGen uint64 // the attachment whose packets the executor writes
+	// closedHere: CLOSE was written to ch. A resume then leaves ch as it
+	// is, and the replay up to replayedTo is taken as written.
+	closedHere bool
+	replayedTo uint64
 
 	// fwd serializes what goes to the successors: the forwarder's frames
 	// and a recovery's resume and replays, so that each successor sees one

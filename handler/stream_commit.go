@@ -27,7 +27,7 @@ func (st *Stream) holdersLocked() []string {
 // missingFrom names the group's peers not in holders, for an error.
 func (s *Streams) missingFrom(holders []string) string {
 	var out []string
-	for _, id := range s.peers() {
+	for _, id := range s.members() {
 		if !slices.Contains(holders, id) {
 			out = append(out, id)
 		}
@@ -53,7 +53,7 @@ func (st *Stream) finishClose(p *Packet) {
 	switch c := st.s.commitHook(); {
 	case st.IsPrimary() && len(st.holders) < st.s.quorum():
 		err = errorf(pb.ErrorCode_NOT_ENOUGH_PEERS, "stream held by %d of %d peers (%s), the write quorum is %d; missing %s",
-			len(st.holders), len(st.s.peers()), strings.Join(st.holders, ", "), st.s.quorum(), st.s.missingFrom(st.holders))
+			len(st.holders), len(st.s.members()), strings.Join(st.holders, ", "), st.s.quorum(), st.s.missingFrom(st.holders))
 		// Never to be committed: its copies need not wait for the link
 		// timeout.
 		st.s.discard(st)
@@ -95,7 +95,7 @@ func (st *Stream) commitVia(c statemachine.Committer) (*pb.RaftClientReply, erro
 	info := statemachine.StreamInfo{Key: st.Key, Request: st.Request, Length: st.length,
 		Checksum: st.checksum, Checksummed: st.summed, Holders: st.holders, Epoch: st.epoch}
 	st.mu.Unlock()
-	if len(info.Holders) == len(st.s.peers()) {
+	if len(info.Holders) == len(st.s.members()) {
 		info.Holders = nil // every peer: the entry stays as before quorums
 	}
 	reply, err := c.Commit(ctx, info)

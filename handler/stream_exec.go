@@ -75,6 +75,12 @@ func (st *Stream) writeLocal(p *Packet) error {
 	if st.ch == nil {
 		return errorf(pb.ErrorCode_INTERNAL, "stream has no data channel")
 	}
+	if end := h.GetStreamOffset() + h.GetDataLength(); st.closedHere && end <= st.replayedTo {
+		// Replayed after a resume that found the copy closed: it holds
+		// these bytes already.
+		p.written = end
+		return nil
+	}
 	if err := st.sum.check(p, st.verifies()); err != nil {
 		return err
 	}
@@ -98,6 +104,7 @@ func (st *Stream) writeLocal(p *Packet) error {
 		if err := st.ch.Close(); err != nil {
 			return fmt.Errorf("close: %w", err)
 		}
+		st.closedHere = true
 	}
 	return nil
 }
@@ -113,6 +120,17 @@ func (st *Stream) verifies() bool { return st.s.cfg.VerifyEveryPeer || st.verify
 // the running checksum with it.
 func (st *Stream) truncate(p *Packet) error {
 	at := p.Header.GetStreamOffset()
+	if st.closedHere {
+		// The copy was closed already (the failed peer's CLOSE got here
+		// before the resume): it cannot be cut back, and need not be,
+		// since the replay brings the same bytes: they are taken as
+		// written.
+		if at > st.written {
+			return errorf(pb.ErrorCode_OFFSET_MISMATCH, "resume at offset %d of a copy closed at %d", at, st.written)
+		}
+		st.replayedTo = st.written
+		return nil
+	}
 	if at != st.written {
 		t, ok := st.ch.(statemachine.Truncater)
 		if !ok {

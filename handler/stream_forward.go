@@ -146,6 +146,7 @@ func (st *Stream) ack(peer string, r *codec.ReplyView) {
 	case h.GetType() == pb.DataStreamPacketHeader_STREAM_DATA && r.BytesWritten != want:
 		e = errorf(pb.ErrorCode_SUCCESSOR_FAILED, "successor %s wrote %d bytes, expected %d", peer, r.BytesWritten, want)
 	}
+	sent := p.sentAt
 	if e == nil {
 		l.awaiting.Pop()
 		if p.Has(pb.DataStreamPacketHeader_CLOSE) {
@@ -160,7 +161,7 @@ func (st *Stream) ack(peer string, r *codec.ReplyView) {
 	}
 	st.mu.Unlock()
 	if ev := st.s.cfg.Events; ev != nil && h.GetType() == pb.DataStreamPacketHeader_STREAM_DATA && !p.origin {
-		pe := PacketEvent{Kind: PacketAcknowledged, Key: st.Key, Peer: peer, Bytes: h.GetDataLength(), Duration: time.Since(p.sentAt)}
+		pe := PacketEvent{Kind: PacketAcknowledged, Key: st.Key, Peer: peer, Bytes: h.GetDataLength(), Duration: time.Since(sent)}
 		if e != nil {
 			pe.Code = e.Code
 		}

@@ -25,7 +25,7 @@ import (
 // holds is never linked.
 
 // maxRecoveries bounds the recoveries one peer makes for one stream.
-func (s *Streams) maxRecoveries() uint64 { return uint64(len(s.peers())) }
+func (s *Streams) maxRecoveries() uint64 { return uint64(len(s.members())) }
 
 // linkFailed recovers the stream around failed successor l.
 func (st *Stream) linkFailed(l *link, cause *pb.Error) {
@@ -110,9 +110,14 @@ func (st *Stream) recoverLocked(l *link, cause *pb.Error) {
 		if header != nil {
 			header.parts.Add(1)
 		}
+		// The reply timeout counts from the replay: the new successor
+		// has only now been asked.
+		now := time.Now()
+		marker.sentAt = now
 		nl.awaiting.Push(marker)
 		for _, q := range replay {
 			q.parts.Add(1)
+			q.sentAt = now
 			nl.awaiting.Push(q)
 		}
 		st.links = append(st.links, nl)

@@ -128,6 +128,23 @@ type Streams struct {
 
 	localIndex atomic.Uint64 // standalone commit index
 	committer  atomic.Pointer[statemachine.Committer]
+	peers      atomic.Pointer[[]string] // set by SetPeers; nil: cfg.Peers
+}
+
+// SetPeers replaces Config.Peers, the ids routing tables may name, for a
+// group whose membership changed. Streams already open keep their
+// successors; headers that arrive afterwards are checked against ids.
+func (s *Streams) SetPeers(ids []string) {
+	ids = append([]string(nil), ids...)
+	s.peers.Store(&ids)
+}
+
+// groupPeers returns the group's peer ids as SetPeers or Config set them.
+func (s *Streams) groupPeers() []string {
+	if p := s.peers.Load(); p != nil {
+		return *p
+	}
+	return s.cfg.Peers
 }
 
 // SetCommitter replaces Config.Committer; see server.Server.SetCommitter.
@@ -183,11 +200,11 @@ func NewStreams(cfg Config) *Streams {
 // Config returns the configuration with defaults filled in.
 func (s *Streams) Config() Config { return s.cfg }
 
-func (s *Streams) peers() []string { return s.cfg.Peers }
+func (s *Streams) members() []string { return s.groupPeers() }
 
 // quorum returns the write quorum as a number of peers.
 func (s *Streams) quorum() int {
-	n := len(s.peers())
+	n := len(s.members())
 	switch q := s.cfg.WriteQuorum; {
 	case q == 0:
 		return n/2 + 1
@@ -205,17 +222,17 @@ func (s *Streams) shuttingDown() bool {
 }
 
 // recovers reports whether streams go on without a failed peer.
-func (s *Streams) recovers() bool { return s.quorum() < len(s.peers()) }
+func (s *Streams) recovers() bool { return s.quorum() < len(s.members()) }
 
 // tableFor validates a header's routing table and returns it with the star
 // default spelled out. A resume's table is the stream's tree without the
 // peers dropped from it, so it need only span some of the group.
 func (s *Streams) tableFor(t *pb.RoutingTable, primary string, resume bool) (*pb.RoutingTable, error) {
-	peers := s.peers()
+	peers := s.members()
 	if resume && len(t.GetRoutes()) > 0 {
 		peers = tablePeers(t, primary)
 		for _, id := range peers {
-			if !slices.Contains(s.peers(), id) {
+			if !slices.Contains(s.members(), id) {
 				return nil, fmt.Errorf("%w: peer %q is not in the group", pb.ErrInvalidRoutingTable, id)
 			}
 		}
@@ -247,7 +264,7 @@ func tablePeers(t *pb.RoutingTable, primary string) []string {
 // whose primary is primary.
 func (s *Streams) successorsIn(t *pb.RoutingTable, primary string) []string {
 	if len(t.GetRoutes()) == 0 {
-		t = t.OrStar(primary, s.peers())
+		t = t.OrStar(primary, s.members())
 	}
 	return t.Successors(s.cfg.ID)
 }

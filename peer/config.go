@@ -49,6 +49,13 @@ type Config struct {
 	// the ids only; Start (the function) needs every address.
 	Peers []Member
 
+	// Join starts a new peer of a running group: with empty stores it
+	// does not bootstrap a group of its own from Peers but waits until a
+	// member adds it (Peer.AddMember, pipestream join). Peers must still
+	// list it, and should list the members it can reach. A peer with state
+	// ignores Join.
+	Join bool
+
 	// StreamAddr, RaftAddr and CommitAddr are the addresses to bind. Empty
 	// takes this peer's entry in Peers, or "127.0.0.1:0" if that is empty
 	// too. They must not be wildcard addresses: the bound address is what

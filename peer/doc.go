@@ -45,11 +45,20 @@
 // down or cut off while a stream was written, or that stopped after closing
 // its copy but before linking it, has no copy of that stream when it comes
 // back; it learns of the entry from the log and counts it as missing (see
-// statemachine.FileStore.Missing). That is the DataStream design, Apache
-// Ratis' too: re-replicating missing data is the application's business.
-// Since every stream is routed through every member, no stream can be
-// written while a member is down; the group serves streams again once the
-// member is back.
+// statemachine.FileStore.Missing). Apache Ratis leaves re-replicating
+// such copies to the application; here the peer's Repairer (package
+// repair) fetches them from the other members.
+//
+// # Membership
+//
+// The group's members live in the Raft log (see package raft): a peer
+// started with Config.Join waits to be added (Peer.AddMember, asked of any
+// member); Peer.RemoveMember takes one out, and Peer.TransferLeadership
+// moves the leadership. Every peer follows the log's membership: its
+// stream server dials the new members and drops the removed ones, its
+// repairer reads from the current ones, and Members reports them; a
+// restarted peer knows them from its log and snapshots, whatever Peers
+// says.
 //
 // # Ports
 //

@@ -45,10 +45,16 @@ type Peer struct {
 	keepWG   sync.WaitGroup
 	repairer *repair.Repairer // nil without a FileStore of New's
 	scrubber *repair.Scrubber
-	fetch    *datastream.Client // the Repairer's reads from the others
+	source   *memberSource // the Repairer's reads from the others
+
+	// memberMu guards members: the group as Start was given it, then as
+	// each membership the Raft node applies sets it.
+	memberMu    sync.Mutex
+	members     []Member
+	removed     chan struct{} // closed when a membership no longer lists this peer
+	removedOnce sync.Once
 
 	mu       sync.Mutex
-	members  []Member // set by Start
 	started  bool
 	shutdown bool
 	done     chan struct{} // closed when Shutdown has finished
@@ -62,7 +68,12 @@ func New(ctx context.Context, cfg Config) (_ *Peer, err error) {
 	if cfg, err = cfg.withDefaults(); err != nil {
 		return nil, err
 	}
-	p := &Peer{cfg: cfg, sm: cfg.StateMachine, done: make(chan struct{})}
+	p := &Peer{cfg: cfg, sm: cfg.StateMachine, done: make(chan struct{}), removed: make(chan struct{})}
+	p.source = &memberSource{opts: []datastream.Option{datastream.WithTransport(cfg.Transport, cfg.TransportOptions...),
+		datastream.WithLogger(cfg.Logger.With("peer", cfg.ID, "part", "repair"))}}
+	if cfg.PeerTLS != nil {
+		p.source.opts = append(p.source.opts, datastream.WithTLS(cfg.PeerTLS))
+	}
 	defer func() {
 		if err != nil {
 			p.release(context.Background())
@@ -124,6 +135,8 @@ func New(ctx context.Context, cfg Config) (_ *Peer, err error) {
 		ID:                 cfg.ID,
 		RaftAddr:           cfg.RaftAddr,
 		CommitAddr:         cfg.CommitAddr,
+		Join:               cfg.Join,
+		OnMembers:          p.membersChanged,
 		Dir:                raftDir,
 		Linker:             p.srv.Streams(),
 		Logger:             cfg.Logger,
@@ -170,9 +183,10 @@ func (p *Peer) Addrs() Member {
 // Start joins the group: it tells the stream server where the other
 // members are and starts the Raft node, which bootstraps the group with
 // members as its voters if its log is empty (every peer may do so with the
-// same list) and otherwise keeps the membership it has. members must hold
-// the same ids as Config.Peers, with every address, and this peer's entry
-// must equal Addrs. ctx bounds the start only.
+// same list; with Config.Join it waits to be added instead) and otherwise
+// keeps the membership it has, which its log may have changed since.
+// members must hold the same ids as Config.Peers, with every address, and
+// this peer's entry must equal Addrs. ctx bounds the start only.
 func (p *Peer) Start(ctx context.Context, members []Member) error {
 	if err := p.checkMembers(members); err != nil {
 		return err
@@ -187,58 +201,38 @@ func (p *Peer) Start(ctx context.Context, members []Member) error {
 	}
 	rp := make([]raft.Peer, len(members))
 	for i, m := range members {
-		rp[i] = raft.Peer{ID: m.ID, RaftAddr: m.RaftAddr, CommitAddr: m.CommitAddr}
+		rp[i] = raftPeer(m)
 		p.srv.SetPeerAddr(m.ID, m.StreamAddr)
 	}
+	// Set before the node starts: restoring a snapshot may replace them.
+	p.memberMu.Lock()
+	p.members = slices.Clone(members)
+	p.memberMu.Unlock()
+	p.source.set(others(members, p.cfg.ID))
 	if err := p.node.Start(ctx, rp); err != nil {
 		return fmt.Errorf("peer %s: %w", p.cfg.ID, err)
 	}
-	p.members = slices.Clone(members)
 	p.started = true
 	if p.files != nil {
-		if err := p.startRepair(members); err != nil {
-			return fmt.Errorf("peer %s: %w", p.cfg.ID, err)
-		}
+		p.startRepair()
 	}
 	return nil
 }
 
 // startRepair starts what tends the FileStore: keepFiles, a Repairer that
-// fetches missing copies from the other members, and a scrubber.
-func (p *Peer) startRepair(members []Member) error {
-	var others []datastream.Peer
-	for _, m := range members {
-		if m.ID != p.cfg.ID {
-			others = append(others, datastream.Peer{ID: m.ID, Addr: m.StreamAddr})
-		}
-	}
+// fetches missing copies from the other members, whoever they are at the
+// time, and a scrubber.
+func (p *Peer) startRepair() {
 	ctx, cancel := context.WithCancel(context.Background())
 	p.keepStop = cancel
 	p.keepWG.Add(1)
 	go p.keepFiles(ctx)
-	if len(others) == 0 {
-		return nil // a group of one has nobody to repair from
-	}
-	opts := []datastream.Option{datastream.WithTransport(p.cfg.Transport, p.cfg.TransportOptions...),
-		datastream.WithLogger(p.cfg.Logger.With("peer", p.cfg.ID, "part", "repair"))}
-	if p.cfg.PeerTLS != nil {
-		opts = append(opts, datastream.WithTLS(p.cfg.PeerTLS))
-	}
-	c, err := datastream.NewClient(others, opts...)
-	if err != nil {
-		return err
-	}
-	p.fetch = c
-	ids := make([]string, len(others))
-	for i, o := range others {
-		ids[i] = o.ID
-	}
 	log := p.cfg.Logger.With("peer", p.cfg.ID)
 	rc := p.cfg.Repair
 	if rc.Events == nil {
 		rc.Events = p.cfg.Events
 	}
-	p.repairer = repair.New(rc, p.files, c, func() []string { return ids }, log)
+	p.repairer = repair.New(rc, p.files, p.source, p.source.ids, log)
 	p.scrubber = repair.NewScrubber(p.cfg.Scrub, p.files, p.repairer.Kick, log)
 	p.keepWG.Add(2)
 	go func() {
@@ -249,7 +243,6 @@ func (p *Peer) startRepair(members []Member) error {
 		defer p.keepWG.Done()
 		p.scrubber.Run(ctx)
 	}()
-	return nil
 }
 
 // ScrubNow makes the peer reread every copy it stores now, and repair the
@@ -262,7 +255,7 @@ func (p *Peer) ScrubNow() {
 }
 
 // Repairer returns the peer's Repairer, or nil when it has no FileStore of
-// its own (no DataDir, or Config.StateMachine) or no other member.
+// its own (no DataDir, or Config.StateMachine).
 func (p *Peer) Repairer() *repair.Repairer { return p.repairer }
 
 // status is what the Raft node's answer to a peer status request adds to
@@ -371,10 +364,12 @@ func (p *Peer) WaitReady(ctx context.Context) error {
 // ID returns the peer's id.
 func (p *Peer) ID() string { return p.cfg.ID }
 
-// Members returns the group as Start was given it, or nil before Start.
+// Members returns the group as this peer knows it: as Start was given it,
+// until the Raft node applies a membership entry (a member joined or left)
+// or restores one from a snapshot; nil before Start.
 func (p *Peer) Members() []Member {
-	p.mu.Lock()
-	defer p.mu.Unlock()
+	p.memberMu.Lock()
+	defer p.memberMu.Unlock()
 	return slices.Clone(p.members)
 }
 
@@ -385,9 +380,7 @@ func (p *Peer) Leader() (Member, bool) {
 	if id == "" {
 		return Member{}, false
 	}
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	for _, m := range p.members {
+	for _, m := range p.Members() {
 		if m.ID == id {
 			return m, true
 		}
@@ -439,8 +432,8 @@ func (p *Peer) release(ctx context.Context) error {
 		p.keepStop()
 		p.keepWG.Wait()
 	}
-	if p.fetch != nil {
-		errs = append(errs, p.fetch.Close())
+	if p.source != nil {
+		errs = append(errs, p.source.close())
 	}
 	if p.node != nil {
 		errs = append(errs, p.node.Shutdown())

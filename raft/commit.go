@@ -310,8 +310,8 @@ func (n *Node) bind(ctx context.Context) (context.Context, func()) {
 }
 
 func (n *Node) commitAddr(id string) string {
-	n.mu.Lock()
-	defer n.mu.Unlock()
+	n.pmu.Lock()
+	defer n.pmu.Unlock()
 	return n.peers[id].CommitAddr
 }
 
@@ -381,14 +381,14 @@ func (n *Node) peerStatus() *pb.PeerStatus {
 // commitInfos returns own and what every other peer answers to a status
 // request within statusTimeout, ordered by peer id.
 func (n *Node) commitInfos(ctx context.Context, own *pb.CommitInfo) []*pb.CommitInfo {
-	n.mu.Lock()
+	n.pmu.Lock()
 	addrs := make(map[string]string, len(n.peers))
 	for id, p := range n.peers {
 		if id != n.cfg.ID {
 			addrs[id] = p.CommitAddr
 		}
 	}
-	n.mu.Unlock()
+	n.pmu.Unlock()
 	ctx, cancel := context.WithTimeout(ctx, statusTimeout)
 	defer cancel()
 	var (

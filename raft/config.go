@@ -18,6 +18,9 @@ type Peer struct {
 	RaftAddr string
 	// CommitAddr is the host:port where the peer accepts forwarded commits.
 	CommitAddr string
+	// StreamAddr is the peer's DataStream address. Raft does not use it;
+	// membership entries carry it to every peer for the layers above.
+	StreamAddr string
 }
 
 // Config configures one Node. The zero values of the optional fields mean
@@ -31,6 +34,17 @@ type Config struct {
 	RaftAddr string
 	// CommitAddr is the TCP address for forwarded commits, like RaftAddr.
 	CommitAddr string
+
+	// Join makes Start leave the group's bootstrapping to others: a Node
+	// with empty stores waits until the leader of a running group adds it
+	// (AddMember). Without it, a Node with empty stores bootstraps the
+	// group from the peers Start is given. A Node with state ignores it.
+	Join bool
+	// OnMembers, if set, is called with the whole group whenever the
+	// membership this Node knows changes: when its FSM applies a
+	// membership entry, and when raft restores a snapshot that holds one.
+	// It runs on raft's FSM goroutine, in log order, and must not block.
+	OnMembers func(members []Peer)
 
 	// TLS, if set, makes both listeners, Raft's and the commit address,
 	// speak TLS: Certificates, and for mutual TLS ClientAuth
@@ -150,7 +164,7 @@ func checkPeers(peers []Peer, self Peer) error {
 		}
 		seen[p.ID] = true
 		if p.ID == self.ID {
-			if p != self {
+			if p.RaftAddr != self.RaftAddr || p.CommitAddr != self.CommitAddr {
 				return fmt.Errorf("%w: peer %q is listed as %+v but bound to %+v", ErrConfig, p.ID, p, self)
 			}
 			found = true

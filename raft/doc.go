@@ -38,15 +38,27 @@
 //
 // # Snapshots and replay
 //
-// The FSM holds only the last applied index and term, counters and the
-// bounded set of committed stream keys; the linked data lives in the state
-// machine's own durable files. That small state is all a snapshot carries.
+// The FSM holds only the last applied index and term, counters, the
+// bounded set of committed stream keys and the last membership entry; the
+// linked data lives in the state machine's own durable files. That small
+// state, and the state machine's catalog, is all a snapshot carries.
 // A restarted peer restores its latest snapshot and replays the entries after
 // it, calling Link again for entries it linked before, so Link must be
 // idempotent (the state machine gets a nil channel then). A peer that falls
 // so far behind that the leader sends it a snapshot instead of log entries
 // gets no Link calls for the entries the snapshot covers: keep TrailingLogs
 // large enough that a peer is caught up from the log.
+//
+// # Membership
+//
+// The group's members are in the log: hashicorp/raft's configuration
+// (voters and their Raft addresses) and membership entries, which name
+// every member with its stream, Raft and commit addresses and are applied
+// by every FSM, which calls Config.OnMembers. AddMember, RemoveMember and
+// TransferLeadership are led by the leader and forwarded to it from any
+// peer, or sent to any peer by a tool (RequestChange); QueryMembership
+// reads a peer's view. A new peer starts with Config.Join and waits to be
+// added. See membership.go for the order of the steps.
 //
 // # Baseline
 //

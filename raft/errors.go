@@ -25,6 +25,27 @@ var (
 	// ErrCommitFailed is returned by Commit when the leader refused the
 	// entry for a reason other than leadership.
 	ErrCommitFailed = errors.New("raft: commit failed")
+
+	// Errors of membership changes. A change that a peer forwards to the
+	// leader fails with the leader's error, so errors.Is works on either.
+
+	// ErrUnknownMember: the id names no member (or no voter, for a
+	// leadership transfer).
+	ErrUnknownMember = errors.New("raft: unknown member")
+	// ErrMemberExists: the id is a member already, with other addresses,
+	// or an address is another member's.
+	ErrMemberExists = errors.New("raft: member exists")
+	// ErrIDRemoved: the id was removed from the group, and ids are never
+	// used again.
+	ErrIDRemoved = errors.New("raft: id removed from the group")
+	// ErrLastVoter: removing the member would leave no voter.
+	ErrLastVoter = errors.New("raft: last voter")
+	// ErrNotJoinable: the peer to add does not answer as itself at its
+	// commit address, or has a Raft log of its own.
+	ErrNotJoinable = errors.New("raft: peer cannot join")
+	// ErrChangeFailed: the leader refused a membership change for another
+	// reason.
+	ErrChangeFailed = errors.New("raft: membership change failed")
 )
 
 // LinkError is returned by Commit when the entry committed but this peer's

@@ -27,6 +27,12 @@ import (
 //	reqSettled     nothing; the leader answers, after a barrier, with its
 //	               CommitInfo, whose applied index then covers every entry
 //	               committed before (CaughtUp); another peer: NOT_LEADER
+//	reqMembers     nothing; the reply's message is the peer's Membership
+//	reqChange      a MembershipRequest from a tool: the peer carries it
+//	               out, on the leader if it is not the leader itself; the
+//	               reply's message is the leader's Membership afterwards
+//	reqChangeLeader a MembershipRequest from a peer, for the leader only;
+//	               another peer answers NOT_LEADER (no second hop)
 //
 // reqStatus is on every commit's path (each reply collects the peers'
 // indexes), so it stays cheap; reqPeerStatus, for an operator's status
@@ -45,11 +51,14 @@ const maxIdleConns = 4
 
 // Request kinds of the commit RPC.
 var (
-	reqCommit     = []byte{1}
-	reqStatus     = []byte{2}
-	reqPeerStatus = []byte{3}
-	reqSettled    = []byte{4}
-	noKind        []byte // a reply
+	reqCommit       = []byte{1}
+	reqStatus       = []byte{2}
+	reqPeerStatus   = []byte{3}
+	reqSettled      = []byte{4}
+	reqMembers      = []byte{5}
+	reqChange       = []byte{6}
+	reqChangeLeader = []byte{7}
+	noKind          []byte // a reply
 )
 
 // writeFrame writes kind and body with their length prefix in one write.
@@ -94,6 +103,12 @@ func (n *Node) forward(ctx context.Context, addr string, entry []byte) (*pb.Raft
 
 // call sends one request of the commit RPC to addr and returns the reply.
 func (n *Node) call(ctx context.Context, addr string, kind, body []byte) (*pb.RaftClientReply, error) {
+	return n.callTimeout(ctx, addr, kind, body, n.cfg.ForwardTimeout)
+}
+
+// callTimeout is call with the I/O bounded by timeout (and ctx) instead of
+// Config.ForwardTimeout.
+func (n *Node) callTimeout(ctx context.Context, addr string, kind, body []byte, timeout time.Duration) (*pb.RaftClientReply, error) {
 	if addr == "" {
 		return nil, fmt.Errorf("%w: peer has no commit address", ErrConfig)
 	}
@@ -101,7 +116,7 @@ func (n *Node) call(ctx context.Context, addr string, kind, body []byte) (*pb.Ra
 	if err != nil {
 		return nil, err
 	}
-	deadline := time.Now().Add(n.cfg.ForwardTimeout)
+	deadline := time.Now().Add(timeout)
 	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
 		deadline = d
 	}
@@ -243,6 +258,12 @@ func (n *Node) serveCommitConn(raw net.Conn) {
 		case len(data) == 1 && data[0] == reqPeerStatus[0]:
 			rep = &pb.RaftClientReply{ServerId: n.cfg.ID, Success: true, CommitInfos: []*pb.CommitInfo{n.commitInfo()},
 				PeerStatus: n.peerStatus()}
+		case len(data) == 1 && data[0] == reqMembers[0]:
+			rep = n.serveMembers()
+		case len(data) > 0 && data[0] == reqChange[0]:
+			rep = n.serveChange(data[1:], true)
+		case len(data) > 0 && data[0] == reqChangeLeader[0]:
+			rep = n.serveChange(data[1:], false)
 		default:
 			rep = &pb.RaftClientReply{ServerId: n.cfg.ID, ErrorCode: pb.ErrorCode_BAD_HEADER,
 				ErrorMessage: fmt.Sprintf("%v: unknown request", ErrBadEntry)}
@@ -298,12 +319,56 @@ func (n *Node) serveCommit(data []byte) *pb.RaftClientReply {
 // speaks TLS wants what its peers dial each other with (Config.PeerTLS),
 // since the commit address may accept peers only. ctx bounds the call.
 func QueryStatus(ctx context.Context, addr string, tlsConf *tls.Config) (*pb.PeerStatus, error) {
+	rep, err := roundTrip(ctx, addr, tlsConf, reqPeerStatus, nil)
+	if err != nil {
+		return nil, fmt.Errorf("raft: status %s: %w", addr, err)
+	}
+	st := rep.GetPeerStatus()
+	if !rep.GetSuccess() || st == nil {
+		return nil, fmt.Errorf("%w: status %s: peer %q answered %v %q (older than peer status requests?)",
+			ErrBadEntry, addr, rep.GetServerId(), rep.GetErrorCode(), rep.GetErrorMessage())
+	}
+	return st, nil
+}
+
+// QueryMembership asks the peer whose commit address is addr for its view
+// of the group (Node.Membership), as QueryStatus does for its status.
+func QueryMembership(ctx context.Context, addr string, tlsConf *tls.Config) (Membership, error) {
+	rep, err := roundTrip(ctx, addr, tlsConf, reqMembers, nil)
+	if err != nil {
+		return Membership{}, fmt.Errorf("raft: membership %s: %w", addr, err)
+	}
+	return changeReply(rep)
+}
+
+// RequestChange asks the group, through the peer whose commit address is
+// addr, to carry out req (Node.AddMember, RemoveMember or
+// TransferLeadership, as one of the group would): that peer takes it to
+// the leader. It returns the group as the leader knows it afterwards,
+// whose Leader is the new leader after a transfer. Errors are the
+// leader's (ErrUnknownMember, ErrIDRemoved, ...). ctx bounds the call;
+// the peer gives up on its own after 30 seconds.
+func RequestChange(ctx context.Context, addr string, tlsConf *tls.Config, req *pb.MembershipRequest) (Membership, error) {
+	body, err := proto.Marshal(req)
+	if err != nil {
+		return Membership{}, fmt.Errorf("raft: encode request: %w", err)
+	}
+	rep, err := roundTrip(ctx, addr, tlsConf, reqChange, body)
+	if err != nil {
+		return Membership{}, fmt.Errorf("raft: membership request to %s: %w", addr, err)
+	}
+	return changeReply(rep)
+}
+
+// roundTrip sends one request of the commit RPC to addr over a
+// connection of its own and returns the reply.
+func roundTrip(ctx context.Context, addr string, tlsConf *tls.Config, kind, body []byte) (*pb.RaftClientReply, error) {
 	if addr == "" {
 		return nil, fmt.Errorf("%w: no commit address", ErrConfig)
 	}
 	c, err := dial(ctx, addr, 0, tlsConf)
 	if err != nil {
-		return nil, fmt.Errorf("raft: status %s: %w", addr, errors.Join(err, ctx.Err()))
+		return nil, errors.Join(err, ctx.Err())
 	}
 	defer c.Close()
 	if d, ok := ctx.Deadline(); ok {
@@ -312,7 +377,7 @@ func QueryStatus(ctx context.Context, addr string, tlsConf *tls.Config) (*pb.Pee
 	stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Unix(1, 0)) })
 	defer stop()
 	var rep pb.RaftClientReply
-	err = writeFrame(c, reqPeerStatus, nil)
+	err = writeFrame(c, kind, body)
 	if err == nil {
 		var buf []byte
 		if buf, err = readFrame(c); err == nil {
@@ -322,12 +387,7 @@ func QueryStatus(ctx context.Context, addr string, tlsConf *tls.Config) (*pb.Pee
 		}
 	}
 	if err != nil {
-		return nil, fmt.Errorf("raft: status %s: %w", addr, errors.Join(err, ctx.Err()))
+		return nil, errors.Join(err, ctx.Err())
 	}
-	st := rep.GetPeerStatus()
-	if !rep.GetSuccess() || st == nil {
-		return nil, fmt.Errorf("%w: status %s: peer %q answered %v %q (older than peer status requests?)",
-			ErrBadEntry, addr, rep.GetServerId(), rep.GetErrorCode(), rep.GetErrorMessage())
-	}
-	return st, nil
+	return &rep, nil
 }

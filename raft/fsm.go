@@ -63,8 +63,13 @@ type fsm struct {
 	maxKeys int
 	log     *slog.Logger
 
+	// onMembers is told of each membership applied or restored; set
+	// before raft starts.
+	onMembers func(membership)
+
 	mu       sync.Mutex
 	st       Stats
+	members  membership // as the last membership entry set it
 	keys     map[statemachine.StreamKey]committed
 	order    []statemachine.StreamKey // keys in commit order, oldest at head
 	head     int
@@ -95,6 +100,8 @@ func (f *fsm) Apply(l *hraft.Log) any {
 		resp = f.applyStream(l)
 	case string(kindData):
 		resp = f.applyData(l)
+	case string(kindMembers):
+		resp = f.applyMembers(l)
 	default:
 		resp = fmt.Errorf("%w: index %d has unknown kind %x", ErrBadEntry, l.Index, l.Extensions)
 	}
@@ -258,6 +265,12 @@ func (f *fsm) Snapshot() (hraft.FSMSnapshot, error) {
 			buf = append(buf, 0)
 		}
 	}
+	// The membership, so that a peer restored from this snapshot knows
+	// every member's addresses (version 3).
+	buf = binary.AppendUvarint(buf, f.members.index)
+	if f.members.index > 0 {
+		buf = appendBytes(buf, string(f.members.marshal()))
+	}
 	return fsmSnapshot(buf), nil
 }
 
@@ -268,10 +281,11 @@ func appendBytes(buf []byte, s string) []byte {
 
 // Snapshot formats: the magic's last byte is the version. Version 1 holds
 // the stats and the dedup keys; version 2 adds the state machine's
-// catalog.
+// catalog; version 3 the membership.
 const (
 	snapshotMagicV1 = "PSRAFT\x01"
-	snapshotMagic   = "PSRAFT\x02"
+	snapshotMagicV2 = "PSRAFT\x02"
+	snapshotMagic   = "PSRAFT\x03"
 )
 
 // Limits on what Restore accepts, so a corrupt snapshot fails instead of
@@ -292,7 +306,7 @@ func (f *fsm) Restore(rc io.ReadCloser) error {
 	defer rc.Close()
 	r := bufio.NewReader(rc)
 	magic := make([]byte, len(snapshotMagic))
-	if _, err := io.ReadFull(r, magic); err != nil || (string(magic) != snapshotMagic && string(magic) != snapshotMagicV1) {
+	if _, err := io.ReadFull(r, magic); err != nil || (string(magic) != snapshotMagic && string(magic) != snapshotMagicV2 && string(magic) != snapshotMagicV1) {
 		return fmt.Errorf("%w: not a pipestream raft snapshot", ErrBadEntry)
 	}
 	var st Stats
@@ -318,9 +332,16 @@ func (f *fsm) Restore(rc io.ReadCloser) error {
 		order = append(order, k)
 	}
 	var catalog []statemachine.Entry
-	if string(magic) == snapshotMagic {
+	if string(magic) != snapshotMagicV1 {
 		var err error
 		if catalog, err = readCatalog(r); err != nil {
+			return err
+		}
+	}
+	var members membership
+	if string(magic) == snapshotMagic {
+		var err error
+		if members, err = readMembership(r); err != nil {
 			return err
 		}
 	}
@@ -335,6 +356,9 @@ func (f *fsm) Restore(rc io.ReadCloser) error {
 		f.head++
 	}
 	f.mu.Unlock()
+	if members.index > 0 {
+		f.setMembers(members)
+	}
 
 	if f.linker == nil {
 		return nil

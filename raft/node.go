@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -42,9 +43,17 @@ type Node struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup // goroutines the Node started itself
 
+	// pmu guards the members as this Node knows them: the list Start was
+	// given, replaced by each membership entry the FSM applies (which may
+	// happen inside Start, as raft restores a snapshot, while mu is held).
+	pmu   sync.Mutex
+	peers map[string]Peer
+	start []Peer // the list Start was given
+	// changeMu serializes the membership changes this Node leads.
+	changeMu sync.Mutex
+
 	mu       sync.Mutex
 	raft     *hraft.Raft
-	peers    map[string]Peer
 	closed   bool
 	srvConns map[net.Conn]struct{} // accepted commit connections
 	idle     map[string][]net.Conn // pooled forwarding connections by address
@@ -97,6 +106,7 @@ func New(cfg Config) (_ *Node, err error) {
 	})
 	n.ctx, n.cancel = context.WithCancel(context.Background())
 	n.fsm = newFSM(n.ctx, cfg, n.log)
+	n.fsm.onMembers = n.membersApplied
 	return n, nil
 }
 
@@ -143,9 +153,11 @@ func (n *Node) Addr() Peer {
 
 // Start joins the group made of peers, which must include this Node as
 // Addr reports it. A Node whose stores are empty bootstraps the group with
-// peers as its voters; every peer may do so with the same list. A Node with
-// state (a restart) keeps the membership it has and uses peers only to find
-// the leader's commit address. ctx bounds the start-up only.
+// peers as its voters; every peer may do so with the same list. With
+// Config.Join it does not: it waits for the group's leader to add it
+// (AddMember). A Node with state (a restart) keeps the membership it has
+// and uses peers only until its FSM applies a membership entry (see
+// Members). ctx bounds the start-up only.
 func (n *Node) Start(ctx context.Context, peers []Peer) error {
 	if err := checkPeers(peers, n.Addr()); err != nil {
 		return err
@@ -164,14 +176,18 @@ func (n *Node) Start(ctx context.Context, peers []Peer) error {
 
 	conf := n.raftConfig()
 	servers := make([]hraft.Server, len(peers))
-	n.peers = make(map[string]Peer, len(peers))
 	for i, p := range peers {
 		servers[i] = hraft.Server{Suffrage: hraft.Voter, ID: hraft.ServerID(p.ID), Address: hraft.ServerAddress(p.RaftAddr)}
-		n.peers[p.ID] = p
 	}
-	err := hraft.BootstrapCluster(conf, n.logs, n.stable, n.snaps, n.trans, hraft.Configuration{Servers: servers})
-	if err != nil && !errors.Is(err, hraft.ErrCantBootstrap) {
-		return fmt.Errorf("raft: bootstrap: %w", err)
+	n.pmu.Lock()
+	n.start = slices.Clone(peers)
+	n.peers = peerMap(peers)
+	n.pmu.Unlock()
+	if !n.cfg.Join {
+		err := hraft.BootstrapCluster(conf, n.logs, n.stable, n.snaps, n.trans, hraft.Configuration{Servers: servers})
+		if err != nil && !errors.Is(err, hraft.ErrCantBootstrap) {
+			return fmt.Errorf("raft: bootstrap: %w", err)
+		}
 	}
 	r, err := hraft.NewRaft(conf, n.fsm, n.logs, n.stable, n.snaps, n.trans)
 	if err != nil {

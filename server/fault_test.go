@@ -239,7 +239,7 @@ func (f *fanoutCommitter) Commit(ctx context.Context, s statemachine.StreamInfo)
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.index++
-	e := statemachine.Entry{Index: f.index, Term: 1, Key: s.Key, Request: s.Request, Length: s.Length}
+	e := statemachine.Entry{Index: f.index, Term: 1, Key: s.Key, Request: s.Request, Length: s.Length, Holders: s.Holders, Epoch: s.Epoch}
 	for i, p := range f.peers {
 		if f.down[i] {
 			continue

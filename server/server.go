@@ -188,7 +188,8 @@ type Server struct {
 	mu    sync.Mutex
 	addrs map[string]string
 	conns map[string]transport.Channel
-	up    chan struct{} // closed and replaced whenever a peer connects
+	loops map[string]context.CancelFunc // stops each peer's connect loop
+	up    chan struct{}                 // closed and replaced whenever a peer connects or the peers change
 }
 
 // Listen starts a peer: it binds the listener, starts connecting to the
@@ -242,6 +243,7 @@ func Listen(ctx context.Context, cfg Config) (*Server, error) {
 		log:   cfg.Logger.With("peer", cfg.ID),
 		addrs: addrs,
 		conns: make(map[string]transport.Channel),
+		loops: make(map[string]context.CancelFunc),
 		up:    make(chan struct{}),
 
 		partials: codec.NewPartialBudget(cfg.MaxPartialBytes),
@@ -308,13 +310,70 @@ func Listen(ctx context.Context, cfg Config) (*Server, error) {
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.wg.Add(1)
 	go s.sweep()
+	s.mu.Lock()
 	for id := range addrs {
-		if id != cfg.ID {
-			s.wg.Add(1)
-			go s.connect(id)
-		}
+		s.startConnect(id)
 	}
+	s.mu.Unlock()
 	return s, nil
+}
+
+// startConnect starts the loop that keeps a connection to peer id up.
+// Call with mu held.
+func (s *Server) startConnect(id string) {
+	if id == s.cfg.ID || s.loops[id] != nil || s.ctx.Err() != nil {
+		return
+	}
+	ctx, cancel := context.WithCancel(s.ctx)
+	s.loops[id] = cancel
+	s.wg.Add(1)
+	go s.connect(ctx, id)
+}
+
+// SetPeers replaces the group's members, for a group whose membership
+// changed: the server connects to the new ones, closes its connection to
+// those no longer listed (failing the streams forwarded over it) and
+// checks the routing of new streams against the new list. This server's
+// own entry may be missing (it was removed): it then refuses every new
+// stream, since no routing table can name it.
+func (s *Server) SetPeers(peers []Peer) {
+	ids := make([]string, 0, len(peers))
+	next := make(map[string]string, len(peers))
+	for _, p := range peers {
+		ids = append(ids, p.ID)
+		next[p.ID] = p.Addr
+	}
+	s.mu.Lock()
+	var drop []transport.Channel
+	for id := range s.addrs {
+		if _, ok := next[id]; ok || id == s.cfg.ID {
+			continue
+		}
+		if stop := s.loops[id]; stop != nil {
+			stop()
+			delete(s.loops, id)
+		}
+		if c := s.conns[id]; c != nil {
+			drop = append(drop, c)
+			delete(s.conns, id)
+		}
+		delete(s.addrs, id)
+	}
+	if _, ok := next[s.cfg.ID]; !ok {
+		delete(s.addrs, s.cfg.ID)
+	}
+	for id, addr := range next {
+		s.addrs[id] = addr
+		s.startConnect(id)
+	}
+	close(s.up) // WaitPeers looks again
+	s.up = make(chan struct{})
+	s.mu.Unlock()
+	s.streams.SetPeers(ids)
+	for _, c := range drop {
+		_ = c.Close()
+	}
+	s.log.Info("server: peers changed", "peers", ids)
 }
 
 // PartialBytes returns the bytes that client and predecessor connections
@@ -476,12 +535,12 @@ func (s *Server) WaitPeers(ctx context.Context) error {
 	}
 }
 
-// connect keeps a connection to peer id up until Shutdown, redialing with
-// a capped exponential backoff.
-func (s *Server) connect(id string) {
+// connect keeps a connection to peer id up until ctx is done (Shutdown, or
+// the peer left the group), redialing with a capped exponential backoff.
+func (s *Server) connect(ctx context.Context, id string) {
 	defer s.wg.Done()
 	backoff := 10 * time.Millisecond
-	for s.ctx.Err() == nil {
+	for ctx.Err() == nil {
 		s.mu.Lock()
 		addr := s.addrs[id]
 		s.mu.Unlock()
@@ -493,12 +552,18 @@ func (s *Server) connect(id string) {
 		if addr == "" {
 			err = errors.New("address unknown")
 		} else {
-			ch, pongs, err = s.dial(addr, id)
+			ch, pongs, err = s.dial(ctx, addr, id)
 		}
 		if err == nil {
 			s.log.Debug("server: connected to peer", "to", id, "local", ch.LocalAddr(), "remote", ch.RemoteAddr())
 			backoff = 10 * time.Millisecond
 			s.mu.Lock()
+			if ctx.Err() != nil { // left the group while dialing
+				s.mu.Unlock()
+				_ = ch.Close()
+				<-ch.Done()
+				return
+			}
 			s.conns[id] = ch
 			close(s.up)
 			s.up = make(chan struct{})
@@ -506,7 +571,7 @@ func (s *Server) connect(id string) {
 			if ev := s.cfg.Events; ev != nil {
 				ev.Conn(handler.ConnEvent{Kind: handler.ConnUp, Peer: id})
 			}
-			s.keepalive(id, ch, pongs)
+			s.keepalive(ctx, id, ch, pongs)
 			s.untrack(id, ch)
 			<-ch.Done()
 			if ev := s.cfg.Events; ev != nil {
@@ -517,20 +582,20 @@ func (s *Server) connect(id string) {
 		s.log.Debug("server: peer not reachable yet", "to", id, "err", err)
 		select {
 		case <-time.After(backoff):
-		case <-s.ctx.Done():
+		case <-ctx.Done():
 		}
 		backoff = min(2*backoff, s.cfg.RedialInterval)
 	}
 }
 
-// keepalive returns when the connection to peer id has ended or must: on
-// Shutdown, or when a PING sent after KeepaliveInterval without one has no
+// keepalive returns when the connection to peer id has ended or must: when
+// ctx is done (Shutdown, or the peer left), or when a PING sent after KeepaliveInterval without one has no
 // answer within KeepaliveTimeout. A partitioned link resets nothing, and
 // its connection would otherwise look live until a stream failed on it;
 // the connection is then taken out of use at once and closed, and connect
 // redials in the background, so that the next stream finds a live one.
 // pongs receives every answer to a PING.
-func (s *Server) keepalive(id string, ch transport.Channel, pongs <-chan struct{}) {
+func (s *Server) keepalive(ctx context.Context, id string, ch transport.Channel, pongs <-chan struct{}) {
 	idle := time.NewTimer(s.cfg.KeepaliveInterval)
 	defer idle.Stop()
 	answer := time.NewTimer(s.cfg.KeepaliveTimeout)
@@ -540,7 +605,7 @@ func (s *Server) keepalive(id string, ch transport.Channel, pongs <-chan struct{
 		case <-idle.C:
 		case <-ch.Done():
 			return
-		case <-s.ctx.Done():
+		case <-ctx.Done():
 			_ = ch.Close()
 			return
 		}
@@ -566,7 +631,7 @@ func (s *Server) keepalive(id string, ch transport.Channel, pongs <-chan struct{
 			return
 		case <-ch.Done():
 			return
-		case <-s.ctx.Done():
+		case <-ctx.Done():
 			_ = ch.Close()
 			return
 		}
@@ -585,8 +650,8 @@ func (s *Server) untrack(id string, ch transport.Channel) {
 // dial connects to peer id and returns once the peer has answered a PING,
 // so that a socket accepted by a server on its way down never counts as a
 // live successor. pongs receives the answers to later PINGs.
-func (s *Server) dial(addr, id string) (_ transport.Channel, pongs <-chan struct{}, _ error) {
-	ctx, cancel := context.WithTimeout(s.ctx, s.cfg.HandshakeTimeout)
+func (s *Server) dial(ctx context.Context, addr, id string) (_ transport.Channel, pongs <-chan struct{}, _ error) {
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.HandshakeTimeout)
 	defer cancel()
 	var replies *handler.SuccessorReplies
 	answers := make(chan struct{}, 1)
@@ -679,7 +744,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	// connection that the connect loops, stopped by cancel, close at the
 	// same time (the writer goroutines send such a reply at once).
 	errs := []error{s.ln.Shutdown(ctx)}
+	s.mu.Lock() // no connect loop starts after this (startConnect)
 	s.cancel()
+	s.mu.Unlock()
 	s.wg.Wait()
 	if s.dialer != nil {
 		errs = append(errs, s.dialer.Close())

@@ -37,8 +37,13 @@ func TestCrashPoints(t *testing.T) {
 		// ("all") before the armed start, so that it must repair or
 		// restore a snapshot.
 		wipe string
-		// committed: the put succeeds (the victim crashes after its ack);
-		// otherwise it must not commit, or may not.
+		// committed: the put succeeds (the victim crashes after its ack,
+		// and links its copy when it replays the entry). Otherwise it
+		// may commit on the other two, which recover the pipeline around
+		// the victim (the write quorum is a majority), or fail: a resume
+		// that reaches the tail after it wrote the victim's CLOSE, and
+		// before it parked, finds its copy closed and cannot cut it back.
+		// Either way the checker below holds.
 		committed bool
 	}{
 		{"filestore.close.renamed", "", false},
@@ -79,8 +84,8 @@ func TestCrashPoints(t *testing.T) {
 				if tc.committed && rec.Outcome != outCommitted {
 					t.Fatalf("put: %v, want it committed (the victim crashes after its ack)", rec)
 				}
-				if !tc.committed && rec.Outcome == outCommitted {
-					t.Fatalf("put: %v, committed though the victim died before its ack", rec)
+				if !tc.committed {
+					t.Logf("put with the victim dying before its ack: %v", rec)
 				}
 			}
 			g.waitKilled(t, victim, tc.point)

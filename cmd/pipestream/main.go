@@ -7,7 +7,11 @@
 //	pipestream ls --config group.toml --id p2         what p2's file store holds
 //	pipestream get --config group.toml NAME           one stored file from any peer, checked against its SHA-256
 //	pipestream scrub --config group.toml --id p2      reread p2's local copies and report the bad ones
-//	pipestream status --config group.toml             the leader and every peer's state; exit 1 if unhealthy
+//	pipestream status --config group.toml             the leader, the members and every peer's state; exit 1 if unhealthy
+//	pipestream serve --config group.toml --id p4 --join   a new peer, waiting to be added
+//	pipestream join --config group.toml --id p4       add it to the running group
+//	pipestream leave --config group.toml --id p3      remove a peer from the group
+//	pipestream transfer-leader --config group.toml    hand leadership to another voter
 //
 // Every subcommand takes --help. Logs go to stderr through log/slog, at
 // the level --log-level sets; results go to stdout.
@@ -62,7 +66,10 @@ var commands = []command{
 	{"ls", "list the files a peer's store holds", runLs},
 	{"get", "copy a committed file out of the group, checked against its SHA-256", runGet},
 	{"scrub", "check a peer's local copies against their records (reports only)", runScrub},
-	{"status", "show the leader and each peer's progress, copies and disk; exit 1 if unhealthy", runStatus},
+	{"status", "show the leader, the members and each peer's progress, copies and disk; exit 1 if unhealthy", runStatus},
+	{"join", "add a new peer, started with serve --join, to the running group", runJoin},
+	{"leave", "remove a peer from the group", runLeave},
+	{"transfer-leader", "hand Raft leadership to another voter", runTransfer},
 	{"config", "print a sample group file", runConfig},
 }
 
@@ -103,7 +110,7 @@ Usage:
 Commands:
 `)
 	for _, c := range commands {
-		fmt.Fprintf(w, "  %-7s %s\n", c.name, c.summary)
+		fmt.Fprintf(w, "  %-15s %s\n", c.name, c.summary)
 	}
 	fmt.Fprint(w, `
 Run "pipestream <command> --help" for a command's flags.

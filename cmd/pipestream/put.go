@@ -22,7 +22,7 @@ const putHelp = `
 Usage: pipestream put FILE (--config group.toml | --peers ID=ADDR,...) [flags]
 
 Streams FILE to a running group and waits until it is committed: the file
-goes to the primary (--primary, by default the first peer listed), which
+goes to the primary (--primary, by default the first peer listed that accepts the connection), which
 writes it and forwards it along the chain of the other peers in the order
 listed; closing the stream commits one Raft entry naming it. Each peer's
 file store then holds it as --name (default: FILE's base name).
@@ -36,7 +36,7 @@ func runPut(ctx context.Context, args []string, e *env) int {
 	config := fs.String("config", "", "group `file` to learn the peers' stream addresses from")
 	peers := fs.String("peers", "", "the peers as `ID=HOST:PORT,...` (stream addresses), instead of --config")
 	name := fs.String("name", "", "`name` to store the file under; subdirectories allowed (default: FILE's base name)")
-	primary := fs.String("primary", "", "`id` of the peer to send the stream to (default: the first peer)")
+	primary := fs.String("primary", "", "`id` of the peer to send the stream to (default: the first peer that answers)")
 	quiet := fs.Bool("quiet", false, "draw no progress bar (none is drawn unless stderr is a terminal)")
 	kind := fs.transportFlag("DataStream `transport`: gnet or netconn (default: the group file's, else gnet)")
 	logger := fs.logFlag(slog.LevelWarn)
@@ -113,10 +113,7 @@ func (p *put) check(pos []string, config, peers string) error {
 	} else if p.peers, err = parsePeers(peers); err != nil {
 		return usageError("%v", err)
 	}
-	if p.primary == "" {
-		p.primary = p.peers[0].ID
-	}
-	if !slices.ContainsFunc(p.peers, func(x datastream.Peer) bool { return x.ID == p.primary }) {
+	if p.primary != "" && !slices.ContainsFunc(p.peers, func(x datastream.Peer) bool { return x.ID == p.primary }) {
 		return usageError("--primary %q is not a peer of the group", p.primary)
 	}
 	return nil

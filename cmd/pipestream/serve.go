@@ -46,6 +46,13 @@ prints "ID metrics: http://ADDR/metrics" once bound; see
 docs/operations.md for the metric names. The address should be a private
 or loopback one: the profiler shows the process's internals.
 
+A new peer of a running group starts with --join and an empty data
+directory: it does not bootstrap a group of its own but waits, printing
+"ID waiting to join", until "pipestream join --id ID" adds it; it then
+catches up from the others and prints its ready line. A peer removed from
+the group ("pipestream leave") prints "ID removed from the group", shuts
+down and exits 0.
+
 Instead of a group file, list every member (this one too) with --member;
 without --data-dir the peer then keeps its Raft log and files in memory.
 The flags other than --config override the file.
@@ -65,6 +72,7 @@ func runServe(ctx context.Context, args []string, e *env) int {
 	var stats durationFlag
 	fs.Var(&stats, "stats", "log the peer's counters every `interval`, such as 10s (0: never)")
 	metricsAddr := fs.String("metrics", "", "serve /metrics and /debug/pprof/ on `host:port` (default: off)")
+	join := fs.Bool("join", false, "a new peer of a running group: wait to be added (pipestream join) instead of bootstrapping")
 	logger := fs.logFlag(slog.LevelInfo)
 	pos, err := fs.parse(args)
 	if err == nil {
@@ -83,6 +91,7 @@ func runServe(ctx context.Context, args []string, e *env) int {
 	if kind.set {
 		cfg.Transport = kind.kind
 	}
+	cfg.Join = *join
 	var closing func()
 	cfg.Logger, closing = logger()
 	return e.exit(ctx, "serve", serve(ctx, e, cfg, serveOptions{stats: time.Duration(stats), metrics: *metricsAddr}, closing))
@@ -159,6 +168,11 @@ func serve(ctx context.Context, e *env, cfg peer.Config, opts serveOptions, clos
 		data = "(memory)"
 	}
 	fmt.Fprintf(e.stdout, "%s serving: stream %s, raft %s, commit %s, data %s\n", a.ID, a.StreamAddr, a.RaftAddr, a.CommitAddr, data)
+	if cfg.Join && p.Node().Stats().LastIndex == 0 {
+		if m, err := p.Membership(); err == nil && len(m.Voters) == 0 {
+			fmt.Fprintf(e.stdout, "%s waiting to join: run pipestream join --id %s\n", a.ID, a.ID)
+		}
+	}
 	if mln != nil {
 		reg.MustRegister(metrics.NewCollector(p))
 		hs := metricsServer(reg)
@@ -178,8 +192,13 @@ func serve(ctx context.Context, e *env, cfg peer.Config, opts serveOptions, clos
 		closing()
 		return errors.Join(err, p.Shutdown(context.Background()))
 	}
+	// The helpers below stop with the peer: at the signal, or once the
+	// peer is removed from the group.
+	sig := ctx
+	ctx, stopHelpers := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	defer wg.Wait()
+	defer stopHelpers()
 	if stats > 0 && err == nil {
 		wg.Go(func() { logStats(ctx, log, p, stats) })
 	}
@@ -194,9 +213,17 @@ func serve(ctx context.Context, e *env, cfg peer.Config, opts serveOptions, clos
 			}
 		}
 	})
-	<-ctx.Done()
-
-	log.Info("shutting down", "peer", a.ID, "cause", context.Cause(ctx))
+	select {
+	case <-sig.Done():
+		log.Info("shutting down", "peer", a.ID, "cause", context.Cause(sig))
+	case <-p.Removed():
+		fmt.Fprintf(e.stdout, "%s removed from the group\n", a.ID)
+		log.Info("shutting down: removed from the group", "peer", a.ID)
+		// Give the leader a moment to take it out of the Raft
+		// configuration too, which it does right after.
+		awaitNonvoter(sig, p)
+	}
+	stopHelpers()
 	closing()
 	sctx, cancel := context.WithTimeout(context.Background(), serveShutdownTimeout)
 	defer cancel()
@@ -205,6 +232,30 @@ func serve(ctx context.Context, e *env, cfg peer.Config, opts serveOptions, clos
 	}
 	fmt.Fprintf(e.stdout, "%s stopped\n", a.ID)
 	return nil
+}
+
+// removedGrace bounds how long a removed peer waits to leave the Raft
+// configuration before it stops anyway.
+const removedGrace = 10 * time.Second
+
+// awaitNonvoter waits until p's Raft configuration no longer lists it, or
+// removedGrace has passed: stopping before the leader's second step is
+// harmless (the group has one voter less to reach), just untidy.
+func awaitNonvoter(ctx context.Context, p *peer.Peer) {
+	ctx, cancel := context.WithTimeout(ctx, removedGrace)
+	defer cancel()
+	t := time.NewTicker(50 * time.Millisecond)
+	defer t.Stop()
+	for {
+		if m, err := p.Membership(); err != nil || !m.IsVoter(p.ID()) {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
 }
 
 // metricsServer serves reg at /metrics and the profiler at /debug/pprof/.

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -78,7 +79,9 @@ func runStatus(ctx context.Context, args []string, e *env) int {
 // status is one run of pipestream status.
 type status struct {
 	members []peer.Member
-	tls     *tls.Config // nil: the commit addresses speak plain TCP
+	group   *raft.Membership // the leader's view, once asked
+	gone    map[string]bool  // members of the file the group no longer has
+	tls     *tls.Config      // nil: the commit addresses speak plain TCP
 	timeout time.Duration
 	settle  time.Duration
 	maxLag  uint64
@@ -93,6 +96,8 @@ type peerAnswer struct {
 func (s *status) run(ctx context.Context, w io.Writer) error {
 	answers := s.ask(ctx, s.members)
 	leader := s.leader(answers)
+	answers = s.adopt(ctx, answers, leader)
+	leader = s.leader(answers) // it may be a member the file lacks
 	if leader != nil {
 		if err := s.settleLagging(ctx, answers, leader.GetCommitIndex()); err != nil {
 			return err
@@ -102,6 +107,37 @@ func (s *status) run(ctx context.Context, w io.Writer) error {
 		return err
 	}
 	return s.report(w, answers, leader)
+}
+
+// adopt asks the group for its membership, the leader's view if there is
+// a leader, and follows it: a member the group file lacks (joined since)
+// is asked too, and one the group removed is reported as such rather than
+// as unreachable.
+func (s *status) adopt(ctx context.Context, answers []peerAnswer, leader *pb.PeerStatus) []peerAnswer {
+	ctx, cancel := context.WithTimeout(ctx, s.timeout)
+	defer cancel()
+	m, ok := groupMembership(ctx, s.members, s.tls, leader.GetServerId())
+	if !ok {
+		return answers
+	}
+	s.group = &m
+	if m.Index == 0 {
+		return answers // never changed: the file's list is the group
+	}
+	s.gone = make(map[string]bool)
+	for _, f := range s.members {
+		if _, ok := m.Member(f.ID); !ok {
+			s.gone[f.ID] = true
+		}
+	}
+	var extra []peer.Member
+	for _, p := range m.Members {
+		if !slices.ContainsFunc(s.members, func(f peer.Member) bool { return f.ID == p.ID }) {
+			extra = append(extra, peer.Member{ID: p.ID, StreamAddr: p.StreamAddr, RaftAddr: p.RaftAddr, CommitAddr: p.CommitAddr})
+		}
+	}
+	s.members = append(s.members, extra...)
+	return append(answers, s.ask(ctx, extra)...)
 }
 
 // report prints the answers and returns errUnhealthy, with every problem
@@ -124,8 +160,15 @@ func (s *status) report(w io.Writer, answers []peerAnswer, leader *pb.PeerStatus
 		fmt.Fprintln(w, line)
 		problems = append(problems, "no leader")
 	}
+	if s.group != nil {
+		fmt.Fprintln(w, memberLine(*s.group))
+	}
 	for i, m := range s.members {
 		a := answers[i]
+		if s.gone[m.ID] {
+			fmt.Fprintf(w, "%s  not a member: removed from the group (drop it from the group file)\n", m.ID)
+			continue
+		}
 		if a.err != nil {
 			fmt.Fprintf(w, "%s  unreachable: %s\n", m.ID, message(a.err))
 			problems = append(problems, m.ID+" unreachable")
@@ -188,7 +231,7 @@ func (s *status) settleLagging(ctx context.Context, answers []peerAnswer, commit
 		var idx []int
 		var lagging []peer.Member
 		for i, a := range answers {
-			if a.err == nil && a.st.GetAppliedIndex()+s.maxLag < commit {
+			if a.err == nil && !s.gone[s.members[i].ID] && a.st.GetAppliedIndex()+s.maxLag < commit {
 				idx = append(idx, i)
 				lagging = append(lagging, s.members[i])
 			}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strings"
 	"syscall"
 	"time"
 
@@ -41,10 +42,15 @@ func (c committed) summary(name string) string {
 func putFile(ctx context.Context, c *datastream.Client, f *os.File, size int64, name, primary string, bar *progress) (committed, error) {
 	res := committed{primary: primary}
 	start := time.Now()
-	out, err := c.Stream(ctx, []byte(name), datastream.WithPrimary(primary))
+	var opts []datastream.StreamOption
+	if primary != "" {
+		opts = append(opts, datastream.WithPrimary(primary))
+	}
+	out, err := c.Stream(ctx, []byte(name), opts...)
 	if err != nil {
 		return res, err
 	}
+	res.primary = out.Request().GetServerId()
 	// Chunks sent and not yet acknowledged, oldest first. Replies come in
 	// order, and a chunk's future is its last packet's.
 	type sent struct {
@@ -105,6 +111,8 @@ func hint(err error) error {
 		return fmt.Errorf("%w (is every peer up and ready? each serve prints a ready line)", err)
 	case errors.Is(err, datastream.ErrNotLeader):
 		return fmt.Errorf("%w (the group has no leader: is a majority of its peers up?)", err)
+	case errors.Is(err, datastream.ErrBadRouting) && strings.Contains(err.Error(), "not in the group"):
+		return fmt.Errorf("%w (has a peer joined or left? the group file must list the members: pipestream status shows them)", err)
 	}
 	return err
 }

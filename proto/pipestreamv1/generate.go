@@ -9,4 +9,4 @@ package pipestreamv1
 //
 // then run go generate ./proto/... from the module root.
 
-//go:generate protoc --go_out=. --go_opt=paths=source_relative pipestream.proto
+//go:generate protoc --go_out=. --go_opt=paths=source_relative pipestream.proto membership.proto
