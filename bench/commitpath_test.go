@@ -147,7 +147,13 @@ var commitPayload = func() []byte {
 // streamTransfer streams n bytes under name through the chain route, the
 // first its primary, and returns once the stream is committed.
 func streamTransfer(ctx context.Context, c *datastream.Client, route []string, name string, n int64) error {
-	out, err := c.Stream(ctx, []byte(name), datastream.WithPrimary(route[0]), datastream.WithRoutingTable(pb.Chain(route...)))
+	return streamTransferTable(ctx, c, route[0], pb.Chain(route...), name, n)
+}
+
+// streamTransferTable is streamTransfer through primary and the routing
+// table.
+func streamTransferTable(ctx context.Context, c *datastream.Client, primary string, table *pb.RoutingTable, name string, n int64) error {
+	out, err := c.Stream(ctx, []byte(name), datastream.WithPrimary(primary), datastream.WithRoutingTable(table))
 	if err != nil {
 		return err
 	}

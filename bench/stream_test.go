@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"os"
 	"runtime"
 	"sync/atomic"
 	"testing"
@@ -21,7 +22,12 @@ import (
 	"github.com/pipestream/pipestream/transport"
 )
 
-func TestMain(m *testing.M) { leaktest.VerifyTestMain(m) }
+func TestMain(m *testing.M) {
+	if role := os.Getenv(labRoleEnv); role != "" {
+		os.Exit(labMain(role)) // a process of BenchmarkLab
+	}
+	leaktest.VerifyTestMain(m)
+}
 
 const (
 	packetSize = 1 << 20

@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/pipestream/pipestream/datastream"
+	"github.com/pipestream/pipestream/internal/netlab"
 )
 
 // Issue 13, "acknowledged means durable": once a client holds a successful
@@ -52,7 +53,8 @@ type group struct {
 	dir    string
 	config string
 	ids    []string
-	leader string // as the first ready lines named it
+	leader string      // as the first ready lines named it
+	lab    *netlab.Lab // the hosts the peers run on; nil: this machine's loopback
 
 	mu    sync.Mutex
 	procs map[string]*process
@@ -130,7 +132,7 @@ func (g *group) down(id string) bool {
 // that fails anyway is retried.
 func (g *group) restart(id string, env ...string) error {
 	for attempt := 1; ; attempt++ {
-		p := startPeer(g.t, g.bin, g.config, id, env...)
+		p := g.startPeer(id, env...)
 		_, err := p.stdout.waitFor(id+" serving: ", testTimeout)
 		if err == nil {
 			g.mu.Lock()
@@ -145,6 +147,16 @@ func (g *group) restart(id string, env ...string) error {
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
+}
+
+// startPeer starts peer id's serve process, in its host when the group
+// runs in a lab.
+func (g *group) startPeer(id string, env ...string) *process {
+	g.t.Helper()
+	if g.lab == nil {
+		return startPeer(g.t, g.bin, g.config, id, env...)
+	}
+	return startProcess(g.t, id, g.lab.Host(id).Command(g.bin, serveArgs(g.config, id, nil)...), env...)
 }
 
 // waitReady waits until peer id, restarted, sees a leader and every other
@@ -245,6 +257,15 @@ func waitPut(t *testing.T, put *process) {
 // retried, within testTimeout; each attempt goes into h, if not nil.
 func (g *group) barrier(ctx context.Context, h *history, c *datastream.Client) uint64 {
 	g.t.Helper()
+	return g.barrierWith(ctx, h, func(ctx context.Context, h *history, name, primary string) *putRecord {
+		return streamPut(ctx, h, c, name, primary, []byte("barrier\n"), nil)
+	})
+}
+
+// barrierWith is barrier with the puts made by put, which records each in
+// h.
+func (g *group) barrierWith(ctx context.Context, h *history, put func(ctx context.Context, h *history, name, primary string) *putRecord) uint64 {
+	g.t.Helper()
 	deadline := time.Now().Add(testTimeout)
 	for n := 1; ; n++ {
 		pctx, cancel := context.WithTimeout(ctx, 15*time.Second)
@@ -252,7 +273,7 @@ func (g *group) barrier(ctx context.Context, h *history, c *datastream.Client) u
 		if hh == nil {
 			hh = new(history)
 		}
-		rec := streamPut(pctx, hh, c, fmt.Sprintf("barrier/%d-%d", time.Now().UnixNano(), n), g.ids[n%len(g.ids)], []byte("barrier\n"), nil)
+		rec := put(pctx, hh, fmt.Sprintf("barrier/%d-%d", time.Now().UnixNano(), n), g.ids[n%len(g.ids)])
 		cancel()
 		if rec.Outcome == outCommitted {
 			for _, id := range g.ids {
@@ -704,25 +725,7 @@ func TestCrashSchedule(t *testing.T) {
 		}
 	}
 	g.barrier(context.Background(), h, c)
-	stores := g.stores()
-	v := h.check(stores, nil)
-	// Then the group heals itself: every copy reported missing is
-	// repaired from another peer, and the invariant still holds.
-	healStart := time.Now()
-	left := missingCopies(stores)
-	missingAtEnd := len(left)
-	for len(left) > 0 && time.Since(healStart) < healTimeout {
-		time.Sleep(100 * time.Millisecond)
-		stores = g.stores()
-		left = missingCopies(stores)
-	}
-	healed := time.Since(healStart)
-	if len(left) > 0 {
-		t.Errorf("seed %d: copies still missing %v after the faults ended: %s", seed, healTimeout, strings.Join(left, ", "))
-	}
-	if len(v) == 0 {
-		v = h.check(stores, nil)
-	}
+	stores, v, missingAtEnd, healed := g.checkHealed(h, fmt.Sprintf("seed %d", seed))
 	n := h.counts()
 	t.Logf("crash schedule: seed %d, %d rounds, puts %d committed / %d failed / %d indeterminate, %d kills, %d violations; %d copies missing at the end, healed in %v",
 		seed, round, n[outCommitted], n[outFailed], n[outIndeterminate], kills, len(v), missingAtEnd, healed.Round(time.Millisecond))
@@ -734,4 +737,33 @@ func TestCrashSchedule(t *testing.T) {
 		t.Errorf("seed %d: %d violations:\n  %s\nputs:\n  %s\nfaults:\n  %s\nstores:\n%s", seed, len(v),
 			strings.Join(v, "\n  "), strings.Join(h.lines(), "\n  "), strings.Join(fl, "\n  "), describe(stores))
 	}
+}
+
+// checkHealed runs the checker over every name once a barrier has made
+// every peer apply the whole log, then waits, up to healTimeout, until the
+// group has repaired every copy a peer reported missing, failing the test
+// (its messages begun with label) if some are left. It returns the stores
+// as last read, the violations (of the first check, or else of the check
+// after the repairs), how many copies were missing at first and how long
+// the repairs took.
+func (g *group) checkHealed(h *history, label string) (stores []*peerStore, v []string, missingAtEnd int, healed time.Duration) {
+	g.t.Helper()
+	stores = g.stores()
+	v = h.check(stores, nil)
+	healStart := time.Now()
+	left := missingCopies(stores)
+	missingAtEnd = len(left)
+	for len(left) > 0 && time.Since(healStart) < healTimeout {
+		time.Sleep(100 * time.Millisecond)
+		stores = g.stores()
+		left = missingCopies(stores)
+	}
+	healed = time.Since(healStart)
+	if len(left) > 0 {
+		g.t.Errorf("%s: copies still missing %v after the faults ended: %s", label, healTimeout, strings.Join(left, ", "))
+	}
+	if len(v) == 0 {
+		v = h.check(stores, nil)
+	}
+	return stores, v, missingAtEnd, healed
 }

@@ -19,7 +19,12 @@ import (
 	"github.com/pipestream/pipestream/peer"
 )
 
-func TestMain(m *testing.M) { leaktest.VerifyTestMain(m) }
+func TestMain(m *testing.M) {
+	if config := os.Getenv(labClientEnv); config != "" {
+		os.Exit(labClientMain(config))
+	}
+	leaktest.VerifyTestMain(m)
+}
 
 // testTimeout bounds every wait of a test; a healthy run takes far less.
 const testTimeout = 60 * time.Second

@@ -182,9 +182,22 @@ func startPeer(t *testing.T, bin, config, id string, env ...string) *process {
 // startPeerArgs is startPeer with extra serve flags.
 func startPeerArgs(t *testing.T, bin, config, id string, args []string, env ...string) *process {
 	t.Helper()
+	return startProcess(t, id, exec.Command(bin, serveArgs(config, id, args)...), env...)
+}
+
+// serveArgs are the arguments of "pipestream serve" for peer id, with
+// extra flags.
+func serveArgs(config, id string, extra []string) []string {
+	return append([]string{"serve", "--config", config, "--id", id, "--log-level", "warn"}, extra...)
+}
+
+// startProcess starts cmd, a serve of peer id, with env added to its
+// environment; the test's end kills it if it still runs.
+func startProcess(t *testing.T, id string, cmd *exec.Cmd, env ...string) *process {
+	t.Helper()
 	p := &process{
 		id:     id,
-		cmd:    exec.Command(bin, append([]string{"serve", "--config", config, "--id", id, "--log-level", "warn"}, args...)...),
+		cmd:    cmd,
 		stdout: newLineWriter(),
 		stderr: newLineWriter(),
 		exited: make(chan struct{}),
