@@ -11,8 +11,9 @@ import (
 	"github.com/pipestream/pipestream/statemachine"
 )
 
-// A stream written by hand, the way the server drives a state machine: open
-// on the header, write the data, close, then link once the entry commits.
+// A stream written by hand, the way handler.Streams drives a state machine:
+// open on the header, write the data, close, then link once the entry
+// commits.
 func ExampleFileStore() {
 	dir, err := os.MkdirTemp("", "filestore")
 	if err != nil {

@@ -202,8 +202,8 @@ func (s *FileStore) Orphans() int {
 // before cutoff, and returns how many it removed. Their entries
 // will never come: call it only once this peer has applied the log as far
 // as the group has committed it, with a cutoff at least as old as the
-// longest a primary may take to commit a closed stream (the server's link
-// timeout). package peer does so on a tick.
+// longest a primary may take to commit a closed stream (the LinkTimeout of
+// handler.Config). Package peer does so on a tick.
 func (s *FileStore) SweepOrphans(cutoff time.Time) (int, error) {
 	s.linkMu.Lock()
 	defer s.linkMu.Unlock()

@@ -19,8 +19,8 @@ func (notFound) Error() string        { return "statemachine: no committed file 
 func (notFound) Is(target error) bool { return target == fs.ErrNotExist }
 
 // Reader is a StateMachine that serves its committed files to readers on
-// other peers and clients (STREAM_READ). The server calls it off the event
-// loop, since opening a file may wait on the disk.
+// other peers and clients (STREAM_READ). handler.ReadServer calls it off
+// the event loop, since opening a file may wait on the disk.
 type Reader interface {
 	// OpenRead opens the newest committed entry of name for reading. It
 	// fails with an error matching ErrNotFound when there is none, with
