@@ -31,6 +31,9 @@ type fileChannel struct {
 	dirty bool // written since the last fsync
 }
 
+func (c *fileChannel) owner() any           { return c.s }
+func (c *fileChannel) streamKey() StreamKey { return c.key }
+
 func (c *fileChannel) Write(p []byte) (int, error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()

@@ -17,15 +17,9 @@ import (
 // does not watch ctx: a link is a few small writes and fsyncs, and stopping
 // one halfway would only leave more to recover.
 func (s *FileStore) Link(_ context.Context, e Entry, ch DataChannel) error {
-	var c *fileChannel
-	if ch != nil {
-		var ok bool
-		if c, ok = ch.(*fileChannel); !ok || c.s != s {
-			return fmt.Errorf("statemachine: link %v: channel %T does not belong to this FileStore", e.Key, ch)
-		}
-		if c.key != e.Key {
-			return fmt.Errorf("statemachine: link %v: channel is for stream %v", e.Key, c.key)
-		}
+	c, err := linkChannel[*fileChannel](s, "FileStore", e.Key, ch)
+	if err != nil {
+		return err
 	}
 
 	s.linkMu.Lock()
@@ -70,7 +64,7 @@ func (s *FileStore) Link(_ context.Context, e Entry, ch DataChannel) error {
 		Checksum: e.Checksum, Checksummed: e.Checksummed}
 	c.h.Sum(sf.SHA256[:0])
 	c.h = nil
-	err := s.linkFile(sf, c.tmp)
+	err = s.linkFile(sf, c.tmp)
 	// Linked, or kept for a deferred link: the channel's file is no longer
 	// its own to clean up either way.
 	c.state = chanLinked

@@ -43,6 +43,13 @@ func TestFileStoreErrors(t *testing.T) {
 		{"channel of a Memory", func(s *statemachine.FileStore) error {
 			return s.Link(ctx, entry(1, key(1), "", 0), write(t, statemachine.NewMemory(), key(1), ""))
 		}, nil},
+		{"channel of another FileStore", func(s *statemachine.FileStore) error {
+			other := openStore(t, t.TempDir(), nil)
+			return s.Link(ctx, entry(1, key(1), "f", 5), write(t, other, key(1), "f", "hello"))
+		}, nil},
+		{"entry for another stream", func(s *statemachine.FileStore) error {
+			return s.Link(ctx, entry(1, key(2), "f", 5), write(t, s, key(1), "f", "hello"))
+		}, nil},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			dir := t.TempDir()

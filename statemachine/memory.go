@@ -89,15 +89,9 @@ func (m *Memory) OpenStream(ctx context.Context, key StreamKey, _ *pb.RaftClient
 // Link implements StateMachine; see Memory for how it treats replays,
 // missing data and mismatched lengths.
 func (m *Memory) Link(_ context.Context, e Entry, ch DataChannel) error {
-	var c *memChannel
-	if ch != nil {
-		var ok bool
-		if c, ok = ch.(*memChannel); !ok || c.m != m {
-			return fmt.Errorf("statemachine: link %v: channel %T does not belong to this Memory", e.Key, ch)
-		}
-		if c.key != e.Key {
-			return fmt.Errorf("statemachine: link %v: channel is for stream %v", e.Key, c.key)
-		}
+	c, err := linkChannel[*memChannel](m, "Memory", e.Key, ch)
+	if err != nil {
+		return err
 	}
 
 	m.mu.Lock()
@@ -219,16 +213,6 @@ func (m *Memory) Syncs() int { return int(m.syncs.Load()) }
 // Missing returns the number of entries linked with no data.
 func (m *Memory) Missing() int { return int(m.missing.Load()) }
 
-type chanState uint8
-
-const (
-	chanOpen chanState = iota
-	chanClosed
-	chanCleaned
-	chanLinked
-	chanReleased // let go of with its data kept (FileStore's Release)
-)
-
 // memChannel is Memory's DataChannel. Its own lock makes misuse from two
 // goroutines a clean error rather than a data race; it costs nothing
 // measurable next to the copy or the hash.
@@ -242,6 +226,9 @@ type memChannel struct {
 	h     hash.Hash // when hashing
 	n     uint64
 }
+
+func (c *memChannel) owner() any           { return c.m }
+func (c *memChannel) streamKey() StreamKey { return c.key }
 
 func (c *memChannel) Write(p []byte) (int, error) {
 	c.mu.Lock()
