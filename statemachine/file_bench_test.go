@@ -6,21 +6,7 @@ import (
 )
 
 func BenchmarkFileStoreWrite(b *testing.B) {
-	s := openStore(b, b.TempDir(), nil)
-	ch, err := s.OpenStream(context.Background(), key(1), request(key(1), "bench"))
-	if err != nil {
-		b.Fatal(err)
-	}
-	p := make([]byte, 1<<20)
-	b.ReportAllocs()
-	b.SetBytes(int64(len(p)))
-	for b.Loop() {
-		if _, err := ch.Write(p); err != nil {
-			b.Fatal(err)
-		}
-	}
-	b.StopTimer()
-	ch.CleanUp()
+	benchmarkWrite(b, openStore(b, b.TempDir(), nil), 1<<20)
 }
 
 // BenchmarkFileStoreStream is a whole 4 MiB stream: open, write, close (with

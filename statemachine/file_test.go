@@ -2,7 +2,6 @@ package statemachine_test
 
 import (
 	"bytes"
-	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"fmt"
@@ -10,7 +9,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"sync"
 	"testing"
 
 	"github.com/pipestream/pipestream/statemachine"
@@ -169,41 +167,16 @@ func TestFileStoreCleanUp(t *testing.T) {
 }
 
 func TestFileStoreConcurrentStreams(t *testing.T) {
-	const streams, chunks = 50, 20
+	const streams = 50
 	s := openStore(t, t.TempDir(), nil)
-	content := func(i int) []byte { return bytes.Repeat([]byte{byte(i)}, 100*chunks) }
-
-	var wg sync.WaitGroup
-	for i := range streams {
-		wg.Go(func() {
-			k, name := key(i), fmt.Sprintf("dir%d/stream-%d", i%5, i)
-			ch, err := s.OpenStream(context.Background(), k, request(k, name))
-			if err != nil {
-				t.Error(err)
-				return
-			}
-			data := content(i)
-			for c := range chunks {
-				if _, err := ch.Write(data[c*100 : (c+1)*100]); err != nil {
-					t.Error(err)
-				}
-			}
-			if err := ch.Close(); err != nil {
-				t.Error(err)
-			}
-			if err := s.Link(context.Background(), entry(uint64(i+1), k, name, len(data)), ch); err != nil {
-				t.Error(err)
-			}
-			_ = s.List()
-		})
-	}
-	wg.Wait()
+	name := func(i int) string { return fmt.Sprintf("dir%d/stream-%d", i%5, i) }
+	content := streamConcurrently(t, s, streams, 20, name, func() { _ = s.List() })
 
 	if got := len(s.List()); got != streams {
 		t.Fatalf("List() has %d files, want %d", got, streams)
 	}
 	for i := range streams {
-		if got := readStored(t, s, fmt.Sprintf("dir%d/stream-%d", i%5, i)); got != string(content(i)) {
+		if got := readStored(t, s, name(i)); got != string(content(i)) {
 			t.Errorf("stream %d: read %d bytes", i, len(got))
 		}
 	}

@@ -7,7 +7,6 @@ import (
 	"errors"
 	"fmt"
 	"runtime"
-	"sync"
 	"testing"
 
 	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
@@ -224,36 +223,10 @@ func TestMemoryErrors(t *testing.T) {
 }
 
 func TestMemoryConcurrentStreams(t *testing.T) {
-	const streams, chunks = 50, 20
+	const streams = 50
 	m := statemachine.NewMemory()
-	content := func(i int) []byte { return bytes.Repeat([]byte{byte(i)}, 100*chunks) }
-
-	var wg sync.WaitGroup
-	for i := range streams {
-		wg.Go(func() {
-			k := key(i)
-			ch, err := m.OpenStream(context.Background(), k, request(k, ""))
-			if err != nil {
-				t.Error(err)
-				return
-			}
-			data := content(i)
-			for c := range chunks {
-				if _, err := ch.Write(data[c*100 : (c+1)*100]); err != nil {
-					t.Error(err)
-				}
-				_ = m.Open() // queries race with writers
-			}
-			if err := ch.Close(); err != nil {
-				t.Error(err)
-			}
-			if err := m.Link(context.Background(), entry(uint64(i+1), k, "", len(data)), ch); err != nil {
-				t.Error(err)
-			}
-			_ = m.Committed()
-		})
-	}
-	wg.Wait()
+	content := streamConcurrently(t, m, streams, 20, func(int) string { return "" },
+		func() { _, _ = m.Open(), m.Committed() })
 
 	if got := len(m.Committed()); got != streams {
 		t.Fatalf("Committed %d streams, want %d", got, streams)
@@ -271,21 +244,7 @@ func TestMemoryConcurrentStreams(t *testing.T) {
 func BenchmarkMemoryHashingWrite(b *testing.B) {
 	for _, size := range []int{4 << 10, 64 << 10, 1 << 20} {
 		b.Run(fmt.Sprintf("%dKiB", size>>10), func(b *testing.B) {
-			m := statemachine.NewMemoryHashing()
-			ch, err := m.OpenStream(context.Background(), key(1), request(key(1), ""))
-			if err != nil {
-				b.Fatal(err)
-			}
-			p := make([]byte, size)
-			b.ReportAllocs()
-			b.SetBytes(int64(size))
-			for b.Loop() {
-				if _, err := ch.Write(p); err != nil {
-					b.Fatal(err)
-				}
-			}
-			b.StopTimer()
-			ch.CleanUp()
+			benchmarkWrite(b, statemachine.NewMemoryHashing(), size)
 		})
 	}
 }
