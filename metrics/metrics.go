@@ -5,9 +5,10 @@
 package metrics
 
 import (
-	"github.com/prometheus/client_golang/prometheus"
 	"strconv"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/pipestream/pipestream/handler"
 	"github.com/pipestream/pipestream/peer"
@@ -51,62 +52,52 @@ type Metrics struct {
 
 // New returns a Metrics whose metrics are registered with reg.
 func New(reg prometheus.Registerer) *Metrics {
-	packets := prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "pipestream_packets_total", Help: "Data packets by stage: written to this peer's store, forwarded to a successor, acknowledged by one.",
-	}, []string{"stage"})
-	bytes := prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "pipestream_packet_bytes_total", Help: "Data bytes of the packets by stage.",
-	}, []string{"stage"})
+	counter := func(name, help string) prometheus.Counter {
+		c := prometheus.NewCounter(prometheus.CounterOpts{Name: name, Help: help})
+		reg.MustRegister(c)
+		return c
+	}
+	counterVec := func(name, help, label string) *prometheus.CounterVec {
+		c := prometheus.NewCounterVec(prometheus.CounterOpts{Name: name, Help: help}, []string{label})
+		reg.MustRegister(c)
+		return c
+	}
+	histogram := func(name, help string, buckets []float64) prometheus.Histogram {
+		h := prometheus.NewHistogram(prometheus.HistogramOpts{Name: name, Help: help, Buckets: buckets})
+		reg.MustRegister(h)
+		return h
+	}
+
+	packets := counterVec("pipestream_packets_total", "Data packets by stage: written to this peer's store, forwarded to a successor, acknowledged by one.", "stage")
+	bytes := counterVec("pipestream_packet_bytes_total", "Data bytes of the packets by stage.", "stage")
 	latency := prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name: "pipestream_packet_seconds", Help: "Per packet: the local write (stage written), the wait for a successor's answer (stage acknowledged).",
 		Buckets: latencyBuckets,
 	}, []string{"stage"})
-	acksFailed := prometheus.NewCounter(prometheus.CounterOpts{
-		Name: "pipestream_packet_acks_failed_total", Help: "Successor answers that failed their packet.",
-	})
-	failed := prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "pipestream_streams_failed_total", Help: "Streams failed on this peer, or whose commit failed on their primary, by error code.",
-	}, []string{"code"})
-	opened := prometheus.NewCounter(prometheus.CounterOpts{
-		Name: "pipestream_streams_opened_total", Help: "Streams opened on this peer.",
-	})
-	committed := prometheus.NewCounter(prometheus.CounterOpts{
-		Name: "pipestream_streams_committed_total", Help: "Streams committed and linked to this peer's copy.",
-	})
-	committedBytes := prometheus.NewCounter(prometheus.CounterOpts{
-		Name: "pipestream_streams_committed_bytes_total", Help: "Bytes of the streams committed on this peer.",
-	})
-	streamSeconds := prometheus.NewHistogram(prometheus.HistogramOpts{
-		Name: "pipestream_stream_seconds", Help: "Time from a stream's header to its commit on this peer.",
-		Buckets: streamBuckets,
-	})
-	repairsStarted := prometheus.NewCounter(prometheus.CounterOpts{
-		Name: "pipestream_repairs_started_total", Help: "Repairs of a missing copy started.",
-	})
-	repairsFinished := prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "pipestream_repairs_finished_total", Help: "Repairs finished, by result (ok or failed).",
-	}, []string{"result"})
-	repairBytes := prometheus.NewCounter(prometheus.CounterOpts{
-		Name: "pipestream_repaired_bytes_total", Help: "Bytes of the copies repaired.",
-	})
-	repairSeconds := prometheus.NewHistogram(prometheus.HistogramOpts{
-		Name: "pipestream_repair_seconds", Help: "Duration of each repair, failed ones included.",
-		Buckets: streamBuckets,
-	})
+	reg.MustRegister(latency)
 	conns := prometheus.NewGaugeVec(prometheus.GaugeOpts{
 		Name: "pipestream_connections", Help: "Open connections by side: upstream (clients and predecessors) or successor.",
 	}, []string{"side"})
-	connsTotal := prometheus.NewCounterVec(prometheus.CounterOpts{
-		Name: "pipestream_connections_opened_total", Help: "Connections opened since start by side; a successor's count grows with each redial.",
-	}, []string{"side"})
-	reg.MustRegister(packets, bytes, latency, acksFailed, failed, opened, committed, committedBytes,
-		streamSeconds, repairsStarted, repairsFinished, repairBytes, repairSeconds, conns, connsTotal)
+	reg.MustRegister(conns)
 
 	m := &Metrics{
-		acksFailed: acksFailed, failed: failed,
-		opened: opened, committed: committed, committedBytes: committedBytes, streamSeconds: streamSeconds,
-		repairsStarted: repairsStarted, repairBytes: repairBytes, repairsFinished: repairsFinished, repairSeconds: repairSeconds,
-		conns: conns, connsTotal: connsTotal,
+		acksFailed: counter("pipestream_packet_acks_failed_total", "Successor answers that failed their packet."),
+		failed: counterVec("pipestream_streams_failed_total",
+			"Streams failed on this peer, or whose commit failed on their primary, by error code.", "code"),
+		opened:         counter("pipestream_streams_opened_total", "Streams opened on this peer."),
+		committed:      counter("pipestream_streams_committed_total", "Streams committed and linked to this peer's copy."),
+		committedBytes: counter("pipestream_streams_committed_bytes_total", "Bytes of the streams committed on this peer."),
+		streamSeconds: histogram("pipestream_stream_seconds",
+			"Time from a stream's header to its commit on this peer.", streamBuckets),
+		repairsStarted: counter("pipestream_repairs_started_total", "Repairs of a missing copy started."),
+		repairsFinished: counterVec("pipestream_repairs_finished_total",
+			"Repairs finished, by result (ok or failed).", "result"),
+		repairBytes: counter("pipestream_repaired_bytes_total", "Bytes of the copies repaired."),
+		repairSeconds: histogram("pipestream_repair_seconds",
+			"Duration of each repair, failed ones included.", streamBuckets),
+		conns: conns,
+		connsTotal: counterVec("pipestream_connections_opened_total",
+			"Connections opened since start by side; a successor's count grows with each redial.", "side"),
 	}
 	for _, k := range []handler.PacketEventKind{handler.PacketWritten, handler.PacketForwarded, handler.PacketAcknowledged} {
 		s := stage{packets: packets.WithLabelValues(k.String()), bytes: bytes.WithLabelValues(k.String())}
@@ -116,11 +107,11 @@ func New(reg prometheus.Registerer) *Metrics {
 		m.stages[k] = s
 	}
 	for _, side := range []string{"upstream", "successor"} {
-		conns.WithLabelValues(side)
-		connsTotal.WithLabelValues(side)
+		m.conns.WithLabelValues(side)
+		m.connsTotal.WithLabelValues(side)
 	}
-	repairsFinished.WithLabelValues("ok")
-	repairsFinished.WithLabelValues("failed")
+	m.repairsFinished.WithLabelValues("ok")
+	m.repairsFinished.WithLabelValues("failed")
 	return m
 }
 
