@@ -19,22 +19,13 @@ func TestMain(m *testing.M) {
 	)
 }
 
-// A server on a free port of 127.0.0.1 echoes what a client sends.
+// A server on a free port of 127.0.0.1 echoes what a client sends: what
+// the command does without -serve or -dial.
 func Example() {
-	ctx := context.Background()
-	s, err := serve(ctx, transport.Gnet, "127.0.0.1:0")
+	err := run(context.Background(), transport.Gnet, "127.0.0.1:0", "", false,
+		[]string{"hello", "length-prefixed", "world"})
 	if err != nil {
 		fmt.Println(err)
-		return
-	}
-	defer func() { _ = s.Shutdown(ctx) }()
-
-	echoes, err := ping(ctx, transport.Gnet, s.Addr().String(), []string{"hello", "length-prefixed", "world"})
-	if err != nil {
-		fmt.Println(err)
-	}
-	for _, e := range echoes {
-		fmt.Println(e)
 	}
 	// Output:
 	// hello
@@ -44,20 +35,10 @@ func Example() {
 
 // The same over the net.Conn transport.
 func Example_netConn() {
-	ctx := context.Background()
-	s, err := serve(ctx, transport.NetConn, "127.0.0.1:0")
+	err := run(context.Background(), transport.NetConn, "127.0.0.1:0", "", false,
+		[]string{"over", "net.Conn"})
 	if err != nil {
 		fmt.Println(err)
-		return
-	}
-	defer func() { _ = s.Shutdown(ctx) }()
-
-	echoes, err := ping(ctx, transport.NetConn, s.Addr().String(), []string{"over", "net.Conn"})
-	if err != nil {
-		fmt.Println(err)
-	}
-	for _, e := range echoes {
-		fmt.Println(e)
 	}
 	// Output:
 	// over
