@@ -312,9 +312,9 @@ func (c *memChannel) CleanUp() error {
 // eight times over, and briefly hold two copies.
 const maxChunk = 1 << 20
 
-// appendChunked appends p to chunks, which hold total bytes, filling the last chunk first. New
-// chunks double with the stream up to maxChunk, so a small stream wastes
-// little and a large one is never copied.
+// appendChunked appends p to chunks, which hold total bytes, filling the
+// last chunk first. New chunks double with the stream up to maxChunk, so a
+// small stream wastes little and a large one is never copied.
 func appendChunked(chunks [][]byte, total int, p []byte) [][]byte {
 	for len(p) > 0 {
 		if n := len(chunks); n > 0 && len(chunks[n-1]) < cap(chunks[n-1]) {
