@@ -10,8 +10,9 @@ import (
 	"github.com/pipestream/pipestream/statemachine"
 )
 
-// Peer is one member of a Raft group.
-type Peer struct {
+// Member is one member of a Raft group as the others reach it: the same
+// record as peer.Member and the membership entries' pb.Member.
+type Member struct {
 	// ID names the peer in the group; it must be unique and never reused.
 	ID string
 	// RaftAddr is the host:port of the peer's Raft transport.
@@ -22,6 +23,11 @@ type Peer struct {
 	// membership entries carry it to every peer for the layers above.
 	StreamAddr string
 }
+
+// Peer is the former name of Member.
+//
+// Deprecated: use Member, which names the same type.
+type Peer = Member
 
 // Config configures one Node. The zero values of the optional fields mean
 // the defaults named on each.
@@ -44,7 +50,7 @@ type Config struct {
 	// membership this Node knows changes: when its FSM applies a
 	// membership entry, and when raft restores a snapshot that holds one.
 	// It runs on raft's FSM goroutine, in log order, and must not block.
-	OnMembers func(members []Peer)
+	OnMembers func(members []Member)
 
 	// TLS, if set, makes both listeners, Raft's and the commit address,
 	// speak TLS: Certificates, and for mutual TLS ClientAuth
@@ -149,7 +155,7 @@ func setDuration(d *time.Duration, def time.Duration) {
 
 // checkPeers verifies that peers is a usable group containing self, whose
 // entry must name the addresses self is bound to.
-func checkPeers(peers []Peer, self Peer) error {
+func checkPeers(peers []Member, self Member) error {
 	if len(peers) == 0 {
 		return fmt.Errorf("%w: no peers", ErrConfig)
 	}

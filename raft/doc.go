@@ -10,9 +10,10 @@
 //
 // Only the Raft leader can append to the log, but any peer can be a stream's
 // primary. A Node that is not the leader forwards Commit to the leader over a
-// small RPC of its own: every Node listens on a commit address (Peer.CommitAddr)
-// where each message is a 4-byte big-endian length followed by a protobuf
-// message, a StreamEntry one way and a RaftClientReply the other. Commit then
+// small RPC of its own: every Node listens on a commit address
+// (Member.CommitAddr) where each message is a 4-byte big-endian length
+// followed by a protobuf message, a StreamEntry one way and a
+// RaftClientReply the other. Commit then
 // waits until its own FSM has applied the entry, so when it returns the
 // calling peer's data is linked, not just the leader's.
 //

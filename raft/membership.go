@@ -34,7 +34,7 @@ var kindMembers = []byte{3}
 // membership is the group as a membership entry set it.
 type membership struct {
 	index   uint64 // the entry's log index; 0: no entry was applied
-	members []Peer
+	members []Member
 	removed []string
 }
 
@@ -57,17 +57,17 @@ func unmarshalMembership(index uint64, data []byte) (membership, error) {
 	}
 	m := membership{index: index, removed: e.GetRemoved()}
 	for _, p := range e.GetMembers() {
-		m.members = append(m.members, peerOf(p))
+		m.members = append(m.members, memberOf(p))
 	}
 	return m, nil
 }
 
-func memberPB(p Peer) *pb.Member {
+func memberPB(p Member) *pb.Member {
 	return &pb.Member{Id: p.ID, StreamAddr: p.StreamAddr, RaftAddr: p.RaftAddr, CommitAddr: p.CommitAddr}
 }
 
-func peerOf(m *pb.Member) Peer {
-	return Peer{ID: m.GetId(), StreamAddr: m.GetStreamAddr(), RaftAddr: m.GetRaftAddr(), CommitAddr: m.GetCommitAddr()}
+func memberOf(m *pb.Member) Member {
+	return Member{ID: m.GetId(), StreamAddr: m.GetStreamAddr(), RaftAddr: m.GetRaftAddr(), CommitAddr: m.GetCommitAddr()}
 }
 
 func (f *fsm) applyMembers(l *hraft.Log) any {
@@ -125,15 +125,15 @@ func (n *Node) membersApplied(m membership) {
 	}
 }
 
-func peerMap(peers []Peer) map[string]Peer {
-	out := make(map[string]Peer, len(peers))
+func peerMap(peers []Member) map[string]Member {
+	out := make(map[string]Member, len(peers))
 	for _, p := range peers {
 		out[p.ID] = p
 	}
 	return out
 }
 
-func ids(peers []Peer) []string {
+func ids(peers []Member) []string {
 	out := make([]string, len(peers))
 	for i, p := range peers {
 		out[i] = p.ID
@@ -146,7 +146,7 @@ type Membership struct {
 	// Members are the group as the last membership entry this Node
 	// applied set it, or the list Start was given while it applied none
 	// (Index 0).
-	Members []Peer
+	Members []Member
 	// Removed are the ids removed from the group; none is used again.
 	Removed []string
 	// Index is the log index of that membership entry.
@@ -159,10 +159,10 @@ type Membership struct {
 }
 
 // Member returns the member named id.
-func (m Membership) Member(id string) (Peer, bool) {
-	i := slices.IndexFunc(m.Members, func(p Peer) bool { return p.ID == id })
+func (m Membership) Member(id string) (Member, bool) {
+	i := slices.IndexFunc(m.Members, func(p Member) bool { return p.ID == id })
 	if i < 0 {
-		return Peer{}, false
+		return Member{}, false
 	}
 	return m.Members[i], true
 }
@@ -183,7 +183,7 @@ func membershipOf(pm *pb.Membership) Membership {
 	m := Membership{Removed: pm.GetRemoved(), Index: pm.GetIndex(), Voters: pm.GetVoters(),
 		Nonvoters: pm.GetNonvoters(), Leader: pm.GetLeaderId()}
 	for _, p := range pm.GetMembers() {
-		m.Members = append(m.Members, peerOf(p))
+		m.Members = append(m.Members, memberOf(p))
 	}
 	return m
 }
@@ -218,7 +218,7 @@ func (n *Node) Membership() (Membership, error) {
 
 // Members returns the members as Membership does, without the Raft
 // configuration.
-func (n *Node) Members() []Peer {
+func (n *Node) Members() []Member {
 	if f := n.fsm.membership(); f.index > 0 {
 		return f.members
 	}

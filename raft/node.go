@@ -47,8 +47,8 @@ type Node struct {
 	// given, replaced by each membership entry the FSM applies (which may
 	// happen inside Start, as raft restores a snapshot, while mu is held).
 	pmu   sync.Mutex
-	peers map[string]Peer
-	start []Peer // the list Start was given
+	peers map[string]Member
+	start []Member // the list Start was given
 	// changeMu serializes the membership changes this Node leads.
 	changeMu sync.Mutex
 
@@ -147,8 +147,8 @@ func (n *Node) closeResources() {
 
 // Addr returns this peer as the others must list it: its id and the
 // addresses it is bound to, with any port 0 resolved.
-func (n *Node) Addr() Peer {
-	return Peer{ID: n.cfg.ID, RaftAddr: n.layer.Addr().String(), CommitAddr: n.commit.Addr().String()}
+func (n *Node) Addr() Member {
+	return Member{ID: n.cfg.ID, RaftAddr: n.layer.Addr().String(), CommitAddr: n.commit.Addr().String()}
 }
 
 // Start joins the group made of peers, which must include this Node as
@@ -158,7 +158,7 @@ func (n *Node) Addr() Peer {
 // (AddMember). A Node with state (a restart) keeps the membership it has
 // and uses peers only until its FSM applies a membership entry (see
 // Members). ctx bounds the start-up only.
-func (n *Node) Start(ctx context.Context, peers []Peer) error {
+func (n *Node) Start(ctx context.Context, peers []Member) error {
 	if err := checkPeers(peers, n.Addr()); err != nil {
 		return err
 	}
