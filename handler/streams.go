@@ -7,7 +7,6 @@ import (
 	"sync"
 	"sync/atomic"
 
-	"github.com/pipestream/pipestream/codec"
 	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
 	"github.com/pipestream/pipestream/statemachine"
 )
@@ -56,30 +55,8 @@ func (s *Streams) commitHook() statemachine.Committer {
 
 // NewStreams returns an empty stream table.
 func NewStreams(cfg Config) *Streams {
-	if cfg.ReplyTimeout <= 0 {
-		cfg.ReplyTimeout = DefaultReplyTimeout
-	}
-	if cfg.CommitTimeout <= 0 {
-		cfg.CommitTimeout = DefaultCommitTimeout
-	}
-	if cfg.LinkTimeout <= 0 {
-		cfg.LinkTimeout = DefaultLinkTimeout
-	}
-	if cfg.MaxStreams <= 0 {
-		cfg.MaxStreams = DefaultMaxStreams
-	}
-	if cfg.MaxStreamsPerConn <= 0 {
-		cfg.MaxStreamsPerConn = DefaultMaxStreamsPerConn
-	}
-	if cfg.MaxConnBytes <= 0 {
-		cfg.MaxConnBytes = DefaultMaxConnBytes
-	}
-	if cfg.IdleTimeout <= 0 {
-		cfg.IdleTimeout = DefaultIdleTimeout
-	}
-	if cfg.MaxHeader <= 0 {
-		cfg.MaxHeader = codec.DefaultMaxPacketHeader
-	}
+	cfg.Limits = cfg.Limits.WithDefaults()
+	cfg.Timeouts = cfg.Timeouts.WithDefaults()
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}

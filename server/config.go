@@ -5,7 +5,6 @@ import (
 	"crypto/x509"
 	"errors"
 	"log/slog"
-	"time"
 
 	"github.com/pipestream/pipestream/handler"
 	"github.com/pipestream/pipestream/pipeline"
@@ -30,18 +29,6 @@ const StageAuthorizePeer = "authorize-peer"
 // successor.
 const DefaultPeerOutbound = 512 << 20
 
-// Defaults of Config fields.
-const (
-	// DefaultMaxPartialBytes is 16 frames of 16 MiB.
-	DefaultMaxPartialBytes = 256 << 20
-	// DefaultReadStallTimeout is how long an incomplete frame may wait for
-	// its next bytes.
-	DefaultReadStallTimeout = 30 * time.Second
-	// DefaultKeepaliveInterval is how long a successor connection goes
-	// without an answered PING.
-	DefaultKeepaliveInterval = 5 * time.Second
-)
-
 // Peer is a member of the group.
 type Peer struct {
 	ID   string
@@ -49,28 +36,22 @@ type Peer struct {
 }
 
 // Config configures a Server. ID, Peers and StateMachine are required.
+// The settings are in the embedded handler.Policy, handler.Limits and
+// handler.Timeouts, which declare each one and its default; zero fields
+// take the defaults.
 type Config struct {
-	// GroupID, if set, refuses header requests naming another group with
-	// GROUP_MISMATCH.
-	GroupID []byte
-	ID      string
-	Addr    string // listen address; default "127.0.0.1:0"
-	Peers   []Peer // every member, this one included
+	ID    string
+	Addr  string // listen address; default "127.0.0.1:0"
+	Peers []Peer // every member, this one included
 
 	StateMachine statemachine.StateMachine
-	// InlineWrites writes data on the event loop when a stream's executor
-	// is idle; only for a state machine whose Write never blocks. See
-	// handler.Config.
-	InlineWrites bool
-	// VerifyEveryPeer checks each packet's CRC32C on every peer, not only
-	// on the leaves of its routing tree; see handler.Config.
-	VerifyEveryPeer bool
-	// WriteQuorum is how many peers must hold a stream for it to commit;
-	// see handler.Config. 0 is a majority, handler.QuorumAll every peer.
-	WriteQuorum int
 	// Committer commits closed streams; nil runs standalone (see
 	// handler.Config). It can also be set later with SetCommitter.
 	Committer statemachine.Committer
+
+	handler.Policy
+	handler.Limits
+	handler.Timeouts
 
 	// Transport picks gnet (default) or net.Conn; TransportOptions go to
 	// both the listener and the connections to peers. TLS is set with the
@@ -100,47 +81,6 @@ type Config struct {
 	// connection and is not asked about. It needs TLS, and TLS.ClientAuth
 	// set to verify client certificates.
 	AuthorizePeer func(cert *x509.Certificate) bool
-
-	MaxFrame      int           // default codec.DefaultMaxPacketFrame
-	MaxHeader     int           // default codec.DefaultMaxPacketHeader
-	ReplyTimeout  time.Duration // default handler.DefaultReplyTimeout
-	CommitTimeout time.Duration // default handler.DefaultCommitTimeout
-	LinkTimeout   time.Duration // default handler.DefaultLinkTimeout
-	IdleTimeout   time.Duration // default handler.DefaultIdleTimeout
-	// Limits; see handler.Config. Zero means the handler's default.
-	MaxStreams        int
-	MaxStreamsPerConn int
-	MaxConnBytes      int64
-	// SweepInterval is the tick on which timeouts are checked; default
-	// one second, or a tenth of the reply timeout if that is shorter.
-	SweepInterval time.Duration
-	// RedialInterval is the longest wait between attempts to reconnect to
-	// a peer; default one second.
-	RedialInterval time.Duration
-	// HandshakeTimeout bounds connecting to a peer and its answer to the
-	// first PING; default three seconds.
-	HandshakeTimeout time.Duration
-	// MaxPartialBytes bounds the bytes that client and predecessor
-	// connections hold, all together, in frames that have not fully
-	// arrived (see codec.PartialBudget); a connection whose frame would
-	// take them past it is closed, and the others go on. Default
-	// DefaultMaxPartialBytes, or MaxFrame if that is more; a value below
-	// MaxFrame is refused, since the largest frames could never arrive.
-	MaxPartialBytes int64
-	// ReadStallTimeout closes a connection whose incomplete frame gets no
-	// bytes this long, releasing what it holds; default
-	// DefaultReadStallTimeout. It is checked on the sweep tick.
-	ReadStallTimeout time.Duration
-	// KeepaliveInterval is how long a connection to a successor goes
-	// without an answered PING before it is sent one; default
-	// DefaultKeepaliveInterval. KeepaliveTimeout bounds the wait for the
-	// answer, after which the connection is closed and redialed; default
-	// the reply timeout, since a PING may queue behind forwarded packets
-	// that have that long to be answered. A successor that went silent
-	// without a reset (a partition) is so reported down within
-	// KeepaliveInterval + KeepaliveTimeout.
-	KeepaliveInterval time.Duration
-	KeepaliveTimeout  time.Duration
 
 	// Pipeline, if set, is called for every client or predecessor
 	// connection after the server stages are installed (see the

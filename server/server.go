@@ -66,27 +66,11 @@ func Listen(ctx context.Context, cfg Config) (*Server, error) {
 	if cfg.Addr == "" {
 		cfg.Addr = "127.0.0.1:0"
 	}
-	if cfg.MaxFrame <= 0 {
-		cfg.MaxFrame = codec.DefaultMaxPacketFrame
+	if err := cfg.Limits.Check(); err != nil {
+		return nil, fmt.Errorf("server: %w", err)
 	}
-	if cfg.RedialInterval <= 0 {
-		cfg.RedialInterval = time.Second
-	}
-	if cfg.HandshakeTimeout <= 0 {
-		cfg.HandshakeTimeout = 3 * time.Second
-	}
-	switch {
-	case cfg.MaxPartialBytes <= 0:
-		cfg.MaxPartialBytes = max(DefaultMaxPartialBytes, int64(cfg.MaxFrame))
-	case cfg.MaxPartialBytes < int64(cfg.MaxFrame):
-		return nil, fmt.Errorf("server: MaxPartialBytes %d is less than MaxFrame %d", cfg.MaxPartialBytes, cfg.MaxFrame)
-	}
-	if cfg.ReadStallTimeout <= 0 {
-		cfg.ReadStallTimeout = DefaultReadStallTimeout
-	}
-	if cfg.KeepaliveInterval <= 0 {
-		cfg.KeepaliveInterval = DefaultKeepaliveInterval
-	}
+	cfg.Limits = cfg.Limits.WithDefaults()
+	cfg.Timeouts = cfg.Timeouts.WithDefaults()
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()
 	}
@@ -102,35 +86,17 @@ func Listen(ctx context.Context, cfg Config) (*Server, error) {
 		frames:   make(map[transport.Channel]*codec.FrameDecoder),
 	}
 	s.streams = handler.NewStreams(handler.Config{
-		GroupID:         cfg.GroupID,
-		ID:              cfg.ID,
-		Peers:           ids,
-		Dial:            s.successor,
-		StateMachine:    cfg.StateMachine,
-		InlineWrites:    cfg.InlineWrites,
-		VerifyEveryPeer: cfg.VerifyEveryPeer,
-		WriteQuorum:     cfg.WriteQuorum,
-		Committer:       cfg.Committer,
-		ReplyTimeout:    cfg.ReplyTimeout,
-		CommitTimeout:   cfg.CommitTimeout,
-		LinkTimeout:     cfg.LinkTimeout,
-		IdleTimeout:     cfg.IdleTimeout,
-		MaxHeader:       cfg.MaxHeader,
-
-		MaxStreams:        cfg.MaxStreams,
-		MaxStreamsPerConn: cfg.MaxStreamsPerConn,
-		MaxConnBytes:      cfg.MaxConnBytes,
-		Events:            cfg.Events,
-		Logger:            s.log,
+		ID:           cfg.ID,
+		Peers:        ids,
+		Dial:         s.successor,
+		StateMachine: cfg.StateMachine,
+		Committer:    cfg.Committer,
+		Events:       cfg.Events,
+		Logger:       s.log,
+		Policy:       cfg.Policy,
+		Limits:       cfg.Limits,
+		Timeouts:     cfg.Timeouts,
 	})
-	hc := s.streams.Config()
-	if cfg.SweepInterval <= 0 {
-		cfg.SweepInterval = min(time.Second, hc.ReplyTimeout/10, hc.IdleTimeout/10, cfg.ReadStallTimeout/10)
-	}
-	if cfg.KeepaliveTimeout <= 0 {
-		cfg.KeepaliveTimeout = hc.ReplyTimeout
-	}
-	s.cfg.SweepInterval, s.cfg.KeepaliveTimeout = cfg.SweepInterval, cfg.KeepaliveTimeout
 	opts := append([]transport.Option{transport.WithLogger(s.log)}, cfg.TransportOptions...)
 	if cfg.TLS != nil {
 		opts = append(opts, transport.WithTLS(cfg.TLS))
