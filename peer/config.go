@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/pipestream/pipestream/handler"
+	"github.com/pipestream/pipestream/pipeline"
 	"github.com/pipestream/pipestream/repair"
 	"github.com/pipestream/pipestream/statemachine"
 	"github.com/pipestream/pipestream/transport"
@@ -89,6 +90,11 @@ type Config struct {
 	handler.Policy
 	handler.Limits
 	handler.Timeouts
+
+	// Pipeline, if set, is called for every client or predecessor
+	// connection of the stream server once its stages are installed, to
+	// add, wrap or replace stages; see server.Config.Pipeline.
+	Pipeline func(*pipeline.Pipeline) error
 
 	// TLS and PeerTLS secure the stream traffic and the Raft and commit
 	// traffic alike: TLS is the listening side (certificate, and for

@@ -113,6 +113,7 @@ func New(ctx context.Context, cfg Config) (_ *Peer, err error) {
 		TLS:              cfg.TLS,
 		PeerTLS:          cfg.PeerTLS,
 		AuthorizePeer:    cfg.AuthorizePeer,
+		Pipeline:         cfg.Pipeline,
 		Events:           cfg.Events,
 		Logger:           cfg.Logger,
 	})
