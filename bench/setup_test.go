@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/pipestream/pipestream/datastream"
+	"github.com/pipestream/pipestream/handler"
 	"github.com/pipestream/pipestream/server"
 	"github.com/pipestream/pipestream/statemachine"
 	"github.com/pipestream/pipestream/transport"
@@ -98,7 +99,7 @@ func startServers(tb testing.TB, kind transport.Kind, sms []statemachine.StateMa
 	tb.Cleanup(shutdown)
 	for i, p := range group {
 		cfg := server.Config{
-			ID: p.ID, Peers: group, StateMachine: sms[i], InlineWrites: writesInline(sms[i]),
+			ID: p.ID, Peers: group, StateMachine: sms[i], Policy: handler.Policy{InlineWrites: writesInline(sms[i])},
 			Transport: kind, Logger: discardLogger(),
 		}
 		for _, f := range tune {

@@ -76,10 +76,10 @@ func FuzzServerPipeline(f *testing.F) {
 		tr := buffer.StartTracking()
 		streams := handler.NewStreams(handler.Config{
 			ID: self, Peers: []string{self}, StateMachine: statemachine.NewMemory(),
-			Logger: slog.New(slog.DiscardHandler), MaxHeader: 1024,
+			Logger: slog.New(slog.DiscardHandler), Limits: handler.Limits{MaxHeader: 1024},
 			// Both ways of writing: on the executor, and inline (Memory's
 			// Write never blocks), picked by the split's top bit.
-			InlineWrites: split&0x8000 != 0,
+			Policy: handler.Policy{InlineWrites: split&0x8000 != 0},
 		})
 		ct := &checkingTransport{t: t}
 		p := pipeline.New(ct, pipeline.WithLogger(slog.New(slog.DiscardHandler)))

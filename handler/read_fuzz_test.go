@@ -119,7 +119,7 @@ func FuzzReadServer(f *testing.F) {
 		tr := buffer.StartTracking()
 		streams := handler.NewStreams(handler.Config{
 			ID: self, Peers: []string{self}, StateMachine: fs,
-			Logger: slog.New(slog.DiscardHandler), MaxHeader: 1024,
+			Logger: slog.New(slog.DiscardHandler), Limits: handler.Limits{MaxHeader: 1024},
 		})
 		ct := &readTransport{}
 		p := pipeline.New(ct, pipeline.WithLogger(slog.New(slog.DiscardHandler)))

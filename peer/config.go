@@ -8,11 +8,13 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"reflect"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/pipestream/pipestream/handler"
+	"github.com/pipestream/pipestream/pipeline"
 	"github.com/pipestream/pipestream/repair"
 	"github.com/pipestream/pipestream/statemachine"
 	"github.com/pipestream/pipestream/transport"
@@ -81,32 +83,18 @@ type Config struct {
 	// raft. Nil means slog.Default().
 	Logger *slog.Logger
 
-	// ReplyTimeout bounds how long a packet waits for its successors'
-	// replies. Default handler.DefaultReplyTimeout (10s).
-	ReplyTimeout time.Duration
-	// CommitTimeout bounds a closed stream's commit, forwarding to the
-	// leader and waiting out an election included. Default
-	// handler.DefaultCommitTimeout (30s).
-	CommitTimeout time.Duration
-	// LinkTimeout is how long a stream closed on every peer waits for its
-	// entry before its data is discarded. It must exceed CommitTimeout.
-	// Default handler.DefaultLinkTimeout (5m).
-	LinkTimeout time.Duration
-	// SweepInterval is the tick on which the timeouts above are checked.
-	// Default: see server.Config.
-	SweepInterval time.Duration
-	// RedialInterval is the longest wait between attempts to reconnect to
-	// a peer. Default one second.
-	RedialInterval time.Duration
+	// Policy, Limits and Timeouts are the stream server's settings,
+	// declared (with their defaults) in package handler and passed to
+	// server.Config whole: every peer of a group should have the same
+	// Policy, and LinkTimeout must exceed CommitTimeout.
+	handler.Policy
+	handler.Limits
+	handler.Timeouts
 
-	// WriteQuorum is how many peers must hold a stream for it to commit:
-	// 0 is a majority of the group, handler.QuorumAll every peer; see
-	// handler.Config. Every peer of a group must use the same.
-	WriteQuorum int
-
-	// Limits bound what clients may hold on this peer; see
-	// server.Config. Zero fields take the server's defaults.
-	Limits Limits
+	// Pipeline, if set, is called for every client or predecessor
+	// connection of the stream server once its stages are installed, to
+	// add, wrap or replace stages; see server.Config.Pipeline.
+	Pipeline func(*pipeline.Pipeline) error
 
 	// TLS and PeerTLS secure the stream traffic and the Raft and commit
 	// traffic alike: TLS is the listening side (certificate, and for
@@ -135,16 +123,6 @@ type Config struct {
 	Events handler.Events
 }
 
-// Limits are the server.Config limits a Peer passes through.
-type Limits struct {
-	MaxFrame          int
-	MaxHeader         int
-	MaxStreams        int
-	MaxStreamsPerConn int
-	MaxConnBytes      int64
-	IdleTimeout       time.Duration
-}
-
 // RaftTuning holds the raft.Config fields a Peer passes through.
 type RaftTuning struct {
 	HeartbeatTimeout   time.Duration
@@ -160,18 +138,8 @@ type RaftTuning struct {
 	ForwardTimeout    time.Duration
 }
 
-// Defaults used by Config.
-const (
-	defaultAddr           = "127.0.0.1:0"
-	defaultRedialInterval = time.Second
-)
-
-// Defaults the handler applies too; repeated here so that withDefaults
-// can compare LinkTimeout with CommitTimeout.
-const (
-	defaultCommitTimeout = 30 * time.Second
-	defaultLinkTimeout   = 5 * time.Minute
-)
+// defaultAddr is the address bound for an empty one.
+const defaultAddr = "127.0.0.1:0"
 
 // withDefaults checks c and fills in its zero values.
 func (c Config) withDefaults() (Config, error) {
@@ -203,50 +171,31 @@ func (c Config) withDefaults() (Config, error) {
 	if c.Logger == nil {
 		c.Logger = slog.Default()
 	}
-	if c.CommitTimeout <= 0 {
-		c.CommitTimeout = defaultCommitTimeout
+	if err := c.Limits.Check(); err != nil {
+		return c, fmt.Errorf("%w: %v", ErrConfig, err)
 	}
-	if c.LinkTimeout <= 0 {
-		c.LinkTimeout = defaultLinkTimeout
-	}
+	c.Limits = c.Limits.WithDefaults()
+	c.Timeouts = c.Timeouts.WithDefaults()
 	if c.LinkTimeout <= c.CommitTimeout {
 		return c, fmt.Errorf("%w: LinkTimeout %v must exceed CommitTimeout %v, or a stream may be discarded while its commit is under way",
 			ErrConfig, c.LinkTimeout, c.CommitTimeout)
-	}
-	if c.RedialInterval <= 0 {
-		c.RedialInterval = defaultRedialInterval
 	}
 	return c, nil
 }
 
 // checkNegative refuses negative settings: zero means a default, and a
-// negative one is a mistake (a -1 meant as "unlimited" is not).
+// negative one is a mistake (a -1 meant as "unlimited" is not). It walks
+// the settings structs, so that a field added to one is checked too.
 func (c Config) checkNegative() error {
-	for _, f := range []struct {
-		name string
-		v    int64
-	}{
-		{"ReplyTimeout", int64(c.ReplyTimeout)},
-		{"CommitTimeout", int64(c.CommitTimeout)},
-		{"LinkTimeout", int64(c.LinkTimeout)},
-		{"SweepInterval", int64(c.SweepInterval)},
-		{"RedialInterval", int64(c.RedialInterval)},
-		{"Limits.MaxFrame", int64(c.Limits.MaxFrame)},
-		{"Limits.MaxHeader", int64(c.Limits.MaxHeader)},
-		{"Limits.MaxStreams", int64(c.Limits.MaxStreams)},
-		{"Limits.MaxStreamsPerConn", int64(c.Limits.MaxStreamsPerConn)},
-		{"Limits.MaxConnBytes", c.Limits.MaxConnBytes},
-		{"Limits.IdleTimeout", int64(c.Limits.IdleTimeout)},
-		{"Raft.HeartbeatTimeout", int64(c.Raft.HeartbeatTimeout)},
-		{"Raft.ElectionTimeout", int64(c.Raft.ElectionTimeout)},
-		{"Raft.LeaderLeaseTimeout", int64(c.Raft.LeaderLeaseTimeout)},
-		{"Raft.CommitTimeout", int64(c.Raft.CommitTimeout)},
-		{"Raft.SnapshotInterval", int64(c.Raft.SnapshotInterval)},
-		{"Raft.MaxDedupKeys", int64(c.Raft.MaxDedupKeys)},
-		{"Raft.ForwardTimeout", int64(c.Raft.ForwardTimeout)},
-	} {
-		if f.v < 0 {
-			return fmt.Errorf("%w: %s is negative (%d); zero means the default", ErrConfig, f.name, f.v)
+	for _, set := range []struct {
+		prefix string
+		v      any
+	}{{"", c.Limits}, {"", c.Timeouts}, {"Raft.", c.Raft}} {
+		v := reflect.ValueOf(set.v)
+		for i := range v.NumField() {
+			if f := v.Field(i); f.CanInt() && f.Int() < 0 {
+				return fmt.Errorf("%w: %s%s is negative (%v); zero means the default", ErrConfig, set.prefix, v.Type().Field(i).Name, f.Interface())
+			}
 		}
 	}
 	return nil

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pipestream/pipestream/handler"
 	"github.com/pipestream/pipestream/peer"
 	"github.com/pipestream/pipestream/transport"
 )
@@ -26,13 +27,15 @@ func TestLoadConfig(t *testing.T) {
 			{ID: "s2", StreamAddr: "127.0.0.1:7002", RaftAddr: "127.0.0.1:7102", CommitAddr: "127.0.0.1:7202"},
 			{ID: "s3", StreamAddr: "127.0.0.1:7003", RaftAddr: "127.0.0.1:7103", CommitAddr: "127.0.0.1:7203"},
 		},
-		DataDir:        filepath.Join("testdata", "data", "s2"),
-		Transport:      transport.Gnet,
-		ReplyTimeout:   10 * time.Second,
-		CommitTimeout:  30 * time.Second,
-		LinkTimeout:    5 * time.Minute,
-		SweepInterval:  time.Second,
-		RedialInterval: time.Second,
+		DataDir:   filepath.Join("testdata", "data", "s2"),
+		Transport: transport.Gnet,
+		Timeouts: handler.Timeouts{
+			ReplyTimeout:   10 * time.Second,
+			CommitTimeout:  30 * time.Second,
+			LinkTimeout:    5 * time.Minute,
+			SweepInterval:  time.Second,
+			RedialInterval: time.Second,
+		},
 		Raft: peer.RaftTuning{
 			HeartbeatTimeout:   500 * time.Millisecond,
 			ElectionTimeout:    500 * time.Millisecond,
@@ -194,7 +197,7 @@ func TestNewRejects(t *testing.T) {
 		{"negative max dedup keys", func(c *peer.Config) { c.Raft.MaxDedupKeys = -1 }},
 		{"negative max streams", func(c *peer.Config) { c.Limits.MaxStreams = -1 }},
 		{"negative max conn bytes", func(c *peer.Config) { c.Limits.MaxConnBytes = -1 }},
-		{"negative idle timeout", func(c *peer.Config) { c.Limits.IdleTimeout = -time.Second }},
+		{"negative idle timeout", func(c *peer.Config) { c.IdleTimeout = -time.Second }},
 		{"wildcard stream address", func(c *peer.Config) { c.StreamAddr = "0.0.0.0:0" }},
 		{"wildcard commit address", func(c *peer.Config) { c.CommitAddr = "[::]:0" }},
 		{"member on a wildcard address", func(c *peer.Config) {

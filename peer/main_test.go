@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/pipestream/pipestream/datastream"
+	"github.com/pipestream/pipestream/handler"
 	"github.com/pipestream/pipestream/internal/leaktest"
 	"github.com/pipestream/pipestream/peer"
 	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
@@ -53,12 +54,14 @@ type groupOpts struct {
 // testConfig is a peer config with timeouts for loopback tests.
 func testConfig(id string, ids []string) peer.Config {
 	cfg := peer.Config{
-		ID:             id,
-		Logger:         quietLogger(),
-		CommitTimeout:  10 * time.Second,
-		LinkTimeout:    20 * time.Second,
-		SweepInterval:  50 * time.Millisecond,
-		RedialInterval: 50 * time.Millisecond,
+		ID:     id,
+		Logger: quietLogger(),
+		Timeouts: handler.Timeouts{
+			CommitTimeout:  10 * time.Second,
+			LinkTimeout:    20 * time.Second,
+			SweepInterval:  50 * time.Millisecond,
+			RedialInterval: 50 * time.Millisecond,
+		},
 		Raft: peer.RaftTuning{
 			HeartbeatTimeout:   200 * time.Millisecond,
 			ElectionTimeout:    200 * time.Millisecond,

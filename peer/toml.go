@@ -15,6 +15,7 @@ import (
 
 	"github.com/BurntSushi/toml"
 
+	"github.com/pipestream/pipestream/handler"
 	"github.com/pipestream/pipestream/transport"
 )
 
@@ -168,12 +169,14 @@ func loadGroup(path, id string) (*groupFile, Config, error) {
 	}
 	f.hasTLS = md.IsDefined("tls")
 	cfg := Config{
-		ID:             id,
-		ReplyTimeout:   time.Duration(f.Stream.ReplyTimeout),
-		CommitTimeout:  time.Duration(f.Stream.CommitTimeout),
-		LinkTimeout:    time.Duration(f.Stream.LinkTimeout),
-		SweepInterval:  time.Duration(f.Stream.SweepInterval),
-		RedialInterval: time.Duration(f.Stream.RedialInterval),
+		ID: id,
+		Timeouts: handler.Timeouts{
+			ReplyTimeout:   time.Duration(f.Stream.ReplyTimeout),
+			CommitTimeout:  time.Duration(f.Stream.CommitTimeout),
+			LinkTimeout:    time.Duration(f.Stream.LinkTimeout),
+			SweepInterval:  time.Duration(f.Stream.SweepInterval),
+			RedialInterval: time.Duration(f.Stream.RedialInterval),
+		},
 		Raft: RaftTuning{
 			HeartbeatTimeout:   time.Duration(f.Raft.HeartbeatTimeout),
 			ElectionTimeout:    time.Duration(f.Raft.ElectionTimeout),

@@ -9,6 +9,7 @@ import (
 
 	"github.com/pipestream/pipestream/codec"
 	"github.com/pipestream/pipestream/datastream"
+	"github.com/pipestream/pipestream/handler"
 	"github.com/pipestream/pipestream/internal/faultnet"
 	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
 	"github.com/pipestream/pipestream/server"
@@ -36,7 +37,7 @@ func startGroupVia(t testing.TB, n int, o groupOpts, via ...edge) (*group, map[e
 	for i := 0; i < n; i++ {
 		cfg := server.Config{
 			ID: peerID(i), Peers: peers, StateMachine: o.sm(i),
-			Transport: o.kind, Logger: quietLogger(), WriteQuorum: o.quorum,
+			Transport: o.kind, Logger: quietLogger(), Policy: handler.Policy{WriteQuorum: o.quorum},
 		}
 		if o.tweak != nil {
 			o.tweak(&cfg)
@@ -126,7 +127,7 @@ func (g *group) restart(t testing.TB, i int, o groupOpts) {
 	}
 	cfg := server.Config{
 		ID: g.peers[i].ID, Peers: peers, StateMachine: sm,
-		Transport: o.kind, Logger: quietLogger(), WriteQuorum: o.quorum,
+		Transport: o.kind, Logger: quietLogger(), Policy: handler.Policy{WriteQuorum: o.quorum},
 	}
 	if o.tweak != nil {
 		o.tweak(&cfg)

@@ -1,0 +1,165 @@
+package server_test
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/pipestream/pipestream/buffer/buffertest"
+	"github.com/pipestream/pipestream/datastream"
+	"github.com/pipestream/pipestream/handler"
+	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
+	"github.com/pipestream/pipestream/statemachine"
+)
+
+// TestFaultAbortReachesParkedStream: with a Committer, a successor parks a
+// stream once CLOSE is written there, to wait for its entry. When the
+// primary then fails the stream, because another successor is lost before
+// it acknowledged CLOSE, the stream can never be committed: the primary
+// commits only after every successor acknowledged CLOSE, and fail does
+// nothing once the commit has started. The primary says so with ABORT;
+// the successor that parked the stream must let go of it then, not hold
+// its data for the link timeout (five minutes by default).
+func TestFaultAbortReachesParkedStream(t *testing.T) {
+	buffertest.Check(t)
+	g, proxies := startGroupVia(t, 3, groupOpts{quorum: handler.QuorumAll}, edge{0, 1})
+	px := proxies[edge{0, 1}]
+	fc := &fanoutCommitter{peers: g.servers, down: map[int]bool{}}
+	for _, s := range g.servers {
+		s.SetCommitter(fc)
+	}
+	c := g.client(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	ids := g.ids()
+	out, err := c.Stream(ctx, []byte("parked-then-aborted"), datastream.WithRoutingTable(pb.Star(ids[0], ids[1:]...)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := out.WriteAsync(ctx, randomBytes(60, 256<<10)).Wait(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// b stops reading before CLOSE; c gets it and parks the stream.
+	px.Pause()
+	closed := out.Close(ctx)
+	waitFor(t, 10*time.Second, "c parking the closed stream", func() bool {
+		return g.servers[2].Streams().Pending() == 1
+	})
+	// b's connection is lost: the primary fails the stream and aborts it
+	// on c.
+	px.Cut()
+	px.Resume()
+	if _, err := closed.Wait(ctx); !isCode(err, pb.ErrorCode_SUCCESSOR_FAILED) {
+		t.Fatalf("close: %v, want SUCCESSOR_FAILED", err)
+	}
+	// Far less than the link timeout: the abort, not the sweep, must
+	// clean up.
+	deadline := time.Now().Add(5 * time.Second)
+	for g.servers[2].Streams().Pending() != 0 || g.memory(2).Open() != 0 {
+		if time.Now().After(deadline) {
+			t.Fatalf("c still holds the aborted stream: %d parked, %d open in its state machine (link timeout %v)",
+				g.servers[2].Streams().Pending(), g.memory(2).Open(), g.servers[2].Streams().Config().LinkTimeout)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	for p := range g.servers {
+		if committedKeys(g.memory(p))[key(c, out)] {
+			t.Errorf("%s committed the aborted stream", g.peers[p].ID)
+		}
+	}
+	g.waitClean(t)
+}
+
+// TestFaultAbortReachesParkedChain: in a chain with a Committer, the peers
+// below the primary park a stream once CLOSE is written on them and below.
+// If the primary then fails it (here its own CLOSE fails), it aborts its
+// successor, which drops its parked copy; the ABORT must go on down the
+// chain, or the peer below keeps the data for the link timeout.
+func TestFaultAbortReachesParkedChain(t *testing.T) {
+	buffertest.Check(t)
+	release := make(chan struct{})
+	var once sync.Once
+	free := func() { once.Do(func() { close(release) }) }
+	t.Cleanup(free) // before the servers shut down, whatever happens
+	g := startGroup(t, 3, groupOpts{quorum: handler.QuorumAll, sm: func(i int) statemachine.StateMachine {
+		if i == 0 {
+			return &closeFailingSM{Memory: statemachine.NewMemoryHashing(), release: release}
+		}
+		return statemachine.NewMemoryHashing()
+	}})
+	mem := func(p int) *statemachine.Memory {
+		if sm, ok := g.sms[p].(*closeFailingSM); ok {
+			return sm.Memory
+		}
+		return g.memory(p)
+	}
+	fc := &fanoutCommitter{peers: g.servers, down: map[int]bool{}}
+	for _, s := range g.servers {
+		s.SetCommitter(fc)
+	}
+	c := g.client(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	out, err := c.Stream(ctx, []byte("parked-down-the-chain"), datastream.WithRoutingTable(pb.Chain(g.ids()...)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	out.WriteAsync(ctx, randomBytes(61, 256<<10))
+	closed := out.Close(ctx)
+	waitFor(t, 10*time.Second, "b and c parking the closed stream", func() bool {
+		return g.servers[1].Streams().Pending() == 1 && g.servers[2].Streams().Pending() == 1
+	})
+	free() // the primary's CLOSE fails now
+	if _, err := closed.Wait(ctx); !isCode(err, pb.ErrorCode_STATE_MACHINE) {
+		t.Fatalf("close: %v, want STATE_MACHINE", err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for p := 1; p < 3; p++ {
+		for g.servers[p].Streams().Pending() != 0 || mem(p).Open() != 0 {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s still holds the aborted stream: %d parked, %d open in its state machine (link timeout %v)",
+					g.peers[p].ID, g.servers[p].Streams().Pending(), mem(p).Open(), g.servers[p].Streams().Config().LinkTimeout)
+			}
+			time.Sleep(5 * time.Millisecond)
+		}
+	}
+	for p := range g.servers {
+		if committedKeys(mem(p))[key(c, out)] {
+			t.Errorf("%s committed the aborted stream", g.peers[p].ID)
+		}
+	}
+}
+
+// closeFailingSM makes a stream's Close wait until release is closed, and
+// then fail, so that a test can fail the primary's CLOSE after its
+// successors have parked the stream.
+type closeFailingSM struct {
+	*statemachine.Memory
+	release chan struct{}
+}
+
+var errCloseFailed = errors.New("close failed")
+
+func (m *closeFailingSM) OpenStream(ctx context.Context, k statemachine.StreamKey, req *pb.RaftClientRequest) (statemachine.DataChannel, error) {
+	ch, err := m.Memory.OpenStream(ctx, k, req)
+	return &closeFailingChannel{DataChannel: ch, release: m.release}, err
+}
+
+func (m *closeFailingSM) Link(ctx context.Context, e statemachine.Entry, ch statemachine.DataChannel) error {
+	if c, ok := ch.(*closeFailingChannel); ok {
+		ch = c.DataChannel
+	}
+	return m.Memory.Link(ctx, e, ch)
+}
+
+type closeFailingChannel struct {
+	statemachine.DataChannel
+	release chan struct{}
+}
+
+func (c *closeFailingChannel) Close() error {
+	<-c.release
+	return errCloseFailed
+}
