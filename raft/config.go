@@ -91,7 +91,8 @@ type Config struct {
 	CommitTimeout time.Duration
 
 	// SnapshotInterval, SnapshotThreshold and TrailingLogs are passed to
-	// hashicorp/raft unchanged; zero keeps its defaults (120s, 8192, 10240).
+	// hashicorp/raft unchanged. Defaults 120s, 8192 and 10240, which are
+	// hashicorp/raft's own.
 	SnapshotInterval  time.Duration
 	SnapshotThreshold uint64
 	TrailingLogs      uint64
@@ -122,6 +123,12 @@ const (
 	DefaultCommitTimeout      = 20 * time.Millisecond
 	DefaultMaxDedupKeys       = 1 << 16
 	DefaultForwardTimeout     = 10 * time.Second
+
+	// hashicorp/raft's defaults, named here so that they are declared in
+	// one place with the others (a test holds them to hashicorp's).
+	DefaultSnapshotInterval  = 120 * time.Second
+	DefaultSnapshotThreshold = 8192
+	DefaultTrailingLogs      = 10240
 )
 
 // withDefaults returns c with its zero values replaced by the defaults, or
@@ -141,6 +148,13 @@ func (c Config) withDefaults() (Config, error) {
 	setDuration(&c.LeaderLeaseTimeout, min(DefaultLeaderLeaseTimeout, c.HeartbeatTimeout))
 	setDuration(&c.CommitTimeout, DefaultCommitTimeout)
 	setDuration(&c.ForwardTimeout, DefaultForwardTimeout)
+	setDuration(&c.SnapshotInterval, DefaultSnapshotInterval)
+	if c.SnapshotThreshold == 0 {
+		c.SnapshotThreshold = DefaultSnapshotThreshold
+	}
+	if c.TrailingLogs == 0 {
+		c.TrailingLogs = DefaultTrailingLogs
+	}
 	if c.MaxDedupKeys <= 0 {
 		c.MaxDedupKeys = DefaultMaxDedupKeys
 	}

@@ -215,15 +215,9 @@ func (n *Node) raftConfig() *hraft.Config {
 	conf.ElectionTimeout = n.cfg.ElectionTimeout
 	conf.LeaderLeaseTimeout = n.cfg.LeaderLeaseTimeout
 	conf.CommitTimeout = n.cfg.CommitTimeout
-	if n.cfg.SnapshotInterval > 0 {
-		conf.SnapshotInterval = n.cfg.SnapshotInterval
-	}
-	if n.cfg.SnapshotThreshold > 0 {
-		conf.SnapshotThreshold = n.cfg.SnapshotThreshold
-	}
-	if n.cfg.TrailingLogs > 0 {
-		conf.TrailingLogs = n.cfg.TrailingLogs
-	}
+	conf.SnapshotInterval = n.cfg.SnapshotInterval
+	conf.SnapshotThreshold = n.cfg.SnapshotThreshold
+	conf.TrailingLogs = n.cfg.TrailingLogs
 	return conf
 }
 

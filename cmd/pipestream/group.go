@@ -6,11 +6,14 @@ import (
 	"net"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/BurntSushi/toml"
 
 	"github.com/pipestream/pipestream/datastream"
+	"github.com/pipestream/pipestream/handler"
 	"github.com/pipestream/pipestream/peer"
+	"github.com/pipestream/pipestream/raft"
 	"github.com/pipestream/pipestream/transport"
 )
 
@@ -122,21 +125,27 @@ data_dir = %q
 transport = "gnet" # or "netconn"
 
 [stream]
-reply_timeout = "10s"   # a packet's wait for its successors' replies
-commit_timeout = "30s"  # a closed stream's commit, election included
-link_timeout = "5m"     # a closed stream's wait for its entry; > commit_timeout
-sweep_interval = "1s"   # the tick that checks the timeouts above
-redial_interval = "1s"  # the longest wait between reconnects to a peer
+reply_timeout = %q   # a packet's wait for its successors' replies
+commit_timeout = %q  # a closed stream's commit, election included
+link_timeout = %q     # a closed stream's wait for its entry; > commit_timeout
+sweep_interval = %q   # the tick that checks the timeouts above
+redial_interval = %q  # the longest wait between reconnects to a peer
 
 [raft]
-heartbeat_timeout = "500ms"
-election_timeout = "500ms"
-leader_lease_timeout = "250ms"
-commit_timeout = "20ms"
-snapshot_interval = "2m"
-snapshot_threshold = 8192
-trailing_logs = 10240
-`, dataDir)
+heartbeat_timeout = %q
+election_timeout = %q
+leader_lease_timeout = %q
+commit_timeout = %q
+snapshot_interval = %q
+snapshot_threshold = %d
+trailing_logs = %d
+`, dataDir,
+		shortDuration(handler.DefaultReplyTimeout), shortDuration(handler.DefaultCommitTimeout),
+		shortDuration(handler.DefaultLinkTimeout), shortDuration(handler.DefaultSweepInterval),
+		shortDuration(handler.DefaultRedialInterval),
+		shortDuration(raft.DefaultHeartbeatTimeout), shortDuration(raft.DefaultElectionTimeout),
+		shortDuration(raft.DefaultLeaderLeaseTimeout), shortDuration(raft.DefaultCommitTimeout),
+		shortDuration(raft.DefaultSnapshotInterval), raft.DefaultSnapshotThreshold, raft.DefaultTrailingLogs)
 	for i := range n {
 		fmt.Fprintf(&b, `
 [[peers]]
@@ -147,6 +156,19 @@ commit_addr = %q
 `, i+1, hostPort(host, port+i), hostPort(host, port+100+i), hostPort(host, port+200+i))
 	}
 	return b.String()
+}
+
+// shortDuration writes d as a person would in a group file: "5m", not
+// time.Duration's "5m0s".
+func shortDuration(d time.Duration) string {
+	s := d.String()
+	if strings.HasSuffix(s, "m0s") {
+		s = strings.TrimSuffix(s, "0s")
+	}
+	if strings.HasSuffix(s, "h0m") {
+		s = strings.TrimSuffix(s, "0m")
+	}
+	return s
 }
 
 func hostPort(host string, port int) string { return net.JoinHostPort(host, strconv.Itoa(port)) }
