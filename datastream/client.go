@@ -27,7 +27,7 @@ type Client struct {
 	id     []byte
 	peers  []Peer
 	opts   options
-	dialer *transport.Dialer // gnet only
+	dialer transport.Connector
 	callID atomic.Uint64
 	slots  chan struct{}       // outstanding packets over all streams
 	bytes  *semaphore.Weighted // outstanding bytes over all streams
@@ -82,13 +82,11 @@ func NewClient(peers []Peer, opts ...Option) (*Client, error) {
 		transport.WithLogger(o.logger),
 		transport.WithMaxOutbound(int(min(outbound, 1<<40))),
 	}, o.topts...)
-	if o.kind == transport.Gnet {
-		d, err := transport.NewDialer(append([]transport.Option{transport.WithEventLoops(1)}, c.opts.topts...)...)
-		if err != nil {
-			return nil, err
-		}
-		c.dialer = d
+	d, err := o.kind.NewConnector(append([]transport.Option{transport.WithEventLoops(1)}, c.opts.topts...)...)
+	if err != nil {
+		return nil, err
 	}
+	c.dialer = d
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	c.wg.Add(1)
 	go c.sweep()
@@ -148,15 +146,7 @@ func (c *Client) dial(cn *conn) {
 	defer c.wg.Done()
 	ctx, cancel := context.WithTimeout(c.ctx, c.opts.dialTimeout)
 	defer cancel()
-	var (
-		ch  transport.Channel
-		err error
-	)
-	if c.dialer != nil {
-		ch, err = c.dialer.Dial(ctx, cn.peer.Addr, cn.init)
-	} else {
-		ch, err = c.opts.kind.Dial(ctx, cn.peer.Addr, cn.init, c.opts.topts...)
-	}
+	ch, err := c.dialer.Dial(ctx, cn.peer.Addr, cn.init)
 	if err != nil {
 		if c.ctx.Err() != nil {
 			err = ErrClosed
@@ -266,8 +256,5 @@ func (c *Client) Close() error {
 		}
 	}
 	c.wg.Wait()
-	if c.dialer != nil {
-		return c.dialer.Close()
-	}
-	return nil
+	return c.dialer.Close()
 }

@@ -40,15 +40,7 @@ func (c *Client) dialRead(ctx context.Context, p Peer) (*readConn, error) {
 	rc := &readConn{c: c, peer: p, calls: make(map[uint64]*readCall)}
 	ctx, cancel := context.WithTimeout(ctx, c.opts.dialTimeout)
 	defer cancel()
-	var (
-		ch  transport.Channel
-		err error
-	)
-	if c.dialer != nil {
-		ch, err = c.dialer.Dial(ctx, p.Addr, rc.init)
-	} else {
-		ch, err = c.opts.kind.Dial(ctx, p.Addr, rc.init, c.opts.topts...)
-	}
+	ch, err := c.dialer.Dial(ctx, p.Addr, rc.init)
 	if err != nil {
 		if c.ctx.Err() != nil {
 			return nil, ErrClosed

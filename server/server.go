@@ -27,7 +27,8 @@ var (
 	// live connection at the time its header arrives.
 	ErrPeerUnavailable = errors.New("server: peer unavailable")
 	// ErrTLSNeedsNetConn is returned by Listen for a Config with TLS,
-	// PeerTLS or AuthorizePeer and the gnet transport, which has no TLS.
+	// PeerTLS or AuthorizePeer and a transport kind without TLS (see
+	// transport.Kind.Caps), such as gnet.
 	ErrTLSNeedsNetConn = errors.New("server: TLS needs the netconn transport")
 )
 
@@ -93,8 +94,8 @@ type Config struct {
 	// tls.RequireAndVerifyClientCert with ClientCAs. PeerTLS is the
 	// dialing side, for the connections to the other peers: RootCAs, and
 	// for mutual TLS this peer's certificate in Certificates; ServerName
-	// defaults to the host of each peer's address. Both need Transport
-	// transport.NetConn (else ErrTLSNeedsNetConn), and one needs the other
+	// defaults to the host of each peer's address. Both need a Transport
+	// with TLS, transport.NetConn (else ErrTLSNeedsNetConn), and one needs the other
 	// when the group has other peers. See docs/security.md.
 	TLS     *tls.Config
 	PeerTLS *tls.Config
@@ -168,12 +169,11 @@ type Config struct {
 
 // Server is one running peer.
 type Server struct {
-	cfg      Config
-	streams  *handler.Streams
-	ln       transport.Server
-	dialer   *transport.Dialer // gnet only
-	peerOpts []transport.Option
-	log      *slog.Logger
+	cfg     Config
+	streams *handler.Streams
+	ln      transport.Server
+	dialer  transport.Connector
+	log     *slog.Logger
 
 	ctx    context.Context // cancelled by Shutdown
 	cancel context.CancelFunc
@@ -291,19 +291,14 @@ func Listen(ctx context.Context, cfg Config) (*Server, error) {
 	if cfg.PeerTLS != nil {
 		peerOpts = append(peerOpts, transport.WithTLS(cfg.PeerTLS))
 	}
-	s.peerOpts = peerOpts
-	if cfg.Transport == transport.Gnet {
-		d, err := transport.NewDialer(peerOpts...)
-		if err != nil {
-			return nil, err
-		}
-		s.dialer = d
+	d, err := cfg.Transport.NewConnector(peerOpts...)
+	if err != nil {
+		return nil, err
 	}
+	s.dialer = d
 	ln, err := cfg.Transport.Listen(ctx, cfg.Addr, s.initUpstream, opts...)
 	if err != nil {
-		if s.dialer != nil {
-			_ = s.dialer.Close()
-		}
+		_ = s.dialer.Close()
 		return nil, fmt.Errorf("server %s: %w", cfg.ID, err)
 	}
 	s.ln = ln
@@ -417,7 +412,7 @@ func checkTLS(cfg *Config, others bool) error {
 		return nil
 	}
 	switch {
-	case cfg.Transport != transport.NetConn:
+	case !cfg.Transport.Caps().TLS:
 		return ErrTLSNeedsNetConn
 	case cfg.AuthorizePeer != nil && cfg.TLS == nil:
 		return errors.New("server: AuthorizePeer needs TLS")
@@ -669,15 +664,7 @@ func (s *Server) dial(ctx context.Context, addr, id string) (_ transport.Channel
 			}
 		}
 	}
-	var (
-		ch  transport.Channel
-		err error
-	)
-	if s.dialer != nil {
-		ch, err = s.dialer.Dial(ctx, addr, init)
-	} else {
-		ch, err = s.cfg.Transport.Dial(ctx, addr, init, s.peerOpts...)
-	}
+	ch, err := s.dialer.Dial(ctx, addr, init)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -748,9 +735,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.cancel()
 	s.mu.Unlock()
 	s.wg.Wait()
-	if s.dialer != nil {
-		errs = append(errs, s.dialer.Close())
-	}
+	errs = append(errs, s.dialer.Close())
 	errs = append(errs, s.streams.Shutdown(ctx))
 	return errors.Join(errs...)
 }
