@@ -38,12 +38,6 @@ func (st *Stream) linkTo(id string) *link {
 	return nil
 }
 
-func (st *Stream) forwardsTo(id string) bool {
-	st.mu.Lock()
-	defer st.mu.Unlock()
-	return st.linkTo(id) != nil
-}
-
 // forward sends p's frame to every successor. It runs on the upstream
 // connection's event loop, so a stream's frames leave in order; st.fwd
 // keeps a recovery's replays from interleaving with them.
