@@ -11,7 +11,7 @@ import (
 
 	"golang.org/x/sync/semaphore"
 
-	"github.com/pipestream/pipestream/codec"
+	"github.com/pipestream/pipestream/codec/dscodec"
 	"github.com/pipestream/pipestream/transport"
 )
 
@@ -77,7 +77,7 @@ func NewClient(peers []Peer, opts ...Option) (*Client, error) {
 	// The client's own budget bounds what a connection queues; the
 	// transport's bound, a little above it (frame prefixes, aborts), is
 	// only a safety net.
-	outbound := o.maxBytes + int64(o.maxOutstanding)*codec.DefaultMaxPacketHeader
+	outbound := o.maxBytes + int64(o.maxOutstanding)*dscodec.DefaultMaxPacketHeader
 	c.opts.topts = append([]transport.Option{
 		transport.WithLogger(o.logger),
 		transport.WithMaxOutbound(int(min(outbound, 1<<40))),

@@ -10,7 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/pipestream/pipestream/codec"
+	"github.com/pipestream/pipestream/codec/dscodec"
 	"github.com/pipestream/pipestream/pipeline"
 	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
 	"github.com/pipestream/pipestream/statemachine"
@@ -181,7 +181,7 @@ func NewStreams(cfg Config) *Streams {
 		cfg.IdleTimeout = DefaultIdleTimeout
 	}
 	if cfg.MaxHeader <= 0 {
-		cfg.MaxHeader = codec.DefaultMaxPacketHeader
+		cfg.MaxHeader = dscodec.DefaultMaxPacketHeader
 	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.Default()

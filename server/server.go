@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/pipestream/pipestream/codec"
+	"github.com/pipestream/pipestream/codec/dscodec"
 	"github.com/pipestream/pipestream/handler"
 	"github.com/pipestream/pipestream/pipeline"
 	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
@@ -111,8 +112,8 @@ type Config struct {
 	// set to verify client certificates.
 	AuthorizePeer func(cert *x509.Certificate) bool
 
-	MaxFrame      int           // default codec.DefaultMaxPacketFrame
-	MaxHeader     int           // default codec.DefaultMaxPacketHeader
+	MaxFrame      int           // default dscodec.DefaultMaxPacketFrame
+	MaxHeader     int           // default dscodec.DefaultMaxPacketHeader
 	ReplyTimeout  time.Duration // default handler.DefaultReplyTimeout
 	CommitTimeout time.Duration // default handler.DefaultCommitTimeout
 	LinkTimeout   time.Duration // default handler.DefaultLinkTimeout
@@ -215,7 +216,7 @@ func Listen(ctx context.Context, cfg Config) (*Server, error) {
 		cfg.Addr = "127.0.0.1:0"
 	}
 	if cfg.MaxFrame <= 0 {
-		cfg.MaxFrame = codec.DefaultMaxPacketFrame
+		cfg.MaxFrame = dscodec.DefaultMaxPacketFrame
 	}
 	if cfg.RedialInterval <= 0 {
 		cfg.RedialInterval = time.Second
