@@ -28,7 +28,7 @@ const (
 
 // ErrBadPacket means a DataStream frame's header does not decode or does not
 // agree with the frame.
-var ErrBadPacket = errors.New("codec: bad packet")
+var ErrBadPacket = errors.New("dscodec: bad packet")
 
 // NewPacketFrameDecoder returns the frame decoder of the DataStream
 // protocol. The length prefix stays in the frame so that a packet can be
