@@ -3,6 +3,9 @@
 // LengthFieldBasedFrameDecoder and LengthFieldPrepender, and a protobuf codec.
 // Every codec is a pipeline stage; the frame decoder and the protobuf codec
 // can also be called directly, as the net.Conn client and the fuzz tests do.
+// ReadFrame and WriteFrame speak the bare length prefix on a blocking
+// connection. The DataStream frame format built on this framing is package
+// codec/dscodec.
 //
 // # Frame layout
 //

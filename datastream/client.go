@@ -11,7 +11,7 @@ import (
 
 	"golang.org/x/sync/semaphore"
 
-	"github.com/pipestream/pipestream/codec"
+	"github.com/pipestream/pipestream/codec/dscodec"
 	"github.com/pipestream/pipestream/transport"
 )
 
@@ -27,7 +27,7 @@ type Client struct {
 	id     []byte
 	peers  []Peer
 	opts   options
-	dialer *transport.Dialer // gnet only
+	dialer transport.Connector
 	callID atomic.Uint64
 	slots  chan struct{}       // outstanding packets over all streams
 	bytes  *semaphore.Weighted // outstanding bytes over all streams
@@ -77,18 +77,16 @@ func NewClient(peers []Peer, opts ...Option) (*Client, error) {
 	// The client's own budget bounds what a connection queues; the
 	// transport's bound, a little above it (frame prefixes, aborts), is
 	// only a safety net.
-	outbound := o.maxBytes + int64(o.maxOutstanding)*codec.DefaultMaxPacketHeader
+	outbound := o.maxBytes + int64(o.maxOutstanding)*dscodec.DefaultMaxPacketHeader
 	c.opts.topts = append([]transport.Option{
 		transport.WithLogger(o.logger),
 		transport.WithMaxOutbound(int(min(outbound, 1<<40))),
 	}, o.topts...)
-	if o.kind == transport.Gnet {
-		d, err := transport.NewDialer(append([]transport.Option{transport.WithEventLoops(1)}, c.opts.topts...)...)
-		if err != nil {
-			return nil, err
-		}
-		c.dialer = d
+	d, err := o.kind.NewConnector(append([]transport.Option{transport.WithEventLoops(1)}, c.opts.topts...)...)
+	if err != nil {
+		return nil, err
 	}
+	c.dialer = d
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	c.wg.Add(1)
 	go c.sweep()
@@ -148,15 +146,7 @@ func (c *Client) dial(cn *conn) {
 	defer c.wg.Done()
 	ctx, cancel := context.WithTimeout(c.ctx, c.opts.dialTimeout)
 	defer cancel()
-	var (
-		ch  transport.Channel
-		err error
-	)
-	if c.dialer != nil {
-		ch, err = c.dialer.Dial(ctx, cn.peer.Addr, cn.init)
-	} else {
-		ch, err = c.opts.kind.Dial(ctx, cn.peer.Addr, cn.init, c.opts.topts...)
-	}
+	ch, err := c.dialer.Dial(ctx, cn.peer.Addr, cn.init)
 	if err != nil {
 		if c.ctx.Err() != nil {
 			err = ErrClosed
@@ -266,8 +256,5 @@ func (c *Client) Close() error {
 		}
 	}
 	c.wg.Wait()
-	if c.dialer != nil {
-		return c.dialer.Close()
-	}
-	return nil
+	return c.dialer.Close()
 }

@@ -7,7 +7,7 @@ import (
 	"time"
 
 	"github.com/pipestream/pipestream/buffer"
-	"github.com/pipestream/pipestream/codec"
+	"github.com/pipestream/pipestream/codec/dscodec"
 	"github.com/pipestream/pipestream/pipeline"
 	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
 	"github.com/pipestream/pipestream/transport"
@@ -34,7 +34,7 @@ type conn struct {
 	lastRead atomic.Int64
 	// view is the reply being handled, decoded on the connection's event
 	// loop only.
-	view codec.ReplyView
+	view dscodec.ReplyView
 
 	mu      sync.Mutex
 	streams map[uint64]*Output
@@ -48,7 +48,7 @@ func newConn(c *Client, p Peer) *conn {
 }
 
 func (cn *conn) init(ch transport.Channel) {
-	frames, err := codec.NewPacketFrameDecoder(codec.DefaultMaxPacketFrame)
+	frames, err := dscodec.NewPacketFrameDecoder(dscodec.DefaultMaxPacketFrame)
 	if err == nil {
 		err = ch.Pipeline().AddLast("frame", frames)
 	}
@@ -210,12 +210,12 @@ func (h *replyHandler) ChannelRead(ctx *pipeline.Context, msg any) {
 	// The view aliases the frame, and is used before the frame goes back.
 	defer frame.Release()
 	v := &cn.view
-	err := codec.DecodeReplyView(frame.Bytes(), codec.DefaultMaxPacketHeader, v)
+	err := dscodec.DecodeReplyView(frame.Bytes(), dscodec.DefaultMaxPacketHeader, v)
 	var rcr *pb.RaftClientReply
 	if err == nil && v.Body != nil {
 		rcr = new(pb.RaftClientReply)
 		if e := proto.Unmarshal(v.Body, rcr); e != nil {
-			err = fmt.Errorf("%w: reply body: %v", codec.ErrBadPacket, e)
+			err = fmt.Errorf("%w: reply body: %v", dscodec.ErrBadPacket, e)
 		}
 	}
 	if err != nil {

@@ -17,7 +17,7 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
-	"github.com/pipestream/pipestream/codec"
+	"github.com/pipestream/pipestream/codec/dscodec"
 	"github.com/pipestream/pipestream/datastream"
 	"github.com/pipestream/pipestream/internal/leaktest"
 	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
@@ -367,7 +367,7 @@ func (f *fakePeer) serve(c net.Conn) {
 		if _, err := io.ReadFull(c, frame[4:]); err != nil {
 			return
 		}
-		h, _, err := codec.DecodePacket(frame, codec.DefaultMaxPacketHeader)
+		h, _, err := dscodec.DecodePacket(frame, dscodec.DefaultMaxPacketHeader)
 		if err != nil {
 			f.t.Errorf("fake peer: %v", err)
 			return
@@ -406,7 +406,7 @@ func reply(c net.Conn, h *pb.DataStreamReplyHeader, rcr *pb.RaftClientReply) {
 			panic(err)
 		}
 	}
-	frame, err := codec.EncodePacket(h, body)
+	frame, err := dscodec.EncodePacket(h, body)
 	if err != nil {
 		panic(err)
 	}

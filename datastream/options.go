@@ -6,7 +6,7 @@ import (
 	"log/slog"
 	"time"
 
-	"github.com/pipestream/pipestream/codec"
+	"github.com/pipestream/pipestream/codec/dscodec"
 	"github.com/pipestream/pipestream/transport"
 )
 
@@ -31,7 +31,7 @@ const (
 )
 
 // maxPayload is the largest packet body a frame of the default size holds.
-const maxPayload = codec.DefaultMaxPacketFrame - codec.DefaultMaxPacketHeader
+const maxPayload = dscodec.DefaultMaxPacketFrame - dscodec.DefaultMaxPacketHeader
 
 type options struct {
 	kind           transport.Kind

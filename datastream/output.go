@@ -12,7 +12,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/pipestream/pipestream/buffer"
-	"github.com/pipestream/pipestream/codec"
+	"github.com/pipestream/pipestream/codec/dscodec"
 	"github.com/pipestream/pipestream/internal/fifo"
 	"github.com/pipestream/pipestream/pipeline"
 	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
@@ -356,9 +356,9 @@ func (o *Output) send(ctx context.Context, typ pb.DataStreamPacketHeader_Type, d
 			body = buffer.Copy(data)
 		}
 		if body != nil {
-			frame, err = codec.EncodePacketPrefix(h, int(n))
+			frame, err = dscodec.EncodePacketPrefix(h, int(n))
 		} else {
-			frame, err = codec.EncodePacket(h, data)
+			frame, err = dscodec.EncodePacket(h, data)
 		}
 		if err == nil {
 			o.crc = crc
@@ -483,7 +483,7 @@ func (o *Output) releaseWindowLocked(n int64) {
 // onReply completes the oldest pending packet. Replies for a stream come in
 // order; a success that does not match the oldest packet is a protocol
 // error.
-func (o *Output) onReply(h *codec.ReplyView, rcr *pb.RaftClientReply) {
+func (o *Output) onReply(h *dscodec.ReplyView, rcr *pb.RaftClientReply) {
 	o.mu.Lock()
 	if o.pending.Len() == 0 {
 		o.mu.Unlock()
@@ -530,7 +530,7 @@ func (o *Output) onReply(h *codec.ReplyView, rcr *pb.RaftClientReply) {
 }
 
 // checkReply checks a successful reply against the packet it answers.
-func checkReply(p *pendingPacket, h *codec.ReplyView, rcr *pb.RaftClientReply) error {
+func checkReply(p *pendingPacket, h *dscodec.ReplyView, rcr *pb.RaftClientReply) error {
 	if want := p.offset + uint64(p.length); p.typ == pb.DataStreamPacketHeader_STREAM_DATA && h.BytesWritten != want {
 		return pb.Errorf(pb.ErrorCode_INTERNAL, "peer %s wrote %d bytes, expected %d", h.ServerID, h.BytesWritten, want)
 	}
@@ -541,7 +541,7 @@ func checkReply(p *pendingPacket, h *codec.ReplyView, rcr *pb.RaftClientReply) e
 }
 
 // replyError turns a failed reply into the error the stream fails with.
-func replyError(h *codec.ReplyView, rcr *pb.RaftClientReply) error {
+func replyError(h *dscodec.ReplyView, rcr *pb.RaftClientReply) error {
 	code := h.ErrorCode
 	if code == pb.ErrorCode_ERROR_NONE {
 		code = pb.ErrorCode_INTERNAL // failed without saying why
@@ -587,7 +587,7 @@ func (o *Output) fail(err error, abort bool) {
 			ClientId: o.c.id, Type: pb.DataStreamPacketHeader_STREAM_DATA,
 			StreamId: o.id, StreamOffset: offset, Options: uint32(pb.DataStreamPacketHeader_ABORT),
 		}
-		if frame, e := codec.EncodePacket(h, nil); e == nil {
+		if frame, e := dscodec.EncodePacket(h, nil); e == nil {
 			_ = o.cn.send(frame, nil)
 		}
 	}

@@ -11,7 +11,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/pipestream/pipestream/buffer"
-	"github.com/pipestream/pipestream/codec"
+	"github.com/pipestream/pipestream/codec/dscodec"
 	"github.com/pipestream/pipestream/pipeline"
 	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
 	"github.com/pipestream/pipestream/transport"
@@ -40,15 +40,7 @@ func (c *Client) dialRead(ctx context.Context, p Peer) (*readConn, error) {
 	rc := &readConn{c: c, peer: p, calls: make(map[uint64]*readCall)}
 	ctx, cancel := context.WithTimeout(ctx, c.opts.dialTimeout)
 	defer cancel()
-	var (
-		ch  transport.Channel
-		err error
-	)
-	if c.dialer != nil {
-		ch, err = c.dialer.Dial(ctx, p.Addr, rc.init)
-	} else {
-		ch, err = c.opts.kind.Dial(ctx, p.Addr, rc.init, c.opts.topts...)
-	}
+	ch, err := c.dialer.Dial(ctx, p.Addr, rc.init)
 	if err != nil {
 		if c.ctx.Err() != nil {
 			return nil, ErrClosed
@@ -60,7 +52,7 @@ func (c *Client) dialRead(ctx context.Context, p Peer) (*readConn, error) {
 }
 
 func (rc *readConn) init(ch transport.Channel) {
-	frames, err := codec.NewPacketFrameDecoder(codec.DefaultMaxPacketFrame)
+	frames, err := dscodec.NewPacketFrameDecoder(dscodec.DefaultMaxPacketFrame)
 	if err == nil {
 		err = ch.Pipeline().AddLast("frame", frames)
 	}
@@ -91,7 +83,7 @@ func (rc *readConn) start(t pb.DataStreamPacketHeader_Type, body []byte, off, n 
 	rc.calls[call.id] = call
 	rc.mu.Unlock()
 	h := &pb.DataStreamPacketHeader{ClientId: rc.c.id, Type: t, StreamId: call.id, DataLength: uint64(len(body))}
-	frame, err := codec.EncodePacket(h, body)
+	frame, err := dscodec.EncodePacket(h, body)
 	if err == nil {
 		// One frame per call: a Write is atomic, so calls need no lock.
 		if err = rc.ch.Write(frame); err == nil {
@@ -244,16 +236,16 @@ func (c *readCall) wait(ctx context.Context, timeout time.Duration) error {
 // header and the offset of the body, which holds file bytes or a ListReply.
 func DecodeReadReply(frame []byte) (*pb.DataStreamReplyHeader, int, error) {
 	if len(frame) < 8 {
-		return nil, 0, fmt.Errorf("%w: frame of %d bytes", codec.ErrBadPacket, len(frame))
+		return nil, 0, fmt.Errorf("%w: frame of %d bytes", dscodec.ErrBadPacket, len(frame))
 	}
 	hl := binary.BigEndian.Uint32(frame[4:])
-	if uint64(hl) > codec.DefaultMaxPacketHeader || uint64(hl) > uint64(len(frame)-8) {
-		return nil, 0, fmt.Errorf("%w: header length %d in a frame of %d bytes", codec.ErrBadPacket, hl, len(frame))
+	if uint64(hl) > dscodec.DefaultMaxPacketHeader || uint64(hl) > uint64(len(frame)-8) {
+		return nil, 0, fmt.Errorf("%w: header length %d in a frame of %d bytes", dscodec.ErrBadPacket, hl, len(frame))
 	}
 	off := 8 + int(hl)
 	h := new(pb.DataStreamReplyHeader)
 	if err := proto.Unmarshal(frame[8:off], h); err != nil {
-		return nil, 0, fmt.Errorf("%w: reply header: %v", codec.ErrBadPacket, err)
+		return nil, 0, fmt.Errorf("%w: reply header: %v", dscodec.ErrBadPacket, err)
 	}
 	return h, off, nil
 }
@@ -315,26 +307,26 @@ func (c *readCall) deliver(rh *pb.DataStreamReplyHeader, frame *buffer.Buf, off 
 	case pb.DataStreamPacketHeader_STREAM_LIST:
 		var part pb.ListReply
 		if err := proto.Unmarshal(body, &part); err != nil {
-			bad = fmt.Errorf("%w: list reply: %v", codec.ErrBadPacket, err)
+			bad = fmt.Errorf("%w: list reply: %v", dscodec.ErrBadPacket, err)
 			break
 		}
 		c.files = append(c.files, part.Files...)
 	case pb.DataStreamPacketHeader_STREAM_READ:
 		if int64(rh.GetReadOffset()) != c.next || c.next+int64(len(body)) > c.off+c.n {
 			bad = fmt.Errorf("%w: %d bytes at %d answering a read of [%d, %d) at %d",
-				codec.ErrBadPacket, len(body), rh.GetReadOffset(), c.off, c.off+c.n, c.next)
+				dscodec.ErrBadPacket, len(body), rh.GetReadOffset(), c.off, c.off+c.n, c.next)
 			break
 		}
 		c.next += int64(len(body))
 		if rh.GetLast() && c.next != c.off+c.n {
-			bad = fmt.Errorf("%w: read of [%d, %d) ended at %d", codec.ErrBadPacket, c.off, c.off+c.n, c.next)
+			bad = fmt.Errorf("%w: read of [%d, %d) ended at %d", dscodec.ErrBadPacket, c.off, c.off+c.n, c.next)
 			break
 		}
 		if len(body) > 0 {
 			c.chunks = append(c.chunks, frame.Slice(off, frame.Len()))
 		}
 	default:
-		bad = fmt.Errorf("%w: reply for a %v", codec.ErrBadPacket, rh.GetPacketHeader().GetType())
+		bad = fmt.Errorf("%w: reply for a %v", dscodec.ErrBadPacket, rh.GetPacketHeader().GetType())
 	}
 	if bad != nil {
 		c.done, c.err = true, bad

@@ -5,7 +5,7 @@ import (
 	"testing"
 
 	"github.com/pipestream/pipestream/buffer/buffertest"
-	"github.com/pipestream/pipestream/codec"
+	"github.com/pipestream/pipestream/codec/dscodec"
 	"github.com/pipestream/pipestream/datastream"
 	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
 )
@@ -25,7 +25,7 @@ func FuzzReadReplies(f *testing.F) {
 		{&pb.DataStreamReplyHeader{PacketHeader: ph, Success: true, ReadOffset: 7, Last: true}, "456789"},
 		{&pb.DataStreamReplyHeader{PacketHeader: ph, ErrorCode: pb.ErrorCode_MISSING, Last: true}, ""},
 	} {
-		frame, err := codec.EncodePacket(r.h, []byte(r.body))
+		frame, err := dscodec.EncodePacket(r.h, []byte(r.body))
 		if err != nil {
 			f.Fatal(err)
 		}

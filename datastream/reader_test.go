@@ -17,7 +17,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/pipestream/pipestream/buffer/buffertest"
-	"github.com/pipestream/pipestream/codec"
+	"github.com/pipestream/pipestream/codec/dscodec"
 	"github.com/pipestream/pipestream/datastream"
 	"github.com/pipestream/pipestream/handler"
 	"github.com/pipestream/pipestream/internal/testcert"
@@ -293,7 +293,7 @@ func dialRaw(t testing.TB, addr string) *rawConn {
 
 func (rc *rawConn) send(typ pb.DataStreamPacketHeader_Type, id uint64, body []byte) {
 	rc.t.Helper()
-	frame, err := codec.EncodePacket(&pb.DataStreamPacketHeader{Type: typ, StreamId: id, DataLength: uint64(len(body))}, body)
+	frame, err := dscodec.EncodePacket(&pb.DataStreamPacketHeader{Type: typ, StreamId: id, DataLength: uint64(len(body))}, body)
 	if err != nil {
 		rc.t.Fatal(err)
 	}

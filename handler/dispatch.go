@@ -6,7 +6,7 @@ import (
 	"time"
 
 	"github.com/pipestream/pipestream/buffer"
-	"github.com/pipestream/pipestream/codec"
+	"github.com/pipestream/pipestream/codec/dscodec"
 	"github.com/pipestream/pipestream/internal/fifo"
 	"github.com/pipestream/pipestream/pipeline"
 	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
@@ -25,7 +25,7 @@ type SuccessorReplies struct {
 	// OnPong, if not nil, is called on the connection's event loop for
 	// every answer to a PING, for a keepalive.
 	OnPong func()
-	view   codec.ReplyView // decoded on the connection's event loop only
+	view   dscodec.ReplyView // decoded on the connection's event loop only
 }
 
 // ChannelRead implements pipeline.ReadHandler.
@@ -39,7 +39,7 @@ func (d *SuccessorReplies) ChannelRead(ctx *pipeline.Context, msg any) {
 	// been taken; ack copies what it keeps.
 	defer frame.Release()
 	v := &d.view
-	if err := codec.DecodeReplyView(frame.Bytes(), d.Streams.cfg.MaxHeader, v); err != nil {
+	if err := dscodec.DecodeReplyView(frame.Bytes(), d.Streams.cfg.MaxHeader, v); err != nil {
 		// A successor that speaks garbage cannot be trusted with any
 		// stream: drop the connection, which fails them all.
 		ctx.FireError(fmt.Errorf("handler: from successor %s: %w", d.Peer, err))
@@ -81,7 +81,7 @@ func (d *SuccessorReplies) ErrorCaught(ctx *pipeline.Context, err error) {
 // InstallSuccessor adds the stages of a connection to a successor.
 // It returns the reply stage, whose Pong reports the answer to Ping.
 func InstallSuccessor(p *pipeline.Pipeline, s *Streams, peer string, maxFrame int) (*SuccessorReplies, error) {
-	frames, err := codec.NewPacketFrameDecoder(maxFrame)
+	frames, err := dscodec.NewPacketFrameDecoder(maxFrame)
 	if err != nil {
 		return nil, err
 	}
@@ -94,7 +94,7 @@ func InstallSuccessor(p *pipeline.Pipeline, s *Streams, peer string, maxFrame in
 
 // Ping sends a PING on a connection to a successor; see SuccessorReplies.
 func Ping(c Successor) error {
-	frame, err := codec.EncodePacket(&pb.DataStreamPacketHeader{Type: pb.DataStreamPacketHeader_PING}, nil)
+	frame, err := dscodec.EncodePacket(&pb.DataStreamPacketHeader{Type: pb.DataStreamPacketHeader_PING}, nil)
 	if err != nil {
 		return err
 	}

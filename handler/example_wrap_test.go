@@ -8,7 +8,7 @@ import (
 	"sync"
 
 	"github.com/pipestream/pipestream/buffer"
-	"github.com/pipestream/pipestream/codec"
+	"github.com/pipestream/pipestream/codec/dscodec"
 	"github.com/pipestream/pipestream/handler"
 	"github.com/pipestream/pipestream/pipeline"
 	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
@@ -46,7 +46,7 @@ func Example_wrapStage() {
 	defer streams.Shutdown(context.Background())
 	sent := &countingTransport{}
 	p := pipeline.New(sent)
-	if err := handler.Install(p, streams, codec.DefaultMaxPacketFrame); err != nil {
+	if err := handler.Install(p, streams, dscodec.DefaultMaxPacketFrame); err != nil {
 		fmt.Println(err)
 		return
 	}
@@ -61,7 +61,7 @@ func Example_wrapStage() {
 	}
 
 	// Data for a stream that was never opened, as if it came off the wire.
-	frame, err := codec.EncodePacket(&pb.DataStreamPacketHeader{
+	frame, err := dscodec.EncodePacket(&pb.DataStreamPacketHeader{
 		ClientId: []byte("client-0"), Type: pb.DataStreamPacketHeader_STREAM_DATA,
 		StreamId: 7, DataLength: 5,
 	}, []byte("hello"))

@@ -11,7 +11,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/pipestream/pipestream/buffer"
-	"github.com/pipestream/pipestream/codec"
+	"github.com/pipestream/pipestream/codec/dscodec"
 	"github.com/pipestream/pipestream/handler"
 	"github.com/pipestream/pipestream/pipeline"
 	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
@@ -35,7 +35,7 @@ func (c *checkingTransport) Write(msg any) error {
 		}
 		return pipeline.ErrClosed
 	}
-	if _, _, err := codec.DecodeReply(b.Bytes(), codec.DefaultMaxPacketHeader); err != nil {
+	if _, _, err := dscodec.DecodeReply(b.Bytes(), dscodec.DefaultMaxPacketHeader); err != nil {
 		c.t.Errorf("the server wrote a reply that does not decode: %v", err)
 	}
 	return nil
@@ -61,7 +61,7 @@ func FuzzServerPipeline(f *testing.F) {
 		{&pb.DataStreamPacketHeader{ClientId: []byte("c"), Type: pb.DataStreamPacketHeader_STREAM_DATA, StreamId: 1, StreamOffset: 3, Options: 4}, nil},
 		{&pb.DataStreamPacketHeader{Type: pb.DataStreamPacketHeader_PING}, nil},
 	} {
-		frame, err := codec.EncodePacket(pkt.h, pkt.body)
+		frame, err := dscodec.EncodePacket(pkt.h, pkt.body)
 		if err != nil {
 			f.Fatal(err)
 		}

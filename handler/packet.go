@@ -7,7 +7,7 @@ import (
 	"time"
 
 	"github.com/pipestream/pipestream/buffer"
-	"github.com/pipestream/pipestream/codec"
+	"github.com/pipestream/pipestream/codec/dscodec"
 	"github.com/pipestream/pipestream/pipeline"
 	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
 )
@@ -128,9 +128,9 @@ func (d *PacketDecoder) ChannelRead(ctx *pipeline.Context, msg any) {
 	}
 	p := packets.Get().(*Packet)
 	p.Frame = frame
-	off, err := codec.DecodePacketInto(frame.Bytes(), d.MaxHeader, p.Header)
+	off, err := dscodec.DecodePacketInto(frame.Bytes(), d.MaxHeader, p.Header)
 	if err == nil && d.MaxBody > 0 && frame.Len()-off > d.MaxBody {
-		err = fmt.Errorf("%w: %d bytes of data, more than the limit of %d", codec.ErrBadPacket, frame.Len()-off, d.MaxBody)
+		err = fmt.Errorf("%w: %d bytes of data, more than the limit of %d", dscodec.ErrBadPacket, frame.Len()-off, d.MaxBody)
 	}
 	if err != nil {
 		p.Release()

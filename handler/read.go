@@ -13,7 +13,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/pipestream/pipestream/buffer"
-	"github.com/pipestream/pipestream/codec"
+	"github.com/pipestream/pipestream/codec/dscodec"
 	"github.com/pipestream/pipestream/internal/serial"
 	"github.com/pipestream/pipestream/pipeline"
 	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
@@ -130,7 +130,7 @@ func (r *ReadServer) ChannelRead(ctx *pipeline.Context, msg any) {
 		return
 	}
 	if r.mode == modeUnknown {
-		_, err := codec.DecodePacketInto(frame.Bytes(), r.streams.cfg.MaxHeader, &r.hdr)
+		_, err := dscodec.DecodePacketInto(frame.Bytes(), r.streams.cfg.MaxHeader, &r.hdr)
 		if err != nil || !isReadType(r.hdr.GetType()) {
 			r.mode = modeOther
 			ctx.FireChannelRead(msg)
@@ -153,7 +153,7 @@ func (r *ReadServer) ChannelRead(ctx *pipeline.Context, msg any) {
 // connection's limit.
 func (r *ReadServer) admit(frame []byte) (readTask, *pb.Error) {
 	var t readTask
-	off, err := codec.DecodePacketInto(frame, r.streams.cfg.MaxHeader, &r.hdr)
+	off, err := dscodec.DecodePacketInto(frame, r.streams.cfg.MaxHeader, &r.hdr)
 	if err != nil {
 		return t, errorf(pb.ErrorCode_BAD_HEADER, "%v", err)
 	}
@@ -266,7 +266,7 @@ func (r *ReadServer) fail(ph *pb.DataStreamPacketHeader, e *pb.Error) {
 		PacketHeader: ph, ErrorCode: e.Code, ErrorMessage: e.Message,
 		ServerId: r.streams.cfg.ID, Last: true,
 	}
-	frame, err := codec.EncodePacket(h, nil)
+	frame, err := dscodec.EncodePacket(h, nil)
 	if err != nil {
 		_ = r.pl.Close()
 		return
@@ -316,7 +316,7 @@ func (r *ReadServer) read(t readTask) (sent int64) {
 			ReadOffset: off, Last: off+uint64(n) == end, File: fi,
 		}
 		fi = nil // the first reply only
-		prefix, err := codec.EncodePacketPrefix(rh, int(n))
+		prefix, err := dscodec.EncodePacketPrefix(rh, int(n))
 		if err != nil {
 			r.fail(t.ph, errorf(pb.ErrorCode_INTERNAL, "encode read reply: %v", err))
 			return sent
@@ -433,7 +433,7 @@ func (r *ReadServer) list(t readTask) {
 			return
 		}
 		rh := &pb.DataStreamReplyHeader{PacketHeader: t.ph, Success: true, ServerId: r.streams.cfg.ID, Last: i == len(files)}
-		frame, err := codec.EncodePacket(rh, body)
+		frame, err := dscodec.EncodePacket(rh, body)
 		if err != nil {
 			r.fail(t.ph, errorf(pb.ErrorCode_INTERNAL, "encode list reply: %v", err))
 			return

@@ -13,7 +13,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/pipestream/pipestream/buffer"
-	"github.com/pipestream/pipestream/codec"
+	"github.com/pipestream/pipestream/codec/dscodec"
 	"github.com/pipestream/pipestream/handler"
 	"github.com/pipestream/pipestream/pipeline"
 	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
@@ -102,14 +102,14 @@ func FuzzReadServer(f *testing.F) {
 		{Name: "none"},
 	} {
 		body, _ := proto.Marshal(req)
-		frame, err := codec.EncodePacket(&pb.DataStreamPacketHeader{Type: pb.DataStreamPacketHeader_STREAM_READ, StreamId: uint64(i + 1), DataLength: uint64(len(body))}, body)
+		frame, err := dscodec.EncodePacket(&pb.DataStreamPacketHeader{Type: pb.DataStreamPacketHeader_STREAM_READ, StreamId: uint64(i + 1), DataLength: uint64(len(body))}, body)
 		if err != nil {
 			f.Fatal(err)
 		}
 		seed = append(seed, frame.Bytes()...)
 		frame.Release()
 	}
-	list, _ := codec.EncodePacket(&pb.DataStreamPacketHeader{Type: pb.DataStreamPacketHeader_STREAM_LIST, StreamId: 9}, nil)
+	list, _ := dscodec.EncodePacket(&pb.DataStreamPacketHeader{Type: pb.DataStreamPacketHeader_STREAM_LIST, StreamId: 9}, nil)
 	seed = append(seed, list.Bytes()...)
 	list.Release()
 	f.Add(seed, uint16(10))

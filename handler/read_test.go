@@ -15,7 +15,7 @@ import (
 
 	"github.com/pipestream/pipestream/buffer"
 	"github.com/pipestream/pipestream/buffer/buffertest"
-	"github.com/pipestream/pipestream/codec"
+	"github.com/pipestream/pipestream/codec/dscodec"
 	"github.com/pipestream/pipestream/handler"
 	"github.com/pipestream/pipestream/pipeline"
 	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
@@ -44,7 +44,7 @@ func TestReadExampleBytes(t *testing.T) {
 			"00000014000000100a0610041801280920113a0273314801"},
 		{"list", &pb.DataStreamPacketHeader{Type: pb.DataStreamPacketHeader_STREAM_LIST, StreamId: 2}, nil, "000000080000000410051802"},
 	} {
-		frame, err := codec.EncodePacket(tc.h, tc.body)
+		frame, err := dscodec.EncodePacket(tc.h, tc.body)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -107,14 +107,14 @@ func TestReadStateMachineFails(t *testing.T) {
 	var q buffer.Queue
 	for i, req := range []*pb.ReadRequest{{Name: "f", Length: 20}, {Name: "f", Offset: 2, Length: 5}} {
 		body, _ := proto.Marshal(req)
-		frame, err := codec.EncodePacket(&pb.DataStreamPacketHeader{Type: pb.DataStreamPacketHeader_STREAM_READ, StreamId: uint64(i + 1), DataLength: uint64(len(body))}, body)
+		frame, err := dscodec.EncodePacket(&pb.DataStreamPacketHeader{Type: pb.DataStreamPacketHeader_STREAM_READ, StreamId: uint64(i + 1), DataLength: uint64(len(body))}, body)
 		if err != nil {
 			t.Fatal(err)
 		}
 		_, _ = q.Write(frame.Bytes())
 		frame.Release()
 	}
-	list, _ := codec.EncodePacket(&pb.DataStreamPacketHeader{Type: pb.DataStreamPacketHeader_STREAM_LIST, StreamId: 3}, nil)
+	list, _ := dscodec.EncodePacket(&pb.DataStreamPacketHeader{Type: pb.DataStreamPacketHeader_STREAM_LIST, StreamId: 3}, nil)
 	_, _ = q.Write(list.Bytes())
 	list.Release()
 	p.FireChannelRead(&q)

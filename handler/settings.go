@@ -4,7 +4,7 @@ import (
 	"fmt"
 	"time"
 
-	"github.com/pipestream/pipestream/codec"
+	"github.com/pipestream/pipestream/codec/dscodec"
 )
 
 // The settings of a peer are declared here once, in three structs that
@@ -60,10 +60,10 @@ const QuorumAll = -1
 type Limits struct {
 	// MaxFrame bounds one frame, packet header and data, on a client or
 	// predecessor connection; a larger one closes the connection.
-	// Default codec.DefaultMaxPacketFrame.
+	// Default dscodec.DefaultMaxPacketFrame.
 	MaxFrame int
 	// MaxHeader bounds a packet header and a stream's header request.
-	// Default codec.DefaultMaxPacketHeader.
+	// Default dscodec.DefaultMaxPacketHeader.
 	MaxHeader int
 	// MaxStreams bounds the open streams of this peer. Default
 	// DefaultMaxStreams.
@@ -156,8 +156,8 @@ const (
 // WithDefaults returns l with every zero or negative field set to its
 // default. It is idempotent, so that each layer may apply it.
 func (l Limits) WithDefaults() Limits {
-	orDefault(&l.MaxFrame, codec.DefaultMaxPacketFrame)
-	orDefault(&l.MaxHeader, codec.DefaultMaxPacketHeader)
+	orDefault(&l.MaxFrame, dscodec.DefaultMaxPacketFrame)
+	orDefault(&l.MaxHeader, dscodec.DefaultMaxPacketHeader)
 	orDefault(&l.MaxStreams, DefaultMaxStreams)
 	orDefault(&l.MaxStreamsPerConn, DefaultMaxStreamsPerConn)
 	orDefault(&l.MaxConnBytes, DefaultMaxConnBytes)

@@ -9,7 +9,7 @@ import (
 	"github.com/valyala/bytebufferpool"
 	"google.golang.org/protobuf/proto"
 
-	"github.com/pipestream/pipestream/codec"
+	"github.com/pipestream/pipestream/codec/dscodec"
 	"github.com/pipestream/pipestream/pipeline"
 	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
 )
@@ -375,7 +375,7 @@ func (ReplyEncoder) Write(ctx *pipeline.Context, msg any) error {
 		}
 		scratch.B, body = b, b
 	}
-	frame, err := codec.EncodePacket(r.Header, body)
+	frame, err := dscodec.EncodePacket(r.Header, body)
 	r.Release()
 	if err != nil {
 		return fmt.Errorf("handler: encode reply: %w", err)
@@ -386,7 +386,7 @@ func (ReplyEncoder) Write(ctx *pipeline.Context, msg any) error {
 // Install adds the server stages to a connection's pipeline under the Stage
 // names.
 func Install(p *pipeline.Pipeline, s *Streams, maxFrame int) error {
-	frames, err := codec.NewPacketFrameDecoder(maxFrame)
+	frames, err := dscodec.NewPacketFrameDecoder(maxFrame)
 	if err != nil {
 		return err
 	}

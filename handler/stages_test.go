@@ -11,7 +11,7 @@ import (
 
 	"github.com/pipestream/pipestream/buffer"
 	"github.com/pipestream/pipestream/buffer/buffertest"
-	"github.com/pipestream/pipestream/codec"
+	"github.com/pipestream/pipestream/codec/dscodec"
 	"github.com/pipestream/pipestream/handler"
 	"github.com/pipestream/pipestream/pipeline"
 	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
@@ -60,7 +60,7 @@ func newConn(t *testing.T, gated bool) *conn {
 		Logger: slog.New(slog.DiscardHandler),
 	})
 	c.p = pipeline.New(replyTransport{c}, pipeline.WithLogger(slog.New(slog.DiscardHandler)))
-	if err := handler.Install(c.p, c.streams, codec.DefaultMaxPacketFrame); err != nil {
+	if err := handler.Install(c.p, c.streams, dscodec.DefaultMaxPacketFrame); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
@@ -126,7 +126,7 @@ func (r replyTransport) Write(msg any) error {
 		r.c.t.Errorf("transport got a %T", msg)
 		return nil
 	}
-	h, rcr, err := codec.DecodeReply(b.Bytes(), codec.DefaultMaxPacketHeader)
+	h, rcr, err := dscodec.DecodeReply(b.Bytes(), dscodec.DefaultMaxPacketHeader)
 	if err != nil {
 		r.c.t.Error(err)
 		return nil
@@ -147,7 +147,7 @@ func (c *conn) send(h *pb.DataStreamPacketHeader, body []byte) {
 		h.ClientId = []byte(client)
 	}
 	h.DataLength = uint64(len(body))
-	frame, err := codec.EncodePacket(h, body)
+	frame, err := dscodec.EncodePacket(h, body)
 	if err != nil {
 		c.t.Fatal(err)
 	}

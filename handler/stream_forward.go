@@ -3,7 +3,7 @@ package handler
 import (
 	"time"
 
-	"github.com/pipestream/pipestream/codec"
+	"github.com/pipestream/pipestream/codec/dscodec"
 	"github.com/pipestream/pipestream/internal/fifo"
 	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
 )
@@ -36,12 +36,6 @@ func (st *Stream) linkTo(id string) *link {
 		}
 	}
 	return nil
-}
-
-func (st *Stream) forwardsTo(id string) bool {
-	st.mu.Lock()
-	defer st.mu.Unlock()
-	return st.linkTo(id) != nil
 }
 
 // forward sends p's frame to every successor. It runs on the upstream
@@ -122,7 +116,7 @@ func recoverable(c pb.ErrorCode) bool {
 }
 
 // ack takes successor peer's reply for the oldest packet forwarded to it.
-func (st *Stream) ack(peer string, r *codec.ReplyView) {
+func (st *Stream) ack(peer string, r *dscodec.ReplyView) {
 	st.mu.Lock()
 	l := st.linkTo(peer)
 	if l == nil || l.awaiting.Len() == 0 {
@@ -219,7 +213,7 @@ func (st *Stream) abortSuccessors() {
 }
 
 func (st *Stream) abort(c Successor) {
-	frame, err := codec.EncodePacket(&pb.DataStreamPacketHeader{
+	frame, err := dscodec.EncodePacket(&pb.DataStreamPacketHeader{
 		ClientId: []byte(st.Key.ClientID),
 		Type:     pb.DataStreamPacketHeader_STREAM_DATA,
 		StreamId: st.Key.StreamID,

@@ -6,7 +6,7 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
-	"github.com/pipestream/pipestream/codec"
+	"github.com/pipestream/pipestream/codec/dscodec"
 	"github.com/pipestream/pipestream/pipeline"
 	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
 )
@@ -193,13 +193,13 @@ func (st *Stream) resumeFrame(at uint64, crc uint32, epoch uint64) (*Packet, err
 		ClientId: []byte(st.Key.ClientID), Type: pb.DataStreamPacketHeader_STREAM_HEADER, StreamId: st.Key.StreamID,
 		StreamOffset: at, DataLength: uint64(len(body)), Options: opts, Crc32C: crc, Epoch: epoch,
 	}
-	frame, err := codec.EncodePacket(h, body)
+	frame, err := dscodec.EncodePacket(h, body)
 	if err != nil {
 		return nil, err
 	}
 	p := packets.Get().(*Packet)
 	p.Frame, p.origin = frame, true
-	if _, err := codec.DecodePacketInto(frame.Bytes(), codec.DefaultMaxPacketHeader, p.Header); err != nil {
+	if _, err := dscodec.DecodePacketInto(frame.Bytes(), dscodec.DefaultMaxPacketHeader, p.Header); err != nil {
 		p.Release()
 		return nil, err
 	}

@@ -88,7 +88,7 @@ commit_addr = "127.0.0.1:3"
 		{name: "unknown id", file: peers, id: "b", wantErr: `"b" is not among the members`},
 		{name: "unknown key", file: "colour = 1\n" + peers, id: "a", wantErr: "unknown keys colour"},
 		{name: "unknown key in a section", file: "[raft]\nspeed = 1\n" + peers, id: "a", wantErr: "unknown keys raft.speed"},
-		{name: "bad transport", file: `transport = "carrier pigeon"` + peers, id: "a", wantErr: "neither gnet nor netconn"},
+		{name: "bad transport", file: `transport = "carrier pigeon"` + peers, id: "a", wantErr: "want gnet or netconn"},
 		{name: "bad duration", file: "[stream]\nreply_timeout = \"soon\"\n" + peers, id: "a", wantErr: "soon"},
 		{name: "missing address", file: "[[peers]]\nid = \"a\"\nstream_addr = \"127.0.0.1:1\"\n", id: "a", wantErr: "needs id, stream_addr, raft_addr and commit_addr"},
 		{name: "port 0", file: strings.Replace(peers, ":2", ":0", 1), id: "a", wantErr: "port 0"},

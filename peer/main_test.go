@@ -15,7 +15,7 @@ import (
 	"time"
 
 	"github.com/pipestream/pipestream/datastream"
-	"github.com/pipestream/pipestream/handler"
+	"github.com/pipestream/pipestream/internal/grouptest"
 	"github.com/pipestream/pipestream/internal/leaktest"
 	"github.com/pipestream/pipestream/peer"
 	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
@@ -53,25 +53,8 @@ type groupOpts struct {
 
 // testConfig is a peer config with timeouts for loopback tests.
 func testConfig(id string, ids []string) peer.Config {
-	cfg := peer.Config{
-		ID:     id,
-		Logger: quietLogger(),
-		Timeouts: handler.Timeouts{
-			CommitTimeout:  10 * time.Second,
-			LinkTimeout:    20 * time.Second,
-			SweepInterval:  50 * time.Millisecond,
-			RedialInterval: 50 * time.Millisecond,
-		},
-		Raft: peer.RaftTuning{
-			HeartbeatTimeout:   200 * time.Millisecond,
-			ElectionTimeout:    200 * time.Millisecond,
-			LeaderLeaseTimeout: 100 * time.Millisecond,
-			CommitTimeout:      5 * time.Millisecond,
-		},
-	}
-	for _, id := range ids {
-		cfg.Peers = append(cfg.Peers, peer.Member{ID: id})
-	}
+	cfg := grouptest.Config(id, ids)
+	cfg.Logger = quietLogger()
 	return cfg
 }
 
@@ -100,73 +83,35 @@ func startGroup(t testing.TB, o groupOpts) *group {
 		if o.edit != nil {
 			o.edit(i, &cfg)
 		}
-		p, err := peer.New(ctx, cfg)
-		if err != nil {
-			t.Fatalf("New(%s): %v", id, err)
-		}
 		g.cfgs = append(g.cfgs, cfg)
-		g.peers = append(g.peers, p)
-		g.members = append(g.members, p.Addrs())
 	}
-	for _, p := range g.peers {
-		if err := p.Start(ctx, g.members); err != nil {
-			t.Fatalf("Start(%s): %v", p.ID(), err)
-		}
-	}
-	g.waitReady()
+	g.peers, g.members = grouptest.Start(t, ctx, g.cfgs)
 	return g
 }
 
 // waitReady waits until every running peer is ready.
 func (g *group) waitReady() {
 	g.t.Helper()
-	for _, p := range g.peers {
-		if p == nil {
-			continue
-		}
-		if err := p.WaitReady(g.ctx); err != nil {
-			g.t.Fatal(err)
-		}
-	}
+	grouptest.WaitReady(g.t, g.ctx, g.peers)
 }
 
 // stop shuts peer i down.
 func (g *group) stop(i int) {
 	g.t.Helper()
-	if err := g.peers[i].Shutdown(g.ctx); err != nil {
-		g.t.Errorf("shutdown %s: %v", g.peers[i].ID(), err)
-	}
+	grouptest.Stop(g.t, g.ctx, g.peers[i])
 	g.peers[i] = nil
 }
 
 // restart starts peer i again on the Raft and commit addresses and the
-// DataDir it had, with its config edited by edit if not nil.
-//
-// The stream server gets a new port, which the others are told: the gnet
-// listener does not set SO_REUSEADDR, so its old port stays taken while
-// the connections it closed linger in TIME_WAIT.
+// DataDir it had, with its config edited by edit if not nil, and a new
+// stream port (see grouptest.Restart).
 func (g *group) restart(i int, edit func(*peer.Config)) {
 	g.t.Helper()
 	cfg := g.cfgs[i]
-	m := g.members[i]
-	cfg.StreamAddr, cfg.RaftAddr, cfg.CommitAddr = "127.0.0.1:0", m.RaftAddr, m.CommitAddr
 	if edit != nil {
 		edit(&cfg)
 	}
-	p, err := peer.New(g.ctx, cfg)
-	if err != nil {
-		g.t.Fatalf("restart %s: %v", cfg.ID, err)
-	}
-	g.peers[i] = p
-	g.members[i] = p.Addrs()
-	for _, o := range g.peers {
-		if o != nil && o != p {
-			o.Server().SetPeerAddr(m.ID, g.members[i].StreamAddr)
-		}
-	}
-	if err := p.Start(g.ctx, g.members); err != nil {
-		g.t.Fatalf("restart %s: %v", cfg.ID, err)
-	}
+	grouptest.Restart(g.t, g.ctx, cfg, i, g.peers, g.members)
 }
 
 func (g *group) shutdown() {
@@ -180,34 +125,7 @@ func (g *group) shutdown() {
 // leader returns the index of the peer every running peer agrees leads.
 func (g *group) leader() int {
 	g.t.Helper()
-	for range 1000 {
-		id, agreed := "", true
-		for _, p := range g.peers {
-			if p == nil {
-				continue
-			}
-			m, ok := p.Leader()
-			if !ok || (id != "" && m.ID != id) {
-				agreed = false
-				break
-			}
-			id = m.ID
-		}
-		if agreed && id != "" {
-			for i, m := range g.members {
-				if m.ID == id && g.peers[i] != nil {
-					return i
-				}
-			}
-		}
-		select {
-		case <-g.ctx.Done():
-			g.t.Fatal("no leader all peers agree on")
-		case <-time.After(10 * time.Millisecond):
-		}
-	}
-	g.t.Fatal("no leader all peers agree on")
-	return -1
+	return grouptest.Leader(g.t, g.ctx, g.peers, g.members)
 }
 
 // follower returns the index of a running peer other than those given.

@@ -327,15 +327,13 @@ func (c *count) UnmarshalTOML(v any) error {
 	}
 }
 
-// Transports by their names in a group file.
-var transports = map[string]transport.Kind{"": transport.Gnet, "gnet": transport.Gnet, "netconn": transport.NetConn}
-
+// parseTransport reads a group file's transport key; without one the
+// transport is gnet.
 func parseTransport(name string) (transport.Kind, error) {
-	k, ok := transports[strings.ToLower(name)]
-	if !ok {
-		return 0, fmt.Errorf("transport %q is neither gnet nor netconn", name)
+	if name == "" {
+		return transport.Gnet, nil
 	}
-	return k, nil
+	return transport.ParseKind(name)
 }
 
 // zeroPort returns the first of m's addresses whose port is 0, or "".
@@ -363,7 +361,7 @@ func (f *groupFile) checkTLS() error {
 	if f.TLS.CAFile == "" {
 		return errors.New("[tls] needs ca_file, the certificate authority of the group")
 	}
-	if k, _ := parseTransport(f.Transport); f.Transport != "" && k != transport.NetConn {
+	if k, _ := parseTransport(f.Transport); f.Transport != "" && !k.Caps().TLS {
 		return fmt.Errorf("transport %q has no TLS: [tls] needs transport = \"netconn\" (or no transport key, which [tls] makes netconn)", f.Transport)
 	}
 	if (f.TLS.Client.CertFile == "") != (f.TLS.Client.KeyFile == "") {

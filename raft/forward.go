@@ -3,7 +3,6 @@ package raft
 import (
 	"context"
 	"crypto/tls"
-	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -13,12 +12,15 @@ import (
 	hraft "github.com/hashicorp/raft"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/pipestream/pipestream/codec"
 	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
 )
 
 // The commit RPC. A peer sends requests to another peer's commit address
 // and reads back a RaftClientReply for each. Every message is a 4-byte
-// big-endian length and its bytes; a request's bytes start with its kind:
+// big-endian length and its bytes (codec.WriteFrame and codec.ReadFrame,
+// the bare length prefix of the DataStream framing); a request's bytes
+// start with its kind:
 //
 //	reqCommit      a StreamEntry, for the leader to append
 //	reqStatus      nothing; the reply carries the peer's CommitInfo
@@ -58,41 +60,32 @@ var (
 	reqMembers      = []byte{5}
 	reqChange       = []byte{6}
 	reqChangeLeader = []byte{7}
-	noKind          []byte // a reply
 )
 
-// writeFrame writes kind and body with their length prefix in one write.
-func writeFrame(w io.Writer, kind, body []byte) error {
-	buf := make([]byte, 4, 4+len(kind)+len(body))
-	binary.BigEndian.PutUint32(buf, uint32(len(kind)+len(body)))
-	buf = append(append(buf, kind...), body...)
-	_, err := w.Write(buf)
-	return err
-}
-
-func writeMessage(w io.Writer, m proto.Message) error {
-	body, err := proto.Marshal(m)
-	if err != nil {
-		return fmt.Errorf("raft: encode: %w", err)
-	}
-	return writeFrame(w, noKind, body)
-}
-
-// readFrame reads one length-prefixed message into a new buffer.
+// readFrame reads one message of the commit RPC into a new buffer; one
+// over MaxMessageSize is ErrTooLarge.
 func readFrame(r io.Reader) ([]byte, error) {
-	var hdr [4]byte
-	if _, err := io.ReadFull(r, hdr[:]); err != nil {
+	b, err := codec.ReadFrame(r, MaxMessageSize)
+	if errors.Is(err, codec.ErrFrameTooLong) {
+		return nil, fmt.Errorf("%w: %v", ErrTooLarge, err)
+	}
+	return b, err
+}
+
+// exchange sends the request kind+body on c and reads the reply.
+func exchange(c io.ReadWriter, kind, body []byte) (*pb.RaftClientReply, error) {
+	if err := codec.WriteFrame(c, kind, body); err != nil {
 		return nil, err
 	}
-	size := binary.BigEndian.Uint32(hdr[:])
-	if size > MaxMessageSize {
-		return nil, fmt.Errorf("%w: frame of %d bytes", ErrTooLarge, size)
+	buf, err := readFrame(c)
+	if err != nil {
+		return nil, err
 	}
-	buf := make([]byte, size)
-	if _, err := io.ReadFull(r, buf); err != nil {
-		return nil, fmt.Errorf("raft: short frame: %w", err)
+	var rep pb.RaftClientReply
+	if err := proto.Unmarshal(buf, &rep); err != nil {
+		return nil, fmt.Errorf("%w: reply: %v", ErrBadEntry, err)
 	}
-	return buf, nil
+	return &rep, nil
 }
 
 // forward sends a marshaled StreamEntry to the commit address addr and
@@ -124,16 +117,7 @@ func (n *Node) callTimeout(ctx context.Context, addr string, kind, body []byte, 
 	// A canceled ctx interrupts the I/O in progress by moving the deadline.
 	stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Unix(1, 0)) })
 
-	var rep pb.RaftClientReply
-	err = writeFrame(c, kind, body)
-	if err == nil {
-		var buf []byte
-		if buf, err = readFrame(c); err == nil {
-			if err = proto.Unmarshal(buf, &rep); err != nil {
-				err = fmt.Errorf("%w: reply: %v", ErrBadEntry, err)
-			}
-		}
-	}
+	rep, err := exchange(c, kind, body)
 	interrupted := !stop()
 	if err != nil {
 		c.Close()
@@ -148,7 +132,7 @@ func (n *Node) callTimeout(ctx context.Context, addr string, kind, body []byte, 
 		c.SetDeadline(time.Time{})
 		n.putConn(addr, c)
 	}
-	return &rep, nil
+	return rep, nil
 }
 
 func (n *Node) getConn(ctx context.Context, addr string) (net.Conn, error) {
@@ -268,8 +252,13 @@ func (n *Node) serveCommitConn(raw net.Conn) {
 			rep = &pb.RaftClientReply{ServerId: n.cfg.ID, ErrorCode: pb.ErrorCode_BAD_HEADER,
 				ErrorMessage: fmt.Sprintf("%v: unknown request", ErrBadEntry)}
 		}
+		body, err := proto.Marshal(rep)
+		if err != nil {
+			n.log.Error("raft: commit connection: encode reply", "err", err)
+			return
+		}
 		c.SetWriteDeadline(time.Now().Add(n.cfg.ForwardTimeout))
-		if err := writeMessage(c, rep); err != nil {
+		if err := codec.WriteFrame(c, body); err != nil {
 			return
 		}
 	}
@@ -376,18 +365,9 @@ func roundTrip(ctx context.Context, addr string, tlsConf *tls.Config, kind, body
 	}
 	stop := context.AfterFunc(ctx, func() { c.SetDeadline(time.Unix(1, 0)) })
 	defer stop()
-	var rep pb.RaftClientReply
-	err = writeFrame(c, kind, body)
-	if err == nil {
-		var buf []byte
-		if buf, err = readFrame(c); err == nil {
-			if err = proto.Unmarshal(buf, &rep); err != nil {
-				err = fmt.Errorf("%w: reply: %v", ErrBadEntry, err)
-			}
-		}
-	}
+	rep, err := exchange(c, kind, body)
 	if err != nil {
 		return nil, errors.Join(err, ctx.Err())
 	}
-	return &rep, nil
+	return rep, nil
 }

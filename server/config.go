@@ -17,7 +17,8 @@ var (
 	// live connection at the time its header arrives.
 	ErrPeerUnavailable = errors.New("server: peer unavailable")
 	// ErrTLSNeedsNetConn is returned by Listen for a Config with TLS,
-	// PeerTLS or AuthorizePeer and the gnet transport, which has no TLS.
+	// PeerTLS or AuthorizePeer and a transport kind without TLS (see
+	// transport.Kind.Caps), such as gnet.
 	ErrTLSNeedsNetConn = errors.New("server: TLS needs the netconn transport")
 )
 
@@ -65,8 +66,8 @@ type Config struct {
 	// tls.RequireAndVerifyClientCert with ClientCAs. PeerTLS is the
 	// dialing side, for the connections to the other peers: RootCAs, and
 	// for mutual TLS this peer's certificate in Certificates; ServerName
-	// defaults to the host of each peer's address. Both need Transport
-	// transport.NetConn (else ErrTLSNeedsNetConn), and one needs the other
+	// defaults to the host of each peer's address. Both need a Transport
+	// with TLS, transport.NetConn (else ErrTLSNeedsNetConn), and one needs the other
 	// when the group has other peers. See docs/security.md.
 	TLS     *tls.Config
 	PeerTLS *tls.Config
@@ -104,7 +105,7 @@ func checkTLS(cfg *Config, others bool) error {
 		return nil
 	}
 	switch {
-	case cfg.Transport != transport.NetConn:
+	case !cfg.Transport.Caps().TLS:
 		return ErrTLSNeedsNetConn
 	case cfg.AuthorizePeer != nil && cfg.TLS == nil:
 		return errors.New("server: AuthorizePeer needs TLS")

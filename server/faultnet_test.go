@@ -7,7 +7,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/pipestream/pipestream/codec"
+	"github.com/pipestream/pipestream/codec/dscodec"
 	"github.com/pipestream/pipestream/datastream"
 	"github.com/pipestream/pipestream/handler"
 	"github.com/pipestream/pipestream/internal/faultnet"
@@ -217,7 +217,7 @@ func waitFor(t testing.TB, d time.Duration, what string, cond func() bool) {
 // forwards it unchanged.
 func dataFrameLen(t testing.TB, c *datastream.Client, out *datastream.Output, off uint64, n int) int64 {
 	t.Helper()
-	prefix, err := codec.EncodePacketPrefix(&pb.DataStreamPacketHeader{
+	prefix, err := dscodec.EncodePacketPrefix(&pb.DataStreamPacketHeader{
 		ClientId: c.ID(), Type: pb.DataStreamPacketHeader_STREAM_DATA,
 		StreamId: out.ID(), StreamOffset: off, DataLength: uint64(n),
 	}, n)

@@ -11,9 +11,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pipestream/pipestream/codec/dscodec"
 	"github.com/pipestream/pipestream/internal/leaktest"
 
-	"github.com/pipestream/pipestream/codec"
 	"github.com/pipestream/pipestream/datastream"
 	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
 	"github.com/pipestream/pipestream/server"
@@ -109,7 +109,7 @@ func dialRaw(t testing.TB, addr string) *raw {
 
 func (r *raw) sendFrame(h *pb.DataStreamPacketHeader, body []byte) {
 	r.t.Helper()
-	frame, err := codec.EncodePacket(h, body)
+	frame, err := dscodec.EncodePacket(h, body)
 	if err != nil {
 		r.t.Fatal(err)
 	}
@@ -156,7 +156,7 @@ func (r *raw) reply() (*pb.DataStreamReplyHeader, *pb.RaftClientReply) {
 	if _, err := io.ReadFull(r.c, b[4:]); err != nil {
 		r.t.Fatalf("read reply: %v", err)
 	}
-	h, rcr, err := codec.DecodeReply(b, codec.DefaultMaxPacketHeader)
+	h, rcr, err := dscodec.DecodeReply(b, dscodec.DefaultMaxPacketHeader)
 	if err != nil {
 		r.t.Fatal(err)
 	}
@@ -171,7 +171,7 @@ func (r *raw) request(stream uint64, primary string, table *pb.RoutingTable) *pb
 }
 
 func encodeFrameBytes(h *pb.DataStreamPacketHeader, body []byte) ([]byte, error) {
-	frame, err := codec.EncodePacket(h, body)
+	frame, err := dscodec.EncodePacket(h, body)
 	if err != nil {
 		return nil, err
 	}

@@ -254,15 +254,7 @@ func (s *Server) dial(ctx context.Context, addr, id string) (_ transport.Channel
 			}
 		}
 	}
-	var (
-		ch  transport.Channel
-		err error
-	)
-	if s.dialer != nil {
-		ch, err = s.dialer.Dial(ctx, addr, init)
-	} else {
-		ch, err = s.cfg.Transport.Dial(ctx, addr, init, s.peerOpts...)
-	}
+	ch, err := s.dialer.Dial(ctx, addr, init)
 	if err != nil {
 		return nil, nil, err
 	}

@@ -17,7 +17,7 @@ import (
 	"time"
 
 	"github.com/pipestream/pipestream/buffer/buffertest"
-	"github.com/pipestream/pipestream/codec"
+	"github.com/pipestream/pipestream/codec/dscodec"
 	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
 	"github.com/pipestream/pipestream/server"
 	"github.com/pipestream/pipestream/statemachine"
@@ -159,7 +159,7 @@ func expectFramingClose(t *testing.T, r *raw, name string) {
 			}
 			return // EOF or reset: closed
 		}
-		h, _, err := codec.DecodeReply(b, codec.DefaultMaxPacketHeader)
+		h, _, err := dscodec.DecodeReply(b, dscodec.DefaultMaxPacketHeader)
 		switch {
 		case err != nil:
 			t.Fatalf("%s: reply does not decode: %v", name, err)

@@ -20,12 +20,11 @@ import (
 
 // Server is one running peer.
 type Server struct {
-	cfg      Config
-	streams  *handler.Streams
-	ln       transport.Server
-	dialer   *transport.Dialer // gnet only
-	peerOpts []transport.Option
-	log      *slog.Logger
+	cfg     Config
+	streams *handler.Streams
+	ln      transport.Server
+	dialer  transport.Connector
+	log     *slog.Logger
 
 	ctx    context.Context // cancelled by Shutdown
 	cancel context.CancelFunc
@@ -109,19 +108,14 @@ func Listen(ctx context.Context, cfg Config) (*Server, error) {
 	if cfg.PeerTLS != nil {
 		peerOpts = append(peerOpts, transport.WithTLS(cfg.PeerTLS))
 	}
-	s.peerOpts = peerOpts
-	if cfg.Transport == transport.Gnet {
-		d, err := transport.NewDialer(peerOpts...)
-		if err != nil {
-			return nil, err
-		}
-		s.dialer = d
+	d, err := cfg.Transport.NewConnector(peerOpts...)
+	if err != nil {
+		return nil, err
 	}
+	s.dialer = d
 	ln, err := cfg.Transport.Listen(ctx, cfg.Addr, s.initUpstream, opts...)
 	if err != nil {
-		if s.dialer != nil {
-			_ = s.dialer.Close()
-		}
+		_ = s.dialer.Close()
 		return nil, fmt.Errorf("server %s: %w", cfg.ID, err)
 	}
 	s.ln = ln
@@ -182,9 +176,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.cancel()
 	s.mu.Unlock()
 	s.wg.Wait()
-	if s.dialer != nil {
-		errs = append(errs, s.dialer.Close())
-	}
+	errs = append(errs, s.dialer.Close())
 	errs = append(errs, s.streams.Shutdown(ctx))
 	return errors.Join(errs...)
 }

@@ -28,28 +28,22 @@ const patience = 20 * time.Second
 
 var quiet = transport.WithLogger(slog.New(slog.DiscardHandler))
 
-var kinds = []transport.Kind{transport.Gnet, transport.NetConn}
+var kinds = transport.Kinds()
 
 // dialFunc connects one channel.
 type dialFunc func(ctx context.Context, addr string, init transport.Initializer) (transport.Channel, error)
 
-// dialerFor returns the way tests connect with kind k: a shared Dialer for
-// gnet, DialConn for net.Conn. The dialer is closed when t ends.
+// dialerFor returns the way tests connect with kind k: a Connector of the
+// kind, closed when t ends.
 func dialerFor(t testing.TB, k transport.Kind, opts ...transport.Option) dialFunc {
 	t.Helper()
-	opts = append([]transport.Option{quiet}, opts...)
-	if k == transport.NetConn {
-		return func(ctx context.Context, addr string, init transport.Initializer) (transport.Channel, error) {
-			return transport.DialConn(ctx, addr, init, opts...)
-		}
-	}
-	d, err := transport.NewDialer(opts...)
+	d, err := k.NewConnector(append([]transport.Option{quiet}, opts...)...)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() {
 		if err := d.Close(); err != nil {
-			t.Errorf("Dialer.Close: %v", err)
+			t.Errorf("Connector.Close: %v", err)
 		}
 	})
 	return d.Dial

@@ -168,6 +168,12 @@ func TLSConnectionState(t pipeline.Transport) (state tls.ConnectionState, ok boo
 // and ChannelActive has been fired.
 func DialConn(ctx context.Context, addr string, init Initializer, opts ...Option) (Channel, error) {
 	o := newOptions(opts)
+	return dialConn(ctx, addr, init, &o, nil)
+}
+
+// dialConn is DialConn with options already made; onDone, if not nil, is
+// the channel's (see connChannel).
+func dialConn(ctx context.Context, addr string, init Initializer, o *options, onDone func(*connChannel)) (Channel, error) {
 	network, hostport, err := splitAddr(addr)
 	if err != nil {
 		return nil, err
@@ -183,7 +189,10 @@ func DialConn(ctx context.Context, addr string, init Initializer, opts ...Option
 	if err != nil {
 		return nil, fmt.Errorf("transport: dial %s: %w", addr, err)
 	}
-	ch := newConnChannel(conn, &o)
+	ch := newConnChannel(conn, o)
+	if onDone != nil {
+		ch.onDone = func() { onDone(ch) }
+	}
 	ch.start(init)
 	go ch.readLoop()
 	return ch, nil

@@ -2,11 +2,21 @@ package transport_test
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"crypto/tls"
+	"crypto/x509"
+	"math/big"
+	"net"
+	"strings"
 	"testing"
+	"time"
 
+	"github.com/pipestream/pipestream/buffer"
 	"github.com/pipestream/pipestream/buffer/buffertest"
 	"github.com/pipestream/pipestream/internal/testcert"
+	"github.com/pipestream/pipestream/pipeline"
 	"github.com/pipestream/pipestream/transport"
 )
 
@@ -98,4 +108,76 @@ func TestMutualTLSRefusesStrangers(t *testing.T) {
 	if m := recv(t, got, "echo to the good client"); m != "hello" {
 		t.Errorf("echo %q", m)
 	}
+}
+
+// Over TLS, batches are gathered into few records; messages both smaller
+// and larger than the gathering buffer arrive intact.
+func TestTLS(t *testing.T) {
+	buffertest.Check(t)
+	server, client := tlsConfigs(t)
+	s := listen(t, transport.NetConn, func(ch transport.Channel) {
+		addFraming(t, ch.Pipeline())
+		_ = ch.Pipeline().AddLast("echo", echo{})
+	}, transport.WithTLS(server))
+	got := make(chan string, 8)
+	ctx, cancel := context.WithTimeout(context.Background(), patience)
+	defer cancel()
+	ch, err := transport.DialConn(ctx, s.Addr().String(), func(ch transport.Channel) {
+		addFraming(t, ch.Pipeline())
+		_ = ch.Pipeline().AddLast("collect", pipeline.Inbound(func(_ *pipeline.Context, b *buffer.Buf) {
+			got <- string(b.Bytes())
+			b.Release()
+		}))
+	}, quiet, transport.WithTLS(client))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = ch.Close(); <-ch.Done() }()
+
+	var sent []string
+	for i, size := range []int{1, 100, 5000, 100 << 10, 3} {
+		m := strings.Repeat(string(rune('a'+i)), size)
+		sent = append(sent, m)
+		if err := ch.Pipeline().Write([]byte(m)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := ch.Pipeline().Flush(); err != nil {
+		t.Fatal(err)
+	}
+	for i, want := range sent {
+		if m := recv(t, got, "echo over TLS"); m != want {
+			t.Fatalf("echo %d: %d bytes, want %d", i, len(m), len(want))
+		}
+	}
+}
+
+// tlsConfigs makes a self-signed certificate for 127.0.0.1.
+func tlsConfigs(t *testing.T) (server, client *tls.Config) {
+	t.Helper()
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: big.NewInt(1),
+		NotBefore:    time.Now().Add(-time.Hour),
+		NotAfter:     time.Now().Add(time.Hour),
+		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1)},
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	pool.AddCert(cert)
+	server = &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}}
+	client = &tls.Config{RootCAs: pool}
+	return server, client
 }

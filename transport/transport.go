@@ -19,7 +19,10 @@
 //     connection, a reader and the same writer. They are the baseline and
 //     the only one with TLS (WithTLS).
 //
-// Kind picks one of the two by value, for callers configured at run time.
+// Kind picks one of the two by value, for callers configured at run time:
+// ParseKind reads its name, Caps says what it can do (TLS, sendfile) and
+// NewConnector dials with any kind. The kinds and what they can do are
+// listed in one place, the registry in kind.go.
 //
 // Writing: Write, Flush and Close may be called from any goroutine. Write
 // queues a message (a *buffer.Buf, whose reference the transport takes over
@@ -88,49 +91,6 @@ type Server interface {
 	// fires ChannelInactive) and waits until the server's goroutines have
 	// ended or ctx is done. It returns ctx.Err() in the latter case.
 	Shutdown(ctx context.Context) error
-}
-
-// Kind names a transport implementation, for callers that choose one by
-// configuration.
-type Kind int
-
-const (
-	// Gnet is the event-loop transport: Listen and Dial.
-	Gnet Kind = iota
-	// NetConn is the net.Conn transport: ListenConn and DialConn.
-	NetConn
-)
-
-func (k Kind) String() string {
-	switch k {
-	case Gnet:
-		return "gnet"
-	case NetConn:
-		return "netconn"
-	}
-	return fmt.Sprintf("transport.Kind(%d)", int(k))
-}
-
-// Listen starts a server of kind k; see Listen and ListenConn.
-func (k Kind) Listen(ctx context.Context, addr string, init Initializer, opts ...Option) (Server, error) {
-	switch k {
-	case Gnet:
-		return Listen(ctx, addr, init, opts...)
-	case NetConn:
-		return ListenConn(ctx, addr, init, opts...)
-	}
-	return nil, fmt.Errorf("transport: unknown kind %v", k)
-}
-
-// Dial connects with kind k; see Dial and DialConn.
-func (k Kind) Dial(ctx context.Context, addr string, init Initializer, opts ...Option) (Channel, error) {
-	switch k {
-	case Gnet:
-		return Dial(ctx, addr, init, opts...)
-	case NetConn:
-		return DialConn(ctx, addr, init, opts...)
-	}
-	return nil, fmt.Errorf("transport: unknown kind %v", k)
 }
 
 var lastID atomic.Uint64

@@ -91,22 +91,18 @@ type transportValue struct {
 }
 
 func (v *transportValue) String() string {
-	if v == nil || v.kind == transport.Gnet {
-		return "gnet"
+	if v == nil {
+		return transport.Gnet.String()
 	}
-	return "netconn"
+	return v.kind.String()
 }
 
 func (v *transportValue) Set(s string) error {
-	switch strings.ToLower(s) {
-	case "gnet":
-		v.kind = transport.Gnet
-	case "netconn", "net.conn":
-		v.kind = transport.NetConn
-	default:
-		return errors.New("want gnet or netconn")
+	k, err := transport.ParseKind(s)
+	if err != nil {
+		return err
 	}
-	v.set = true
+	v.kind, v.set = k, true
 	return nil
 }
 

@@ -14,7 +14,6 @@ import (
 	"github.com/pipestream/pipestream/handler"
 	"github.com/pipestream/pipestream/peer"
 	"github.com/pipestream/pipestream/raft"
-	"github.com/pipestream/pipestream/transport"
 )
 
 // loadGroup returns a group file as peer.LoadConfig reads it for its first
@@ -54,7 +53,7 @@ func clientOptions(g peer.ClientConfig, kind *transportValue) ([]datastream.Opti
 		k = kind.kind
 	}
 	if g.TLS != nil {
-		if k != transport.NetConn {
+		if !k.Caps().TLS {
 			return nil, usageError("--transport %s: the group file has [tls], which needs netconn", kind)
 		}
 		return []datastream.Option{datastream.WithTLS(g.TLS)}, nil

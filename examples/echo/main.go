@@ -34,13 +34,9 @@ func main() {
 	flag.Parse()
 	log.SetFlags(0)
 
-	kind := transport.Gnet
-	switch *kindName {
-	case "gnet":
-	case "netconn":
-		kind = transport.NetConn
-	default:
-		log.Fatalf("echo: unknown transport %q", *kindName)
+	kind, err := transport.ParseKind(*kindName)
+	if err != nil {
+		log.Fatalf("echo: %v", err)
 	}
 	msgs := flag.Args()
 	if len(msgs) == 0 {

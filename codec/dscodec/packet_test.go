@@ -1,4 +1,4 @@
-package codec_test
+package dscodec_test
 
 import (
 	"bytes"
@@ -8,7 +8,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/pipestream/pipestream/buffer/buffertest"
-	"github.com/pipestream/pipestream/codec"
+	"github.com/pipestream/pipestream/codec/dscodec"
 	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
 )
 
@@ -18,12 +18,12 @@ func TestPacketRoundTrip(t *testing.T) {
 		ClientId: []byte("0123456789abcdef"), Type: pb.DataStreamPacketHeader_STREAM_DATA,
 		StreamId: 42, StreamOffset: 1 << 40, DataLength: 5, Options: uint32(pb.DataStreamPacketHeader_SYNC),
 	}
-	frame, err := codec.EncodePacket(h, []byte("hello"))
+	frame, err := dscodec.EncodePacket(h, []byte("hello"))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer frame.Release()
-	got, off, err := codec.DecodePacket(frame.Bytes(), codec.DefaultMaxPacketHeader)
+	got, off, err := dscodec.DecodePacket(frame.Bytes(), dscodec.DefaultMaxPacketHeader)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -32,7 +32,7 @@ func TestPacketRoundTrip(t *testing.T) {
 	}
 
 	// A prefix for a body sent separately decodes to the same frame.
-	prefix, err := codec.EncodePacketPrefix(h, 5)
+	prefix, err := dscodec.EncodePacketPrefix(h, 5)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -52,11 +52,11 @@ func TestReplyRoundTrip(t *testing.T) {
 		name string
 		body []byte
 	}{{"bare", nil}, {"with RaftClientReply", body}} {
-		frame, err := codec.EncodePacket(rh, tc.body)
+		frame, err := dscodec.EncodePacket(rh, tc.body)
 		if err != nil {
 			t.Fatal(err)
 		}
-		h, r, err := codec.DecodeReply(frame.Bytes(), codec.DefaultMaxPacketHeader)
+		h, r, err := dscodec.DecodeReply(frame.Bytes(), dscodec.DefaultMaxPacketHeader)
 		frame.Release()
 		if err != nil || !proto.Equal(h, rh) || (tc.body == nil) != (r == nil) || (r != nil && !proto.Equal(r, rcr)) {
 			t.Errorf("%s: %v %v %v", tc.name, h, r, err)
@@ -65,7 +65,7 @@ func TestReplyRoundTrip(t *testing.T) {
 }
 
 func TestDecodePacketErrors(t *testing.T) {
-	good, _ := codec.EncodePacket(&pb.DataStreamPacketHeader{StreamId: 1, DataLength: 3}, []byte("abc"))
+	good, _ := dscodec.EncodePacket(&pb.DataStreamPacketHeader{StreamId: 1, DataLength: 3}, []byte("abc"))
 	defer good.Release()
 	g := good.Bytes()
 	cases := map[string][]byte{
@@ -76,10 +76,10 @@ func TestDecodePacketErrors(t *testing.T) {
 		"header over limit":   {0, 0, 0, 4, 0xff, 0xff, 0xff, 0xff},
 	}
 	for name, frame := range cases {
-		if _, _, err := codec.DecodePacket(frame, codec.DefaultMaxPacketHeader); !errors.Is(err, codec.ErrBadPacket) {
+		if _, _, err := dscodec.DecodePacket(frame, dscodec.DefaultMaxPacketHeader); !errors.Is(err, dscodec.ErrBadPacket) {
 			t.Errorf("%s: err = %v, want ErrBadPacket", name, err)
 		}
-		if _, _, err := codec.DecodeReply(frame, 16); err == nil && name != "data length differs" {
+		if _, _, err := dscodec.DecodeReply(frame, 16); err == nil && name != "data length differs" {
 			t.Errorf("%s: reply decoded", name)
 		}
 	}
@@ -93,7 +93,7 @@ func FuzzDecodePacket(f *testing.F) {
 		{Type: pb.DataStreamPacketHeader_STREAM_DATA, StreamOffset: 9, DataLength: 0, Options: 4},
 		{Type: pb.DataStreamPacketHeader_PING},
 	} {
-		frame, err := codec.EncodePacket(h, make([]byte, h.GetDataLength()))
+		frame, err := dscodec.EncodePacket(h, make([]byte, h.GetDataLength()))
 		if err != nil {
 			f.Fatal(err)
 		}
@@ -102,9 +102,9 @@ func FuzzDecodePacket(f *testing.F) {
 	}
 	f.Add([]byte{0, 0, 0, 4, 0xff, 0xff, 0xff, 0xff})
 	f.Fuzz(func(t *testing.T, frame []byte) {
-		h, off, err := codec.DecodePacket(frame, 1024)
+		h, off, err := dscodec.DecodePacket(frame, 1024)
 		if err != nil {
-			if !errors.Is(err, codec.ErrBadPacket) {
+			if !errors.Is(err, dscodec.ErrBadPacket) {
 				t.Fatalf("error %v does not wrap ErrBadPacket", err)
 			}
 			return
@@ -112,12 +112,12 @@ func FuzzDecodePacket(f *testing.F) {
 		if off > len(frame) || uint64(len(frame)-off) != h.GetDataLength() {
 			t.Fatalf("body offset %d in a frame of %d with data length %d", off, len(frame), h.GetDataLength())
 		}
-		again, err := codec.EncodePacket(h, frame[off:])
+		again, err := dscodec.EncodePacket(h, frame[off:])
 		if err != nil {
 			t.Fatal(err)
 		}
 		defer again.Release()
-		h2, off2, err := codec.DecodePacket(again.Bytes(), 1024)
+		h2, off2, err := dscodec.DecodePacket(again.Bytes(), 1024)
 		if err != nil || !proto.Equal(h, h2) || !bytes.Equal(frame[off:], again.Bytes()[off2:]) {
 			t.Fatalf("re-encoded packet decodes differently: %v %v", h2, err)
 		}
@@ -128,7 +128,7 @@ func FuzzDecodePacket(f *testing.F) {
 func FuzzDecodeReply(f *testing.F) {
 	rcr, _ := proto.Marshal(&pb.RaftClientReply{Success: true, LogIndex: 3})
 	for _, body := range [][]byte{nil, rcr} {
-		frame, err := codec.EncodePacket(&pb.DataStreamReplyHeader{Success: true, BytesWritten: 1}, body)
+		frame, err := dscodec.EncodePacket(&pb.DataStreamReplyHeader{Success: true, BytesWritten: 1}, body)
 		if err != nil {
 			f.Fatal(err)
 		}
@@ -136,9 +136,9 @@ func FuzzDecodeReply(f *testing.F) {
 		frame.Release()
 	}
 	f.Fuzz(func(t *testing.T, frame []byte) {
-		h, r, err := codec.DecodeReply(frame, 1024)
+		h, r, err := dscodec.DecodeReply(frame, 1024)
 		if err != nil {
-			if !errors.Is(err, codec.ErrBadPacket) {
+			if !errors.Is(err, dscodec.ErrBadPacket) {
 				t.Fatalf("error %v does not wrap ErrBadPacket", err)
 			}
 			return

@@ -1,4 +1,4 @@
-package codec_test
+package dscodec_test
 
 import (
 	"bytes"
@@ -6,7 +6,7 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
-	"github.com/pipestream/pipestream/codec"
+	"github.com/pipestream/pipestream/codec/dscodec"
 	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
 )
 
@@ -29,7 +29,7 @@ func FuzzUnmarshalPacketHeader(f *testing.F) {
 		want := new(pb.DataStreamPacketHeader)
 		werr := proto.Unmarshal(b, want)
 		var got pb.DataStreamPacketHeader
-		gerr := codec.UnmarshalPacketHeader(b, &got)
+		gerr := dscodec.UnmarshalPacketHeader(b, &got)
 		if (werr == nil) != (gerr == nil) {
 			t.Fatalf("proto.Unmarshal: %v, UnmarshalPacketHeader: %v", werr, gerr)
 		}
@@ -51,7 +51,7 @@ func FuzzDecodeReplyView(f *testing.F) {
 		{PacketHeader: &pb.DataStreamPacketHeader{ClientId: []byte("c"), Type: 2, StreamId: 3, StreamOffset: 4}, BytesWritten: 9, Success: true, ServerId: "p1"},
 		{ErrorCode: pb.ErrorCode_OFFSET_MISMATCH, ErrorMessage: "offset 4, expected 0", CommitInfos: []*pb.CommitInfo{{ServerId: "x", CommitIndex: 1}}},
 	} {
-		frame, err := codec.EncodePacket(h, []byte("body"))
+		frame, err := dscodec.EncodePacket(h, []byte("body"))
 		if err != nil {
 			f.Fatal(err)
 		}
@@ -59,9 +59,9 @@ func FuzzDecodeReplyView(f *testing.F) {
 		frame.Release()
 	}
 	f.Fuzz(func(t *testing.T, frame []byte) {
-		var v codec.ReplyView
-		verr := codec.DecodeReplyView(frame, 1024, &v)
-		h, _, herr := codec.DecodeReply(frame, 1024)
+		var v dscodec.ReplyView
+		verr := dscodec.DecodeReplyView(frame, 1024, &v)
+		h, _, herr := dscodec.DecodeReply(frame, 1024)
 		if herr != nil {
 			return
 		}
@@ -79,13 +79,13 @@ func FuzzDecodeReplyView(f *testing.F) {
 }
 
 func BenchmarkDecodePacketInto(b *testing.B) {
-	frame, _ := codec.EncodePacket(&pb.DataStreamPacketHeader{ClientId: []byte("0123456789abcdef"), Type: 2, StreamId: 7, StreamOffset: 1 << 33, DataLength: 4096}, make([]byte, 4096))
+	frame, _ := dscodec.EncodePacket(&pb.DataStreamPacketHeader{ClientId: []byte("0123456789abcdef"), Type: 2, StreamId: 7, StreamOffset: 1 << 33, DataLength: 4096}, make([]byte, 4096))
 	defer frame.Release()
 	var h pb.DataStreamPacketHeader
 	b.ReportAllocs()
 	b.SetBytes(int64(frame.Len()))
 	for b.Loop() {
-		if _, err := codec.DecodePacketInto(frame.Bytes(), 1024, &h); err != nil {
+		if _, err := dscodec.DecodePacketInto(frame.Bytes(), 1024, &h); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -1,4 +1,4 @@
-package codec
+package dscodec
 
 import (
 	"encoding/binary"
@@ -8,6 +8,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/pipestream/pipestream/buffer"
+	"github.com/pipestream/pipestream/codec"
 	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
 )
 
@@ -27,13 +28,13 @@ const (
 
 // ErrBadPacket means a DataStream frame's header does not decode or does not
 // agree with the frame.
-var ErrBadPacket = errors.New("codec: bad packet")
+var ErrBadPacket = errors.New("dscodec: bad packet")
 
 // NewPacketFrameDecoder returns the frame decoder of the DataStream
 // protocol. The length prefix stays in the frame so that a packet can be
 // forwarded exactly as it arrived.
-func NewPacketFrameDecoder(maxFrame int) (*FrameDecoder, error) {
-	return NewFrameDecoder(FrameConfig{LengthFieldLength: packetLengthSize, MaxFrameLength: maxFrame})
+func NewPacketFrameDecoder(maxFrame int) (*codec.FrameDecoder, error) {
+	return codec.NewFrameDecoder(codec.FrameConfig{LengthFieldLength: packetLengthSize, MaxFrameLength: maxFrame})
 }
 
 // EncodePacket returns one pooled frame holding the header m and body.
@@ -52,7 +53,7 @@ func encodePacket(m proto.Message, bodyLen int, body []byte) (*buffer.Buf, error
 	hl := proto.Size(m)
 	frameLen := packetPrefixSize + hl + bodyLen
 	if frameLen-packetLengthSize > 1<<32-1 {
-		return nil, fmt.Errorf("%w: %d bytes", ErrFrameTooLong, frameLen)
+		return nil, fmt.Errorf("%w: %d bytes", codec.ErrFrameTooLong, frameLen)
 	}
 	buf := buffer.Get(frameLen - bodyLen + len(body))
 	b := buf.Bytes()
@@ -60,7 +61,7 @@ func encodePacket(m proto.Message, bodyLen int, body []byte) (*buffer.Buf, error
 	binary.BigEndian.PutUint32(b[packetLengthSize:], uint32(hl))
 	if _, err := (proto.MarshalOptions{}).MarshalAppend(b[packetPrefixSize:packetPrefixSize], m); err != nil {
 		buf.Release()
-		return nil, fmt.Errorf("%w: %v", ErrBadMessage, err)
+		return nil, fmt.Errorf("%w: %v", codec.ErrBadMessage, err)
 	}
 	copy(b[packetPrefixSize+hl:], body)
 	return buf, nil
