@@ -78,8 +78,7 @@ func runLogNode() error {
 	n, err := raft.New(raft.Config{
 		ID: id, RaftAddr: self.RaftAddr, CommitAddr: self.CommitAddr, Dir: filepath.Join(dir, "raft"),
 		Logger: quietLog(), DataSink: &fileSink{f: f, rotate: 256 << 20},
-		HeartbeatTimeout: benchHeartbeat, ElectionTimeout: benchHeartbeat, LeaderLeaseTimeout: benchLeaderLease,
-		SnapshotInterval: 50 * time.Millisecond, SnapshotThreshold: 16, TrailingLogs: 16,
+		Tuning: benchRaftTuning,
 	})
 	if err != nil {
 		return err

@@ -11,10 +11,10 @@ import (
 	"reflect"
 	"strconv"
 	"strings"
-	"time"
 
 	"github.com/pipestream/pipestream/handler"
 	"github.com/pipestream/pipestream/pipeline"
+	"github.com/pipestream/pipestream/raft"
 	"github.com/pipestream/pipestream/repair"
 	"github.com/pipestream/pipestream/statemachine"
 	"github.com/pipestream/pipestream/transport"
@@ -123,20 +123,9 @@ type Config struct {
 	Events handler.Events
 }
 
-// RaftTuning holds the raft.Config fields a Peer passes through.
-type RaftTuning struct {
-	HeartbeatTimeout   time.Duration
-	ElectionTimeout    time.Duration
-	LeaderLeaseTimeout time.Duration
-	// CommitTimeout is raft's, not the stream's: how late a follower may
-	// learn that an entry committed.
-	CommitTimeout     time.Duration
-	SnapshotInterval  time.Duration
-	SnapshotThreshold uint64
-	TrailingLogs      uint64
-	MaxDedupKeys      int
-	ForwardTimeout    time.Duration
-}
+// RaftTuning is the Raft node's timeouts and sizes, passed to
+// raft.Config unchanged; the defaults are raft's (see raft.Tuning).
+type RaftTuning = raft.Tuning
 
 // defaultAddr is the address bound for an empty one.
 const defaultAddr = "127.0.0.1:0"

@@ -120,28 +120,19 @@ func New(ctx context.Context, cfg Config) (_ *Peer, err error) {
 	if err != nil {
 		return nil, fmt.Errorf("peer %s: %w", cfg.ID, err)
 	}
-	t := cfg.Raft
 	p.node, err = raft.New(raft.Config{
-		ID:                 cfg.ID,
-		RaftAddr:           cfg.RaftAddr,
-		CommitAddr:         cfg.CommitAddr,
-		Join:               cfg.Join,
-		OnMembers:          p.membersChanged,
-		Dir:                raftDir,
-		Linker:             p.srv.Streams(),
-		Logger:             cfg.Logger,
-		HeartbeatTimeout:   t.HeartbeatTimeout,
-		ElectionTimeout:    t.ElectionTimeout,
-		LeaderLeaseTimeout: t.LeaderLeaseTimeout,
-		CommitTimeout:      t.CommitTimeout,
-		SnapshotInterval:   t.SnapshotInterval,
-		SnapshotThreshold:  t.SnapshotThreshold,
-		TrailingLogs:       t.TrailingLogs,
-		MaxDedupKeys:       t.MaxDedupKeys,
-		ForwardTimeout:     t.ForwardTimeout,
-		TLS:                peersOnly(cfg.TLS, cfg.AuthorizePeer),
-		PeerTLS:            cfg.PeerTLS,
-		Status:             p.status,
+		ID:         cfg.ID,
+		RaftAddr:   cfg.RaftAddr,
+		CommitAddr: cfg.CommitAddr,
+		Join:       cfg.Join,
+		OnMembers:  p.membersChanged,
+		Dir:        raftDir,
+		Linker:     p.srv.Streams(),
+		Logger:     cfg.Logger,
+		Tuning:     cfg.Raft,
+		TLS:        peersOnly(cfg.TLS, cfg.AuthorizePeer),
+		PeerTLS:    cfg.PeerTLS,
+		Status:     p.status,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("peer %s: %w", cfg.ID, err)

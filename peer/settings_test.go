@@ -12,7 +12,6 @@ import (
 	"github.com/pipestream/pipestream/peer"
 	"github.com/pipestream/pipestream/pipeline"
 	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
-	"github.com/pipestream/pipestream/raft"
 	"github.com/pipestream/pipestream/server"
 )
 
@@ -38,23 +37,6 @@ func TestConfigReachesServer(t *testing.T) {
 			t.Errorf("server.Config.%s cannot be set through peer.Config", f.Name)
 		case pf.Type != f.Type:
 			t.Errorf("peer.Config.%s is a %v, server.Config's a %v", f.Name, pf.Type, f.Type)
-		}
-	}
-}
-
-// TestRaftTuningReachesRaft checks that every number of raft.Config, the
-// node's tuning, can be set through peer.Config.Raft.
-func TestRaftTuningReachesRaft(t *testing.T) {
-	rt, pt := reflect.TypeFor[raft.Config](), reflect.TypeFor[peer.RaftTuning]()
-	for i := range rt.NumField() {
-		f := rt.Field(i)
-		switch f.Type.Kind() {
-		case reflect.Int, reflect.Int64, reflect.Uint64:
-		default:
-			continue // addresses, stores, callbacks: a Peer sets them
-		}
-		if pf, ok := pt.FieldByName(f.Name); !ok || pf.Type != f.Type {
-			t.Errorf("raft.Config.%s (%v) cannot be set through peer.RaftTuning", f.Name, f.Type)
 		}
 	}
 }

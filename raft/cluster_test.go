@@ -81,13 +81,15 @@ type cluster struct {
 // testConfig is a peer config with timeouts for loopback tests.
 func testConfig(id string) raft.Config {
 	return raft.Config{
-		ID:                 id,
-		RaftAddr:           "127.0.0.1:0",
-		CommitAddr:         "127.0.0.1:0",
-		HeartbeatTimeout:   200 * time.Millisecond,
-		ElectionTimeout:    200 * time.Millisecond,
-		LeaderLeaseTimeout: 100 * time.Millisecond,
-		CommitTimeout:      5 * time.Millisecond,
+		ID:         id,
+		RaftAddr:   "127.0.0.1:0",
+		CommitAddr: "127.0.0.1:0",
+		Tuning: raft.Tuning{
+			HeartbeatTimeout:   200 * time.Millisecond,
+			ElectionTimeout:    200 * time.Millisecond,
+			LeaderLeaseTimeout: 100 * time.Millisecond,
+			CommitTimeout:      5 * time.Millisecond,
+		},
 	}
 }
 

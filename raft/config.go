@@ -77,6 +77,21 @@ type Config struct {
 	// both; the handler's level decides how much raft says.
 	Logger *slog.Logger
 
+	// Tuning holds the timeouts and sizes, each with its default; peer
+	// passes its own RaftTuning, the same type, through unchanged.
+	Tuning
+
+	// Status, if set, supplies what this peer's answer to a peer status
+	// request (QueryStatus) tells beyond Raft's own state: its streams,
+	// copies and disk. The Node sets the Raft fields of what it returns,
+	// which must be a new message each call. It runs on the connection's
+	// goroutine and should be quick.
+	Status func() *pb.PeerStatus
+}
+
+// Tuning is a Node's timeouts and sizes. The zero value of each field
+// means the default named on it.
+type Tuning struct {
 	// HeartbeatTimeout is how long a follower waits without hearing from the
 	// leader before it starts an election. Default 500ms.
 	HeartbeatTimeout time.Duration
@@ -102,20 +117,13 @@ type Config struct {
 	// same on every peer. Default 65536.
 	MaxDedupKeys int
 
-	// Status, if set, supplies what this peer's answer to a peer status
-	// request (QueryStatus) tells beyond Raft's own state: its streams,
-	// copies and disk. The Node sets the Raft fields of what it returns,
-	// which must be a new message each call. It runs on the connection's
-	// goroutine and should be quick.
-	Status func() *pb.PeerStatus
-
 	// ForwardTimeout bounds how long a leader works on one forwarded commit
 	// and how long a forwarding connection may take for one message.
 	// Default 10s.
 	ForwardTimeout time.Duration
 }
 
-// Defaults for Config's zero values.
+// Defaults for Tuning's zero values.
 const (
 	DefaultHeartbeatTimeout   = 500 * time.Millisecond
 	DefaultElectionTimeout    = 500 * time.Millisecond

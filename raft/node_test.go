@@ -26,7 +26,7 @@ func TestConfigErrors(t *testing.T) {
 		{"wildcard raft address", raft.Config{ID: "a", RaftAddr: "0.0.0.0:0", CommitAddr: "127.0.0.1:0"}},
 		{"wildcard commit address", raft.Config{ID: "a", RaftAddr: "127.0.0.1:0", CommitAddr: ":0"}},
 		{"lease longer than heartbeat", raft.Config{ID: "a", RaftAddr: "127.0.0.1:0", CommitAddr: "127.0.0.1:0",
-			HeartbeatTimeout: 100 * time.Millisecond, LeaderLeaseTimeout: time.Second}},
+			Tuning: raft.Tuning{HeartbeatTimeout: 100 * time.Millisecond, LeaderLeaseTimeout: time.Second}}},
 	}
 	for _, tc := range newErrs {
 		t.Run("New/"+tc.name, func(t *testing.T) {
