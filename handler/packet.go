@@ -38,7 +38,11 @@ type Packet struct {
 
 	// parts counts what must finish before the reply: the pipeline pass
 	// itself, the local write, and one per successor.
-	parts   atomic.Int32
+	parts atomic.Int32
+	// inPass is set by the router and cleared by the Replier: a Release
+	// in between is a stage dropping a packet it must pass on (see
+	// Release).
+	inPass  atomic.Bool
 	written uint64    // stream bytes written locally after this packet
 	sentAt  time.Time // when it was forwarded to the successors
 	err     *pb.Error // guarded by the stream's mutex once routed
@@ -70,7 +74,16 @@ var packets = sync.Pool{New: func() any { p := new(Packet); p.Header = &p.hdr; r
 // Release drops the packet's buffers and returns it to the pool. The
 // Replier calls it once the reply is written; a stage that consumes a
 // packet without passing it on calls it. Nothing may use p afterwards.
+//
+// A stage between the router and the Replier may observe a packet or fail
+// its stream, but not drop it: the stream waits for its reply. Released
+// there, the packet is not freed; its stream fails with INTERNAL, naming
+// the rule, and the packet is answered with that error in its turn.
 func (p *Packet) Release() {
+	if p.inPass.CompareAndSwap(true, false) {
+		p.Stream.droppedInPass(p)
+		return
+	}
 	if p.Body != nil {
 		p.Body.Release()
 	}

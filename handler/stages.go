@@ -98,6 +98,7 @@ func (r *Router) ChannelRead(ctx *pipeline.Context, msg any) {
 	st.lastActive.Store(time.Now().UnixNano())
 	p.Stream = st
 	p.parts.Store(1) // the pipeline pass; the Replier ends it
+	p.inPass.Store(true)
 	st.enqueue(p)
 	ctx.FireChannelRead(p)
 }
@@ -350,7 +351,9 @@ func (Replier) ChannelRead(ctx *pipeline.Context, msg any) {
 		ctx.FireChannelRead(msg)
 		return
 	}
-	p.Stream.partDone(p)
+	if p.inPass.CompareAndSwap(true, false) {
+		p.Stream.partDone(p)
+	}
 }
 
 // ReplyEncoder turns outbound *Reply messages into frames.

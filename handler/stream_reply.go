@@ -53,6 +53,24 @@ func (st *Stream) partDone(p *Packet) {
 	}
 }
 
+// droppedInPass fails the stream of p, which a stage between the router
+// and the Replier released instead of passing on, and ends p's pipeline
+// pass so that p is answered, with the error, in its turn. Without it the
+// stream would wait for a reply that cannot come until the idle timeout,
+// or, had the stage dropped data, commit a copy with a hole in it.
+func (st *Stream) droppedInPass(p *Packet) {
+	e := errorf(pb.ErrorCode_INTERNAL, "a pipeline stage between %q and %q released the packet at offset %d of stream %v instead of passing it on; such a stage may observe a packet or fail its stream, not drop it",
+		StageRouter, StageReply, p.Header.GetStreamOffset(), st.Key)
+	st.s.cfg.Logger.Error("handler: " + e.Message)
+	st.mu.Lock()
+	if p.err == nil {
+		p.err = e
+	}
+	st.mu.Unlock()
+	st.fail(e)
+	st.partDone(p)
+}
+
 // flushReplies answers the packets at the front of the queue whose parts
 // are all done, in order, each on the connection it came from. A
 // successful CLOSE is held back until finishClose has committed (primary)
