@@ -69,14 +69,7 @@ func runJoin(ctx context.Context, args []string, e *env) int {
 	raftAddr := fs.String("raft", "", "its Raft `host:port` (default: its entry)")
 	commit := fs.String("commit", "", "its commit `host:port` (default: its entry)")
 	timeout := fs.Duration("timeout", defaultChangeTimeout, "how long to try")
-	pos, err := fs.parse(args)
-	if err == nil {
-		err = checkChangeArgs(pos, *config, *id, *timeout)
-	}
-	var g peer.Config
-	if err == nil {
-		g, err = loadGroup(*config)
-	}
+	g, err := changeArgs(fs, args, config, id, timeout)
 	if err == nil {
 		m := peer.Member{ID: *id}
 		if i := slices.IndexFunc(g.Peers, func(p peer.Member) bool { return p.ID == *id }); i >= 0 {
@@ -102,14 +95,7 @@ func runLeave(ctx context.Context, args []string, e *env) int {
 	config := fs.String("config", "", "group `file` naming the members to ask (required)")
 	id := fs.String("id", "", "`id` of the peer to remove (required)")
 	timeout := fs.Duration("timeout", defaultChangeTimeout, "how long to try")
-	pos, err := fs.parse(args)
-	if err == nil {
-		err = checkChangeArgs(pos, *config, *id, *timeout)
-	}
-	var g peer.Config
-	if err == nil {
-		g, err = loadGroup(*config)
-	}
+	g, err := changeArgs(fs, args, config, id, timeout)
 	if err == nil {
 		err = change(ctx, e.stdout, g, *timeout, &pb.MembershipRequest{Op: pb.MembershipRequest_REMOVE, Id: *id})
 	}
@@ -121,32 +107,31 @@ func runTransfer(ctx context.Context, args []string, e *env) int {
 	config := fs.String("config", "", "group `file` naming the members to ask (required)")
 	to := fs.String("to", "", "`id` of the voter to lead (default: any other voter)")
 	timeout := fs.Duration("timeout", defaultChangeTimeout, "how long to try")
-	pos, err := fs.parse(args)
-	if err == nil {
-		err = checkChangeArgs(pos, *config, "-", *timeout)
-	}
-	var g peer.Config
-	if err == nil {
-		g, err = loadGroup(*config)
-	}
+	g, err := changeArgs(fs, args, config, nil, timeout)
 	if err == nil {
 		err = change(ctx, e.stdout, g, *timeout, &pb.MembershipRequest{Op: pb.MembershipRequest_TRANSFER_LEADER, Id: *to})
 	}
 	return e.exit(ctx, "transfer-leader", err)
 }
 
-func checkChangeArgs(pos []string, config, id string, timeout time.Duration) error {
+// changeArgs parses and checks the arguments of join, leave or
+// transfer-leader and loads the group file they name. id is nil for a
+// command without --id.
+func changeArgs(fs *flagSet, args []string, config, id *string, timeout *time.Duration) (peer.Config, error) {
+	pos, err := fs.parse(args)
 	switch {
+	case err != nil:
+		return peer.Config{}, err
 	case len(pos) > 0:
-		return usageError("unexpected argument %q", pos[0])
-	case config == "":
-		return usageError("--config FILE is required")
-	case id == "":
-		return usageError("--id is required")
-	case timeout <= 0:
-		return usageError("--timeout must be positive")
+		return peer.Config{}, usageError("unexpected argument %q", pos[0])
+	case *config == "":
+		return peer.Config{}, usageError("--config FILE is required")
+	case id != nil && *id == "":
+		return peer.Config{}, usageError("--id is required")
+	case *timeout <= 0:
+		return peer.Config{}, usageError("--timeout must be positive")
 	}
-	return nil
+	return loadGroup(*config)
 }
 
 // change sends req to the members of g in turn until one answers, and
