@@ -1,0 +1,135 @@
+package datastream
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/pipestream/pipestream/codec"
+	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
+)
+
+// onReply completes the oldest pending packet. Replies for a stream come in
+// order; a success that does not match the oldest packet is a protocol
+// error.
+func (o *Output) onReply(h *codec.ReplyView, rcr *pb.RaftClientReply) {
+	o.mu.Lock()
+	if o.pending.Len() == 0 {
+		o.mu.Unlock()
+		return // the stream already failed locally
+	}
+	if !h.Success {
+		o.mu.Unlock()
+		// The peer has dropped the stream and aborted it downstream. A
+		// failure fails the stream whichever packet it answers: a peer
+		// that refuses a late packet of a failed stream at once may do so
+		// ahead of the replies it still owes.
+		o.fail(replyError(h, rcr), false)
+		return
+	}
+	p := o.pending.Peek()
+	if h.Type != p.typ || h.StreamOffset != p.offset {
+		o.mu.Unlock()
+		o.fail(pb.Errorf(pb.ErrorCode_INTERNAL, "reply from %s for %v at offset %d, expected %v at %d",
+			o.cn.peer.ID, h.Type, h.StreamOffset, p.typ, p.offset), true)
+		return
+	}
+	if err := checkReply(p, h, rcr); err != nil {
+		o.mu.Unlock()
+		o.fail(err, true)
+		return
+	}
+	o.pending.Pop()
+	o.flight -= p.length
+	o.releaseWindowLocked(p.length)
+	o.lastReply = time.Now()
+	o.committed = p.close
+	o.mu.Unlock()
+	o.c.releaseSlot(p.length)
+	if p.pooled {
+		p.free()
+		return
+	}
+	p.reply = Reply{Offset: p.offset, Length: uint64(p.length), Server: o.cn.peer.ID, RaftClientReply: rcr, bytesWritten: h.BytesWritten}
+	p.f.complete(&p.reply, nil)
+	if p.close {
+		o.raft.complete(rcr, nil)
+		o.done()
+	}
+}
+
+// checkReply checks a successful reply against the packet it answers.
+func checkReply(p *pendingPacket, h *codec.ReplyView, rcr *pb.RaftClientReply) error {
+	if want := p.offset + uint64(p.length); p.typ == pb.DataStreamPacketHeader_STREAM_DATA && h.BytesWritten != want {
+		return pb.Errorf(pb.ErrorCode_INTERNAL, "peer %s wrote %d bytes, expected %d", h.ServerID, h.BytesWritten, want)
+	}
+	if p.close && !rcr.GetSuccess() {
+		return pb.Errorf(pb.ErrorCode_INTERNAL, "peer %s answered CLOSE without a successful RaftClientReply", h.ServerID)
+	}
+	return nil
+}
+
+// replyError turns a failed reply into the error the stream fails with.
+func replyError(h *codec.ReplyView, rcr *pb.RaftClientReply) error {
+	code := h.ErrorCode
+	if code == pb.ErrorCode_ERROR_NONE {
+		code = pb.ErrorCode_INTERNAL // failed without saying why
+	}
+	err := error(&pb.Error{Code: code, Message: string(h.ErrorMessage)})
+	if hint := rcr.GetLeaderHint(); hint != "" {
+		err = fmt.Errorf("%w (leader hint %s)", err, hint)
+	}
+	if rcr != nil {
+		err = &CloseError{Reply: rcr, Err: err}
+	}
+	return err
+}
+
+// fail fails the stream: every pending future and every later write get
+// err. With abort, the peers are told to drop the stream. A committed
+// stream cannot fail.
+func (o *Output) fail(err error, abort bool) {
+	o.mu.Lock()
+	if o.err != nil || o.committed {
+		o.mu.Unlock()
+		return
+	}
+	o.err = err
+	pending := o.pending.Take()
+	o.flight = 0
+	for _, p := range pending {
+		o.releaseWindowLocked(p.length)
+	}
+	offset := o.offset
+	o.mu.Unlock()
+	for _, p := range pending {
+		o.c.releaseSlot(p.length)
+		if p.pooled {
+			p.free()
+		} else {
+			p.f.complete(nil, err)
+		}
+	}
+	o.raft.complete(nil, err)
+	if abort {
+		h := &pb.DataStreamPacketHeader{
+			ClientId: o.c.id, Type: pb.DataStreamPacketHeader_STREAM_DATA,
+			StreamId: o.id, StreamOffset: offset, Options: uint32(pb.DataStreamPacketHeader_ABORT),
+		}
+		if frame, e := codec.EncodePacket(h, nil); e == nil {
+			_ = o.cn.send(frame, nil)
+		}
+	}
+	o.done()
+}
+
+// done lets go of a stream that committed or failed.
+func (o *Output) done() {
+	o.cn.remove(o)
+	o.mu.Lock()
+	o.ended = true
+	stop := o.stopCtx
+	o.mu.Unlock()
+	if stop != nil {
+		stop()
+	}
+}
