@@ -72,6 +72,12 @@ func (st *Stream) flushReplies() {
 			err = st.failed
 		}
 		isClose := p.Has(pb.DataStreamPacketHeader_CLOSE)
+		if isClose && err == nil && p.gen != st.gen {
+			// From an upstream a resume replaced: told that the stream
+			// closed here, a failed primary that was only cut off would
+			// commit, or link, a copy the stream has left behind.
+			err = errorf(pb.ErrorCode_FORBIDDEN, "stream %v was resumed by another peer", st.Key)
+		}
 		if isClose && err == nil && !st.commit && p.gen == st.gen {
 			// Commit and link may block on Raft and disk, and this may be
 			// an event loop: finish the close on a goroutine of its own.
