@@ -102,6 +102,19 @@ type Output struct {
 	lastReply time.Time
 	stopCtx   func() bool
 	ended     bool // committed or failed; stopCtx has been called
+
+	// Failover (output_failover.go). cn changes under mu when the stream
+	// moves to another primary.
+	ctx      context.Context // the stream's, for the dials of a failover
+	retain   bool            // keep each data packet's bytes until its reply
+	acked    uint64          // bytes every peer acknowledged
+	crcAcked uint32          // CRC32C of those bytes
+	primary  string          // the primary's id now
+	table    *pb.RoutingTable
+	moving   bool     // a failover is under way: packets queue unsent
+	tried    []string // primaries and candidates that failed, in order
+	causes   []error  // why each of tried failed
+	epoch    uint64   // failovers made
 }
 
 // pendingPacket is a packet in flight. Its future and reply live in it, to
@@ -116,6 +129,16 @@ type pendingPacket struct {
 	close  bool
 	pooled bool
 	sentAt time.Time
+	// frame and body are kept, with failover, until the reply: the
+	// packet's frame (or its prefix, when body follows it), sent again on
+	// a new primary as it is, since nothing in it names the primary.
+	frame, body *buffer.Buf
+	crcEnd      uint32 // the stream's CRC32C through the packet
+	// resume marks the RESUME a failover sent in place of the packets the
+	// new primary already holds; its reply stands for the header's when
+	// that was not answered yet (standsFor).
+	resume    bool
+	standsFor *pendingPacket
 }
 
 var pendingPool = sync.Pool{New: func() any { return &pendingPacket{pooled: true} }}
@@ -123,6 +146,7 @@ var pendingPool = sync.Pool{New: func() any { return &pendingPacket{pooled: true
 // free returns a pooled packet to the pool. Only pooled packets may be
 // freed: the others belong to the caller that holds their future.
 func (p *pendingPacket) free() {
+	p.letGo()
 	*p = pendingPacket{pooled: true}
 	pendingPool.Put(p)
 }
@@ -193,6 +217,7 @@ func (c *Client) Stream(ctx context.Context, message []byte, opts ...StreamOptio
 		c: c, cn: cn, id: c.callID.Add(1),
 		raft:  new(Future[*pb.RaftClientReply]),
 		space: make(chan struct{}, 1),
+		ctx:   ctx, retain: c.failsOver(), primary: primary.ID, table: so.routing,
 	}
 	o.req = &pb.RaftClientRequest{
 		ClientId:     c.id,
@@ -233,7 +258,8 @@ func (c *Client) Stream(ctx context.Context, message []byte, opts ...StreamOptio
 // ID returns the stream id (the header request's call id).
 func (o *Output) ID() uint64 { return o.id }
 
-// Request returns the stream's header request.
+// Request returns the stream's header request, as first sent: after a
+// failover the stream's primary is another peer (Reply.Server names it).
 func (o *Output) Request() *pb.RaftClientRequest { return o.req }
 
 // HeaderFuture completes when the primary and its successors opened the
@@ -354,7 +380,7 @@ func (o *Output) send(ctx context.Context, typ pb.DataStreamPacketHeader_Type, d
 		}
 		if err == nil {
 			o.crc = crc
-			return o.queueLocked(frame, body, typ, n, opts, noFuture)
+			return o.queueLocked(frame, body, typ, n, opts, crc, noFuture)
 		}
 	}
 	o.releaseWindowLocked(n)
@@ -370,7 +396,7 @@ func (o *Output) send(ctx context.Context, typ pb.DataStreamPacketHeader_Type, d
 // queueLocked records the packet as pending and writes it. Writing under
 // o.mu keeps the stream's packets in offset order on the wire. It unlocks
 // o.mu.
-func (o *Output) queueLocked(frame *buffer.Buf, body any, typ pb.DataStreamPacketHeader_Type, n int64, opts uint32, noFuture bool) *Future[*Reply] {
+func (o *Output) queueLocked(frame *buffer.Buf, body any, typ pb.DataStreamPacketHeader_Type, n int64, opts, crc uint32, noFuture bool) *Future[*Reply] {
 	closing := opts&uint32(Close) != 0
 	var p *pendingPacket
 	if noFuture && !closing { // Close's future is the stream's
@@ -379,6 +405,13 @@ func (o *Output) queueLocked(frame *buffer.Buf, body any, typ pb.DataStreamPacke
 		p = new(pendingPacket)
 	}
 	p.typ, p.offset, p.length, p.close, p.sentAt = typ, o.offset, n, closing, time.Now()
+	p.crcEnd = crc
+	if o.retain && typ == pb.DataStreamPacketHeader_STREAM_DATA {
+		p.frame = frame.Retain()
+		if b, ok := body.(*buffer.Buf); ok {
+			p.body = b.Retain()
+		}
+	}
 	o.pending.Push(p)
 	o.flight += n
 	o.peak = max(o.peak, o.flight)
@@ -389,15 +422,26 @@ func (o *Output) queueLocked(frame *buffer.Buf, body any, typ pb.DataStreamPacke
 		o.closeF = &p.f
 	}
 	pooled := p.pooled
-	err := o.cn.send(frame, body)
+	cn := o.cn
+	var err error
+	if o.moving {
+		// The failover sends it, with the packets before it, once the
+		// stream has a new primary.
+		frame.Release()
+		pipeline.Release(body)
+	} else {
+		err = cn.send(frame, body)
+	}
 	o.mu.Unlock()
 	if err != nil {
-		o.fail(fmt.Errorf("%w: %s: %v", ErrConnectionLost, o.cn.peer.ID, err), false)
+		o.lost(cn, fmt.Errorf("%w: %s: %v", ErrConnectionLost, cn.peer.ID, err), false)
 	}
 	if pooled {
 		// p may be answered and back in the pool already.
 		if err != nil {
-			return failedFuture[*Reply](o.Err())
+			if e := o.Err(); e != nil { // else failing over
+				return failedFuture[*Reply](e)
+			}
 		}
 		return nil
 	}

@@ -8,29 +8,41 @@ import (
 	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
 )
 
-// onReply completes the oldest pending packet. Replies for a stream come in
-// order; a success that does not match the oldest packet is a protocol
-// error.
-func (o *Output) onReply(h *codec.ReplyView, rcr *pb.RaftClientReply) {
+// onReply completes the oldest pending packet with a reply that came on
+// cn. Replies for a stream come in order; a success that does not match
+// the oldest packet is a protocol error.
+func (o *Output) onReply(cn *conn, h *codec.ReplyView, rcr *pb.RaftClientReply) {
 	o.mu.Lock()
-	if o.pending.Len() == 0 {
+	if o.pending.Len() == 0 || cn != o.cn {
 		o.mu.Unlock()
-		return // the stream already failed locally
+		return // the stream failed locally, or moved to another primary
 	}
 	if !h.Success {
+		resuming, moving := o.pending.Peek().resume, o.moving
 		o.mu.Unlock()
-		// The peer has dropped the stream and aborted it downstream. A
-		// failure fails the stream whichever packet it answers: a peer
-		// that refuses a late packet of a failed stream at once may do so
-		// ahead of the replies it still owes.
-		o.fail(replyError(h, rcr), false)
+		err := replyError(h, rcr)
+		switch {
+		case moving:
+			// The failover decides; the primary being left can only
+			// say what it could not do.
+		case resuming || primaryFailed(h.ErrorCode):
+			// A peer that refuses the resume, or a primary that failed
+			// by itself, leaves the stream to the next peer.
+			o.lost(cn, fmt.Errorf("%s: %w", cn.peer.ID, err), false)
+		default:
+			// The peer has dropped the stream and aborted it downstream.
+			// A failure fails the stream whichever packet it answers: a
+			// peer that refuses a late packet of a failed stream at once
+			// may do so ahead of the replies it still owes.
+			o.fail(err, false)
+		}
 		return
 	}
 	p := o.pending.Peek()
 	if h.Type != p.typ || h.StreamOffset != p.offset {
 		o.mu.Unlock()
 		o.fail(pb.Errorf(pb.ErrorCode_INTERNAL, "reply from %s for %v at offset %d, expected %v at %d",
-			o.cn.peer.ID, h.Type, h.StreamOffset, p.typ, p.offset), true)
+			cn.peer.ID, h.Type, h.StreamOffset, p.typ, p.offset), true)
 		return
 	}
 	if err := checkReply(p, h, rcr); err != nil {
@@ -39,6 +51,18 @@ func (o *Output) onReply(h *codec.ReplyView, rcr *pb.RaftClientReply) {
 		return
 	}
 	o.pending.Pop()
+	if p.resume {
+		// The new primary holds the stream up to the resume's offset.
+		q := p.standsFor
+		if q == nil {
+			o.mu.Unlock()
+			return
+		}
+		p = q // the header, answered by the resume
+	}
+	if p.typ == pb.DataStreamPacketHeader_STREAM_DATA {
+		o.acked, o.crcAcked = p.offset+uint64(p.length), p.crcEnd
+	}
 	o.flight -= p.length
 	o.releaseWindowLocked(p.length)
 	o.lastReply = time.Now()
@@ -49,7 +73,8 @@ func (o *Output) onReply(h *codec.ReplyView, rcr *pb.RaftClientReply) {
 		p.free()
 		return
 	}
-	p.reply = Reply{Offset: p.offset, Length: uint64(p.length), Server: o.cn.peer.ID, RaftClientReply: rcr, bytesWritten: h.BytesWritten}
+	p.letGo()
+	p.reply = Reply{Offset: p.offset, Length: uint64(p.length), Server: cn.peer.ID, RaftClientReply: rcr, bytesWritten: h.BytesWritten}
 	p.f.complete(&p.reply, nil)
 	if p.close {
 		o.raft.complete(rcr, nil)
@@ -95,28 +120,41 @@ func (o *Output) fail(err error, abort bool) {
 	}
 	o.err = err
 	pending := o.pending.Take()
+	for i, p := range pending {
+		if p.resume {
+			// The resume's reply was to stand for the header's; the
+			// header fails in its place.
+			pending[i] = p.standsFor
+		}
+	}
 	o.flight = 0
 	for _, p := range pending {
-		o.releaseWindowLocked(p.length)
+		if p != nil {
+			o.releaseWindowLocked(p.length)
+		}
 	}
-	offset := o.offset
+	offset, cn, moving := o.offset, o.cn, o.moving
 	o.mu.Unlock()
 	for _, p := range pending {
+		if p == nil {
+			continue
+		}
 		o.c.releaseSlot(p.length)
 		if p.pooled {
 			p.free()
 		} else {
+			p.letGo()
 			p.f.complete(nil, err)
 		}
 	}
 	o.raft.complete(nil, err)
-	if abort {
+	if abort && !moving {
 		h := &pb.DataStreamPacketHeader{
 			ClientId: o.c.id, Type: pb.DataStreamPacketHeader_STREAM_DATA,
 			StreamId: o.id, StreamOffset: offset, Options: uint32(pb.DataStreamPacketHeader_ABORT),
 		}
 		if frame, e := codec.EncodePacket(h, nil); e == nil {
-			_ = o.cn.send(frame, nil)
+			_ = cn.send(frame, nil)
 		}
 	}
 	o.done()
@@ -124,11 +162,11 @@ func (o *Output) fail(err error, abort bool) {
 
 // done lets go of a stream that committed or failed.
 func (o *Output) done() {
-	o.cn.remove(o)
 	o.mu.Lock()
 	o.ended = true
-	stop := o.stopCtx
+	cn, stop := o.cn, o.stopCtx
 	o.mu.Unlock()
+	cn.remove(o)
 	if stop != nil {
 		stop()
 	}
