@@ -78,13 +78,17 @@ func (st *Stream) flushReplies() {
 			// commit, or link, a copy the stream has left behind.
 			err = errorf(pb.ErrorCode_FORBIDDEN, "stream %v was resumed by another peer", st.Key)
 		}
-		if isClose && err == nil && !st.commit && p.gen == st.gen {
+		// A CLOSE that a resume from the same upstream overtook (the
+		// stream is open again) closes nothing: the resume's replay
+		// brings the CLOSE again, and that one does.
+		if isClose && err == nil && !st.commit && p.gen == st.gen && st.state != stateOpen {
 			// Commit and link may block on Raft and disk, and this may be
 			// an event loop: finish the close on a goroutine of its own.
 			st.commit = true
 			st.length = p.written
 			st.checksum, st.summed = st.sum.crc, st.sum.mode == sumOn
 			st.holders = st.holdersLocked()
+			st.unasked = st.state == stateOrphaned
 			p.parts.Add(1)
 			st.s.wg.Add(1)
 			go st.finishClose(p)
