@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -77,10 +78,51 @@ func (c *pausableChannel) Truncate(n uint64) error {
 	return c.DataChannel.(statemachine.Truncater).Truncate(n)
 }
 
-// failoverGroup starts three peers, the last of which can be paused, with a
-// reply timeout short enough that what a failed primary keeps is dropped
-// within a test. The cleanup resumes the paused peer.
-func failoverGroup(t *testing.T, quorum int) (*group, *pausableSM) {
+// logCommitter stands in for Raft: it commits a stream's entry by linking
+// it on every peer not marked down, in log order, as each peer's log
+// applier would; a key committed already gets its first entry back, as
+// raft.Node's deduplication gives it.
+type logCommitter struct {
+	mu      sync.Mutex
+	servers []*server.Server
+	down    map[int]bool
+	entries map[statemachine.StreamKey]statemachine.Entry
+}
+
+func (l *logCommitter) Commit(ctx context.Context, s statemachine.StreamInfo) (*pb.RaftClientReply, error) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	e, ok := l.entries[s.Key]
+	if !ok {
+		e = statemachine.Entry{Index: uint64(len(l.entries) + 1), Term: 1, Key: s.Key, Request: s.Request, Length: s.Length,
+			Checksum: s.Checksum, Checksummed: s.Checksummed, Holders: s.Holders, Epoch: s.Epoch}
+		l.entries[s.Key] = e
+		for i, p := range l.servers {
+			if l.down[i] {
+				continue
+			}
+			if err := p.Streams().Link(ctx, e); err != nil {
+				return nil, fmt.Errorf("link on %s: %w", p.ID(), err)
+			}
+		}
+	}
+	return &pb.RaftClientReply{ClientId: s.Request.GetClientId(), CallId: s.Request.GetCallId(),
+		Success: true, LogIndex: e.Index, Term: e.Term}, nil
+}
+
+// stop marks peer i down in the log, then shuts it down.
+func (l *logCommitter) stop(g *group, i int) {
+	l.mu.Lock()
+	l.down[i] = true
+	l.mu.Unlock()
+	g.stop(i)
+}
+
+// failoverGroup starts three peers that commit through a logCommitter, the
+// last of which can be paused, with a reply timeout short enough that
+// what a failed primary keeps is dropped within a test. The cleanup
+// resumes the paused peer.
+func failoverGroup(t *testing.T, quorum int) (*group, *pausableSM, *logCommitter) {
 	last := &pausableSM{Memory: statemachine.NewMemory()}
 	g := startGroup(t, 3, groupOpts{
 		sm: func(i int) statemachine.StateMachine {
@@ -94,7 +136,11 @@ func failoverGroup(t *testing.T, quorum int) (*group, *pausableSM) {
 		},
 	})
 	t.Cleanup(last.resume)
-	return g, last
+	lc := &logCommitter{servers: g.servers, down: map[int]bool{}, entries: map[statemachine.StreamKey]statemachine.Entry{}}
+	for _, s := range g.servers {
+		s.SetCommitter(lc)
+	}
+	return g, last, lc
 }
 
 // sendAll sends data in packets of size packet from offset from, and
@@ -123,7 +169,7 @@ func TestFailover(t *testing.T) {
 		for _, at := range []int{0, 1 << 20, 3<<20 + 5, size} {
 			t.Run(fmt.Sprintf("%s/at-%d", fault, at), func(t *testing.T) {
 				buffertest.Check(t)
-				g, last := failoverGroup(t, 0)
+				g, last, lc := failoverGroup(t, 0)
 				c := g.client(t, datastream.WithPacketSize(packet))
 				ctx := testCtx(t)
 				data := randomBytes(uint64(at)+7, size)
@@ -156,15 +202,17 @@ func TestFailover(t *testing.T) {
 				switch fault {
 				case "stop":
 					failed = g.peers[0].ID
-					g.stop(0)
+					lc.stop(g, 0)
 				case "cut":
 					failed = datastream.CutPrimary(out)
 				}
 				if at == size {
-					// Every peer links a stream as soon as it is closed
-					// everywhere (there is no Committer here): the CLOSE
-					// stays held until the new primary took the resume,
-					// lest it complete behind it, with nobody to answer.
+					// The CLOSE stays held until the new primary took the
+					// resume, which fences the old one off: released
+					// before, it could complete and commit through the old
+					// primary before that noticed its client was gone,
+					// with the reply lost on the cut connection (an
+					// outcome the client cannot know).
 					eventually(t, "the new primary to take the resume", func() bool {
 						st := g.servers[1].Streams().Lookup(key(c, out))
 						return st != nil && st.IsPrimary()
@@ -190,13 +238,17 @@ func TestFailover(t *testing.T) {
 						t.Errorf("%s: committed=%v, bytes equal=%v", g.peers[i].ID, ok, got == sha(data))
 					}
 				}
-				// The failed primary drops its copy (its orphan times
-				// out) and never links it.
+				// The failed primary is not among the holders: it
+				// drops its copy and, where it applies the entry, records
+				// it missing (to be repaired), never links it.
 				eventually(t, "the failed primary to drop its copy", func() bool {
-					return g.servers[0].Streams().Active() == 0 && g.memory(0).Open() == 0
+					return g.servers[0].Streams().Active() == 0 && g.servers[0].Streams().Pending() == 0 && g.memory(0).Open() == 0
 				})
 				if _, ok := g.memory(0).Sum(k); ok {
 					t.Errorf("the failed primary %s linked its copy", failed)
+				}
+				if fault == "cut" && g.memory(0).Missing() != 1 {
+					t.Errorf("the failed primary %s recorded %d copies missing, want its own", failed, g.memory(0).Missing())
 				}
 			})
 		}
@@ -207,7 +259,7 @@ func TestFailover(t *testing.T) {
 // primary, and no peer commits it.
 func TestFailoverDisabled(t *testing.T) {
 	buffertest.Check(t)
-	g, last := failoverGroup(t, 0)
+	g, last, _ := failoverGroup(t, 0)
 	c := g.client(t, datastream.WithFailover(false))
 	ctx := testCtx(t)
 	out, err := c.Stream(ctx, []byte("stays"))
@@ -236,7 +288,7 @@ func TestFailoverDisabled(t *testing.T) {
 func TestFailoverNoPeerLeft(t *testing.T) {
 	t.Run("unreachable", func(t *testing.T) {
 		buffertest.Check(t)
-		g, _ := failoverGroup(t, 0)
+		g, _, _ := failoverGroup(t, 0)
 		// The client reaches only the primary; the peers reach each other.
 		peers := append([]datastream.Peer(nil), g.peers...)
 		for i := 1; i < len(peers); i++ {
@@ -271,7 +323,7 @@ func TestFailoverNoPeerLeft(t *testing.T) {
 	// primary: each peer refuses the resume.
 	t.Run("quorum", func(t *testing.T) {
 		buffertest.Check(t)
-		g, _ := failoverGroup(t, handler.QuorumAll)
+		g, _, _ := failoverGroup(t, handler.QuorumAll)
 		c := g.client(t)
 		ctx := testCtx(t)
 		out, err := c.Stream(ctx, []byte("short"))
@@ -299,7 +351,7 @@ func TestFailoverNoPeerLeft(t *testing.T) {
 // over fail; the last peer commits it alone, above a write quorum of one.
 func TestFailoverTwice(t *testing.T) {
 	buffertest.Check(t)
-	g, _ := failoverGroup(t, 1)
+	g, _, lc := failoverGroup(t, 1)
 	c := g.client(t)
 	ctx := testCtx(t)
 	out, err := c.Stream(ctx, []byte("twice"))
@@ -311,7 +363,7 @@ func TestFailoverTwice(t *testing.T) {
 	if err := sendAll(ctx, out, data[:half], 0, 64<<10); err != nil {
 		t.Fatal(err)
 	}
-	g.stop(0)
+	lc.stop(g, 0)
 	if err := sendAll(ctx, out, data, half, 64<<10); err != nil {
 		t.Fatal(err)
 	}
@@ -321,7 +373,7 @@ func TestFailoverTwice(t *testing.T) {
 	if p := datastream.Primary(out); p != g.peers[1].ID {
 		t.Fatalf("moved to %s, want %s", p, g.peers[1].ID)
 	}
-	g.stop(1)
+	lc.stop(g, 1)
 	reply, err := out.Close(ctx).Wait(ctx)
 	if err != nil {
 		t.Fatalf("CLOSE after two failures: %v", err)

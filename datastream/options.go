@@ -122,13 +122,13 @@ func WithChecksums(on bool) Option { return func(o *options) { o.noChecksums = !
 
 // WithFailover sets whether a stream moves to another peer when its
 // primary fails: its connection ends, it does not answer within the reply
-// timeout, or it answers that it is shutting down (CANCELLED) or that its
-// own storage failed (STATE_MACHINE). The client then resumes the stream
-// on the next peer of the stream's routing table that accepts a
-// connection, as that stream's new primary, at the last offset every peer
-// acknowledged, with a routing table that leaves out the failed peers, and
-// sends again every packet that was not acknowledged; the stream goes on
-// there and its CLOSE commits through the new primary. To do so each data
+// timeout, or it answers that it is shutting down (CANCELLED). The client
+// then resumes the stream on the next peer of the stream's routing table
+// that accepts a connection, as that stream's new primary, at the last
+// offset every peer acknowledged, with a routing table that leaves out the
+// failed peers, and once that peer has taken the resume sends it again
+// every packet that was not acknowledged; the stream goes on there and its
+// CLOSE commits through the new primary. To do so each data
 // packet's bytes are kept until its reply comes, which the window bounds,
 // and WriteFile reads files into pooled buffers instead of handing them to
 // sendfile(2). A stream fails over at most once per peer of the group; when

@@ -112,6 +112,7 @@ type Output struct {
 	primary  string          // the primary's id now
 	table    *pb.RoutingTable
 	moving   bool     // a failover is under way: packets queue unsent
+	resuming bool     // the resume is sent and not answered: packets queue unsent
 	tried    []string // primaries and candidates that failed, in order
 	causes   []error  // why each of tried failed
 	epoch    uint64   // failovers made
@@ -424,9 +425,9 @@ func (o *Output) queueLocked(frame *buffer.Buf, body any, typ pb.DataStreamPacke
 	pooled := p.pooled
 	cn := o.cn
 	var err error
-	if o.moving {
+	if o.moving || o.resuming {
 		// The failover sends it, with the packets before it, once the
-		// stream has a new primary.
+		// stream's new primary has taken the resume.
 		frame.Release()
 		pipeline.Release(body)
 	} else {

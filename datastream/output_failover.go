@@ -22,11 +22,12 @@ import (
 //	                            │                        │
 //	                            └── no peer left ──▶ failed ◀── refused, by every peer left
 //
-// While it is moving, writes queue in the window unsent. Resuming, the new
-// primary has been sent a RESUME header at the last offset every peer
-// acknowledged, and every packet after it again; its reply to the RESUME
-// (or its refusal, which moves the stream on to the next peer) comes
-// first. Each peer is tried once per stream.
+// While it is moving or resuming, writes queue in the window unsent.
+// Resuming, the new primary has been sent a RESUME header at the last
+// offset every peer acknowledged; once it answers, every packet after that
+// offset is sent again, and the stream goes on. A refusal, or the loss of
+// the new primary, moves the stream on to the next peer. Each peer is
+// tried once per stream.
 
 // errFailed is resumeOn's answer for a stream that failed meanwhile: there
 // is nothing left to move.
@@ -34,10 +35,10 @@ var errFailed = errors.New("datastream: stream failed during its failover")
 
 // primaryFailed reports whether a primary's error reply says that the
 // primary itself failed, so that another peer may take the stream: it is
-// shutting down, or its storage failed.
-func primaryFailed(c pb.ErrorCode) bool {
-	return c == pb.ErrorCode_CANCELLED || c == pb.ErrorCode_STATE_MACHINE
-}
+// shutting down. (A primary whose storage fails aborts the stream on its
+// successors, and a successor's STATE_MACHINE comes back through the
+// primary with that code: neither leaves anything to resume.)
+func primaryFailed(c pb.ErrorCode) bool { return c == pb.ErrorCode_CANCELLED }
 
 // letGo releases the bytes a packet kept for a replay.
 func (p *pendingPacket) letGo() {
@@ -60,6 +61,7 @@ func (o *Output) lost(cn *conn, cause error, abort bool) {
 		o.mu.Unlock()
 		return // failed, or already moving, or moved
 	}
+	o.resuming = false
 	if !o.retain || errors.Is(cause, ErrClosed) {
 		o.mu.Unlock()
 		o.fail(cause, abort)
@@ -198,7 +200,25 @@ func (o *Output) resumeOn(cn *conn) error {
 	if err := cn.send(frame, nil); err != nil {
 		return fmt.Errorf("%w: %s: %v", ErrConnectionLost, cn.peer.ID, err)
 	}
-	for _, p := range replay {
+	o.epoch++
+	o.moving, o.resuming = false, true
+	o.lastReply = now
+	o.c.opts.logger.Info("datastream: resuming the stream on another primary",
+		"stream", o.id, "peer", cn.peer.ID, "offset", o.acked, "unacknowledged", len(replay))
+	return nil
+}
+
+// replayLocked sends every pending packet again on cn, whose peer has
+// taken the stream's resume: a peer that refused it gets none. o.mu must
+// be held.
+func (o *Output) replayLocked(cn *conn) error {
+	now := time.Now()
+	all := o.pending.Take()
+	for _, p := range all {
+		o.pending.Push(p)
+	}
+	for _, p := range all {
+		p.sentAt = now
 		var body any
 		if p.body != nil {
 			body = p.body.Retain()
@@ -207,11 +227,6 @@ func (o *Output) resumeOn(cn *conn) error {
 			return fmt.Errorf("%w: %s: %v", ErrConnectionLost, cn.peer.ID, err)
 		}
 	}
-	o.epoch++
-	o.moving = false
-	o.lastReply = now
-	o.c.opts.logger.Info("datastream: stream resumed on another primary",
-		"stream", o.id, "peer", cn.peer.ID, "offset", o.acked, "replayed", len(replay))
 	return nil
 }
 

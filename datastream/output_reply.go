@@ -51,11 +51,18 @@ func (o *Output) onReply(cn *conn, h *codec.ReplyView, rcr *pb.RaftClientReply) 
 		return
 	}
 	o.pending.Pop()
+	var replayErr error
 	if p.resume {
-		// The new primary holds the stream up to the resume's offset.
+		// The new primary holds the stream up to the resume's offset:
+		// what came after goes to it again.
+		o.resuming = false
+		replayErr = o.replayLocked(cn)
 		q := p.standsFor
 		if q == nil {
 			o.mu.Unlock()
+			if replayErr != nil {
+				o.lost(cn, replayErr, false)
+			}
 			return
 		}
 		p = q // the header, answered by the resume
@@ -69,6 +76,9 @@ func (o *Output) onReply(cn *conn, h *codec.ReplyView, rcr *pb.RaftClientReply) 
 	o.committed = p.close
 	o.mu.Unlock()
 	o.c.releaseSlot(p.length)
+	if replayErr != nil {
+		o.lost(cn, replayErr, false)
+	}
 	if p.pooled {
 		p.free()
 		return
