@@ -307,10 +307,13 @@ func TestFailoverNoPeerLeft(t *testing.T) {
 		if err := sendAll(ctx, out, randomBytes(4, 1<<20), 0, 64<<10); err != nil {
 			t.Fatal(err)
 		}
+		// No CLOSE: sent to a primary that fails, it would leave the
+		// outcome unknown, and the error would say so.
 		datastream.CutPrimary(out)
-		_, err = out.Close(ctx).Wait(ctx)
+		eventually(t, "the stream to fail", func() bool { return out.Err() != nil })
+		err = out.Err()
 		if !errors.Is(err, datastream.ErrConnectionLost) {
-			t.Fatalf("CLOSE with no peer left: %v, want ErrConnectionLost", err)
+			t.Fatalf("stream with no peer left: %v, want ErrConnectionLost", err)
 		}
 		for _, p := range g.peers {
 			if !strings.Contains(err.Error(), p.ID) {
@@ -334,9 +337,13 @@ func TestFailoverNoPeerLeft(t *testing.T) {
 			t.Fatal(err)
 		}
 		datastream.CutPrimary(out)
-		_, err = out.Close(ctx).Wait(ctx)
+		eventually(t, "the stream to fail", func() bool { return out.Err() != nil })
+		err = out.Err()
 		if !errors.Is(err, datastream.ErrConnectionLost) || !errors.Is(err, datastream.ErrNotEnoughPeers) {
-			t.Fatalf("CLOSE below the write quorum: %v, want ErrConnectionLost and ErrNotEnoughPeers", err)
+			t.Fatalf("stream below the write quorum: %v, want ErrConnectionLost and ErrNotEnoughPeers", err)
+		}
+		if _, cerr := out.Close(ctx).Wait(ctx); cerr != err {
+			t.Errorf("CLOSE of the failed stream: %v, want its error", cerr)
 		}
 		for _, p := range g.peers {
 			if !strings.Contains(err.Error(), p.ID) {
@@ -345,6 +352,39 @@ func TestFailoverNoPeerLeft(t *testing.T) {
 		}
 		g.waitClean(t)
 	})
+}
+
+// TestFailoverAfterClose: a stream whose CLOSE went to the primary that
+// failed may have committed there, so however its failover ends, its error
+// proves nothing: it wraps the loss of the primary, not the refusals that
+// came after (a refusal for want of a stream committed meanwhile, say).
+func TestFailoverAfterClose(t *testing.T) {
+	buffertest.Check(t)
+	g, last, _ := failoverGroup(t, handler.QuorumAll)
+	c := g.client(t)
+	ctx := testCtx(t)
+	out, err := c.Stream(ctx, []byte("unknown"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	last.pause() // the CLOSE stays unanswered
+	if err := sendAll(ctx, out, randomBytes(8, 1<<20), 0, 64<<10); err != nil {
+		t.Fatal(err)
+	}
+	closed := out.Close(ctx)
+	failed := datastream.CutPrimary(out)
+	last.resume()
+	_, err = closed.Wait(ctx)
+	var pe *pb.Error
+	switch {
+	case err == nil:
+		t.Fatal("committed below the write quorum")
+	case !errors.Is(err, datastream.ErrConnectionLost) || errors.As(err, &pe):
+		t.Fatalf("CLOSE sent to %s before it failed: %v; want ErrConnectionLost and no code that proves the stream failed", failed, err)
+	case !strings.Contains(err.Error(), "may have committed"):
+		t.Errorf("the error does not say the outcome is unknown: %v", err)
+	}
+	g.waitClean(t)
 }
 
 // TestFailoverTwice: the primary and then the peer that took the stream

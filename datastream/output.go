@@ -116,6 +116,11 @@ type Output struct {
 	tried    []string // primaries and candidates that failed, in order
 	causes   []error  // why each of tried failed
 	epoch    uint64   // failovers made
+	// closedOn is the connection CLOSE was last sent on; mayHave names
+	// the primary that failed after it had been sent CLOSE: whatever
+	// the stream fails with from then on, it may have committed there.
+	closedOn *conn
+	mayHave  string
 }
 
 // pendingPacket is a packet in flight. Its future and reply live in it, to
@@ -432,6 +437,9 @@ func (o *Output) queueLocked(frame *buffer.Buf, body any, typ pb.DataStreamPacke
 		pipeline.Release(body)
 	} else {
 		err = cn.send(frame, body)
+		if closing {
+			o.closedOn = cn
+		}
 	}
 	o.mu.Unlock()
 	if err != nil {

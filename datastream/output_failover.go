@@ -67,6 +67,9 @@ func (o *Output) lost(cn *conn, cause error, abort bool) {
 		o.fail(cause, abort)
 		return
 	}
+	if o.closedOn == cn && o.mayHave == "" {
+		o.mayHave = cn.peer.ID
+	}
 	o.moving = true
 	o.tried = append(o.tried, cn.peer.ID)
 	o.causes = append(o.causes, cause)
@@ -134,10 +137,14 @@ func (o *Output) candidateLocked() (Peer, bool) {
 func (o *Output) exhausted() error {
 	o.mu.Lock()
 	defer o.mu.Unlock()
+	verb := "%w"
+	if o.mayHave != "" {
+		verb = "%v" // fail says why the outcome is unknown, and wraps only the first cause
+	}
 	format := "datastream: stream %d: no peer could take it over (tried %s)"
 	args := []any{o.id, strings.Join(o.tried, ", ")}
 	for i, err := range o.causes {
-		format += "; %s: %w"
+		format += "; %s: " + verb
 		args = append(args, o.tried[i], err)
 	}
 	return fmt.Errorf(format, args...)
@@ -226,8 +233,25 @@ func (o *Output) replayLocked(cn *conn) error {
 		if err := cn.send(p.frame.Retain(), body); err != nil {
 			return fmt.Errorf("%w: %s: %v", ErrConnectionLost, cn.peer.ID, err)
 		}
+		if p.close {
+			o.closedOn = cn
+		}
 	}
 	return nil
+}
+
+// outcomeLocked returns the error a stream that moved fails with: err,
+// unless a primary that failed had been sent the stream's CLOSE. That
+// primary may have committed the stream before it failed, so no later
+// error proves that it did not: the error then says so, and wraps only
+// the cause that made the stream leave it (ErrConnectionLost, say), which
+// says nothing of a commit, not err's codes (a resume refused for want of
+// a stream that was committed meanwhile, say).
+func (o *Output) outcomeLocked(err error) error {
+	if o.mayHave == "" || len(o.causes) == 0 {
+		return err
+	}
+	return fmt.Errorf("%w; the stream may have committed there, since %s had been sent its CLOSE; then: %v", o.causes[0], o.mayHave, err)
 }
 
 // tablePeers lists the peers of routing table t, primary first, in the

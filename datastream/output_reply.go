@@ -128,6 +128,7 @@ func (o *Output) fail(err error, abort bool) {
 		o.mu.Unlock()
 		return
 	}
+	err = o.outcomeLocked(err)
 	o.err = err
 	pending := o.pending.Take()
 	for i, p := range pending {
