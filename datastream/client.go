@@ -99,6 +99,23 @@ func (c *Client) ID() []byte { return c.id }
 // Peers returns the group.
 func (c *Client) Peers() []Peer { return append([]Peer(nil), c.peers...) }
 
+// failsOver reports whether the client's streams move to another peer
+// when their primary fails (WithFailover).
+func (c *Client) failsOver() bool { return !c.opts.noFailover && len(c.peers) > 1 }
+
+// startFailover runs o's failover on a goroutine that Close waits for,
+// unless the client is closed.
+func (c *Client) startFailover(o *Output) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return false
+	}
+	c.wg.Add(1)
+	go o.failover()
+	return true
+}
+
 func (c *Client) peer(id string) (Peer, bool) {
 	for _, p := range c.peers {
 		if p.ID == id {

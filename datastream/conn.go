@@ -149,7 +149,8 @@ func (cn *conn) send(prefix *buffer.Buf, body any) error {
 	return err
 }
 
-// failAll fails every stream on the connection and refuses new ones.
+// failAll fails every stream on the connection, or moves it to another
+// primary (WithFailover), and refuses new ones.
 func (cn *conn) failAll(err error) {
 	cn.mu.Lock()
 	if cn.dead == nil {
@@ -161,7 +162,7 @@ func (cn *conn) failAll(err error) {
 	}
 	cn.mu.Unlock()
 	for _, o := range outs {
-		o.fail(err, false)
+		o.lost(cn, err, false)
 	}
 }
 
@@ -192,7 +193,7 @@ func (cn *conn) sweep(now time.Time, timeout time.Duration) {
 		return
 	}
 	for _, o := range late {
-		o.fail(err, true)
+		o.lost(cn, err, true)
 	}
 }
 
@@ -225,7 +226,7 @@ func (h *replyHandler) ChannelRead(ctx *pipeline.Context, msg any) {
 	// A reply for a stream that is not open here (an abort's, or one that
 	// crossed a local failure) has nobody to go to.
 	if o := cn.get(v.StreamID); o != nil {
-		o.onReply(v, rcr)
+		o.onReply(cn, v, rcr)
 	}
 }
 

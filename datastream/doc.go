@@ -41,6 +41,10 @@
 // stream's ctx governs it: cancelling it aborts the stream on every peer.
 // A connection that drops fails its streams with ErrConnectionLost; a
 // stream without a reply for the reply timeout fails with ErrReplyTimeout.
+// With failover (WithFailover, on for a group of several peers) such a
+// stream moves instead: it resumes on another peer of its routing table
+// from the last offset every peer acknowledged, sending the packets not
+// acknowledged again, and fails only when no peer is left to take it.
 // Client.Close fails what is open and ends every goroutine the client
 // started.
 //

@@ -41,7 +41,8 @@ var (
 	// committed, and fails every stream of a client that is closed.
 	ErrClosed = errors.New("datastream: closed")
 	// ErrConnectionLost fails every stream on a connection to a primary
-	// that ended.
+	// that ended, or, with failover, is the first cause of a stream that
+	// no other peer could take over.
 	ErrConnectionLost = errors.New("datastream: connection to peer lost")
 	// ErrReplyTimeout fails a stream that had packets in flight and got no
 	// reply for longer than the reply timeout (WithReplyTimeout).

@@ -36,3 +36,42 @@ func ReadPeer(r *Reader) string {
 	}
 	return r.rc.peer.ID
 }
+
+// Reroot is reroot, for tests of the routing table a failover sends.
+var Reroot = reroot
+
+// CutPrimary closes the connection to o's primary, as a network failure
+// would, and returns the primary's id.
+func CutPrimary(o *Output) string {
+	o.mu.Lock()
+	cn := o.cn
+	o.mu.Unlock()
+	_ = cn.ch.Close()
+	return cn.peer.ID
+}
+
+// Primary returns the id of o's primary now.
+func Primary(o *Output) string {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	return o.primary
+}
+
+// Retained returns the packets of o that keep their bytes for a replay,
+// and those bytes.
+func Retained(o *Output) (packets int, bytes int64) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	all := o.pending.Take()
+	for _, p := range all {
+		o.pending.Push(p)
+		if p.frame != nil {
+			packets++
+			bytes += int64(p.frame.Len())
+			if p.body != nil {
+				bytes += int64(p.body.Len())
+			}
+		}
+	}
+	return packets, bytes
+}

@@ -14,10 +14,12 @@ import (
 // WriteFile sends count bytes of the regular file f from position pos, in
 // packets of the client's packet size with opts on the last one, and
 // returns the future of the last packet. Packets are not copied through the
-// client: on the net.Conn transport over plain TCP on Linux the kernel
-// sends them from the page cache with sendfile(2); elsewhere each is read
-// straight into the pooled buffer that goes to the socket (gnet copies
-// whatever it sends into its own buffers, so it cannot do better).
+// client: on the net.Conn transport over plain TCP on Linux, without
+// failover (WithFailover, which must keep each packet's bytes until its
+// reply), the kernel sends them from the page cache with sendfile(2);
+// elsewhere each is read straight into the pooled buffer that goes to the
+// socket (gnet copies whatever it sends into its own buffers, so it cannot
+// do better).
 //
 // WriteFile returns once every packet is queued and the transport is done
 // with f, so f may be closed or changed then; it does not read f's position
@@ -47,13 +49,18 @@ func (o *Output) WriteFile(ctx context.Context, f *os.File, pos, count int64, op
 	var sending sync.WaitGroup
 	defer sending.Wait()
 	var last *Future[*Reply]
+	// With failover a packet's bytes must outlive the write, to be sent
+	// again on another primary: they go in pooled buffers.
+	o.mu.Lock()
+	sendfile := o.cn.sendfile && !o.retain
+	o.mu.Unlock()
 	for off := int64(0); off < count; {
 		n := min(int64(o.c.opts.packetSize), count-off)
 		var bits uint32
 		if off+n == count {
 			bits = optionBits(opts)
 		}
-		if o.cn.sendfile {
+		if sendfile {
 			sending.Add(1)
 			r := &transport.FileRegion{File: f, Offset: pos + off, Count: n, OnRelease: sending.Done}
 			last = o.send(ctx, pb.DataStreamPacketHeader_STREAM_DATA, nil, r, n, bits, false, off+n < count)

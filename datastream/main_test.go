@@ -141,6 +141,8 @@ func (g *group) memory(i int) *statemachine.Memory {
 	switch sm := g.sms[i].(type) {
 	case *gatedSM:
 		return sm.Memory
+	case *pausableSM:
+		return sm.Memory
 	default:
 		return sm.(*statemachine.Memory)
 	}

@@ -44,6 +44,7 @@ type options struct {
 	replyTimeout   time.Duration
 	dialTimeout    time.Duration
 	noChecksums    bool
+	noFailover     bool
 	logger         *slog.Logger
 }
 
@@ -104,9 +105,10 @@ func WithMaxOutstanding(packets int, bytes int64) Option {
 func WithPacketSize(n int) Option { return func(o *options) { o.packetSize = n } }
 
 // WithReplyTimeout fails a stream that has packets in flight and has had no
-// reply for this long, with ErrReplyTimeout, and aborts it; if the peer has
-// sent nothing on the connection for this long, the connection is closed,
-// failing all its streams. It is checked on a tick of a quarter of the
+// reply for this long, with ErrReplyTimeout, and aborts it, or with
+// failover (WithFailover) moves it to another peer; if the peer has sent
+// nothing on the connection for this long, the connection is closed,
+// failing (or moving) all its streams. It is checked on a tick of a quarter of the
 // timeout (at most a second), since gnet has no deadlines.
 func WithReplyTimeout(d time.Duration) Option { return func(o *options) { o.replyTimeout = d } }
 
@@ -117,6 +119,28 @@ func WithReplyTimeout(d time.Duration) Option { return func(o *options) { o.repl
 // the CPU's CRC32 instruction over the data, on the client and on each
 // peer (see docs/performance.md).
 func WithChecksums(on bool) Option { return func(o *options) { o.noChecksums = !on } }
+
+// WithFailover sets whether a stream moves to another peer when its
+// primary fails: its connection ends, it does not answer within the reply
+// timeout, or it answers that it is shutting down (CANCELLED). The client
+// then resumes the stream on the next peer of the stream's routing table
+// that accepts a connection, as that stream's new primary, at the last
+// offset every peer acknowledged, with a routing table that leaves out the
+// failed peers, and once that peer has taken the resume sends it again
+// every packet that was not acknowledged; the stream goes on there and its
+// CLOSE commits through the new primary. To do so each data
+// packet's bytes are kept until its reply comes, which the window bounds,
+// and WriteFile reads files into pooled buffers instead of handing them to
+// sendfile(2). A stream fails over at most once per peer of the group; when
+// no peer is left to take it, or the peers cannot meet the write quorum
+// without the failed ones, it fails with an error that names each peer
+// tried and why it could not go on (errors.Is sees through to the first
+// cause, ErrConnectionLost say). See docs/protocol.md, "Pipeline
+// recovery".
+//
+// On by default for a client of several peers; a client of one peer has
+// nowhere to go.
+func WithFailover(on bool) Option { return func(o *options) { o.noFailover = !on } }
 
 // WithDialTimeout bounds connecting to a peer.
 func WithDialTimeout(d time.Duration) Option { return func(o *options) { o.dialTimeout = d } }

@@ -102,6 +102,25 @@ type Output struct {
 	lastReply time.Time
 	stopCtx   func() bool
 	ended     bool // committed or failed; stopCtx has been called
+
+	// Failover (output_failover.go). cn changes under mu when the stream
+	// moves to another primary.
+	ctx      context.Context // the stream's, for the dials of a failover
+	retain   bool            // keep each data packet's bytes until its reply
+	acked    uint64          // bytes every peer acknowledged
+	crcAcked uint32          // CRC32C of those bytes
+	primary  string          // the primary's id now
+	table    *pb.RoutingTable
+	moving   bool     // a failover is under way: packets queue unsent
+	resuming bool     // the resume is sent and not answered: packets queue unsent
+	tried    []string // primaries and candidates that failed, in order
+	causes   []error  // why each of tried failed
+	epoch    uint64   // failovers made
+	// closedOn is the connection CLOSE was last sent on; mayHave names
+	// the primary that failed after it had been sent CLOSE: whatever
+	// the stream fails with from then on, it may have committed there.
+	closedOn *conn
+	mayHave  string
 }
 
 // pendingPacket is a packet in flight. Its future and reply live in it, to
@@ -116,6 +135,16 @@ type pendingPacket struct {
 	close  bool
 	pooled bool
 	sentAt time.Time
+	// frame and body are kept, with failover, until the reply: the
+	// packet's frame (or its prefix, when body follows it), sent again on
+	// a new primary as it is, since nothing in it names the primary.
+	frame, body *buffer.Buf
+	crcEnd      uint32 // the stream's CRC32C through the packet
+	// resume marks the RESUME a failover sent in place of the packets the
+	// new primary already holds; its reply stands for the header's when
+	// that was not answered yet (standsFor).
+	resume    bool
+	standsFor *pendingPacket
 }
 
 var pendingPool = sync.Pool{New: func() any { return &pendingPacket{pooled: true} }}
@@ -123,6 +152,7 @@ var pendingPool = sync.Pool{New: func() any { return &pendingPacket{pooled: true
 // free returns a pooled packet to the pool. Only pooled packets may be
 // freed: the others belong to the caller that holds their future.
 func (p *pendingPacket) free() {
+	p.letGo()
 	*p = pendingPacket{pooled: true}
 	pendingPool.Put(p)
 }
@@ -193,6 +223,7 @@ func (c *Client) Stream(ctx context.Context, message []byte, opts ...StreamOptio
 		c: c, cn: cn, id: c.callID.Add(1),
 		raft:  new(Future[*pb.RaftClientReply]),
 		space: make(chan struct{}, 1),
+		ctx:   ctx, retain: c.failsOver(), primary: primary.ID, table: so.routing,
 	}
 	o.req = &pb.RaftClientRequest{
 		ClientId:     c.id,
@@ -233,7 +264,8 @@ func (c *Client) Stream(ctx context.Context, message []byte, opts ...StreamOptio
 // ID returns the stream id (the header request's call id).
 func (o *Output) ID() uint64 { return o.id }
 
-// Request returns the stream's header request.
+// Request returns the stream's header request, as first sent: after a
+// failover the stream's primary is another peer (Reply.Server names it).
 func (o *Output) Request() *pb.RaftClientRequest { return o.req }
 
 // HeaderFuture completes when the primary and its successors opened the
@@ -290,14 +322,6 @@ func (o *Output) Err() error {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	return o.err
-}
-
-// InFlight returns the bytes and packets sent and not yet answered, and the
-// most bytes that were ever in flight at once. The window bounds them.
-func (o *Output) InFlight() (bytes int64, packets int, peak int64) {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	return o.flight, o.pending.Len(), o.peak
 }
 
 func optionBits(opts []WriteOption) uint32 {
@@ -362,7 +386,7 @@ func (o *Output) send(ctx context.Context, typ pb.DataStreamPacketHeader_Type, d
 		}
 		if err == nil {
 			o.crc = crc
-			return o.queueLocked(frame, body, typ, n, opts, noFuture)
+			return o.queueLocked(frame, body, typ, n, opts, crc, noFuture)
 		}
 	}
 	o.releaseWindowLocked(n)
@@ -378,7 +402,7 @@ func (o *Output) send(ctx context.Context, typ pb.DataStreamPacketHeader_Type, d
 // queueLocked records the packet as pending and writes it. Writing under
 // o.mu keeps the stream's packets in offset order on the wire. It unlocks
 // o.mu.
-func (o *Output) queueLocked(frame *buffer.Buf, body any, typ pb.DataStreamPacketHeader_Type, n int64, opts uint32, noFuture bool) *Future[*Reply] {
+func (o *Output) queueLocked(frame *buffer.Buf, body any, typ pb.DataStreamPacketHeader_Type, n int64, opts, crc uint32, noFuture bool) *Future[*Reply] {
 	closing := opts&uint32(Close) != 0
 	var p *pendingPacket
 	if noFuture && !closing { // Close's future is the stream's
@@ -387,6 +411,13 @@ func (o *Output) queueLocked(frame *buffer.Buf, body any, typ pb.DataStreamPacke
 		p = new(pendingPacket)
 	}
 	p.typ, p.offset, p.length, p.close, p.sentAt = typ, o.offset, n, closing, time.Now()
+	p.crcEnd = crc
+	if o.retain && typ == pb.DataStreamPacketHeader_STREAM_DATA {
+		p.frame = frame.Retain()
+		if b, ok := body.(*buffer.Buf); ok {
+			p.body = b.Retain()
+		}
+	}
 	o.pending.Push(p)
 	o.flight += n
 	o.peak = max(o.peak, o.flight)
@@ -397,227 +428,31 @@ func (o *Output) queueLocked(frame *buffer.Buf, body any, typ pb.DataStreamPacke
 		o.closeF = &p.f
 	}
 	pooled := p.pooled
-	err := o.cn.send(frame, body)
+	cn := o.cn
+	var err error
+	if o.moving || o.resuming {
+		// The failover sends it, with the packets before it, once the
+		// stream's new primary has taken the resume.
+		frame.Release()
+		pipeline.Release(body)
+	} else {
+		err = cn.send(frame, body)
+		if closing {
+			o.closedOn = cn
+		}
+	}
 	o.mu.Unlock()
 	if err != nil {
-		o.fail(fmt.Errorf("%w: %s: %v", ErrConnectionLost, o.cn.peer.ID, err), false)
+		o.lost(cn, fmt.Errorf("%w: %s: %v", ErrConnectionLost, cn.peer.ID, err), false)
 	}
 	if pooled {
 		// p may be answered and back in the pool already.
 		if err != nil {
-			return failedFuture[*Reply](o.Err())
+			if e := o.Err(); e != nil { // else failing over
+				return failedFuture[*Reply](e)
+			}
 		}
 		return nil
 	}
 	return &p.f
-}
-
-// acquire waits for room for n bytes and one packet in the window. A
-// packet larger than the whole window goes alone.
-//
-// Waiting writers share one token in o.space rather than a channel closed
-// per release, which cost an allocation every time the window filled: a
-// release puts the token there, the writer that takes it looks again, and
-// passes it on if others still wait, so none is left asleep with room
-// free.
-func (o *Output) acquire(ctx context.Context, n int64) error {
-	waited := false
-	for {
-		o.mu.Lock()
-		if waited {
-			o.waiting--
-		}
-		err := o.err
-		ok := err == nil && (o.winPkts == 0 || o.winBytes+n <= o.c.opts.windowBytes && o.winPkts < o.c.opts.windowPackets)
-		if ok {
-			o.winBytes += n
-			o.winPkts++
-		}
-		if err != nil || ok {
-			if waited && o.waiting > 0 {
-				o.wakeLocked()
-			}
-			o.mu.Unlock()
-			return err
-		}
-		o.waiting++
-		o.waits++
-		waited = true
-		o.mu.Unlock()
-		select {
-		case <-o.space:
-		case <-ctx.Done():
-			o.mu.Lock()
-			o.waiting--
-			if o.waiting > 0 {
-				o.wakeLocked() // the token may have come to this writer
-			}
-			o.mu.Unlock()
-			return ctx.Err()
-		}
-	}
-}
-
-// wakeLocked puts the token in o.space unless it is there.
-func (o *Output) wakeLocked() {
-	select {
-	case o.space <- struct{}{}:
-	default:
-	}
-}
-
-func (o *Output) releaseWindow(n int64) {
-	o.mu.Lock()
-	o.releaseWindowLocked(n)
-	o.mu.Unlock()
-}
-
-func (o *Output) releaseWindowLocked(n int64) {
-	o.winBytes -= n
-	o.winPkts--
-	if o.waiting > 0 {
-		o.wakeLocked()
-	}
-}
-
-// onReply completes the oldest pending packet. Replies for a stream come in
-// order; a success that does not match the oldest packet is a protocol
-// error.
-func (o *Output) onReply(h *dscodec.ReplyView, rcr *pb.RaftClientReply) {
-	o.mu.Lock()
-	if o.pending.Len() == 0 {
-		o.mu.Unlock()
-		return // the stream already failed locally
-	}
-	if !h.Success {
-		o.mu.Unlock()
-		// The peer has dropped the stream and aborted it downstream. A
-		// failure fails the stream whichever packet it answers: a peer
-		// that refuses a late packet of a failed stream at once may do so
-		// ahead of the replies it still owes.
-		o.fail(replyError(h, rcr), false)
-		return
-	}
-	p := o.pending.Peek()
-	if h.Type != p.typ || h.StreamOffset != p.offset {
-		o.mu.Unlock()
-		o.fail(pb.Errorf(pb.ErrorCode_INTERNAL, "reply from %s for %v at offset %d, expected %v at %d",
-			o.cn.peer.ID, h.Type, h.StreamOffset, p.typ, p.offset), true)
-		return
-	}
-	if err := checkReply(p, h, rcr); err != nil {
-		o.mu.Unlock()
-		o.fail(err, true)
-		return
-	}
-	o.pending.Pop()
-	o.flight -= p.length
-	o.releaseWindowLocked(p.length)
-	o.lastReply = time.Now()
-	o.committed = p.close
-	o.mu.Unlock()
-	o.c.releaseSlot(p.length)
-	if p.pooled {
-		p.free()
-		return
-	}
-	p.reply = Reply{Offset: p.offset, Length: uint64(p.length), Server: o.cn.peer.ID, RaftClientReply: rcr, bytesWritten: h.BytesWritten}
-	p.f.complete(&p.reply, nil)
-	if p.close {
-		o.raft.complete(rcr, nil)
-		o.done()
-	}
-}
-
-// checkReply checks a successful reply against the packet it answers.
-func checkReply(p *pendingPacket, h *dscodec.ReplyView, rcr *pb.RaftClientReply) error {
-	if want := p.offset + uint64(p.length); p.typ == pb.DataStreamPacketHeader_STREAM_DATA && h.BytesWritten != want {
-		return pb.Errorf(pb.ErrorCode_INTERNAL, "peer %s wrote %d bytes, expected %d", h.ServerID, h.BytesWritten, want)
-	}
-	if p.close && !rcr.GetSuccess() {
-		return pb.Errorf(pb.ErrorCode_INTERNAL, "peer %s answered CLOSE without a successful RaftClientReply", h.ServerID)
-	}
-	return nil
-}
-
-// replyError turns a failed reply into the error the stream fails with.
-func replyError(h *dscodec.ReplyView, rcr *pb.RaftClientReply) error {
-	code := h.ErrorCode
-	if code == pb.ErrorCode_ERROR_NONE {
-		code = pb.ErrorCode_INTERNAL // failed without saying why
-	}
-	err := error(&pb.Error{Code: code, Message: string(h.ErrorMessage)})
-	if hint := rcr.GetLeaderHint(); hint != "" {
-		err = fmt.Errorf("%w (leader hint %s)", err, hint)
-	}
-	if rcr != nil {
-		err = &CloseError{Reply: rcr, Err: err}
-	}
-	return err
-}
-
-// fail fails the stream: every pending future and every later write get
-// err. With abort, the peers are told to drop the stream. A committed
-// stream cannot fail.
-func (o *Output) fail(err error, abort bool) {
-	o.mu.Lock()
-	if o.err != nil || o.committed {
-		o.mu.Unlock()
-		return
-	}
-	o.err = err
-	pending := o.pending.Take()
-	o.flight = 0
-	for _, p := range pending {
-		o.releaseWindowLocked(p.length)
-	}
-	offset := o.offset
-	o.mu.Unlock()
-	for _, p := range pending {
-		o.c.releaseSlot(p.length)
-		if p.pooled {
-			p.free()
-		} else {
-			p.f.complete(nil, err)
-		}
-	}
-	o.raft.complete(nil, err)
-	if abort {
-		h := &pb.DataStreamPacketHeader{
-			ClientId: o.c.id, Type: pb.DataStreamPacketHeader_STREAM_DATA,
-			StreamId: o.id, StreamOffset: offset, Options: uint32(pb.DataStreamPacketHeader_ABORT),
-		}
-		if frame, e := dscodec.EncodePacket(h, nil); e == nil {
-			_ = o.cn.send(frame, nil)
-		}
-	}
-	o.done()
-}
-
-// done lets go of a stream that committed or failed.
-func (o *Output) done() {
-	o.cn.remove(o)
-	o.mu.Lock()
-	o.ended = true
-	stop := o.stopCtx
-	o.mu.Unlock()
-	if stop != nil {
-		stop()
-	}
-}
-
-// waitingSince returns when the stream last made progress, if it has
-// packets in flight: the later of its oldest packet's send and its last
-// reply.
-func (o *Output) waitingSince() (time.Time, bool) {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	if o.pending.Len() == 0 {
-		return time.Time{}, false
-	}
-	at := o.pending.Peek().sentAt
-	if o.lastReply.After(at) {
-		at = o.lastReply
-	}
-	return at, true
 }

@@ -209,6 +209,16 @@ func (r *Router) open(up *pipeline.Pipeline, p *Packet) (*Stream, *pb.Error) {
 		return nil, errorf(pb.ErrorCode_BAD_ROUTING, "%v", err)
 	}
 	p.req = req
+	if resume && !r.conn.peer && primary == s.cfg.ID {
+		// A client moves its stream here from a primary that failed:
+		// without that peer, the stream must still reach the quorum.
+		if !s.recovers() {
+			return nil, errorf(pb.ErrorCode_NOT_ENOUGH_PEERS, "the write quorum is every peer; stream %v cannot go on without its failed primary", p.Key())
+		}
+		if e := s.checkQuorum(table); e != nil {
+			return nil, e
+		}
+	}
 	if resume {
 		if st, e, done := r.resume(up, p, primary == s.cfg.ID); done {
 			return st, e

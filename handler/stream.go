@@ -77,6 +77,10 @@ type Stream struct {
 	checksum uint32   // CRC32C, when checksummed
 	summed   bool     // checksummed
 	holders  []string // set with commit: the peers that hold all of it
+	// unasked is set with commit when the stream closed orphaned: its
+	// upstream went away first. A primary then does not commit it: its
+	// client, gone, moves the stream to another peer, or gave it up.
+	unasked bool
 	// replayed is set on a parked stream that a new upstream resumed:
 	// where its replay has got to (see resumeParked).
 	replayed *parkedReplay

@@ -51,6 +51,13 @@ func (st *Stream) finishClose(p *Packet) {
 		err   error
 	)
 	switch c := st.s.commitHook(); {
+	case st.IsPrimary() && st.unasked:
+		// Nobody asked for this commit any more: the client lost its
+		// connection first, and either moves the stream to another peer,
+		// whose commit this copy (left out of its holders) must not
+		// race, or reports it failed. It stays parked until the entry
+		// comes from the new primary or the link timeout sweeps it.
+		err = errorf(pb.ErrorCode_CANCELLED, "the client went away before stream %v closed; not committed here", st.Key)
 	case st.IsPrimary() && len(st.holders) < st.s.quorum():
 		err = errorf(pb.ErrorCode_NOT_ENOUGH_PEERS, "stream held by %d of %d peers (%s), the write quorum is %d; missing %s",
 			len(st.holders), len(st.s.members()), strings.Join(st.holders, ", "), st.s.quorum(), st.s.missingFrom(st.holders))

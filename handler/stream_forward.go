@@ -128,6 +128,13 @@ func (st *Stream) ack(peer string, r *dscodec.ReplyView) {
 	h := p.Header
 	want := h.GetStreamOffset() + h.GetDataLength()
 	switch {
+	case !r.Success && r.ErrorCode == pb.ErrorCode_FORBIDDEN:
+		// Fenced off there: a newer upstream resumed the stream (its
+		// client moved it to a new primary, say). A packet refused so is
+		// answered at once, ahead of the replies still owed, whatever its
+		// offset; recovering around the successor would take the stream
+		// back from its new upstream.
+		e = errorf(pb.ErrorCode_FORBIDDEN, "successor %s: %s", peer, r.ErrorMessage)
 	case r.StreamOffset != h.GetStreamOffset() || r.Type != h.GetType():
 		e = errorf(pb.ErrorCode_SUCCESSOR_FAILED, "successor %s answered %v at offset %d, expected %v at %d",
 			peer, r.Type, r.StreamOffset, h.GetType(), h.GetStreamOffset())

@@ -42,6 +42,21 @@ func (st *Stream) recoverLocked(l *link, cause *pb.Error) {
 		st.mu.Unlock()
 		return
 	}
+	if st.state == stateOrphaned && st.s.recovers() {
+		// Nobody upstream to answer: whoever resumes the stream (another
+		// predecessor, or its client moving it to a new primary) gives
+		// it its tree, and a resume of this peer's own could take
+		// successors back from the new one. Failures here are those of
+		// this peer being fenced off, most of the time. The link is
+		// dropped and the stream waits for its resume or its timeout.
+		l.dropped = true
+		pending := l.awaiting.Take()
+		st.mu.Unlock()
+		for _, q := range pending {
+			st.letGo(q)
+		}
+		return
+	}
 	if !st.s.recovers() || st.epoch >= st.s.maxRecoveries() {
 		st.mu.Unlock()
 		st.fail(cause)

@@ -90,13 +90,23 @@ func (st *Stream) flushReplies() {
 			err = st.failed
 		}
 		isClose := p.Has(pb.DataStreamPacketHeader_CLOSE)
-		if isClose && err == nil && !st.commit && p.gen == st.gen {
+		if isClose && err == nil && p.gen != st.gen {
+			// From an upstream a resume replaced: told that the stream
+			// closed here, a failed primary that was only cut off would
+			// commit, or link, a copy the stream has left behind.
+			err = errorf(pb.ErrorCode_FORBIDDEN, "stream %v was resumed by another peer", st.Key)
+		}
+		// A CLOSE that a resume from the same upstream overtook (the
+		// stream is open again) closes nothing: the resume's replay
+		// brings the CLOSE again, and that one does.
+		if isClose && err == nil && !st.commit && p.gen == st.gen && st.state != stateOpen {
 			// Commit and link may block on Raft and disk, and this may be
 			// an event loop: finish the close on a goroutine of its own.
 			st.commit = true
 			st.length = p.written
 			st.checksum, st.summed = st.sum.crc, st.sum.mode == sumOn
 			st.holders = st.holdersLocked()
+			st.unasked = st.state == stateOrphaned
 			p.parts.Add(1)
 			st.s.wg.Add(1)
 			go st.finishClose(p)

@@ -23,15 +23,17 @@ func (s *Streams) PeerDown(id string, cause error) {
 }
 
 // UpstreamClosed handles the end of connection up, over which a
-// predecessor (peer true) or a client forwarded streams. A client's
-// streams fail: their primary is here, and aborts them downstream. A
-// predecessor's are orphaned where the write quorum allows recovery,
-// waiting for a resume from another predecessor or from their client, and
-// fail otherwise, since they can never be completed.
+// predecessor (peer true) or a client forwarded streams. Where the write
+// quorum allows recovery, its streams are orphaned, waiting for a resume:
+// a predecessor's from another predecessor or from their client, a
+// client's (whose primary is here) from the client, which moves the
+// stream to another peer and so fences this one off. Otherwise they fail,
+// since they can never be completed, and the primary aborts them
+// downstream.
 func (s *Streams) UpstreamClosed(up *pipeline.Pipeline, peer bool) {
 	for _, st := range s.snapshot() {
 		if st.ownedBy(up) {
-			st.orphan(peer && s.recovers())
+			st.orphan(s.recovers())
 		}
 	}
 }

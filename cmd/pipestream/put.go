@@ -25,7 +25,9 @@ Streams FILE to a running group and waits until it is committed: the file
 goes to the primary (--primary, by default the first peer listed that accepts the connection), which
 writes it and forwards it along the chain of the other peers in the order
 listed; closing the stream commits one Raft entry naming it. Each peer's
-file store then holds it as --name (default: FILE's base name).
+file store then holds it as --name (default: FILE's base name). If the
+primary fails on the way, the stream goes on through the next peer
+(--failover).
 
 Prints the log index and term of the commit and the throughput. Exits
 non-zero, with the reason, if the stream fails or is not committed.
@@ -38,6 +40,7 @@ func runPut(ctx context.Context, args []string, e *env) int {
 	name := fs.String("name", "", "`name` to store the file under; subdirectories allowed (default: FILE's base name)")
 	primary := fs.String("primary", "", "`id` of the peer to send the stream to (default: the first peer that answers)")
 	quiet := fs.Bool("quiet", false, "draw no progress bar (none is drawn unless stderr is a terminal)")
+	failover := fs.Bool("failover", true, "if the primary fails, go on through another peer from the last byte every peer acknowledged (off: fail; netconn then sends the file with sendfile(2))")
 	kind := fs.transportFlag("DataStream `transport`: gnet or netconn (default: the group file's, else gnet)")
 	logger := fs.logFlag(slog.LevelWarn)
 	pos, err := fs.parse(args)
@@ -56,6 +59,7 @@ func runPut(ctx context.Context, args []string, e *env) int {
 			return e.exit(ctx, "put", err)
 		}
 	}
+	p.failover = *failover
 	log, _ := logger()
 	return e.exit(ctx, "put", p.run(ctx, log))
 }
@@ -69,6 +73,7 @@ type put struct {
 	group               *peer.ClientConfig // with --config
 	bar                 bool
 	opts                []datastream.Option // from the group file: transport and TLS
+	failover            bool                // datastream.WithFailover
 }
 
 // check validates the arguments and fills in the defaults.
@@ -136,7 +141,7 @@ func (p *put) run(ctx context.Context, log *slog.Logger) error {
 	if opts == nil {
 		opts = []datastream.Option{datastream.WithTransport(p.kind)}
 	}
-	c, err := datastream.NewClient(p.peers, append(opts, datastream.WithLogger(log))...)
+	c, err := datastream.NewClient(p.peers, append(opts, datastream.WithLogger(log), datastream.WithFailover(p.failover))...)
 	if err != nil {
 		return err
 	}

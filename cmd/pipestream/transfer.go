@@ -97,7 +97,8 @@ func putFile(ctx context.Context, c *datastream.Client, f *os.File, size int64, 
 	if res.bytes != size {
 		return res, fmt.Errorf("the group wrote %d bytes, the file has %d", res.bytes, size)
 	}
-	res.index, res.term = rcr.GetLogIndex(), rcr.GetTerm()
+	// After a failover the stream was committed by another peer.
+	res.index, res.term, res.primary = rcr.GetLogIndex(), rcr.GetTerm(), reply.Server
 	return res, nil
 }
 

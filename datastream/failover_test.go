@@ -1,0 +1,329 @@
+package datastream_test
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/pipestream/pipestream/buffer/buffertest"
+	"github.com/pipestream/pipestream/datastream"
+	"github.com/pipestream/pipestream/handler"
+	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
+)
+
+// TestFailover fails a stream's primary at several points of a 4 MiB
+// stream, by shutting its server down or by cutting the client's
+// connection to it, with packets unacknowledged (held back by the last
+// peer of the chain): the client resumes the stream on the next peer, the
+// CLOSE commits there, and every peer left holds the bytes; the failed
+// primary never links its copy.
+func TestFailover(t *testing.T) {
+	const (
+		size   = 4 << 20
+		packet = 128 << 10
+	)
+	for _, fault := range []string{"stop", "cut"} {
+		for _, at := range []int{0, 1 << 20, 3<<20 + 5, size} {
+			t.Run(fmt.Sprintf("%s/at-%d", fault, at), func(t *testing.T) {
+				buffertest.Check(t)
+				g, last, lc := failoverGroup(t, 0)
+				c := g.client(t, datastream.WithPacketSize(packet))
+				ctx := testCtx(t)
+				data := randomBytes(uint64(at)+7, size)
+				out, err := c.Stream(ctx, []byte("moved"))
+				if err != nil {
+					t.Fatal(err)
+				}
+				// The first part is acknowledged everywhere; the rest,
+				// CLOSE included when at is the end, waits on the
+				// paused peer when the primary fails.
+				acked := at / packet * packet
+				if err := sendAll(ctx, out, data[:acked], 0, packet); err != nil {
+					t.Fatal(err)
+				}
+				if _, err := out.WriteAsync(ctx, nil, datastream.Flush).Wait(ctx); err != nil {
+					t.Fatal(err)
+				}
+				last.pause()
+				if err := sendAll(ctx, out, data, acked, packet); err != nil {
+					t.Fatal(err)
+				}
+				var closed *datastream.Future[*datastream.Reply]
+				if at == size {
+					closed = out.Close(ctx)
+				}
+				if n, kept := datastream.Retained(out); acked < size && (n == 0 || kept < int64(size-acked)) {
+					t.Fatalf("%d packets keep %d bytes for a replay, want the %d unacknowledged", n, kept, size-acked)
+				}
+				var failed string
+				switch fault {
+				case "stop":
+					failed = g.peers[0].ID
+					lc.stop(g, 0)
+				case "cut":
+					failed = datastream.CutPrimary(out)
+				}
+				if at == size {
+					// The CLOSE stays held until the new primary took the
+					// resume, which fences the old one off: released
+					// before, it could complete and commit through the old
+					// primary before that noticed its client was gone,
+					// with the reply lost on the cut connection (an
+					// outcome the client cannot know).
+					eventually(t, "the new primary to take the resume", func() bool {
+						st := g.servers[1].Streams().Lookup(key(c, out))
+						return st != nil && st.IsPrimary()
+					})
+				}
+				last.resume()
+				if closed == nil {
+					closed = out.Close(ctx)
+				}
+				reply, err := closed.Wait(ctx)
+				if err != nil {
+					t.Fatalf("CLOSE after the primary failed: %v", err)
+				}
+				if reply.Server == failed || datastream.Primary(out) == failed {
+					t.Errorf("committed by %s (primary %s), the failed primary", reply.Server, datastream.Primary(out))
+				}
+				if reply.BytesWritten() != size {
+					t.Errorf("CLOSE wrote %d bytes, want %d", reply.BytesWritten(), size)
+				}
+				k := key(c, out)
+				for i := 1; i < 3; i++ {
+					if got, ok := g.memory(i).Sum(k); !ok || got != sha(data) {
+						t.Errorf("%s: committed=%v, bytes equal=%v", g.peers[i].ID, ok, got == sha(data))
+					}
+				}
+				// The failed primary is not among the holders: it
+				// drops its copy and, where it applies the entry, records
+				// it missing (to be repaired), never links it.
+				eventually(t, "the failed primary to drop its copy", func() bool {
+					return g.servers[0].Streams().Active() == 0 && g.servers[0].Streams().Pending() == 0 && g.memory(0).Open() == 0
+				})
+				if _, ok := g.memory(0).Sum(k); ok {
+					t.Errorf("the failed primary %s linked its copy", failed)
+				}
+				if fault == "cut" && g.memory(0).Missing() != 1 {
+					t.Errorf("the failed primary %s recorded %d copies missing, want its own", failed, g.memory(0).Missing())
+				}
+			})
+		}
+	}
+}
+
+// TestFailoverDisabled: with WithFailover(false) the stream fails with the
+// primary, and no peer commits it.
+func TestFailoverDisabled(t *testing.T) {
+	buffertest.Check(t)
+	g, last, _ := failoverGroup(t, 0)
+	c := g.client(t, datastream.WithFailover(false))
+	ctx := testCtx(t)
+	out, err := c.Stream(ctx, []byte("stays"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	last.pause()
+	data := randomBytes(3, 1<<20)
+	if err := sendAll(ctx, out, data, 0, 64<<10); err != nil {
+		t.Fatal(err)
+	}
+	if n, kept := datastream.Retained(out); n != 0 || kept != 0 {
+		t.Errorf("without failover %d packets keep %d bytes", n, kept)
+	}
+	datastream.CutPrimary(out)
+	last.resume()
+	_, err = out.Close(ctx).Wait(ctx)
+	if !errors.Is(err, datastream.ErrConnectionLost) || !strings.Contains(err.Error(), g.peers[0].ID) {
+		t.Fatalf("CLOSE without failover: %v, want ErrConnectionLost naming %s", err, g.peers[0].ID)
+	}
+	g.waitClean(t)
+}
+
+// TestFailoverNoPeerLeft: when no other peer can take the stream, it fails
+// with an error naming every peer tried, and nothing is committed.
+func TestFailoverNoPeerLeft(t *testing.T) {
+	t.Run("unreachable", func(t *testing.T) {
+		buffertest.Check(t)
+		g, _, _ := failoverGroup(t, 0)
+		// The client reaches only the primary; the peers reach each other.
+		peers := append([]datastream.Peer(nil), g.peers...)
+		for i := 1; i < len(peers); i++ {
+			peers[i].Addr = closedAddr(t)
+		}
+		c, err := datastream.NewClient(peers, datastream.WithLogger(quietLogger()), datastream.WithDialTimeout(2*time.Second))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = c.Close() })
+		ctx := testCtx(t)
+		out, err := c.Stream(ctx, []byte("stranded"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := sendAll(ctx, out, randomBytes(4, 1<<20), 0, 64<<10); err != nil {
+			t.Fatal(err)
+		}
+		// No CLOSE: sent to a primary that fails, it would leave the
+		// outcome unknown, and the error would say so.
+		datastream.CutPrimary(out)
+		eventually(t, "the stream to fail", func() bool { return out.Err() != nil })
+		err = out.Err()
+		if !errors.Is(err, datastream.ErrConnectionLost) {
+			t.Fatalf("stream with no peer left: %v, want ErrConnectionLost", err)
+		}
+		for _, p := range g.peers {
+			if !strings.Contains(err.Error(), p.ID) {
+				t.Errorf("the error does not name %s: %v", p.ID, err)
+			}
+		}
+		g.waitClean(t)
+	})
+	// With a write quorum of every peer no stream can go on without its
+	// primary: each peer refuses the resume.
+	t.Run("quorum", func(t *testing.T) {
+		buffertest.Check(t)
+		g, _, _ := failoverGroup(t, handler.QuorumAll)
+		c := g.client(t)
+		ctx := testCtx(t)
+		out, err := c.Stream(ctx, []byte("short"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := sendAll(ctx, out, randomBytes(5, 1<<20), 0, 64<<10); err != nil {
+			t.Fatal(err)
+		}
+		datastream.CutPrimary(out)
+		eventually(t, "the stream to fail", func() bool { return out.Err() != nil })
+		err = out.Err()
+		if !errors.Is(err, datastream.ErrConnectionLost) || !errors.Is(err, datastream.ErrNotEnoughPeers) {
+			t.Fatalf("stream below the write quorum: %v, want ErrConnectionLost and ErrNotEnoughPeers", err)
+		}
+		if _, cerr := out.Close(ctx).Wait(ctx); cerr != err {
+			t.Errorf("CLOSE of the failed stream: %v, want its error", cerr)
+		}
+		for _, p := range g.peers {
+			if !strings.Contains(err.Error(), p.ID) {
+				t.Errorf("the error does not name %s: %v", p.ID, err)
+			}
+		}
+		g.waitClean(t)
+	})
+}
+
+// TestFailoverAfterClose: a stream whose CLOSE went to the primary that
+// failed may have committed there, so however its failover ends, its error
+// proves nothing: it wraps the loss of the primary, not the refusals that
+// came after (a refusal for want of a stream committed meanwhile, say).
+func TestFailoverAfterClose(t *testing.T) {
+	buffertest.Check(t)
+	g, last, _ := failoverGroup(t, handler.QuorumAll)
+	c := g.client(t)
+	ctx := testCtx(t)
+	out, err := c.Stream(ctx, []byte("unknown"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	last.pause() // the CLOSE stays unanswered
+	if err := sendAll(ctx, out, randomBytes(8, 1<<20), 0, 64<<10); err != nil {
+		t.Fatal(err)
+	}
+	closed := out.Close(ctx)
+	failed := datastream.CutPrimary(out)
+	last.resume()
+	_, err = closed.Wait(ctx)
+	var pe *pb.Error
+	switch {
+	case err == nil:
+		t.Fatal("committed below the write quorum")
+	case !errors.Is(err, datastream.ErrConnectionLost) || errors.As(err, &pe):
+		t.Fatalf("CLOSE sent to %s before it failed: %v; want ErrConnectionLost and no code that proves the stream failed", failed, err)
+	case !strings.Contains(err.Error(), "may have committed"):
+		t.Errorf("the error does not say the outcome is unknown: %v", err)
+	}
+	g.waitClean(t)
+}
+
+// TestFailoverTwice: the primary and then the peer that took the stream
+// over fail; the last peer commits it alone, above a write quorum of one.
+func TestFailoverTwice(t *testing.T) {
+	buffertest.Check(t)
+	g, _, lc := failoverGroup(t, 1)
+	c := g.client(t)
+	ctx := testCtx(t)
+	out, err := c.Stream(ctx, []byte("twice"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := randomBytes(6, 2<<20)
+	half := len(data) / 2
+	if err := sendAll(ctx, out, data[:half], 0, 64<<10); err != nil {
+		t.Fatal(err)
+	}
+	lc.stop(g, 0)
+	if err := sendAll(ctx, out, data, half, 64<<10); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := out.WriteAsync(ctx, nil, datastream.Flush).Wait(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if p := datastream.Primary(out); p != g.peers[1].ID {
+		t.Fatalf("moved to %s, want %s", p, g.peers[1].ID)
+	}
+	lc.stop(g, 1)
+	reply, err := out.Close(ctx).Wait(ctx)
+	if err != nil {
+		t.Fatalf("CLOSE after two failures: %v", err)
+	}
+	if reply.Server != g.peers[2].ID {
+		t.Errorf("committed by %s, want %s", reply.Server, g.peers[2].ID)
+	}
+	if got, ok := g.memory(2).Sum(key(c, out)); !ok || got != sha(data) {
+		t.Errorf("%s: committed=%v, bytes equal=%v", g.peers[2].ID, ok, got == sha(data))
+	}
+}
+
+// TestReroot checks the routing tables a failover sends: a tree over the
+// peers left, rooted at the new primary.
+func TestReroot(t *testing.T) {
+	peers := []datastream.Peer{{ID: "a"}, {ID: "b"}, {ID: "c"}, {ID: "d"}}
+	ids := []string{"a", "b", "c", "d"}
+	tree := &pb.RoutingTable{Routes: []*pb.Route{
+		{Peer: "a", Successors: []string{"b", "c"}},
+		{Peer: "b", Successors: []string{"d"}},
+	}}
+	for _, tc := range []struct {
+		name  string
+		table *pb.RoutingTable
+		root  string
+		gone  []string
+		want  *pb.RoutingTable
+	}{
+		{"chain", pb.Chain(ids...), "b", []string{"a"}, pb.Chain("b", "c", "d")},
+		{"chain/skip", pb.Chain(ids...), "c", []string{"a", "b"}, pb.Chain("c", "d")},
+		{"star", nil, "b", []string{"a"}, &pb.RoutingTable{Routes: []*pb.Route{
+			{Peer: "b", Successors: []string{"c", "d"}}, {Peer: "c"}, {Peer: "d"}}}},
+		{"tree/deep", tree, "d", []string{"a"}, &pb.RoutingTable{Routes: []*pb.Route{
+			{Peer: "d", Successors: []string{"b", "c"}}, {Peer: "b"}, {Peer: "c"}}}},
+		{"tree/inner-gone", tree, "c", []string{"a", "b"}, &pb.RoutingTable{Routes: []*pb.Route{
+			{Peer: "c", Successors: []string{"d"}}, {Peer: "d"}}}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			got := datastream.Reroot(tc.table, "a", tc.root, tc.gone, peers)
+			var left []string
+			for _, id := range ids {
+				if !contains(tc.gone, id) {
+					left = append(left, id)
+				}
+			}
+			if err := got.Validate(tc.root, left); err != nil {
+				t.Fatalf("%v: %v", got, err)
+			}
+			if fmt.Sprint(got) != fmt.Sprint(tc.want) {
+				t.Errorf("got %v, want %v", got, tc.want)
+			}
+		})
+	}
+}
