@@ -135,7 +135,7 @@ func startPingPong(b *testing.B) *pingPong {
 	addr, ready := startAnswerer(b, &p.wg)
 	readies := []chan struct{}{ready}
 	for range chainLen - 1 {
-		addr, ready = startHop(b, &p.wg, addr)
+		addr, ready = startHop(b, &p.wg, addr, "")
 		readies = append(readies, ready)
 	}
 	p.c = dialRelay(b, addr, readies)

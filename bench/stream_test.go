@@ -45,26 +45,33 @@ const (
 // machine.
 func BenchmarkChain(b *testing.B) {
 	b.Run("relay", benchRelay)
-	counting := func() statemachine.StateMachine { return &countingSM{} }
+	b.Run("relay-file", benchRelayFile)
+	counting := func(testing.TB) statemachine.StateMachine { return &countingSM{} }
+	fileStore := func(tb testing.TB) statemachine.StateMachine { return newSM(tb, smFile) }
 	for _, v := range []struct {
 		name   string
 		kind   transport.Kind
-		sm     func() statemachine.StateMachine
+		sm     func(testing.TB) statemachine.StateMachine
 		opts   []datastream.Option
 		events bool
+		// files: compared with benchRelayFile instead of benchRelay.
+		files bool
 	}{
-		{"stream", transport.Gnet, counting, nil, false},
-		{"stream-netconn", transport.NetConn, counting, nil, false},
-		{"stream-sha256", transport.Gnet, func() statemachine.StateMachine { return statemachine.NewMemoryHashing() }, nil, false},
+		{"stream", transport.Gnet, counting, nil, false, false},
+		{"stream-netconn", transport.NetConn, counting, nil, false, false},
+		{"stream-sha256", transport.Gnet, func(testing.TB) statemachine.StateMachine { return statemachine.NewMemoryHashing() }, nil, false, false},
+		// A FileStore on every peer: a write, a SHA-256 and, on CLOSE, an
+		// fsync per peer, against relay-file's write and fsync per peer.
+		{"stream-file", transport.Gnet, fileStore, nil, false, true},
 		// What end-to-end checksums cost: the same stream without them.
-		{"stream-nochecksum", transport.Gnet, counting, []datastream.Option{datastream.WithChecksums(false)}, false},
+		{"stream-nochecksum", transport.Gnet, counting, []datastream.Option{datastream.WithChecksums(false)}, false, false},
 		// What the events hook costs: the stream with every peer's
 		// server.Config.Events set to a metrics.Metrics.
-		{"stream-events", transport.Gnet, counting, nil, true},
+		{"stream-events", transport.Gnet, counting, nil, true, false},
 	} {
 		b.Run(v.name, func(b *testing.B) {
 			benchStream(b, v.kind, v.sm, v.events, v.opts...)
-			relay := relayTime(b, b.N)
+			relay := relayTime(b, b.N, v.files)
 			b.ReportMetric(float64(relay)/float64(b.Elapsed()), "vs-relay")
 		})
 	}
@@ -74,7 +81,7 @@ func BenchmarkChain(b *testing.B) {
 // peers and closes it.
 // With events, each peer's server.Config.Events is a metrics.Metrics, and
 // each must have counted every packet written.
-func benchStream(b *testing.B, kind transport.Kind, sm func() statemachine.StateMachine, events bool, opts ...datastream.Option) {
+func benchStream(b *testing.B, kind transport.Kind, sm func(testing.TB) statemachine.StateMachine, events bool, opts ...datastream.Option) {
 	var (
 		tune []func(int, *server.Config)
 		regs [chainLen]*prometheus.Registry
@@ -121,7 +128,9 @@ func benchStream(b *testing.B, kind transport.Kind, sm func() statemachine.State
 	// the CLOSE and its commit) over b.N packets; steady-allocs/packet
 	// counts only what the process allocates while packets after the
 	// first window's worth go out, the data path's running cost, and
-	// steady-gcs the garbage collections meanwhile.
+	// steady-gcs the garbage collections meanwhile; steady-B/GiB and
+	// steady-gcs/GiB are the bytes allocated and the collections per GiB
+	// streamed in that part, the garbage the data path makes.
 	warm := min(b.N/4, 64)
 	var steady runtime.MemStats
 	for i := range b.N {
@@ -137,6 +146,9 @@ func benchStream(b *testing.B, kind transport.Kind, sm func() statemachine.State
 		runtime.ReadMemStats(&end)
 		b.ReportMetric(float64(end.Mallocs-steady.Mallocs)/float64(n), "steady-allocs/packet")
 		b.ReportMetric(float64(end.NumGC-steady.NumGC), "steady-gcs")
+		gib := float64(n) * packetSize / (1 << 30)
+		b.ReportMetric(float64(end.TotalAlloc-steady.TotalAlloc)/gib, "steady-B/GiB")
+		b.ReportMetric(float64(end.NumGC-steady.NumGC)/gib, "steady-gcs/GiB")
 	}
 	reply, err := out.Close(ctx).Wait(ctx)
 	m.stop(b)
@@ -187,11 +199,11 @@ func writtenPackets(b *testing.B, reg *prometheus.Registry) float64 {
 
 // startChain starts three peers, each with a state machine from newSM,
 // and waits until each reaches the others. They are shut down when b ends.
-func startChain(b *testing.B, kind transport.Kind, newSM func() statemachine.StateMachine, tune ...func(int, *server.Config)) ([]datastream.Peer, []statemachine.StateMachine) {
+func startChain(b *testing.B, kind transport.Kind, newSM func(testing.TB) statemachine.StateMachine, tune ...func(int, *server.Config)) ([]datastream.Peer, []statemachine.StateMachine) {
 	b.Helper()
 	sms := make([]statemachine.StateMachine, chainLen)
 	for i := range sms {
-		sms[i] = newSM()
+		sms[i] = newSM(b)
 	}
 	peers, _ := startServers(b, kind, sms, tune...)
 	return peers, sms
