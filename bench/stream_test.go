@@ -26,6 +26,9 @@ func TestMain(m *testing.M) {
 	if role := os.Getenv(labRoleEnv); role != "" {
 		os.Exit(labMain(role)) // a process of BenchmarkLab
 	}
+	if addr := os.Getenv(connsAddrEnv); addr != "" {
+		os.Exit(connsMain(addr)) // the clients of BenchmarkConns
+	}
 	leaktest.VerifyTestMain(m)
 }
 
