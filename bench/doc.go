@@ -36,6 +36,10 @@
 //     end; stream-file's peers store into a statemachine.FileStore (a
 //     write, a SHA-256, an fsync on CLOSE), and its vs-relay is against
 //     relay-file.
+//   - grpc: the packets down a chain of three grpc-go bidi streams (a
+//     hand-written service relaying []byte messages hop to hop, the last
+//     hop answering each with 8 bytes, see grpc_test.go): what the same
+//     chain costs built on grpc-go. Its MB/s is its own run's.
 //
 // Each stream variant also reports vs-relay: its throughput as a fraction
 // of the relay's, where the relay carries the same number of packets right

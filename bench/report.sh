@@ -62,7 +62,7 @@ bench() { # regexp [flags...]
 # that a spell of load falls on all of them alike.
 for ((i = 1; i <= count; i++)); do
 	echo "report.sh: round $i of $count" >&2
-	bench 'Chain/(relay|stream|stream-netconn)$' -test.benchtime "${chain_packets}x"
+	bench 'Chain/(relay|grpc|stream|stream-netconn)$' -test.benchtime "${chain_packets}x"
 	bench 'Chain/(relay-file|stream-file)$' -test.benchtime "${file_packets}x"
 	bench 'Matrix/topo=chain/packet=(4KiB|64KiB)/streams=1/sm=mem/transport=gnet$'
 	bench 'CommitPath/(disk|mem)/(log|stream)/64MiB$'
@@ -199,6 +199,7 @@ $(row "the old baseline: ping-pong beside gnet peers vs alone" "p50 µs in proce
 $(row "chain, 64 KiB packets, gnet, vs relay" "stream MB/s" "$(num %.0f "$(med $m64 MB/s)")" "$(med $m64 vs-relay)" ge 0.8)
 $(row "chain, 4 KiB packets, gnet, vs relay" "stream MB/s" "$(num %.0f "$(med $m4 MB/s)")" "$(med $m4 vs-relay)" ge 0.5)
 $(row "chain, 1 MiB packets, gnet, vs relay (first round)" "stream MB/s" "$(num %.0f "$g_mbs")" "$g_vs" ge 0.8)
+$(row "chain, 1 MiB packets, gnet vs a grpc-go chain" "stream MB/s; grpc-go MB/s (ratio of medians)" "$(num %.0f "$g_mbs"); $(num %.0f "$(med $c/grpc MB/s)")" "$(ratio "$g_mbs" "$(med $c/grpc MB/s)")")
 $(row "FileStore chain vs a relay writing files" "stream-file MB/s; relay-file MB/s (its own runs)" "$(num %.0f "$(med $c/stream-file MB/s)"); $(num %.0f "$(med $c/relay-file MB/s)")" "$(med $c/stream-file vs-relay)" ge 0.8)
 $(row "garbage per GiB in steady state, gnet vs net.Conn" "MiB allocated per GiB streamed, gnet; net.Conn (ratio of medians)" "$(num %.1f "$(ratio "$g_gib" 1048576)"); $(num %.1f "$(ratio "$n_gib" 1048576)")" "$(ratio "$g_gib" "$n_gib")")
 $(row "GCs per GiB in steady state, gnet vs net.Conn" "GCs per GiB streamed, gnet; net.Conn (ratio of medians)" "$(num %.2f "$g_gcs"); $(num %.2f "$n_gcs")" "$(ratio "$g_gcs" "$n_gcs")")

@@ -49,6 +49,7 @@ const (
 func BenchmarkChain(b *testing.B) {
 	b.Run("relay", benchRelay)
 	b.Run("relay-file", benchRelayFile)
+	b.Run("grpc", benchGRPC)
 	counting := func(testing.TB) statemachine.StateMachine { return &countingSM{} }
 	fileStore := func(tb testing.TB) statemachine.StateMachine { return newSM(tb, smFile) }
 	for _, v := range []struct {
