@@ -40,6 +40,8 @@
 //     hand-written service relaying []byte messages hop to hop, the last
 //     hop answering each with 8 bytes, see grpc_test.go): what the same
 //     chain costs built on grpc-go. Its MB/s is its own run's.
+//   - stream-64KiB and stream-4KiB: stream with packets of that size,
+//     each against a relay whose client writes packets of the same size.
 //
 // Each stream variant also reports vs-relay: its throughput as a fraction
 // of the relay's, where the relay carries the same number of packets right

@@ -1,6 +1,7 @@
 package bench_test
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"log/slog"
@@ -60,22 +61,34 @@ func BenchmarkChain(b *testing.B) {
 		events bool
 		// files: compared with benchRelayFile instead of benchRelay.
 		files bool
+		// packet is the packet size, packetSize unless set.
+		packet int
 	}{
-		{"stream", transport.Gnet, counting, nil, false, false},
-		{"stream-netconn", transport.NetConn, counting, nil, false, false},
-		{"stream-sha256", transport.Gnet, func(testing.TB) statemachine.StateMachine { return statemachine.NewMemoryHashing() }, nil, false, false},
+		{"stream", transport.Gnet, counting, nil, false, false, 0},
+		{"stream-netconn", transport.NetConn, counting, nil, false, false, 0},
+		{"stream-sha256", transport.Gnet, func(testing.TB) statemachine.StateMachine { return statemachine.NewMemoryHashing() }, nil, false, false, 0},
 		// A FileStore on every peer: a write, a SHA-256 and, on CLOSE, an
 		// fsync per peer, against relay-file's write and fsync per peer.
-		{"stream-file", transport.Gnet, fileStore, nil, false, true},
+		{"stream-file", transport.Gnet, fileStore, nil, false, true, 0},
 		// What end-to-end checksums cost: the same stream without them.
-		{"stream-nochecksum", transport.Gnet, counting, []datastream.Option{datastream.WithChecksums(false)}, false, false},
+		{"stream-nochecksum", transport.Gnet, counting, []datastream.Option{datastream.WithChecksums(false)}, false, false, 0},
 		// What the events hook costs: the stream with every peer's
 		// server.Config.Events set to a metrics.Metrics.
-		{"stream-events", transport.Gnet, counting, nil, true, false},
+		{"stream-events", transport.Gnet, counting, nil, true, false, 0},
+		// Smaller packets, each against a relay whose client writes
+		// packets of the same size.
+		{"stream-64KiB", transport.Gnet, counting, nil, false, false, 64 << 10},
+		{"stream-4KiB", transport.Gnet, counting, nil, false, false, 4 << 10},
 	} {
 		b.Run(v.name, func(b *testing.B) {
-			benchStream(b, v.kind, v.sm, v.events, v.opts...)
-			relay := relayTime(b, b.N, v.files)
+			size := cmp.Or(v.packet, packetSize)
+			benchStream(b, v.kind, v.sm, v.events, size, v.opts...)
+			var relay time.Duration
+			if size == packetSize {
+				relay = relayTime(b, b.N, v.files)
+			} else {
+				relay = relayOver(b, chainLen, int64(b.N)*int64(size), size)
+			}
 			b.ReportMetric(float64(relay)/float64(b.Elapsed()), "vs-relay")
 		})
 	}
@@ -85,7 +98,7 @@ func BenchmarkChain(b *testing.B) {
 // peers and closes it.
 // With events, each peer's server.Config.Events is a metrics.Metrics, and
 // each must have counted every packet written.
-func benchStream(b *testing.B, kind transport.Kind, sm func(testing.TB) statemachine.StateMachine, events bool, opts ...datastream.Option) {
+func benchStream(b *testing.B, kind transport.Kind, sm func(testing.TB) statemachine.StateMachine, events bool, size int, opts ...datastream.Option) {
 	var (
 		tune []func(int, *server.Config)
 		regs [chainLen]*prometheus.Registry
@@ -119,13 +132,13 @@ func benchStream(b *testing.B, kind transport.Kind, sm func(testing.TB) statemac
 	// Like the relay's client, which writes the same bytes for every
 	// packet, the stream sends one pooled buffer again and again: Send
 	// takes a reference and neither copies nor allocates.
-	payload := buffer.Get(packetSize)
+	payload := buffer.Get(size)
 	defer payload.Release()
 	for i := range payload.Bytes() {
 		payload.Bytes()[i] = byte(i)
 	}
 
-	b.SetBytes(packetSize)
+	b.SetBytes(int64(size))
 	b.ReportAllocs()
 	m := startMallocs(b)
 	// allocs/packet spreads the stream's fixed costs (pools filling up,
@@ -150,7 +163,7 @@ func benchStream(b *testing.B, kind transport.Kind, sm func(testing.TB) statemac
 		runtime.ReadMemStats(&end)
 		b.ReportMetric(float64(end.Mallocs-steady.Mallocs)/float64(n), "steady-allocs/packet")
 		b.ReportMetric(float64(end.NumGC-steady.NumGC), "steady-gcs")
-		gib := float64(n) * packetSize / (1 << 30)
+		gib := float64(n) * float64(size) / (1 << 30)
 		b.ReportMetric(float64(end.TotalAlloc-steady.TotalAlloc)/gib, "steady-B/GiB")
 		b.ReportMetric(float64(end.NumGC-steady.NumGC)/gib, "steady-gcs/GiB")
 	}
@@ -159,7 +172,7 @@ func benchStream(b *testing.B, kind transport.Kind, sm func(testing.TB) statemac
 	if err != nil {
 		b.Fatal(err)
 	}
-	want := uint64(b.N) * packetSize
+	want := uint64(b.N) * uint64(size)
 	if got := reply.BytesWritten(); got != want {
 		b.Fatalf("stream closed at %d bytes, want %d", got, want)
 	}
