@@ -31,6 +31,17 @@
 //     framing, no replies and no state machine; hop 3 counts and discards,
 //     and at the end sends the total back along the chain, so that the
 //     client knows that everything arrived.
+//   - relay-file and stream-file: the same pair with files. relay-file's
+//     hops and sink also write every byte to a file and fsync it at the
+//     end; stream-file's peers store into a statemachine.FileStore (a
+//     write, a SHA-256, an fsync on CLOSE), and its vs-relay is against
+//     relay-file.
+//   - grpc: the packets down a chain of three grpc-go bidi streams (a
+//     hand-written service relaying []byte messages hop to hop, the last
+//     hop answering each with 8 bytes, see grpc_test.go): what the same
+//     chain costs built on grpc-go. Its MB/s is its own run's.
+//   - stream-64KiB and stream-4KiB: stream with packets of that size,
+//     each against a relay whose client writes packets of the same size.
 //
 // Each stream variant also reports vs-relay: its throughput as a fraction
 // of the relay's, where the relay carries the same number of packets right
@@ -44,11 +55,23 @@
 // part divided by the packets, which allocs/op also counts but rounds; and
 // steady-allocs/packet and steady-gcs, the allocations per packet and the
 // garbage collections after the first 64 packets and before the CLOSE,
-// without the stream's fixed costs (pools filling, the commit). Client
+// without the stream's fixed costs (pools filling, the commit), and the
+// same part's bytes allocated and collections per GiB streamed
+// (steady-B/GiB, steady-gcs/GiB). Client
 // and servers share the process, so these count both; to see which
 // sites allocate, and which side they are on, profile every allocation:
 //
 //	go test -run '^$' -bench 'Chain/stream$' -memprofile mem.out -memprofilerate 1 ./bench
 //	go tool pprof -sample_index=alloc_objects -top mem.out
 //	go tool pprof -sample_index=alloc_objects -top -focus=datastream mem.out  # the client's share
+//
+// # The other benchmarks
+//
+// BenchmarkMatrix covers topologies, packet sizes, stream counts and state
+// machines; BenchmarkLatency times a 4 KiB SYNC write against a raw TCP
+// ping-pong and a grpc-go bidi-stream chain, both run alone in a child
+// process (BenchmarkAlone); BenchmarkCommitPath compares streaming with
+// the Raft log; BenchmarkConns (only when -bench names it) opens 10,000
+// client connections to one peer. bench/report.sh runs the ones the
+// issue's goals name and prints each goal with its ratio.
 package bench

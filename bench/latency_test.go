@@ -19,22 +19,29 @@ import (
 const latencyPacket = 4 << 10
 
 // BenchmarkLatency is the time to have one small write acknowledged by a
-// chain of three peers, beside a raw ping-pong over three TCP hops:
+// chain of three peers, beside the cheapest ways to carry the same bytes
+// to a third peer and hear back:
 //
 //	BenchmarkLatency/transport=<gnet|netconn>/sm=<mem|file>
 //
 // One op is one 4 KiB write with the SYNC option on an open stream through
 // s1 -> s2 -> s3, waited for until the primary's reply arrives, followed by
-// one round trip of 4 KiB through a relay of three TCP connections (two
-// relaying hops and an end that answers with 8 bytes), the cheapest way to
-// carry the same bytes to the third peer and hear back. Both run in the
-// same process and alternate, so load on the machine touches both alike.
-// ns/op is the sum of the two.
+// one 4 KiB round trip through a raw ping-pong over three TCP connections
+// (two relaying hops and an end that answers with 8 bytes) in the same
+// process: ns/op is the sum of the two. The timed part done, the peers
+// are shut down and BenchmarkAlone runs the same ping-pong, and the same
+// round trip through a chain of three grpc-go bidi streams, b.N times each
+// in a fresh process of this test binary where no peer ever ran.
 //
-// It reports the percentiles of each, in µs: p50-µs and p99-µs for the
-// stream, ping-p50-µs and ping-p99-µs for the ping-pong, and their ratio
-// p50-vs-ping (the stream's p50 over the ping-pong's). With sm=file every
-// peer fsyncs on SYNC, so that case measures the disk as well.
+// It reports percentiles in µs: p50-µs and p99-µs for the stream;
+// ping-p50-µs and ping-p99-µs for the ping-pong alone and grpc-p50-µs and
+// grpc-p99-µs for grpc-go alone, the baselines; ping-inproc-p50-µs and
+// ping-inproc-p99-µs for the ping-pong beside the peers. A gnet peer's
+// event loops slow every goroutine of their process (see BenchmarkAlone),
+// so the in-process ping-pong flatters gnet; the ratios are to the
+// baselines alone: p50-vs-ping, p99-vs-ping, p50-vs-grpc, p99-vs-grpc.
+// With sm=file every peer fsyncs on SYNC, so that case measures the disk
+// as well.
 func BenchmarkLatency(b *testing.B) {
 	for _, v := range []struct {
 		kind transport.Kind
@@ -50,8 +57,17 @@ func BenchmarkLatency(b *testing.B) {
 	}
 }
 
+// latencyMessage returns the 4 KiB every round trip carries.
+func latencyMessage() []byte {
+	msg := make([]byte, latencyPacket)
+	for i := range msg {
+		msg[i] = byte(i)
+	}
+	return msg
+}
+
 func benchLatency(b *testing.B, kind transport.Kind, sm smKind) {
-	peers, _ := startPeers(b, chainLen, kind, sm)
+	peers, stopPeers := startPeers(b, chainLen, kind, sm)
 	c, err := datastream.NewClient(peers, datastream.WithTransport(kind), datastream.WithLogger(discardLogger()))
 	if err != nil {
 		b.Fatal(err)
@@ -68,10 +84,7 @@ func benchLatency(b *testing.B, kind transport.Kind, sm smKind) {
 	}
 	ping := startPingPong(b)
 	defer ping.close()
-	msg := make([]byte, latencyPacket)
-	for i := range msg {
-		msg[i] = byte(i)
-	}
+	msg := latencyMessage()
 	// One untimed round of each, so that neither pays for a first use.
 	if _, err := out.WriteAsync(ctx, msg, datastream.Sync).Wait(ctx); err != nil {
 		b.Fatal(err)
@@ -103,13 +116,27 @@ func benchLatency(b *testing.B, kind transport.Kind, sm smKind) {
 	if _, err := out.Close(ctx).Wait(ctx); err != nil {
 		b.Fatal(err)
 	}
+	// The baselines alone, while nothing of this process runs.
+	c.Close()
+	stopPeers()
+	alone := runAlone(b, b.N)
+
 	sp50, sp99 := percentiles(stream)
-	pp50, pp99 := percentiles(pong)
+	ip50, ip99 := percentiles(pong)
 	b.ReportMetric(micros(sp50), "p50-µs")
 	b.ReportMetric(micros(sp99), "p99-µs")
-	b.ReportMetric(micros(pp50), "ping-p50-µs")
-	b.ReportMetric(micros(pp99), "ping-p99-µs")
-	b.ReportMetric(float64(sp50)/float64(pp50), "p50-vs-ping")
+	b.ReportMetric(micros(ip50), "ping-inproc-p50-µs")
+	b.ReportMetric(micros(ip99), "ping-inproc-p99-µs")
+	for _, base := range []string{"ping", "grpc"} {
+		p50, p99 := alone[base+"-p50-µs"], alone[base+"-p99-µs"]
+		if p50 <= 0 || p99 <= 0 {
+			b.Fatalf("BenchmarkAlone reported no %s percentiles: %v", base, alone)
+		}
+		b.ReportMetric(p50, base+"-p50-µs")
+		b.ReportMetric(p99, base+"-p99-µs")
+		b.ReportMetric(micros(sp50)/p50, "p50-vs-"+base)
+		b.ReportMetric(micros(sp99)/p99, "p99-vs-"+base)
+	}
 }
 
 // percentiles returns the median and the 99th percentile of ds, which it
@@ -135,7 +162,7 @@ func startPingPong(b *testing.B) *pingPong {
 	addr, ready := startAnswerer(b, &p.wg)
 	readies := []chan struct{}{ready}
 	for range chainLen - 1 {
-		addr, ready = startHop(b, &p.wg, addr)
+		addr, ready = startHop(b, &p.wg, addr, "")
 		readies = append(readies, ready)
 	}
 	p.c = dialRelay(b, addr, readies)

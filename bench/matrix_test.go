@@ -172,7 +172,7 @@ func benchMatrix(b *testing.B, mc matrixCase) {
 		// The relay runs alone, as BenchmarkChain/relay does.
 		c.Close()
 		stopPeers()
-		relay := relayOver(b, mc.topo.relayConns, int64(b.N)*int64(mc.packet))
+		relay := relayOver(b, mc.topo.relayConns, int64(b.N)*int64(mc.packet), mc.packet)
 		b.ReportMetric(float64(relay)/float64(b.Elapsed()), "vs-relay")
 	}
 }

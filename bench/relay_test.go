@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"sync"
 	"testing"
 	"time"
@@ -18,8 +19,18 @@ const relayBuffer = 1 << 20
 // relaying hops to a counting sink, the cheapest data path a three-peer
 // chain could have: no framing, no replies until the end, no state
 // machine.
-func benchRelay(b *testing.B) {
-	r := startRelay(b)
+func benchRelay(b *testing.B) { runRelay(b, false) }
+
+// benchRelayFile is benchRelay with every peer of the chain, the two
+// hops and the sink, also writing each byte it reads to a file of its own
+// and fsyncing it at the end of the stream before passing the end on: what
+// a FileStore chain does with its bytes (a write per peer, an fsync per
+// peer on close), without framing, hashing or replies. It is the baseline
+// of BenchmarkChain/stream-file.
+func benchRelayFile(b *testing.B) { runRelay(b, true) }
+
+func runRelay(b *testing.B, files bool) {
+	r := startRelay(b, files)
 	defer r.wait()
 	b.SetBytes(packetSize)
 	b.ReportAllocs()
@@ -32,9 +43,10 @@ func benchRelay(b *testing.B) {
 }
 
 // relayTime runs n packets through a fresh relay chain, untimed by b, and
-// returns how long they took.
-func relayTime(b *testing.B, n int) time.Duration {
-	r := startRelay(b)
+// returns how long they took; with files, through the chain of
+// benchRelayFile.
+func relayTime(b *testing.B, n int, files bool) time.Duration {
+	r := startRelay(b, files)
 	defer r.wait()
 	start := time.Now()
 	if err := r.send(n); err != nil {
@@ -50,13 +62,19 @@ type relayChain struct {
 	wg sync.WaitGroup
 }
 
-func startRelay(b *testing.B) *relayChain {
+func startRelay(b *testing.B, files bool) *relayChain {
 	r := &relayChain{}
+	store := func() string {
+		if files {
+			return b.TempDir()
+		}
+		return ""
+	}
 	var ready []chan struct{}
-	addr, rd := startSink(b, &r.wg)
+	addr, rd := startSink(b, &r.wg, store())
 	ready = append(ready, rd)
 	for range chainLen - 1 {
-		addr, rd = startHop(b, &r.wg, addr)
+		addr, rd = startHop(b, &r.wg, addr, store())
 		ready = append(ready, rd)
 	}
 	c, err := net.DialTimeout("tcp", addr, patience)
@@ -128,14 +146,23 @@ func serveOne(b *testing.B, wg *sync.WaitGroup, serve func(c net.Conn)) (addr st
 }
 
 // startSink accepts one connection, counts and discards what it reads
-// until EOF, and answers with the count as a big-endian uint64.
-func startSink(b *testing.B, wg *sync.WaitGroup) (addr string, ready chan struct{}) {
+// until EOF, and answers with the count as a big-endian uint64. With a
+// store directory it also writes what it reads to a file there, and
+// fsyncs it before it answers.
+func startSink(b *testing.B, wg *sync.WaitGroup, store string) (addr string, ready chan struct{}) {
 	return serveOne(b, wg, func(c net.Conn) {
 		buf := make([]byte, relayBuffer)
+		f := createStore(b, store)
 		var total uint64
 		for {
 			n, err := c.Read(buf)
 			total += uint64(n)
+			if f != nil && n > 0 {
+				if _, werr := f.Write(buf[:n]); werr != nil {
+					b.Error(werr)
+					return
+				}
+			}
 			if err == io.EOF {
 				break
 			}
@@ -143,6 +170,10 @@ func startSink(b *testing.B, wg *sync.WaitGroup) (addr string, ready chan struct
 				b.Error(err)
 				return
 			}
+		}
+		if err := syncStore(f); err != nil {
+			b.Error(err)
+			return
 		}
 		binary.BigEndian.PutUint64(buf, total)
 		if _, err := c.Write(buf[:8]); err != nil {
@@ -153,8 +184,10 @@ func startSink(b *testing.B, wg *sync.WaitGroup) (addr string, ready chan struct
 
 // startHop accepts one connection and relays it to next in both
 // directions through user-space buffers. ready is closed once both
-// connections are up.
-func startHop(b *testing.B, wg *sync.WaitGroup, next string) (addr string, ready chan struct{}) {
+// connections are up. With a store directory the hop also writes what it
+// forwards to a file there, and fsyncs it before it passes the end of the
+// stream on.
+func startHop(b *testing.B, wg *sync.WaitGroup, next, store string) (addr string, ready chan struct{}) {
 	ln := listenLoopback(b)
 	ready = make(chan struct{})
 	wg.Go(func() {
@@ -175,9 +208,18 @@ func startHop(b *testing.B, wg *sync.WaitGroup, next string) (addr string, ready
 		_ = up.SetDeadline(deadline)
 		_ = down.SetDeadline(deadline)
 		close(ready)
+		f := createStore(b, store)
 		var forward sync.WaitGroup
 		forward.Go(func() {
-			if err := relay(down, up); err != nil {
+			var dst io.Writer = down
+			if f != nil {
+				// The file first, as a peer writes before it forwards.
+				dst = io.MultiWriter(f, down)
+			}
+			if err := relay(dst, up); err != nil {
+				b.Error(err)
+			}
+			if err := syncStore(f); err != nil {
 				b.Error(err)
 			}
 			_ = down.(*net.TCPConn).CloseWrite()
@@ -209,4 +251,27 @@ func listenLoopback(b *testing.B) net.Listener {
 	}
 	b.Cleanup(func() { _ = ln.Close() })
 	return ln
+}
+
+// createStore creates a file in dir for a relay's peer to write to, or
+// returns nil for an empty dir. The file is closed when b ends.
+func createStore(b *testing.B, dir string) *os.File {
+	if dir == "" {
+		return nil
+	}
+	f, err := os.CreateTemp(dir, "relay-")
+	if err != nil {
+		b.Error(err)
+		return nil
+	}
+	b.Cleanup(func() { _ = f.Close() })
+	return f
+}
+
+// syncStore fsyncs f, if there is one.
+func syncStore(f *os.File) error {
+	if f == nil {
+		return nil
+	}
+	return f.Sync()
 }

@@ -1,6 +1,7 @@
 package bench_test
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"log/slog"
@@ -26,6 +27,9 @@ func TestMain(m *testing.M) {
 	if role := os.Getenv(labRoleEnv); role != "" {
 		os.Exit(labMain(role)) // a process of BenchmarkLab
 	}
+	if addr := os.Getenv(connsAddrEnv); addr != "" {
+		os.Exit(connsMain(addr)) // the clients of BenchmarkConns
+	}
 	leaktest.VerifyTestMain(m)
 }
 
@@ -45,26 +49,46 @@ const (
 // machine.
 func BenchmarkChain(b *testing.B) {
 	b.Run("relay", benchRelay)
-	counting := func() statemachine.StateMachine { return &countingSM{} }
+	b.Run("relay-file", benchRelayFile)
+	b.Run("grpc", benchGRPC)
+	counting := func(testing.TB) statemachine.StateMachine { return &countingSM{} }
+	fileStore := func(tb testing.TB) statemachine.StateMachine { return newSM(tb, smFile) }
 	for _, v := range []struct {
 		name   string
 		kind   transport.Kind
-		sm     func() statemachine.StateMachine
+		sm     func(testing.TB) statemachine.StateMachine
 		opts   []datastream.Option
 		events bool
+		// files: compared with benchRelayFile instead of benchRelay.
+		files bool
+		// packet is the packet size, packetSize unless set.
+		packet int
 	}{
-		{"stream", transport.Gnet, counting, nil, false},
-		{"stream-netconn", transport.NetConn, counting, nil, false},
-		{"stream-sha256", transport.Gnet, func() statemachine.StateMachine { return statemachine.NewMemoryHashing() }, nil, false},
+		{"stream", transport.Gnet, counting, nil, false, false, 0},
+		{"stream-netconn", transport.NetConn, counting, nil, false, false, 0},
+		{"stream-sha256", transport.Gnet, func(testing.TB) statemachine.StateMachine { return statemachine.NewMemoryHashing() }, nil, false, false, 0},
+		// A FileStore on every peer: a write, a SHA-256 and, on CLOSE, an
+		// fsync per peer, against relay-file's write and fsync per peer.
+		{"stream-file", transport.Gnet, fileStore, nil, false, true, 0},
 		// What end-to-end checksums cost: the same stream without them.
-		{"stream-nochecksum", transport.Gnet, counting, []datastream.Option{datastream.WithChecksums(false)}, false},
+		{"stream-nochecksum", transport.Gnet, counting, []datastream.Option{datastream.WithChecksums(false)}, false, false, 0},
 		// What the events hook costs: the stream with every peer's
 		// server.Config.Events set to a metrics.Metrics.
-		{"stream-events", transport.Gnet, counting, nil, true},
+		{"stream-events", transport.Gnet, counting, nil, true, false, 0},
+		// Smaller packets, each against a relay whose client writes
+		// packets of the same size.
+		{"stream-64KiB", transport.Gnet, counting, nil, false, false, 64 << 10},
+		{"stream-4KiB", transport.Gnet, counting, nil, false, false, 4 << 10},
 	} {
 		b.Run(v.name, func(b *testing.B) {
-			benchStream(b, v.kind, v.sm, v.events, v.opts...)
-			relay := relayTime(b, b.N)
+			size := cmp.Or(v.packet, packetSize)
+			benchStream(b, v.kind, v.sm, v.events, size, v.opts...)
+			var relay time.Duration
+			if size == packetSize {
+				relay = relayTime(b, b.N, v.files)
+			} else {
+				relay = relayOver(b, chainLen, int64(b.N)*int64(size), size)
+			}
 			b.ReportMetric(float64(relay)/float64(b.Elapsed()), "vs-relay")
 		})
 	}
@@ -74,7 +98,7 @@ func BenchmarkChain(b *testing.B) {
 // peers and closes it.
 // With events, each peer's server.Config.Events is a metrics.Metrics, and
 // each must have counted every packet written.
-func benchStream(b *testing.B, kind transport.Kind, sm func() statemachine.StateMachine, events bool, opts ...datastream.Option) {
+func benchStream(b *testing.B, kind transport.Kind, sm func(testing.TB) statemachine.StateMachine, events bool, size int, opts ...datastream.Option) {
 	var (
 		tune []func(int, *server.Config)
 		regs [chainLen]*prometheus.Registry
@@ -108,20 +132,22 @@ func benchStream(b *testing.B, kind transport.Kind, sm func() statemachine.State
 	// Like the relay's client, which writes the same bytes for every
 	// packet, the stream sends one pooled buffer again and again: Send
 	// takes a reference and neither copies nor allocates.
-	payload := buffer.Get(packetSize)
+	payload := buffer.Get(size)
 	defer payload.Release()
 	for i := range payload.Bytes() {
 		payload.Bytes()[i] = byte(i)
 	}
 
-	b.SetBytes(packetSize)
+	b.SetBytes(int64(size))
 	b.ReportAllocs()
 	m := startMallocs(b)
 	// allocs/packet spreads the stream's fixed costs (pools filling up,
 	// the CLOSE and its commit) over b.N packets; steady-allocs/packet
 	// counts only what the process allocates while packets after the
 	// first window's worth go out, the data path's running cost, and
-	// steady-gcs the garbage collections meanwhile.
+	// steady-gcs the garbage collections meanwhile; steady-B/GiB and
+	// steady-gcs/GiB are the bytes allocated and the collections per GiB
+	// streamed in that part, the garbage the data path makes.
 	warm := min(b.N/4, 64)
 	var steady runtime.MemStats
 	for i := range b.N {
@@ -137,13 +163,16 @@ func benchStream(b *testing.B, kind transport.Kind, sm func() statemachine.State
 		runtime.ReadMemStats(&end)
 		b.ReportMetric(float64(end.Mallocs-steady.Mallocs)/float64(n), "steady-allocs/packet")
 		b.ReportMetric(float64(end.NumGC-steady.NumGC), "steady-gcs")
+		gib := float64(n) * float64(size) / (1 << 30)
+		b.ReportMetric(float64(end.TotalAlloc-steady.TotalAlloc)/gib, "steady-B/GiB")
+		b.ReportMetric(float64(end.NumGC-steady.NumGC)/gib, "steady-gcs/GiB")
 	}
 	reply, err := out.Close(ctx).Wait(ctx)
 	m.stop(b)
 	if err != nil {
 		b.Fatal(err)
 	}
-	want := uint64(b.N) * packetSize
+	want := uint64(b.N) * uint64(size)
 	if got := reply.BytesWritten(); got != want {
 		b.Fatalf("stream closed at %d bytes, want %d", got, want)
 	}
@@ -187,11 +216,11 @@ func writtenPackets(b *testing.B, reg *prometheus.Registry) float64 {
 
 // startChain starts three peers, each with a state machine from newSM,
 // and waits until each reaches the others. They are shut down when b ends.
-func startChain(b *testing.B, kind transport.Kind, newSM func() statemachine.StateMachine, tune ...func(int, *server.Config)) ([]datastream.Peer, []statemachine.StateMachine) {
+func startChain(b *testing.B, kind transport.Kind, newSM func(testing.TB) statemachine.StateMachine, tune ...func(int, *server.Config)) ([]datastream.Peer, []statemachine.StateMachine) {
 	b.Helper()
 	sms := make([]statemachine.StateMachine, chainLen)
 	for i := range sms {
-		sms[i] = newSM()
+		sms[i] = newSM(b)
 	}
 	peers, _ := startServers(b, kind, sms, tune...)
 	return peers, sms
