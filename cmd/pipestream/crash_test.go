@@ -13,9 +13,9 @@ import (
 )
 
 var (
-	crashRounds   = flag.Int("crash.rounds", 0, "rounds of TestCrashSchedule (0: a short run, or as many as -crash.duration allows)")
+	crashRounds   = flag.Int("crash.rounds", 0, "rounds of TestCrashSchedule, and kill points per routing of TestSuccessorKilledMidStream (0: a short run, or as many as -crash.duration allows)")
 	crashDuration = flag.Duration("crash.duration", 0, "run TestCrashSchedule for this long instead of a number of rounds")
-	crashSeed     = flag.Uint64("crash.seed", 0, "seed of TestCrashSchedule (0: from the clock; the test logs it)")
+	crashSeed     = flag.Uint64("crash.seed", 0, "seed of TestCrashSchedule and TestSuccessorKilledMidStream (0: from the clock; the test logs it)")
 )
 
 // defaultCrashRounds is the schedule's length in an ordinary go test run.
