@@ -37,9 +37,12 @@ type fault struct {
 // MiB, random primaries, names from a small pool so that versions matter)
 // and SIGKILLs one, sometimes two, random peers at a random point of a put:
 // before it, during it, as CLOSE is sent, or once its reply came; they are
-// restarted after a short random delay. At the end the group is healed and
-// the checker runs over every name. -crash.rounds, -crash.duration and
-// -crash.seed make longer or reproducible runs; the seed is logged.
+// restarted after a short random delay. Small puts go on back to back
+// throughout (writeThroughout), and every put made while its primary and
+// a write quorum were up must commit (availability_test.go says which
+// puts are held to that). At the end the group is healed and the checker
+// runs over every name. -crash.rounds, -crash.duration and -crash.seed
+// make longer or reproducible runs; the seed is logged.
 func TestCrashSchedule(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs and kills three processes")
@@ -56,9 +59,12 @@ func TestCrashSchedule(t *testing.T) {
 	}
 	t.Logf("seed %d (-crash.seed %d reproduces the schedule)", seed, seed)
 
-	g := startGroup(t)
+	// Debug logs say when peers reconnect, which availability needs.
+	g := startGroupArgs(t, "", []string{"--log-level", "debug"})
+	g.ups = newUpLog()
 	h := new(history)
 	c := g.newClient()
+	w := g.writeThroughout(c, h, seed)
 	names := []string{"crash/a", "crash/b", "crash/c"}
 	var faults []fault
 	kills := 0
@@ -181,6 +187,7 @@ func TestCrashSchedule(t *testing.T) {
 		}
 		t.Log(b.String())
 	}
+	w.halt()
 	// Heal: every peer is up (each round restarted its victims); a
 	// barrier makes every peer apply the whole log.
 	for _, id := range g.ids {
@@ -191,8 +198,21 @@ func TestCrashSchedule(t *testing.T) {
 	g.barrier(context.Background(), h, c)
 	stores, v, missingAtEnd, healed := g.checkHealed(h, fmt.Sprintf("seed %d", seed))
 	n := h.counts()
+	a := g.ups.availability(h, g.ids, 2)
+	lost, stale := lostAndStale(h, stores)
 	t.Logf("crash schedule: seed %d, %d rounds, puts %d committed / %d failed / %d indeterminate, %d kills, %d violations; %d copies missing at the end, healed in %v",
 		seed, round, n[outCommitted], n[outFailed], n[outIndeterminate], kills, len(v), missingAtEnd, healed.Round(time.Millisecond))
+	t.Logf("crash schedule: %v; %d lost, %d stale", a, lost, stale)
+	if len(a.unavailable) > 0 {
+		var ul []string
+		for _, p := range a.unavailable {
+			ul = append(ul, fmt.Sprintf("%v (%s to %s)%s", p, p.Start.Format("15:04:05.000"), p.End.Format("15:04:05.000"), g.logsOf(p)))
+		}
+		t.Errorf("seed %d: %d puts failed with their primary and a quorum up:\n  %s\ndown:%s", seed, len(ul), strings.Join(ul, "\n  "), g.ups.spans())
+	}
+	if lost+stale > 0 && len(v) == 0 {
+		t.Errorf("seed %d: %d copies lost and %d stale, yet the checker found no violation", seed, lost, stale)
+	}
 	if len(v) > 0 {
 		var fl []string
 		for _, f := range faults {

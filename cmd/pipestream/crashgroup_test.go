@@ -42,17 +42,30 @@ type group struct {
 
 	mu    sync.Mutex
 	procs map[string]*process
+
+	serveFlags []string // added to every serve command
+	// ups, if not nil, records when each peer was down: from its kill
+	// until the others and it have reconnected after its restart (see
+	// availability_test.go).
+	ups *upLog
 }
 
 var putLine = regexp.MustCompile(`^committed (\S+): .*, log index (\d+), term (\d+), primary (\S+)$`)
 
-func startGroup(t *testing.T) *group { return startGroupWith(t, "") }
+func startGroup(t *testing.T) *group { return startGroupArgs(t, "", nil) }
 
 // startGroupWith is startGroup with raftSettings (TOML lines) added to the
 // group file's [raft] table.
 func startGroupWith(t *testing.T, raftSettings string) *group {
 	t.Helper()
-	g := &group{t: t, bin: buildBinary(t), dir: t.TempDir(), ids: []string{"p1", "p2", "p3"}, procs: map[string]*process{}}
+	return startGroupArgs(t, raftSettings, nil)
+}
+
+// startGroupArgs is startGroupWith with serveFlags added to every serve
+// command, restarts included.
+func startGroupArgs(t *testing.T, raftSettings string, serveFlags []string) *group {
+	t.Helper()
+	g := &group{t: t, bin: buildBinary(t), dir: t.TempDir(), ids: []string{"p1", "p2", "p3"}, procs: map[string]*process{}, serveFlags: serveFlags}
 	g.config = filepath.Join(g.dir, "group.toml")
 	var peers []*process
 	for attempt := 1; ; attempt++ {
@@ -62,7 +75,7 @@ func startGroupWith(t *testing.T, raftSettings string) *group {
 			t.Fatal(err)
 		}
 		var err error
-		if peers, err = startPeers(t, g.bin, g.config); err == nil {
+		if peers, err = startPeers(t, g.bin, g.config, serveFlags...); err == nil {
 			break
 		}
 		if attempt == 3 || !strings.Contains(err.Error(), "address already in use") {
@@ -93,6 +106,7 @@ func (g *group) proc(id string) *process {
 // kill SIGKILLs peer id and waits until it is gone.
 func (g *group) kill(id string) {
 	p := g.proc(id)
+	g.ups.markDown(id, time.Now())
 	_ = p.cmd.Process.Kill()
 	select {
 	case <-p.exited:
@@ -116,9 +130,11 @@ func (g *group) down(id string) bool {
 // that fails anyway is retried.
 func (g *group) restart(id string, env ...string) error {
 	for attempt := 1; ; attempt++ {
+		since := g.ups.restarting(g, id)
 		p := g.startPeer(id, env...)
 		_, err := p.stdout.waitFor(id+" serving: ", testTimeout)
 		if err == nil {
+			go since.watch(p)
 			g.mu.Lock()
 			g.procs[id] = p
 			g.mu.Unlock()
@@ -138,9 +154,9 @@ func (g *group) restart(id string, env ...string) error {
 func (g *group) startPeer(id string, env ...string) *process {
 	g.t.Helper()
 	if g.lab == nil {
-		return startPeer(g.t, g.bin, g.config, id, env...)
+		return startPeerArgs(g.t, g.bin, g.config, id, g.serveFlags, env...)
 	}
-	return startProcess(g.t, id, g.lab.Host(id).Command(g.bin, serveArgs(g.config, id, nil)...), env...)
+	return startProcess(g.t, id, g.lab.Host(id).Command(g.bin, serveArgs(g.config, id, g.serveFlags)...), env...)
 }
 
 // waitReady waits until peer id, restarted, sees a leader and every other
