@@ -120,6 +120,11 @@ func (g *group) killSuccessor(h *history, c *datastream.Client, rng *rand.Rand, 
 			g.waitHolds(id, rec, data)
 		}
 	}
+	// The commit went through a recovery: the victim's predecessor (the
+	// primary, or in a chain whose tail died the middle peer) says so.
+	if !g.logged(fmt.Sprintf("%s/%d", rec.Client, rec.Stream), "recovering the pipeline around it", "peer="+victim) {
+		t.Errorf("%s committed with %s killed at offset %d, and no peer logged a recovery around it", name, victim, offset)
+	}
 	g.restartAll(victim)
 	g.waitHolds(victim, rec, data)
 }
@@ -152,6 +157,19 @@ func (g *group) waitHolds(id string, rec *putRecord, data []byte) {
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+}
+
+// logged reports whether a running peer's stderr has a line with every
+// one of words.
+func (g *group) logged(words ...string) bool {
+	for _, id := range g.ids {
+		for line := range strings.Lines(g.proc(id).stderr.String()) {
+			if !slices.ContainsFunc(words, func(w string) bool { return !strings.Contains(line, w) }) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // currentLeader asks the group (pipestream status, which names the leader
