@@ -299,8 +299,9 @@ type writer struct {
 }
 
 // writeThroughout starts a writer of small puts (up to 256 KiB, names from
-// a pool of three so that versions matter) into h; stop ends it. The test's
-// end stops it too.
+// a pool of three so that versions matter) into h; halt ends it, and so
+// does the test's end. g.ups must be set: the writer chooses each put's
+// primary among the peers up by it.
 func (g *group) writeThroughout(c *datastream.Client, h *history, seed uint64) *writer {
 	w := &writer{stop: make(chan struct{}), done: make(chan struct{})}
 	g.t.Cleanup(w.halt)
