@@ -103,6 +103,10 @@ type putRecord struct {
 	Outcome     outcome
 	Index, Term uint64 // the committed entry
 	Err         string // why it failed, if it did
+
+	// Start and End bound the put: from before it opened the stream to
+	// after it learned the outcome (streamPut sets them).
+	Start, End time.Time
 }
 
 func (p *putRecord) String() string {
@@ -142,17 +146,20 @@ func (h *history) counts() (c [3]int) {
 	return c
 }
 
-// streamPut streams data to the group through c as name, via primary, and
-// records what the client learned. It returns the record, which it has
-// added to h.
-func streamPut(ctx context.Context, h *history, c *datastream.Client, name, primary string, data []byte, events *putEvents) *putRecord {
-	rec := &putRecord{Name: name, Size: len(data), SHA256: sha256.Sum256(data), Primary: primary, Client: hex.EncodeToString(c.ID())}
-	defer h.add(rec)
+// streamPut streams data to the group through c as name, via primary, with
+// opts (a routing table), and records what the client learned. It returns
+// the record, which it has added to h.
+func streamPut(ctx context.Context, h *history, c *datastream.Client, name, primary string, data []byte, events *putEvents, opts ...datastream.StreamOption) *putRecord {
+	rec := &putRecord{Name: name, Size: len(data), SHA256: sha256.Sum256(data), Primary: primary, Client: hex.EncodeToString(c.ID()), Start: time.Now()}
+	defer func() {
+		rec.End = time.Now()
+		h.add(rec)
+	}()
 	fail := func(err error) *putRecord {
 		rec.Outcome, rec.Err = outcomeOf(err), err.Error()
 		return rec
 	}
-	out, err := c.Stream(ctx, []byte(name), datastream.WithPrimary(primary))
+	out, err := c.Stream(ctx, []byte(name), append([]datastream.StreamOption{datastream.WithPrimary(primary)}, opts...)...)
 	if err != nil {
 		// No stream: nothing was sent that could commit.
 		rec.Outcome, rec.Err = outFailed, err.Error()

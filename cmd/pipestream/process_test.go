@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -150,14 +151,15 @@ type process struct {
 	err    error         // Wait's, once exited is closed
 }
 
-// startPeers starts a serve process for each of p1, p2 and p3 and waits
+// startPeers starts a serve process for each of p1, p2 and p3, with extra
+// serve flags, and waits
 // until each says it is ready. If one fails, it stops them all and
 // returns the failure.
-func startPeers(t *testing.T, bin, config string) ([]*process, error) {
+func startPeers(t *testing.T, bin, config string, extra ...string) ([]*process, error) {
 	t.Helper()
 	var peers []*process
 	for _, id := range []string{"p1", "p2", "p3"} {
-		peers = append(peers, startPeer(t, bin, config, id))
+		peers = append(peers, startPeerArgs(t, bin, config, id, extra))
 	}
 	for _, p := range peers {
 		if err := p.waitReady(); err != nil {
@@ -252,5 +254,81 @@ func (p *process) wait(t *testing.T) {
 	}
 	if _, err := p.stdout.waitFor(p.id+" stopped", 0); err != nil {
 		t.Error(err)
+	}
+}
+
+// lineWriter collects what a command prints and lets a test wait for a
+// line.
+type lineWriter struct {
+	mu      sync.Mutex
+	buf     bytes.Buffer
+	changed chan struct{} // closed and replaced on every write
+	closed  bool          // no more writes will come
+}
+
+func newLineWriter() *lineWriter { return &lineWriter{changed: make(chan struct{})} }
+
+func (w *lineWriter) Write(p []byte) (int, error) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if !w.closed {
+		close(w.changed)
+		w.changed = make(chan struct{})
+	}
+	return w.buf.Write(p)
+}
+
+// close tells waitFor that the writer has written its last.
+func (w *lineWriter) close() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if !w.closed {
+		w.closed = true
+		close(w.changed)
+	}
+}
+
+func (w *lineWriter) String() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.buf.String()
+}
+
+// waitFor waits up to timeout for a line containing s and returns it. It
+// gives up early once the writer is closed.
+func (w *lineWriter) waitFor(s string, timeout time.Duration) (string, error) {
+	return w.waitLine(0, fmt.Sprintf("a line with %q", s), func(line string) bool { return strings.Contains(line, s) }, timeout)
+}
+
+// size returns how many bytes have been written.
+func (w *lineWriter) size() int {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.buf.Len()
+}
+
+// waitLine waits up to timeout for a line, among those written from byte
+// offset on, that match accepts, and returns it; what names the line for
+// the error. It gives up early once the writer is closed.
+func (w *lineWriter) waitLine(offset int, what string, match func(string) bool, timeout time.Duration) (string, error) {
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
+	for {
+		w.mu.Lock()
+		text, changed, closed := w.buf.String()[offset:], w.changed, w.closed
+		w.mu.Unlock()
+		for line := range strings.Lines(text) {
+			if match(line) {
+				return strings.TrimSuffix(line, "\n"), nil
+			}
+		}
+		if closed {
+			return "", fmt.Errorf("no %s before the end of:\n%s", what, text)
+		}
+		select {
+		case <-changed:
+		case <-deadline.C:
+			return "", fmt.Errorf("no %s within %v in:\n%s", what, timeout, text)
+		}
 	}
 }
