@@ -61,6 +61,11 @@ type Stream struct {
 	fwdGen    uint64           // the attachment whose packets are forwarded; under fwd
 	forwarded uint64           // offset past the last data forwarded; under fwd
 	crcFwd    uint32           // the stream's CRC32C through forwarded, if checksummed; under fwd
+	// headerSent: a header (the stream's, or a resume from upstream) has
+	// gone to the successors. Until then a recovery has nothing to
+	// resume: the header, still to come, opens the stream on whatever
+	// links there are by then. Under fwd.
+	headerSent bool
 
 	mu       sync.Mutex
 	state    streamState

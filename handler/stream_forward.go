@@ -53,7 +53,9 @@ func (st *Stream) forward(p *Packet) {
 		return
 	}
 	p.crcStart = st.crcFwd
-	if h := p.Header; h.GetType() == pb.DataStreamPacketHeader_STREAM_DATA {
+	if h := p.Header; h.GetType() == pb.DataStreamPacketHeader_STREAM_HEADER {
+		st.headerSent = true
+	} else if h.GetType() == pb.DataStreamPacketHeader_STREAM_DATA {
 		st.forwarded = h.GetStreamOffset() + h.GetDataLength()
 		if p.Has(pb.DataStreamPacketHeader_CHECKSUM) {
 			st.crcFwd, st.summedFwd = h.GetCrc32C(), true

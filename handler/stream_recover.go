@@ -110,6 +110,16 @@ func (st *Stream) recoverLocked(l *link, cause *pb.Error) {
 			continue // reachable a moment ago; its subtree is lost with it
 		}
 		nl := &link{id: id, c: c}
+		if !st.headerSent {
+			// The successor failed between the router's open and the
+			// forwarder's header: the header, next under fwd, opens the
+			// stream on the new link. A resume now would open it too, and
+			// the header would then be refused there as a duplicate.
+			st.mu.Lock()
+			st.links = append(st.links, nl)
+			st.mu.Unlock()
+			continue
+		}
 		marker, err := st.resumeFrame(at, crc, epoch)
 		if err != nil {
 			st.s.cfg.Logger.Error("handler: cannot encode a resume", "stream", st.Key, "err", err)
