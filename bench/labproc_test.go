@@ -57,14 +57,14 @@ func labMain(role string) int {
 // raft-boltdb, a fileSink for the entries and a logFront for clients. It
 // says "leader ID" once the group has one, and shuts down when stdin ends.
 func runLogNode() error {
-	var peers []raft.Peer
+	var peers []raft.Member
 	for p := range strings.SplitSeq(os.Getenv(labPeersEnv), ";") {
 		id, addrs, _ := strings.Cut(p, "=")
 		r, c, _ := strings.Cut(addrs, ",")
-		peers = append(peers, raft.Peer{ID: id, RaftAddr: r, CommitAddr: c})
+		peers = append(peers, raft.Member{ID: id, RaftAddr: r, CommitAddr: c})
 	}
 	id, dir := os.Getenv(labIDEnv), os.Getenv(labDirEnv)
-	var self raft.Peer
+	var self raft.Member
 	for _, p := range peers {
 		if p.ID == id {
 			self = p

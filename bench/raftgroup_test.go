@@ -74,7 +74,7 @@ func startRaftGroup(b *testing.B, onDisk bool, sink func(i int) raft.DataSink) *
 			}
 		}
 	})
-	var peers []raft.Peer
+	var peers []raft.Member
 	for i := range groupSize {
 		cfg := raft.Config{
 			ID:         fmt.Sprintf("n%d", i),

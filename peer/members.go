@@ -28,7 +28,7 @@ func (p *Peer) AddMember(ctx context.Context, m Member) error {
 	if !m.complete() {
 		return fmt.Errorf("%w: member %q lacks an address: %+v", ErrConfig, m.ID, m)
 	}
-	if _, err := p.node.AddMember(ctx, raftPeer(m)); err != nil {
+	if _, err := p.node.AddMember(ctx, raftMember(m)); err != nil {
 		return fmt.Errorf("peer %s: add %s: %w", p.cfg.ID, m.ID, err)
 	}
 	return nil
@@ -67,7 +67,7 @@ func (p *Peer) Removed() <-chan struct{} { return p.removed }
 // membersChanged is the Raft node's OnMembers. It runs on raft's FSM
 // goroutine, possibly inside Start (a snapshot restored), and must not
 // block: it takes memberMu only.
-func (p *Peer) membersChanged(peers []raft.Peer) {
+func (p *Peer) membersChanged(peers []raft.Member) {
 	members := make([]Member, len(peers))
 	sp := make([]server.Peer, len(peers))
 	self := false
@@ -100,8 +100,8 @@ func others(members []Member, id string) []datastream.Peer {
 	return out
 }
 
-func raftPeer(m Member) raft.Peer {
-	return raft.Peer{ID: m.ID, StreamAddr: m.StreamAddr, RaftAddr: m.RaftAddr, CommitAddr: m.CommitAddr}
+func raftMember(m Member) raft.Member {
+	return raft.Member{ID: m.ID, StreamAddr: m.StreamAddr, RaftAddr: m.RaftAddr, CommitAddr: m.CommitAddr}
 }
 
 // memberSource is the repairer's Source: a datastream client of the other

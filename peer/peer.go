@@ -180,9 +180,9 @@ func (p *Peer) Start(ctx context.Context, members []Member) error {
 	case p.started:
 		return ErrStarted
 	}
-	rp := make([]raft.Peer, len(members))
+	rp := make([]raft.Member, len(members))
 	for i, m := range members {
-		rp[i] = raftPeer(m)
+		rp[i] = raftMember(m)
 		p.srv.SetPeerAddr(m.ID, m.StreamAddr)
 	}
 	// Set before the node starts: restoring a snapshot may replace them.

@@ -72,7 +72,7 @@ type cluster struct {
 	t       testing.TB
 	ctx     context.Context
 	cfgs    []raft.Config
-	peers   []raft.Peer
+	peers   []raft.Member
 	nodes   []*raft.Node
 	linkers []*recorder
 	sinks   []*sink

@@ -24,11 +24,6 @@ type Member struct {
 	StreamAddr string
 }
 
-// Peer is the former name of Member.
-//
-// Deprecated: use Member, which names the same type.
-type Peer = Member
-
 // Config configures one Node. The zero values of the optional fields mean
 // the defaults named on each.
 type Config struct {

@@ -29,7 +29,7 @@ func Example() {
 	defer cancel()
 
 	var nodes []*raft.Node
-	var peers []raft.Peer
+	var peers []raft.Member
 	for _, id := range []string{"a", "b", "c"} {
 		n, err := raft.New(raft.Config{
 			ID:         id,

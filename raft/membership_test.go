@@ -13,10 +13,10 @@ import (
 // seen records what OnMembers was called with.
 type seen struct {
 	mu    sync.Mutex
-	calls [][]raft.Peer
+	calls [][]raft.Member
 }
 
-func (s *seen) record(ps []raft.Peer) {
+func (s *seen) record(ps []raft.Member) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.calls = append(s.calls, ps)

@@ -16,7 +16,7 @@ import (
 )
 
 func TestConfigErrors(t *testing.T) {
-	good := raft.Peer{ID: "a", RaftAddr: "127.0.0.1:1", CommitAddr: "127.0.0.1:2"}
+	good := raft.Member{ID: "a", RaftAddr: "127.0.0.1:1", CommitAddr: "127.0.0.1:2"}
 	newErrs := []struct {
 		name string
 		cfg  raft.Config
@@ -42,20 +42,20 @@ func TestConfigErrors(t *testing.T) {
 
 	startErrs := []struct {
 		name  string
-		peers func(self raft.Peer) []raft.Peer
+		peers func(self raft.Member) []raft.Member
 	}{
-		{"no peers", func(raft.Peer) []raft.Peer { return nil }},
-		{"self missing", func(raft.Peer) []raft.Peer { return []raft.Peer{good} }},
-		{"self with other addresses", func(self raft.Peer) []raft.Peer {
+		{"no peers", func(raft.Member) []raft.Member { return nil }},
+		{"self missing", func(raft.Member) []raft.Member { return []raft.Member{good} }},
+		{"self with other addresses", func(self raft.Member) []raft.Member {
 			self.RaftAddr = "127.0.0.1:1"
-			return []raft.Peer{self}
+			return []raft.Member{self}
 		}},
-		{"duplicate id", func(self raft.Peer) []raft.Peer {
+		{"duplicate id", func(self raft.Member) []raft.Member {
 			other := good
 			other.ID = self.ID
-			return []raft.Peer{self, other}
+			return []raft.Member{self, other}
 		}},
-		{"incomplete peer", func(self raft.Peer) []raft.Peer { return []raft.Peer{self, {ID: "b"}} }},
+		{"incomplete peer", func(self raft.Member) []raft.Member { return []raft.Member{self, {ID: "b"}} }},
 	}
 	for _, tc := range startErrs {
 		t.Run("Start/"+tc.name, func(t *testing.T) {
@@ -85,10 +85,10 @@ func TestNodeLifecycle(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(t.Context(), testTimeout)
 	defer cancel()
-	if err := n.Start(ctx, []raft.Peer{n.Addr()}); err != nil {
+	if err := n.Start(ctx, []raft.Member{n.Addr()}); err != nil {
 		t.Fatal(err)
 	}
-	if err := n.Start(ctx, []raft.Peer{n.Addr()}); err == nil {
+	if err := n.Start(ctx, []raft.Member{n.Addr()}); err == nil {
 		t.Error("second Start succeeded")
 	}
 	if id, err := n.WaitLeader(ctx); err != nil || id != "solo" {

@@ -139,7 +139,7 @@ func TestTLSWrongCertificateCannotJoin(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), testTimeout)
 	defer cancel()
 	var nodes []*raft.Node
-	var peers []raft.Peer
+	var peers []raft.Member
 	for i, authority := range []*testcert.CA{ca, ca, other} {
 		cfg := testConfig(fmt.Sprintf("n%d", i))
 		withMTLS(t, authority)(&cfg)
