@@ -140,12 +140,7 @@ func (s *gnetServer) Shutdown(ctx context.Context) error {
 type Dialer struct {
 	events gnetEvents
 	cli    *gnet.Client
-	cancel context.CancelFunc // cancels dials in progress on Close
-	ctx    context.Context
-
-	mu     sync.Mutex
-	closed bool
-	dials  sync.WaitGroup
+	gate   *dialGate
 }
 
 // NewDialer starts a client engine with its event loops (WithEventLoops).
@@ -165,8 +160,7 @@ func NewDialer(opts ...Option) (*Dialer, error) {
 	if err := cli.Start(); err != nil {
 		return nil, fmt.Errorf("transport: %w", err)
 	}
-	d.cli = cli
-	d.ctx, d.cancel = context.WithCancel(context.Background())
+	d.cli, d.gate = cli, newDialGate()
 	return d, nil
 }
 
@@ -181,18 +175,11 @@ func (d *Dialer) dial(ctx context.Context, addr string, init Initializer, onDone
 	if err != nil {
 		return nil, err
 	}
-	d.mu.Lock()
-	if d.closed {
-		d.mu.Unlock()
-		return nil, ErrClosed
+	ctx, done, err := d.gate.enter(ctx)
+	if err != nil {
+		return nil, err
 	}
-	d.dials.Add(1)
-	d.mu.Unlock()
-	defer d.dials.Done()
-
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	defer context.AfterFunc(d.ctx, cancel)()
+	defer done()
 
 	var nd net.Dialer
 	conn, err := nd.DialContext(ctx, network, hostport)
@@ -220,15 +207,9 @@ func (d *Dialer) dial(ctx context.Context, addr string, init Initializer, onDone
 // cancels dials in progress and stops the event loops. It must not be
 // called from a handler running on one of them.
 func (d *Dialer) Close() error {
-	d.mu.Lock()
-	if d.closed {
-		d.mu.Unlock()
+	if !d.gate.close() {
 		return nil
 	}
-	d.closed = true
-	d.mu.Unlock()
-	d.cancel()
-	d.dials.Wait()
 	return d.cli.Stop()
 }
 

@@ -9,35 +9,23 @@ import (
 // but the options; it tracks them so that Close ends them all, as a gnet
 // Dialer's Close does.
 type connDialer struct {
-	opts   options
-	ctx    context.Context // done on Close; cancels dials in progress
-	cancel context.CancelFunc
+	opts options
+	gate *dialGate
 
 	mu       sync.Mutex
-	closed   bool
-	dials    sync.WaitGroup
-	channels map[*connChannel]struct{}
+	channels map[*connChannel]struct{} // under mu
 }
 
 func newConnDialer(opts ...Option) (Connector, error) {
-	d := &connDialer{opts: newOptions(opts), channels: make(map[*connChannel]struct{})}
-	d.ctx, d.cancel = context.WithCancel(context.Background())
-	return d, nil
+	return &connDialer{opts: newOptions(opts), gate: newDialGate(), channels: make(map[*connChannel]struct{})}, nil
 }
 
 func (d *connDialer) Dial(ctx context.Context, addr string, init Initializer) (Channel, error) {
-	d.mu.Lock()
-	if d.closed {
-		d.mu.Unlock()
-		return nil, ErrClosed
+	ctx, done, err := d.gate.enter(ctx)
+	if err != nil {
+		return nil, err
 	}
-	d.dials.Add(1)
-	d.mu.Unlock()
-	defer d.dials.Done()
-
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	defer context.AfterFunc(d.ctx, cancel)()
+	defer done()
 	// The channel is tracked from before init runs: init may close it,
 	// and its onDone must find it.
 	return dialConn(ctx, addr, func(ch Channel) {
@@ -55,16 +43,10 @@ func (d *connDialer) Dial(ctx context.Context, addr string, init Initializer) (C
 }
 
 func (d *connDialer) Close() error {
-	d.mu.Lock()
-	if d.closed {
-		d.mu.Unlock()
+	if !d.gate.close() {
 		return nil
 	}
-	d.closed = true
-	d.mu.Unlock()
-	d.cancel()
 	// No dial adds a channel after this: each in progress has returned.
-	d.dials.Wait()
 	d.mu.Lock()
 	chs := make([]*connChannel, 0, len(d.channels))
 	for ch := range d.channels {
