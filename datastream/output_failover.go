@@ -220,11 +220,7 @@ func (o *Output) resumeOn(cn *conn) error {
 // be held.
 func (o *Output) replayLocked(cn *conn) error {
 	now := time.Now()
-	all := o.pending.Take()
-	for _, p := range all {
-		o.pending.Push(p)
-	}
-	for _, p := range all {
+	for p := range o.pending.All() {
 		p.sentAt = now
 		var body any
 		if p.body != nil {

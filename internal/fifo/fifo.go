@@ -6,6 +6,8 @@
 // a path meant to allocate nothing.
 package fifo
 
+import "iter"
+
 // Queue is a FIFO queue. The zero value is empty and ready to use. It is
 // not safe for concurrent use.
 type Queue[T any] struct {
@@ -36,6 +38,18 @@ func (q *Queue[T]) Pop() T {
 	q.buf[q.head] = zero
 	q.head++
 	return v
+}
+
+// All yields every element, oldest first, without removing any. The queue
+// must not change while it runs.
+func (q *Queue[T]) All() iter.Seq[T] {
+	return func(yield func(T) bool) {
+		for _, v := range q.buf[q.head:] {
+			if !yield(v) {
+				return
+			}
+		}
+	}
 }
 
 // Take removes and returns every element, oldest first, in a new slice.

@@ -1,6 +1,7 @@
 package fifo_test
 
 import (
+	"slices"
 	"testing"
 
 	"github.com/pipestream/pipestream/internal/fifo"
@@ -51,5 +52,30 @@ func TestQueue(t *testing.T) {
 	})
 	if allocs != 0 {
 		t.Fatalf("a push and a pop on a queue of 8 allocate %v times", allocs)
+	}
+}
+
+// All yields what is queued, oldest first, and leaves it queued.
+func TestQueueAll(t *testing.T) {
+	var q fifo.Queue[int]
+	for i := range 6 {
+		q.Push(i)
+	}
+	q.Pop()
+	q.Pop()
+	var got []int
+	for v := range q.All() {
+		got = append(got, v)
+	}
+	if want := []int{2, 3, 4, 5}; !slices.Equal(got, want) {
+		t.Fatalf("All yields %v, want %v", got, want)
+	}
+	if q.Len() != 4 || q.Peek() != 2 {
+		t.Fatalf("after All: Len %d, Peek %d; want 4, 2", q.Len(), q.Peek())
+	}
+	for v := range q.All() {
+		if v == 3 {
+			break // an early stop must not panic
+		}
 	}
 }
