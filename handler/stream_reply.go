@@ -99,7 +99,7 @@ func (st *Stream) flushReplies() {
 		// A CLOSE that a resume from the same upstream overtook (the
 		// stream is open again) closes nothing: the resume's replay
 		// brings the CLOSE again, and that one does.
-		if isClose && err == nil && !st.commit && p.gen == st.gen && st.state != stateOpen {
+		if isClose && err == nil && !st.commit && st.state != stateOpen {
 			// Commit and link may block on Raft and disk, and this may be
 			// an event loop: finish the close on a goroutine of its own.
 			st.commit = true
