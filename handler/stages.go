@@ -304,7 +304,9 @@ func (r *Router) data(up *pipeline.Pipeline, p *Packet) (*Stream, *pb.Error) {
 		if !st.ownedBy(up) {
 			return nil, errorf(pb.ErrorCode_FORBIDDEN, "stream %v belongs to another connection", p.Key())
 		}
-		st.fail(errorf(pb.ErrorCode_CANCELLED, "stream aborted by its client"))
+		if st.abortFrom(up) {
+			return nil, errorf(pb.ErrorCode_CANCELLED, "closed stream %v aborted before its commit", p.Key())
+		}
 		return st, nil
 	}
 	if e := st.admit(up, p); e != nil {

@@ -46,7 +46,7 @@ type reply struct {
 // newConn returns a connection to a fresh peer. If gated, the peer's data
 // writes wait until c.release, which lets a test fail a stream while
 // earlier packets are still being written.
-func newConn(t *testing.T, gated bool) *conn {
+func newConn(t *testing.T, gated bool, opts ...func(*handler.Config)) *conn {
 	c := &conn{
 		t: t, sm: statemachine.NewMemory(),
 		gate: make(chan struct{}), entered: make(chan struct{}, 64),
@@ -55,10 +55,14 @@ func newConn(t *testing.T, gated bool) *conn {
 	if !gated {
 		close(c.gate)
 	}
-	c.streams = handler.NewStreams(handler.Config{
+	cfg := handler.Config{
 		ID: self, Peers: []string{self}, StateMachine: gatedSM{c.sm, c.gate, c.entered},
 		Logger: slog.New(slog.DiscardHandler),
-	})
+	}
+	for _, o := range opts {
+		o(&cfg)
+	}
+	c.streams = handler.NewStreams(cfg)
 	c.p = pipeline.New(replyTransport{c}, pipeline.WithLogger(slog.New(slog.DiscardHandler)))
 	if err := handler.Install(c.p, c.streams, dscodec.DefaultMaxPacketFrame); err != nil {
 		t.Fatal(err)

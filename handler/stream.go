@@ -86,6 +86,9 @@ type Stream struct {
 	// upstream went away first. A primary then does not commit it: its
 	// client, gone, moves the stream to another peer, or gave it up.
 	unasked bool
+	// aborted is set with or after commit, by an ABORT from upstream:
+	// see abortFrom.
+	aborted bool
 	// replayed is set on a parked stream that a new upstream resumed:
 	// where its replay has got to (see resumeParked).
 	replayed *parkedReplay
@@ -173,6 +176,32 @@ func (st *Stream) Err() error {
 // arriving for it are answered in order, after them, with the same error.
 func (st *Stream) fail(e *pb.Error) {
 	st.mu.Lock()
+	st.failLocked(e)
+}
+
+// abortFrom takes an ABORT from up, the stream's upstream, and reports
+// whether the stream had closed here and on every successor. An open
+// stream fails. A closed one is parked, or about to be, and fail does
+// nothing by then: it is marked aborted, so that finishClose discards it
+// instead of parking it, and dropParked discards it if it parked first.
+// Its entry will never come. The test and the mark are one step: a
+// stream that closed between them would lose the ABORT and stay parked
+// until the link timeout. A primary's aborts come from its client and
+// find the stream committing.
+func (st *Stream) abortFrom(up *pipeline.Pipeline) bool {
+	st.mu.Lock()
+	if !st.commit || st.IsPrimary() {
+		st.failLocked(errorf(pb.ErrorCode_CANCELLED, "stream aborted by its client"))
+		return false
+	}
+	st.aborted = true
+	st.mu.Unlock()
+	st.s.dropParked(st.Key, up)
+	return true
+}
+
+// failLocked is fail with st.mu held; it unlocks it.
+func (st *Stream) failLocked(e *pb.Error) {
 	if st.failed != nil || st.commit {
 		// Once every peer has closed the stream its fate is the commit's.
 		st.mu.Unlock()

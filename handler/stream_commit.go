@@ -50,7 +50,14 @@ func (st *Stream) finishClose(p *Packet) {
 		reply *pb.RaftClientReply
 		err   error
 	)
+	st.mu.Lock()
+	aborted := st.aborted
+	st.mu.Unlock()
 	switch c := st.s.commitHook(); {
+	case aborted:
+		// Its predecessor failed it while it closed here (abortFrom).
+		err = errorf(pb.ErrorCode_CANCELLED, "stream %v aborted by its predecessor before its commit", st.Key)
+		st.s.discard(st)
 	case st.IsPrimary() && st.unasked:
 		// Nobody asked for this commit any more: the client lost its
 		// connection first, and either moves the stream to another peer,
@@ -82,7 +89,7 @@ func (st *Stream) finishClose(p *Packet) {
 			p.err = errorf(p.err.Code, "%s; leader is %s", p.err.Message, hint)
 		}
 		if ev := st.s.cfg.Events; ev != nil {
-			ev.Stream(StreamEvent{Kind: StreamFailed, Key: st.Key, Primary: true, Bytes: st.length, Duration: time.Since(st.opened), Code: p.err.Code})
+			ev.Stream(StreamEvent{Kind: StreamFailed, Key: st.Key, Primary: st.IsPrimary(), Bytes: st.length, Duration: time.Since(st.opened), Code: p.err.Code})
 		}
 	}
 	if st.IsPrimary() {
