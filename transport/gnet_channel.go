@@ -23,7 +23,9 @@ import (
 // under a steady stream was a third of all copying and held memory that
 // grew with the transfer; and a write from another goroutine costs a task
 // on the loop. The writer sends from the pooled buffers themselves and
-// waits for the socket with its queue bounded by WithMaxOutbound.
+// waits for the socket with its queue bounded by WithMaxOutbound; it runs
+// only while there is something to send, so an idle gnet connection holds
+// no goroutine.
 type gnetChannel struct {
 	id   uint64
 	p    *pipeline.Pipeline
@@ -60,7 +62,7 @@ func (ch *gnetChannel) RemoteAddr() net.Addr         { return ch.remote }
 // Write queues msg; see package doc for ownership.
 func (ch *gnetChannel) Write(msg any) error { return ch.out.write(msg) }
 
-// Flush wakes the writer goroutine.
+// Flush starts the writer goroutine, which runs until the queue is empty.
 func (ch *gnetChannel) Flush() error { return ch.out.flush() }
 
 // Close sends what was written before it, giving a slow peer up to
@@ -103,7 +105,6 @@ func (ch *gnetChannel) opened(c gnet.Conn) gnet.Action {
 		return gnet.Close
 	}
 	ch.out = newWriter(dup, ch.opts, ch.teardown)
-	ch.out.start()
 	if !initialize(ch, ch.init, ch.opts.logger) {
 		return gnet.Close
 	}

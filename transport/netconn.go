@@ -59,7 +59,7 @@ func (ch *connChannel) RemoteAddr() net.Addr         { return ch.remote }
 // count towards WithMaxOutbound like a buffer's.
 func (ch *connChannel) Write(msg any) error { return ch.out.write(msg) }
 
-// Flush wakes the writer goroutine.
+// Flush starts the writer goroutine, which runs until the queue is empty.
 func (ch *connChannel) Flush() error { return ch.out.flush() }
 
 // Close sends what was written before it, giving a slow peer up to
@@ -74,7 +74,6 @@ func (ch *connChannel) Close() error {
 // goroutine, which must then run readLoop: inbound events come from one
 // goroutine. A panic in init closes the connection.
 func (ch *connChannel) start(init Initializer) {
-	ch.out.start()
 	if initialize(ch, init, ch.opts.logger) {
 		ch.p.FireChannelActive()
 	} else {
@@ -214,8 +213,8 @@ type connServer struct {
 
 // ListenConn starts a net.Conn server on addr ("host:port" or
 // "tcp://host:port"; port 0 picks a free port), with TLS when WithTLS is
-// given. Each connection gets a reader and a writer goroutine; init runs on
-// the reader, after the TLS handshake, which must finish within ten
+// given. Each connection gets a reader goroutine, and a writer goroutine
+// while it has bytes to send; init runs on the reader, after the TLS handshake, which must finish within ten
 // seconds.
 func ListenConn(ctx context.Context, addr string, init Initializer, opts ...Option) (Server, error) {
 	network, hostport, err := splitAddr(addr)

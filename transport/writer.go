@@ -28,6 +28,12 @@ const maxBatchBytes = 4 << 20
 // transport on its connection, the gnet transport on a duplicate of the
 // socket that gnet reads (see gnetChannel for why).
 //
+// The goroutine runs while there is something to send: Flush starts it,
+// and it returns once the queue is empty. An idle connection holds none,
+// which on the gnet transport, whose reads run on the event loops, leaves
+// an idle connection with no goroutine at all. Starting one costs about
+// what waking a parked one does.
+//
 // A batch is written in full before the next is taken; when the socket is
 // full the goroutine parks in the runtime's poller and the queued buffers
 // wait where they are, so the memory a slow peer costs is what the
@@ -37,12 +43,10 @@ type writer struct {
 	opts *options
 	// teardown ends the connection, from the writer goroutine, after a
 	// write failed or Close's bytes are out; the transport then calls
-	// shut.
+	// end.
 	teardown func()
 
-	wake chan struct{} // Flush to the goroutine; capacity 1
-	quit chan struct{} // closed by shut
-	done chan struct{} // closed when the goroutine has returned
+	wg sync.WaitGroup // the goroutine, while it runs
 
 	// Owned by the goroutine.
 	batch []outbound
@@ -56,9 +60,10 @@ type writer struct {
 
 	mu      sync.Mutex
 	q       []outbound
-	pending int // bytes in q and in the goroutine's batch
-	closing bool
-	closed  bool
+	pending int  // bytes in q and in the goroutine's batch
+	running bool // the goroutine runs; only it clears this
+	closing bool // Close was called, or a write failed
+	closed  bool // end was called
 }
 
 // outbound is a queued message: a buffer, or a file region for sendfile.
@@ -82,17 +87,9 @@ func (m outbound) release() {
 	}
 }
 
-// newWriter returns a writer on conn and sets conn's TCP_NODELAY; start
-// runs its goroutine.
+// newWriter returns a writer on conn and sets conn's TCP_NODELAY.
 func newWriter(conn net.Conn, opts *options, teardown func()) *writer {
-	w := &writer{
-		conn:     conn,
-		opts:     opts,
-		teardown: teardown,
-		wake:     make(chan struct{}, 1),
-		quit:     make(chan struct{}),
-		done:     make(chan struct{}),
-	}
+	w := &writer{conn: conn, opts: opts, teardown: teardown}
 	switch c := conn.(type) {
 	case *net.TCPConn:
 		_ = c.SetNoDelay(opts.noDelay)
@@ -109,8 +106,6 @@ func newWriter(conn net.Conn, opts *options, teardown func()) *writer {
 	}
 	return w
 }
-
-func (w *writer) start() { go w.run() }
 
 // write queues msg; see the package doc for ownership. A file region's
 // bytes count towards WithMaxOutbound like a buffer's.
@@ -147,37 +142,41 @@ func (w *writer) write(msg any) error {
 	return nil
 }
 
-// flush wakes the goroutine.
+// flush starts the goroutine, unless it runs already or nothing is
+// queued.
 func (w *writer) flush() error {
 	w.mu.Lock()
-	closed := w.closed || w.closing
-	w.mu.Unlock()
-	if closed {
+	defer w.mu.Unlock()
+	if w.closed || w.closing {
 		return ErrClosed
 	}
-	w.signal()
+	if len(w.q) > 0 {
+		w.startLocked()
+	}
 	return nil
 }
 
-func (w *writer) signal() {
-	select {
-	case w.wake <- struct{}{}:
-	default:
+// startLocked starts the goroutine unless it runs. w.mu is held.
+func (w *writer) startLocked() {
+	if w.running || w.closed {
+		return
 	}
+	w.running = true
+	w.wg.Add(1)
+	go w.run()
 }
 
 // close makes the goroutine send what was written before it, giving a slow
 // peer up to closeLinger to take it, and then call teardown.
 func (w *writer) close() {
 	w.mu.Lock()
+	defer w.mu.Unlock()
 	if w.closed || w.closing {
-		w.mu.Unlock()
 		return
 	}
 	w.closing = true
-	w.mu.Unlock()
 	_ = w.conn.SetWriteDeadline(time.Now().Add(closeLinger))
-	w.signal()
+	w.startLocked()
 }
 
 // end stops the writer once the connection has ended: it closes conn,
@@ -191,65 +190,65 @@ func (w *writer) end() {
 	q := w.q
 	w.q, w.pending = nil, 0
 	w.mu.Unlock()
-	close(w.quit)
 	_ = w.conn.Close()
-	<-w.done
+	w.wg.Wait()
 	for _, m := range q {
 		m.release()
 	}
 }
 
+// run sends batches until the queue is empty, and returns. It tears the
+// connection down once Close's bytes are out, or a write failed.
 func (w *writer) run() {
-	defer close(w.done)
+	defer w.wg.Done()
 	for {
-		select {
-		case <-w.wake:
-		case <-w.quit:
+		w.mu.Lock()
+		if w.closed {
+			w.running = false
+			w.mu.Unlock()
 			return
 		}
-		for {
-			w.mu.Lock()
-			if w.closed {
-				w.mu.Unlock()
-				return
-			}
-			if len(w.q) == 0 {
-				closing := w.closing
-				w.mu.Unlock()
-				if closing {
-					w.teardown()
-					return
-				}
-				break
-			}
-			// A bounded batch: pending counts a batch until its last byte
-			// is written, and a peer answering the batch's first packets
-			// meanwhile lets the sender queue more, so an unbounded batch
-			// let pending overshoot the bytes really outstanding.
-			k, size := 0, 0
-			for k < len(w.q) && (k == 0 || size+w.q[k].len() <= maxBatchBytes) {
-				size += w.q[k].len()
-				k++
-			}
-			w.batch = append(w.batch[:0], w.q[:k]...)
-			rest := copy(w.q, w.q[k:])
-			clear(w.q[rest:])
-			w.q = w.q[:rest]
+		if len(w.q) == 0 {
+			w.running = false
+			closing := w.closing
 			w.mu.Unlock()
-
-			err := w.send()
-			for _, m := range w.batch {
-				m.release()
-			}
-			clear(w.batch)
-			w.batch = w.batch[:0]
-			w.mu.Lock()
-			w.pending -= size
-			w.mu.Unlock()
-			if err != nil {
+			if closing {
 				w.teardown()
-				return
 			}
+			return
+		}
+		// A bounded batch: pending counts a batch until its last byte is
+		// written, and a peer answering the batch's first packets
+		// meanwhile lets the sender queue more, so an unbounded batch let
+		// pending overshoot the bytes really outstanding.
+		k, size := 0, 0
+		for k < len(w.q) && (k == 0 || size+w.q[k].len() <= maxBatchBytes) {
+			size += w.q[k].len()
+			k++
+		}
+		w.batch = append(w.batch[:0], w.q[:k]...)
+		rest := copy(w.q, w.q[k:])
+		clear(w.q[rest:])
+		w.q = w.q[:rest]
+		w.mu.Unlock()
+
+		err := w.send()
+		for _, m := range w.batch {
+			m.release()
+		}
+		clear(w.batch)
+		w.batch = w.batch[:0]
+		w.mu.Lock()
+		w.pending -= size
+		if err != nil {
+			// Nothing more goes out on this connection: later writes
+			// fail rather than queue for nobody.
+			w.closing, w.running = true, false
+		}
+		w.mu.Unlock()
+		if err != nil {
+			w.teardown()
+			return
 		}
 	}
 }
