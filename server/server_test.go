@@ -246,7 +246,13 @@ func TestOffsetMismatch(t *testing.T) {
 // peers, so the test waits for that state, bounded.
 func (g *group) waitClean(t *testing.T) {
 	t.Helper()
-	deadline := time.Now().Add(10 * time.Second)
+	g.waitCleanWithin(t, 10*time.Second)
+}
+
+// waitCleanWithin is waitClean with a bound of d.
+func (g *group) waitCleanWithin(t *testing.T, d time.Duration) {
+	t.Helper()
+	deadline := time.Now().Add(d)
 	for {
 		busy := ""
 		for p, s := range g.servers {
