@@ -164,7 +164,7 @@ func (r *Router) ChannelInactive(ctx *pipeline.Context) {
 	if ev := r.Streams.cfg.Events; ev != nil {
 		ev.Conn(ConnEvent{Kind: ConnDown})
 	}
-	r.Streams.UpstreamClosed(ctx.Pipeline(), r.conn.peer)
+	r.Streams.UpstreamClosed(ctx.Pipeline())
 	ctx.FireChannelInactive()
 }
 

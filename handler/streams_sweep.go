@@ -23,14 +23,14 @@ func (s *Streams) PeerDown(id string, cause error) {
 }
 
 // UpstreamClosed handles the end of connection up, over which a
-// predecessor (peer true) or a client forwarded streams. Where the write
+// predecessor or a client forwarded streams. Where the write
 // quorum allows recovery, its streams are orphaned, waiting for a resume:
 // a predecessor's from another predecessor or from their client, a
 // client's (whose primary is here) from the client, which moves the
 // stream to another peer and so fences this one off. Otherwise they fail,
 // since they can never be completed, and the primary aborts them
 // downstream.
-func (s *Streams) UpstreamClosed(up *pipeline.Pipeline, peer bool) {
+func (s *Streams) UpstreamClosed(up *pipeline.Pipeline) {
 	for _, st := range s.snapshot() {
 		if st.ownedBy(up) {
 			st.orphan(s.recovers())
