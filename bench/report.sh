@@ -208,6 +208,7 @@ $(row "garbage per GiB in steady state, gnet vs net.Conn" "MiB allocated per GiB
 $(row "GCs per GiB in steady state, gnet vs net.Conn" "GCs per GiB streamed, gnet; net.Conn (ratio of medians)" "$(num %.2f "$g_gcs"); $(num %.2f "$n_gcs")" "$(ratio "$g_gcs" "$n_gcs")")
 $(row "memory per connection, gnet vs net.Conn" "the peer's heap+stack B/conn at $ng; $nn connections" "$(num %.0f "$(med "$cgmax" heap+stack-B/conn)"); $(num %.0f "$(med "$cnmax" heap+stack-B/conn)")" "$(ratio "$(med "$cgmax" heap+stack-B/conn)" "$(med "$cnmax" heap+stack-B/conn)")")
 $(row "goroutines per connection, gnet vs net.Conn" "the peer's goroutines/conn" "$(num %.2f "$(med "$cgmax" goroutines/conn)"); $(num %.2f "$(med "$cnmax" goroutines/conn)")" "$(ratio "$(med "$cgmax" goroutines/conn)" "$(med "$cnmax" goroutines/conn)")")
+$(row "goroutines per idle connection, gnet, vs one each" "the peer's goroutines/conn at $ng connections" "$(num %.2f "$(med "$cgmax" goroutines/conn)")" "$(med "$cgmax" goroutines/conn)" le 0.01)
 $(row "small streams, $ng connections vs 100, gnet" "streams/s at $ng; at 100" "$(num %.0f "$(med "$cgmax" streams/s)"); $(num %.0f "$(med $cg100 streams/s)")" "$(ratio "$(med "$cgmax" streams/s)" "$(med $cg100 streams/s)")")
 $(row "small streams, $nn connections vs 100, net.Conn" "streams/s at $nn; at 100" "$(num %.0f "$(med "$cnmax" streams/s)"); $(num %.0f "$(med $cn100 streams/s)")" "$(ratio "$(med "$cnmax" streams/s)" "$(med $cn100 streams/s)")")
 EOF

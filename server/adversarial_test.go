@@ -187,12 +187,13 @@ func TestClientThatNeverReads(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	if tc, ok := c.(*net.TCPConn); ok {
-		_ = tc.SetReadBuffer(4 << 10) // fill up sooner
-	}
 	// Each packet for a stream that does not exist earns an error reply of
 	// over a hundred bytes, straight from the event loop; enough of them
-	// overflow the socket buffers and then the 64 KiB bound.
+	// overflow the socket buffers and then the 64 KiB bound. The client's
+	// receive buffer stays the kernel's: shrunk to 4 KiB, loopback TCP
+	// stopped taking the client's bytes at times (its retransmission timer
+	// backing off for tens of seconds, the server's receive queue empty),
+	// and the server, never sent the packets, had nothing to close on.
 	one, err := encodeFrameBytes(&pb.DataStreamPacketHeader{ClientId: []byte("never-reads-0001"), Type: pb.DataStreamPacketHeader_STREAM_DATA, StreamId: 1}, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -202,9 +203,13 @@ func TestClientThatNeverReads(t *testing.T) {
 		batch = append(batch, one...)
 	}
 	for i := 0; i < 1000; i++ { // at most a million packets
-		_ = c.SetWriteDeadline(time.Now().Add(2 * time.Second))
+		// Generous, as in expectClosed: a client that gave up writing
+		// early, while the server was still working through its backlog,
+		// would start reading before the server's bound was reached, and
+		// the server would rightly never close the connection.
+		_ = c.SetWriteDeadline(time.Now().Add(30 * time.Second))
 		if _, err := c.Write(batch); err != nil {
-			break // the server closed the connection, or stopped reading
+			break // the server closed the connection
 		}
 	}
 	expectClosed(t, c)
