@@ -34,14 +34,45 @@ const (
 	rhHolders      = 11
 )
 
-// consumeTag is protowire.ConsumeTag refusing field numbers past the
-// largest valid one, as proto.Unmarshal does.
-func consumeTag(b []byte) (protowire.Number, protowire.Type, int) {
+// field is one field of a message, its value decoded by wire type:
+// varint and fixed32 values in x, a bytes value in b (aliasing the
+// message). Fields of the other wire types are only skipped.
+type field struct {
+	num protowire.Number
+	typ protowire.Type
+	x   uint64
+	b   []byte
+}
+
+// nextField decodes the first field of the message b, and returns it and
+// what follows it. what names the message in errors. It refuses field
+// numbers past the largest valid one, as proto.Unmarshal does.
+func nextField(b []byte, what string) (field, []byte, error) {
 	num, typ, n := protowire.ConsumeTag(b)
 	if n >= 0 && !num.IsValid() {
-		return 0, 0, -1 // reported as a parse error
+		n = -1 // reported as a parse error
 	}
-	return num, typ, n
+	if n < 0 {
+		return field{}, nil, fmt.Errorf("%w: %s: %v", ErrBadPacket, what, protowire.ParseError(n))
+	}
+	b = b[n:]
+	f := field{num: num, typ: typ}
+	switch typ {
+	case protowire.VarintType:
+		f.x, n = protowire.ConsumeVarint(b)
+	case protowire.Fixed32Type:
+		var v uint32
+		v, n = protowire.ConsumeFixed32(b)
+		f.x = uint64(v)
+	case protowire.BytesType:
+		f.b, n = protowire.ConsumeBytes(b)
+	default:
+		n = protowire.ConsumeFieldValue(num, typ, b)
+	}
+	if n < 0 {
+		return field{}, nil, fmt.Errorf("%w: %s field %d: %v", ErrBadPacket, what, num, protowire.ParseError(n))
+	}
+	return f, b[n:], nil
 }
 
 // packetFields are a DataStreamPacketHeader's fields, for decoding into.
@@ -59,51 +90,36 @@ type packetFields struct {
 // merge overwrites the fields that b holds, as protobuf merges a message.
 func (f *packetFields) merge(b []byte) error {
 	for len(b) > 0 {
-		num, typ, n := consumeTag(b)
-		if n < 0 {
-			return fmt.Errorf("%w: packet header: %v", ErrBadPacket, protowire.ParseError(n))
+		fd, rest, err := nextField(b, "packet header")
+		if err != nil {
+			return err
 		}
-		b = b[n:]
-		switch {
-		case num == phClientID && typ == protowire.BytesType:
-			v, m := protowire.ConsumeBytes(b)
-			if m < 0 {
-				return fmt.Errorf("%w: packet header client id: %v", ErrBadPacket, protowire.ParseError(m))
+		b = rest
+		switch fd.typ {
+		case protowire.BytesType:
+			if fd.num == phClientID {
+				f.clientID = fd.b
 			}
-			f.clientID, n = v, m
-		case (num >= phType && num <= phOptions || num == phEpoch) && typ == protowire.VarintType:
-			v, m := protowire.ConsumeVarint(b)
-			if m < 0 {
-				return fmt.Errorf("%w: packet header field %d: %v", ErrBadPacket, num, protowire.ParseError(m))
-			}
-			n = m
-			switch num {
+		case protowire.VarintType:
+			switch fd.num {
 			case phType:
-				f.typ = pb.DataStreamPacketHeader_Type(int32(v))
+				f.typ = pb.DataStreamPacketHeader_Type(int32(fd.x))
 			case phStreamID:
-				f.streamID = v
+				f.streamID = fd.x
 			case phOffset:
-				f.offset = v
+				f.offset = fd.x
 			case phLength:
-				f.length = v
+				f.length = fd.x
 			case phOptions:
-				f.options = uint32(v)
+				f.options = uint32(fd.x)
 			case phEpoch:
-				f.epoch = v
+				f.epoch = fd.x
 			}
-		case num == phCRC32C && typ == protowire.Fixed32Type:
-			v, m := protowire.ConsumeFixed32(b)
-			if m < 0 {
-				return fmt.Errorf("%w: packet header crc32c: %v", ErrBadPacket, protowire.ParseError(m))
-			}
-			f.crc32c, n = v, m
-		default:
-			n = protowire.ConsumeFieldValue(num, typ, b)
-			if n < 0 {
-				return fmt.Errorf("%w: packet header field %d: %v", ErrBadPacket, num, protowire.ParseError(n))
+		case protowire.Fixed32Type:
+			if fd.num == phCRC32C {
+				f.crc32c = uint32(fd.x)
 			}
 		}
-		b = b[n:]
 	}
 	return nil
 }
@@ -159,61 +175,36 @@ func DecodeReplyView(frame []byte, maxHeader int, v *ReplyView) error {
 		v.Body = frame[off:]
 	}
 	for b := hb; len(b) > 0; {
-		num, typ, n := consumeTag(b)
-		if n < 0 {
-			return fmt.Errorf("%w: reply header: %v", ErrBadPacket, protowire.ParseError(n))
+		fd, rest, err := nextField(b, "reply header")
+		if err != nil {
+			return err
 		}
-		b = b[n:]
-		switch {
-		case num == rhPacketHeader && typ == protowire.BytesType:
-			sub, m := protowire.ConsumeBytes(b)
-			if m < 0 {
-				return fmt.Errorf("%w: reply packet header: %v", ErrBadPacket, protowire.ParseError(m))
+		b = rest
+		switch fd.typ {
+		case protowire.BytesType:
+			switch fd.num {
+			case rhPacketHeader:
+				// A repeated embedded message merges into the first.
+				if err := ph.merge(fd.b); err != nil {
+					return err
+				}
+			case rhErrorMessage:
+				v.ErrorMessage = fd.b
+			case rhServerID:
+				v.ServerID = fd.b
+			case rhHolders:
+				v.Holders = append(v.Holders, fd.b)
 			}
-			// A repeated embedded message merges into the first.
-			if err := ph.merge(sub); err != nil {
-				return err
-			}
-			n = m
-		case (num == rhErrorMessage || num == rhServerID) && typ == protowire.BytesType:
-			s, m := protowire.ConsumeBytes(b)
-			if m < 0 {
-				return fmt.Errorf("%w: reply field %d: %v", ErrBadPacket, num, protowire.ParseError(m))
-			}
-			if num == rhErrorMessage {
-				v.ErrorMessage = s
-			} else {
-				v.ServerID = s
-			}
-			n = m
-		case num == rhHolders && typ == protowire.BytesType:
-			s, m := protowire.ConsumeBytes(b)
-			if m < 0 {
-				return fmt.Errorf("%w: reply holders: %v", ErrBadPacket, protowire.ParseError(m))
-			}
-			v.Holders = append(v.Holders, s)
-			n = m
-		case (num == rhBytesWritten || num == rhSuccess || num == rhErrorCode) && typ == protowire.VarintType:
-			x, m := protowire.ConsumeVarint(b)
-			if m < 0 {
-				return fmt.Errorf("%w: reply field %d: %v", ErrBadPacket, num, protowire.ParseError(m))
-			}
-			switch num {
+		case protowire.VarintType:
+			switch fd.num {
 			case rhBytesWritten:
-				v.BytesWritten = x
+				v.BytesWritten = fd.x
 			case rhSuccess:
-				v.Success = x != 0
+				v.Success = fd.x != 0
 			case rhErrorCode:
-				v.ErrorCode = pb.ErrorCode(int32(x))
-			}
-			n = m
-		default:
-			n = protowire.ConsumeFieldValue(num, typ, b)
-			if n < 0 {
-				return fmt.Errorf("%w: reply field %d: %v", ErrBadPacket, num, protowire.ParseError(n))
+				v.ErrorCode = pb.ErrorCode(int32(fd.x))
 			}
 		}
-		b = b[n:]
 	}
 	return nil
 }
