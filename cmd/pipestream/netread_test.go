@@ -56,19 +56,15 @@ func runBinaryResult(t *testing.T, bin string, args ...string) binResult {
 func startServeGroup(t *testing.T, bin, dir string) (config string, peers []*process) {
 	t.Helper()
 	config = filepath.Join(dir, "group.toml")
-	for attempt := 1; ; attempt++ {
-		if err := os.WriteFile(config, []byte(testGroupFile(freeAddrs(t, 9))), 0o644); err != nil {
+	onFreePorts(t, 9, func(addrs []string) error {
+		if err := os.WriteFile(config, []byte(testGroupFile(addrs)), 0o644); err != nil {
 			t.Fatal(err)
 		}
 		var err error
-		if peers, err = startPeers(t, bin, config); err == nil {
-			return config, peers
-		}
-		if attempt == 3 || !strings.Contains(err.Error(), "address already in use") {
-			t.Fatal(err)
-		}
-		t.Logf("attempt %d: %v; retrying on other ports", attempt, err)
-	}
+		peers, err = startPeers(t, bin, config)
+		return err
+	})
+	return config, peers
 }
 
 // get and ls over the network, against three serve processes: every
