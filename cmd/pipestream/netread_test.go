@@ -7,7 +7,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -78,13 +77,9 @@ func TestNetworkRead(t *testing.T) {
 	dir := t.TempDir()
 	config, peers := startServeGroup(t, bin, dir)
 
-	data := make([]byte, 1<<20+4321)
-	_, _ = rand.NewChaCha8([32]byte{15}).Read(data)
+	data := randomBytes(15, 1<<20+4321)
 	sum := sha256.Sum256(data)
-	file := filepath.Join(dir, "payload.bin")
-	if err := os.WriteFile(file, data, 0o644); err != nil {
-		t.Fatal(err)
-	}
+	file := writeFile(t, dir, "payload.bin", data)
 	const name = "net/payload.bin"
 	runBinary(t, bin, "put", file, "--config", config, "--name", name, "--quiet")
 	for _, id := range []string{"p1", "p2", "p3"} {

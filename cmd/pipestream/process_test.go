@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -30,13 +29,8 @@ func TestThreeProcesses(t *testing.T) {
 	dir := t.TempDir()
 	config, peers := startServeGroup(t, bin, dir)
 
-	data := make([]byte, 3<<20+12345)
-	rng := rand.NewChaCha8([32]byte{7})
-	_, _ = rng.Read(data)
-	file := filepath.Join(dir, "payload.bin")
-	if err := os.WriteFile(file, data, 0o644); err != nil {
-		t.Fatal(err)
-	}
+	data := randomBytes(7, 3<<20+12345)
+	file := writeFile(t, dir, "payload.bin", data)
 	put := runBinary(t, bin, "put", file, "--config", config, "--name", "in/payload.bin", "--primary", "p2")
 	if !regexp.MustCompile(`(?m)^committed in/payload\.bin: 3 MiB in .*, log index \d+, term \d+, primary p2$`).MatchString(put) {
 		t.Errorf("put printed:\n%s", put)
