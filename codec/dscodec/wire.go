@@ -34,29 +34,40 @@ const (
 	rhHolders      = 11
 )
 
-// field is one field of a message, its value decoded by wire type:
-// varint and fixed32 values in x, a bytes value in b (aliasing the
-// message). Fields of the other wire types are only skipped.
-type field struct {
-	num protowire.Number
-	typ protowire.Type
-	x   uint64
-	b   []byte
+// fields reads a message's fields in turn, as bufio.Scanner reads
+// lines: while next returns true, field is the one it read, its value
+// decoded by wire type (varint and fixed32 values in x, a bytes value in
+// b, aliasing the message; fields of the other wire types are only
+// skipped). Once next returns false, err says why, nil at the message's
+// end. It refuses field numbers past the largest valid one, as
+// proto.Unmarshal does.
+type fields struct {
+	b     []byte // what is left to read
+	what  string // names the message in errors
+	field struct {
+		num protowire.Number
+		typ protowire.Type
+		x   uint64
+		b   []byte
+	}
+	err error
 }
 
-// nextField decodes the first field of the message b, and returns it and
-// what follows it. what names the message in errors. It refuses field
-// numbers past the largest valid one, as proto.Unmarshal does.
-func nextField(b []byte, what string) (field, []byte, error) {
-	num, typ, n := protowire.ConsumeTag(b)
+func (r *fields) next() bool {
+	if len(r.b) == 0 || r.err != nil {
+		return false
+	}
+	num, typ, n := protowire.ConsumeTag(r.b)
 	if n >= 0 && !num.IsValid() {
 		n = -1 // reported as a parse error
 	}
 	if n < 0 {
-		return field{}, nil, fmt.Errorf("%w: %s: %v", ErrBadPacket, what, protowire.ParseError(n))
+		r.err = fmt.Errorf("%w: %s: %v", ErrBadPacket, r.what, protowire.ParseError(n))
+		return false
 	}
-	b = b[n:]
-	f := field{num: num, typ: typ}
+	b := r.b[n:]
+	f := &r.field
+	f.num, f.typ = num, typ
 	switch typ {
 	case protowire.VarintType:
 		f.x, n = protowire.ConsumeVarint(b)
@@ -70,9 +81,11 @@ func nextField(b []byte, what string) (field, []byte, error) {
 		n = protowire.ConsumeFieldValue(num, typ, b)
 	}
 	if n < 0 {
-		return field{}, nil, fmt.Errorf("%w: %s field %d: %v", ErrBadPacket, what, num, protowire.ParseError(n))
+		r.err = fmt.Errorf("%w: %s field %d: %v", ErrBadPacket, r.what, num, protowire.ParseError(n))
+		return false
 	}
-	return f, b[n:], nil
+	r.b = b[n:]
+	return true
 }
 
 // packetFields are a DataStreamPacketHeader's fields, for decoding into.
@@ -89,13 +102,9 @@ type packetFields struct {
 
 // merge overwrites the fields that b holds, as protobuf merges a message.
 func (f *packetFields) merge(b []byte) error {
-	for len(b) > 0 {
-		fd, rest, err := nextField(b, "packet header")
-		if err != nil {
-			return err
-		}
-		b = rest
-		switch fd.typ {
+	r := fields{b: b, what: "packet header"}
+	for r.next() {
+		switch fd := &r.field; fd.typ {
 		case protowire.BytesType:
 			if fd.num == phClientID {
 				f.clientID = fd.b
@@ -121,7 +130,7 @@ func (f *packetFields) merge(b []byte) error {
 			}
 		}
 	}
-	return nil
+	return r.err
 }
 
 // UnmarshalPacketHeader parses b into h without allocating. h is reset
@@ -174,13 +183,9 @@ func DecodeReplyView(frame []byte, maxHeader int, v *ReplyView) error {
 	if off < len(frame) {
 		v.Body = frame[off:]
 	}
-	for b := hb; len(b) > 0; {
-		fd, rest, err := nextField(b, "reply header")
-		if err != nil {
-			return err
-		}
-		b = rest
-		switch fd.typ {
+	r := fields{b: hb, what: "reply header"}
+	for r.next() {
+		switch fd := &r.field; fd.typ {
 		case protowire.BytesType:
 			switch fd.num {
 			case rhPacketHeader:
@@ -206,5 +211,5 @@ func DecodeReplyView(frame []byte, maxHeader int, v *ReplyView) error {
 			}
 		}
 	}
-	return nil
+	return r.err
 }
