@@ -47,24 +47,9 @@ func BenchmarkAlone(b *testing.B) {
 	if err := g.roundTrip(msg); err != nil {
 		b.Fatal(err)
 	}
-	pings := make([]time.Duration, 0, b.N)
-	rpcs := make([]time.Duration, 0, b.N)
-	b.SetBytes(latencyPacket)
-	b.ReportAllocs()
-	b.ResetTimer()
-	for range b.N {
-		start := time.Now()
-		if err := ping.roundTrip(msg); err != nil {
-			b.Fatal(err)
-		}
-		mid := time.Now()
-		if err := g.roundTrip(msg); err != nil {
-			b.Fatal(err)
-		}
-		pings = append(pings, mid.Sub(start))
-		rpcs = append(rpcs, time.Since(mid))
-	}
-	b.StopTimer()
+	pings, rpcs := timeRounds(b,
+		func() error { return ping.roundTrip(msg) },
+		func() error { return g.roundTrip(msg) })
 	p50, p99 := percentiles(pings)
 	b.ReportMetric(micros(p50), "ping-p50-µs")
 	b.ReportMetric(micros(p99), "ping-p99-µs")

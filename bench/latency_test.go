@@ -93,25 +93,13 @@ func benchLatency(b *testing.B, kind transport.Kind, sm smKind) {
 		b.Fatal(err)
 	}
 
-	stream := make([]time.Duration, 0, b.N)
-	pong := make([]time.Duration, 0, b.N)
-	b.SetBytes(latencyPacket)
-	b.ReportAllocs()
 	sched := startSchedLatency()
-	b.ResetTimer()
-	for range b.N {
-		start := time.Now()
-		if _, err := out.WriteAsync(ctx, msg, datastream.Sync).Wait(ctx); err != nil {
-			b.Fatal(err)
-		}
-		mid := time.Now()
-		if err := ping.roundTrip(msg); err != nil {
-			b.Fatal(err)
-		}
-		stream = append(stream, mid.Sub(start))
-		pong = append(pong, time.Since(mid))
-	}
-	b.StopTimer()
+	stream, pong := timeRounds(b,
+		func() error {
+			_, err := out.WriteAsync(ctx, msg, datastream.Sync).Wait(ctx)
+			return err
+		},
+		func() error { return ping.roundTrip(msg) })
 	sched.report(b)
 	if _, err := out.Close(ctx).Wait(ctx); err != nil {
 		b.Fatal(err)
@@ -137,6 +125,32 @@ func benchLatency(b *testing.B, kind transport.Kind, sm smKind) {
 		b.ReportMetric(micros(sp50)/p50, "p50-vs-"+base)
 		b.ReportMetric(micros(sp99)/p99, "p99-vs-"+base)
 	}
+}
+
+// timeRounds times b.N rounds of a latencyPacket round trip through
+// first and then one through second, alternating so that load touches
+// both alike, and returns each one's times. The timer runs only over the
+// rounds.
+func timeRounds(b *testing.B, first, second func() error) (firsts, seconds []time.Duration) {
+	firsts = make([]time.Duration, 0, b.N)
+	seconds = make([]time.Duration, 0, b.N)
+	b.SetBytes(latencyPacket)
+	b.ReportAllocs()
+	b.ResetTimer()
+	for range b.N {
+		start := time.Now()
+		if err := first(); err != nil {
+			b.Fatal(err)
+		}
+		mid := time.Now()
+		if err := second(); err != nil {
+			b.Fatal(err)
+		}
+		firsts = append(firsts, mid.Sub(start))
+		seconds = append(seconds, time.Since(mid))
+	}
+	b.StopTimer()
+	return firsts, seconds
 }
 
 // percentiles returns the median and the 99th percentile of ds, which it
@@ -188,7 +202,7 @@ func (p *pingPong) close() {
 // startAnswerer accepts one connection and answers every latencyPacket
 // bytes it reads with 8 bytes, until EOF.
 func startAnswerer(b *testing.B, wg *sync.WaitGroup) (addr string, ready chan struct{}) {
-	return serveOne(b, wg, func(c net.Conn) {
+	return serveOne(b, wg, "", func(c, _ net.Conn) {
 		buf := make([]byte, latencyPacket)
 		for {
 			if _, err := io.ReadFull(c, buf); err != nil {

@@ -125,22 +125,34 @@ func (r *relayChain) wait() {
 }
 
 // serveOne accepts one connection on a new loopback listener and runs
-// serve on it, with the deadline every end of a chain gets, then closes it.
-// ready is closed once the connection is accepted.
-func serveOne(b *testing.B, wg *sync.WaitGroup, serve func(c net.Conn)) (addr string, ready chan struct{}) {
+// serve on it, then closes it. serve gets the connection it accepted, up,
+// and with next a connection it dialed there, down, else nil: the end of a
+// chain or a hop. Both have the deadline every part of a chain gets.
+// ready is closed once they are up.
+func serveOne(b *testing.B, wg *sync.WaitGroup, next string, serve func(up, down net.Conn)) (addr string, ready chan struct{}) {
 	ln := listenLoopback(b)
 	ready = make(chan struct{})
 	wg.Go(func() {
 		defer ln.Close()
-		c, err := ln.Accept()
+		up, err := ln.Accept()
 		if err != nil {
 			b.Error(err)
 			return
 		}
-		defer c.Close()
-		_ = c.SetDeadline(time.Now().Add(patience + time.Duration(b.N)*100*time.Millisecond))
+		defer up.Close()
+		deadline := time.Now().Add(patience + time.Duration(b.N)*100*time.Millisecond)
+		_ = up.SetDeadline(deadline)
+		var down net.Conn
+		if next != "" {
+			if down, err = net.DialTimeout("tcp", next, patience); err != nil {
+				b.Error(err)
+				return
+			}
+			defer down.Close()
+			_ = down.SetDeadline(deadline)
+		}
 		close(ready)
-		serve(c)
+		serve(up, down)
 	})
 	return ln.Addr().String(), ready
 }
@@ -150,7 +162,7 @@ func serveOne(b *testing.B, wg *sync.WaitGroup, serve func(c net.Conn)) (addr st
 // store directory it also writes what it reads to a file there, and
 // fsyncs it before it answers.
 func startSink(b *testing.B, wg *sync.WaitGroup, store string) (addr string, ready chan struct{}) {
-	return serveOne(b, wg, func(c net.Conn) {
+	return serveOne(b, wg, "", func(c, _ net.Conn) {
 		buf := make([]byte, relayBuffer)
 		f := createStore(b, store)
 		var total uint64
@@ -188,26 +200,7 @@ func startSink(b *testing.B, wg *sync.WaitGroup, store string) (addr string, rea
 // forwards to a file there, and fsyncs it before it passes the end of the
 // stream on.
 func startHop(b *testing.B, wg *sync.WaitGroup, next, store string) (addr string, ready chan struct{}) {
-	ln := listenLoopback(b)
-	ready = make(chan struct{})
-	wg.Go(func() {
-		defer ln.Close()
-		up, err := ln.Accept()
-		if err != nil {
-			b.Error(err)
-			return
-		}
-		defer up.Close()
-		down, err := net.DialTimeout("tcp", next, patience)
-		if err != nil {
-			b.Error(err)
-			return
-		}
-		defer down.Close()
-		deadline := time.Now().Add(patience + time.Duration(b.N)*100*time.Millisecond)
-		_ = up.SetDeadline(deadline)
-		_ = down.SetDeadline(deadline)
-		close(ready)
+	return serveOne(b, wg, next, func(up, down net.Conn) {
 		f := createStore(b, store)
 		var forward sync.WaitGroup
 		forward.Go(func() {
@@ -229,7 +222,6 @@ func startHop(b *testing.B, wg *sync.WaitGroup, next, store string) (addr string
 		}
 		forward.Wait()
 	})
-	return ln.Addr().String(), ready
 }
 
 // relay copies src to dst until EOF through a buffer of its own. The

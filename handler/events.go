@@ -42,12 +42,7 @@ const (
 
 var streamEventNames = [...]string{"", "opened", "committed", "failed", "repair_started", "repair_finished", "recovered"}
 
-func (k StreamEventKind) String() string {
-	if int(k) < len(streamEventNames) {
-		return streamEventNames[k]
-	}
-	return "unknown"
-}
+func (k StreamEventKind) String() string { return kindName(streamEventNames[:], k) }
 
 // StreamEvent is one event of a stream.
 type StreamEvent struct {
@@ -76,12 +71,7 @@ const (
 
 var packetEventNames = [...]string{"", "written", "forwarded", "acknowledged"}
 
-func (k PacketEventKind) String() string {
-	if int(k) < len(packetEventNames) {
-		return packetEventNames[k]
-	}
-	return "unknown"
-}
+func (k PacketEventKind) String() string { return kindName(packetEventNames[:], k) }
 
 // PacketEvent is one stage's event for one data packet (a stream's header
 // has none), the CLOSE included. Bytes is the packet's data length.
@@ -108,6 +98,15 @@ func (k ConnEventKind) String() string {
 		return "up"
 	case ConnDown:
 		return "down"
+	}
+	return "unknown"
+}
+
+// kindName is the name of an event kind k in names, and "unknown" for a
+// kind past them.
+func kindName[K ~uint8](names []string, k K) string {
+	if int(k) < len(names) {
+		return names[k]
 	}
 	return "unknown"
 }

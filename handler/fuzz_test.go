@@ -18,6 +18,18 @@ import (
 	"github.com/pipestream/pipestream/statemachine"
 )
 
+// endConn ends p's connection and waits, up to 10 s, for streams to shut
+// down.
+func endConn(t *testing.T, p *pipeline.Pipeline, streams *handler.Streams) {
+	t.Helper()
+	p.FireChannelInactive()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := streams.Shutdown(ctx); err != nil {
+		t.Fatal(err)
+	}
+}
+
 // checkingTransport checks that every reply the stages write decodes, and
 // drops it.
 type checkingTransport struct {
@@ -93,12 +105,7 @@ func FuzzServerPipeline(f *testing.F) {
 			p.FireChannelRead(&q)
 		}
 		ct.ended.Store(true) // replies still in flight now reach a closed connection
-		p.FireChannelInactive()
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		if err := streams.Shutdown(ctx); err != nil {
-			t.Fatal(err)
-		}
+		endConn(t, p, streams)
 		if n := streams.Active(); n != 0 {
 			t.Fatalf("%d streams left after the connection ended", n)
 		}

@@ -8,7 +8,6 @@ import (
 	"net"
 	"sync"
 	"testing"
-	"time"
 
 	"google.golang.org/protobuf/proto"
 
@@ -132,15 +131,7 @@ func FuzzReadServer(f *testing.F) {
 			_, _ = q.Write(part)
 			p.FireChannelRead(&q)
 		}
-		p.FireChannelInactive()
-		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-		defer cancel()
-		if err := streams.Shutdown(ctx); err != nil {
-			t.Fatal(err)
-		}
-		if n := streams.ReadBytesInFlight(); n != 0 {
-			t.Fatalf("%d read bytes accounted after the connection ended", n)
-		}
+		endReads(t, p, streams)
 		ct.mu.Lock()
 		out, err := ct.out, ct.err
 		ct.mu.Unlock()

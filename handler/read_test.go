@@ -1,7 +1,6 @@
 package handler_test
 
 import (
-	"context"
 	"encoding/binary"
 	"encoding/hex"
 	"fmt"
@@ -139,17 +138,19 @@ func TestReadStateMachineFails(t *testing.T) {
 			break
 		}
 	}
-	p.FireChannelInactive()
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := streams.Shutdown(ctx); err != nil {
-		t.Fatal(err)
-	}
-	if n := streams.ReadBytesInFlight(); n != 0 {
-		t.Fatalf("%d read bytes accounted after the end", n)
-	}
+	endReads(t, p, streams)
 	if len(got) != 3 || got[0] != `1 STATE_MACHINE last=true ""` || got[1] != `2 ERROR_NONE last=true "23456"` || got[2][:18] != "3 ERROR_NONE last=" {
 		t.Fatalf("replies:\n%s", strings.Join(got, "\n"))
+	}
+}
+
+// endReads is endConn failing the test unless every byte read for a
+// reply was accounted back by then.
+func endReads(t *testing.T, p *pipeline.Pipeline, streams *handler.Streams) {
+	t.Helper()
+	endConn(t, p, streams)
+	if n := streams.ReadBytesInFlight(); n != 0 {
+		t.Fatalf("%d read bytes accounted after the connection ended", n)
 	}
 }
 

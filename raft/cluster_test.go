@@ -260,6 +260,21 @@ func (c *cluster) commit(i int, s statemachine.StreamInfo) *pb.RaftClientReply {
 	return rep
 }
 
+// checkLinked waits until every node linked as many entries as there
+// are streams, the same ones, and checks each against its stream and the
+// reply to its commit.
+func (c *cluster) checkLinked(t *testing.T, streams []statemachine.StreamInfo, replies []*pb.RaftClientReply) {
+	t.Helper()
+	c.waitLinked(len(streams))
+	entries := c.sameEntries()
+	if len(entries) != len(streams) {
+		t.Fatalf("linked %d entries, want %d", len(entries), len(streams))
+	}
+	for i, e := range entries {
+		checkEntry(t, e, streams[i], replies[i])
+	}
+}
+
 // checkEntry checks that e is the committed entry for s named by rep.
 func checkEntry(t *testing.T, e statemachine.Entry, s statemachine.StreamInfo, rep *pb.RaftClientReply) {
 	t.Helper()

@@ -36,14 +36,7 @@ func TestCommitFromLeaderAndFollower(t *testing.T) {
 	if got := c.linkers[fi].linked(); len(got) < 2 {
 		t.Errorf("follower linked %d entries when its Commit returned, want at least 2", len(got))
 	}
-	c.waitLinked(len(streams))
-	entries := c.sameEntries()
-	if len(entries) != len(streams) {
-		t.Fatalf("linked %d entries, want %d", len(entries), len(streams))
-	}
-	for i, e := range entries {
-		checkEntry(t, e, streams[i], replies[i])
-	}
+	c.checkLinked(t, streams, replies)
 	if st := c.nodes[fi].Stats(); st.Streams != 3 || st.Keys != 3 || st.LastIndex != replies[2].GetLogIndex() {
 		t.Errorf("follower stats %+v", st)
 	}

@@ -39,6 +39,28 @@ func rawCall(t *testing.T, conn net.Conn, frame []byte) (*pb.RaftClientReply, er
 	return &rep, nil
 }
 
+// mustCall is rawCall failing the test if the call does.
+func mustCall(t *testing.T, conn net.Conn, frame []byte) *pb.RaftClientReply {
+	t.Helper()
+	rep, err := rawCall(t, conn, frame)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rep
+}
+
+// dialCommit connects to a commit address; the test's end closes the
+// connection.
+func dialCommit(t *testing.T, addr string) net.Conn {
+	t.Helper()
+	conn, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return conn
+}
+
 // commitFrame is a commit request: its kind byte, then the entry.
 func commitFrame(entry []byte) []byte { return append([]byte{1}, entry...) }
 
@@ -66,17 +88,10 @@ func TestForwardingProtocol(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			conn, err := net.Dial("tcp", c.peers[tc.to].CommitAddr)
-			if err != nil {
-				t.Fatal(err)
-			}
-			defer conn.Close()
+			conn := dialCommit(t, c.peers[tc.to].CommitAddr)
 			// Two calls on one connection: it carries requests in turn.
 			for range 2 {
-				rep, err := rawCall(t, conn, tc.frame)
-				if err != nil {
-					t.Fatal(err)
-				}
+				rep := mustCall(t, conn, tc.frame)
 				if rep.GetErrorCode() != tc.wantCode || rep.GetSuccess() != (tc.wantCode == pb.ErrorCode_ERROR_NONE) ||
 					rep.GetLeaderHint() != tc.wantHint || rep.GetServerId() != c.cfgs[tc.to].ID {
 					t.Errorf("reply %v, want code %v, hint %q", rep, tc.wantCode, tc.wantHint)
@@ -89,11 +104,7 @@ func TestForwardingProtocol(t *testing.T) {
 	}
 
 	t.Run("oversized frame closes the connection", func(t *testing.T) {
-		conn, err := net.Dial("tcp", c.peers[li].CommitAddr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer conn.Close()
+		conn := dialCommit(t, c.peers[li].CommitAddr)
 		conn.SetDeadline(time.Now().Add(testTimeout))
 		if _, err := conn.Write(binary.BigEndian.AppendUint32(nil, raft.MaxMessageSize+1)); err != nil {
 			t.Fatal(err)
@@ -107,15 +118,8 @@ func TestForwardingProtocol(t *testing.T) {
 	// A status request answers with the peer's own indexes: with nothing
 	// more to apply, exactly its FSM's.
 	t.Run("status", func(t *testing.T) {
-		conn, err := net.Dial("tcp", c.peers[fi].CommitAddr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer conn.Close()
-		rep, err := rawCall(t, conn, []byte{2})
-		if err != nil {
-			t.Fatal(err)
-		}
+		conn := dialCommit(t, c.peers[fi].CommitAddr)
+		rep := mustCall(t, conn, []byte{2})
 		infos := rep.GetCommitInfos()
 		if !rep.GetSuccess() || len(infos) != 1 || infos[0].GetServerId() != c.cfgs[fi].ID ||
 			infos[0].GetAppliedIndex() != c.nodes[fi].Stats().LastIndex {
@@ -142,27 +146,13 @@ func TestCaughtUp(t *testing.T) {
 			return ok && err == nil
 		})
 	}
-	conn, err := net.Dial("tcp", c.peers[fi].CommitAddr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	rep, err := rawCall(t, conn, []byte{4})
-	if err != nil {
-		t.Fatal(err)
-	}
+	conn := dialCommit(t, c.peers[fi].CommitAddr)
+	rep := mustCall(t, conn, []byte{4})
 	if rep.GetSuccess() || rep.GetErrorCode() != pb.ErrorCode_NOT_LEADER {
 		t.Errorf("settle request to a follower: %v, want NOT_LEADER", rep)
 	}
-	conn2, err := net.Dial("tcp", c.peers[li].CommitAddr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn2.Close()
-	rep, err = rawCall(t, conn2, []byte{4})
-	if err != nil {
-		t.Fatal(err)
-	}
+	conn2 := dialCommit(t, c.peers[li].CommitAddr)
+	rep = mustCall(t, conn2, []byte{4})
 	if infos := rep.GetCommitInfos(); !rep.GetSuccess() || len(infos) != 1 || infos[0].GetAppliedIndex() != c.nodes[li].Stats().LastIndex {
 		t.Errorf("settle request to the leader: %v, want its FSM's last applied entry", rep)
 	}

@@ -69,23 +69,13 @@ func TestPeerStatus(t *testing.T) {
 
 	// By hand, on one connection: the peer status reply carries the
 	// CommitInfo too, and the cheap status request gets no PeerStatus.
-	conn, err := net.Dial("tcp", c.peers[fi].CommitAddr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	full, err := rawCall(t, conn, []byte{3})
-	if err != nil {
-		t.Fatal(err)
-	}
+	conn := dialCommit(t, c.peers[fi].CommitAddr)
+	full := mustCall(t, conn, []byte{3})
 	if !full.GetSuccess() || full.GetPeerStatus().GetServerId() != c.cfgs[fi].ID ||
 		len(full.GetCommitInfos()) != 1 || full.GetCommitInfos()[0].GetAppliedIndex() != rep.GetLogIndex() {
 		t.Errorf("peer status reply %v", full)
 	}
-	cheap, err := rawCall(t, conn, []byte{2})
-	if err != nil {
-		t.Fatal(err)
-	}
+	cheap := mustCall(t, conn, []byte{2})
 	if !cheap.GetSuccess() || cheap.GetPeerStatus() != nil || len(cheap.GetCommitInfos()) != 1 {
 		t.Errorf("status reply %v, want the CommitInfo alone", cheap)
 	}

@@ -44,14 +44,7 @@ func TestTLSCommit(t *testing.T) {
 	fi := c.follower(li)
 	streams := []statemachine.StreamInfo{streamInfo("tls", 1), streamInfo("tls", 2)}
 	replies := []*pb.RaftClientReply{c.commit(li, streams[0]), c.commit(fi, streams[1])}
-	c.waitLinked(len(streams))
-	entries := c.sameEntries()
-	if len(entries) != len(streams) {
-		t.Fatalf("linked %d entries, want %d", len(entries), len(streams))
-	}
-	for i, e := range entries {
-		checkEntry(t, e, streams[i], replies[i])
-	}
+	c.checkLinked(t, streams, replies)
 }
 
 // A TLS peer's listeners refuse whoever does not hold a certificate the

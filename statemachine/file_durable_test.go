@@ -34,9 +34,7 @@ func TestFileStoreKeepsClosedStreamsForTheirEntry(t *testing.T) {
 	}
 	// The entry is applied after the restart (Raft replays it): no channel.
 	mustLink(t, s, entry(7, key(1), "acked", 9), nil)
-	if got := readStored(t, s, "acked"); got != "all of it" {
-		t.Fatalf("acked = %q", got)
-	}
+	wantStored(t, s, "acked", "all of it", "")
 	sf, _ := s.Lookup("acked")
 	if sf.Index != 7 || sf.Missing || s.Missing() != 0 || s.Orphans() != 0 {
 		t.Fatalf("acked = %+v, missing %d, orphans %d", sf, s.Missing(), s.Orphans())
@@ -44,16 +42,12 @@ func TestFileStoreKeepsClosedStreamsForTheirEntry(t *testing.T) {
 	// The torn stream was not kept; if its entry came, it would be missing.
 	mustLink(t, s, entry(8, key(2), "torn", 4), nil)
 	checkMissing(t, s, dir, "torn", 8)
-	if got := dirNames(t, filepath.Join(dir, "tmp")); len(got) != 0 {
-		t.Fatalf("tmp holds %q", got)
-	}
+	wantEmpty(t, filepath.Join(dir, "tmp"), "")
 
 	// And after another restart both facts stand.
 	s.Close()
 	s = openStore(t, dir, nil)
-	if got := readStored(t, s, "acked"); got != "all of it" {
-		t.Fatalf("acked after restart = %q", got)
-	}
+	wantStored(t, s, "acked", "all of it", "after restart")
 	checkMissing(t, s, dir, "torn", 8)
 }
 
@@ -113,15 +107,11 @@ func TestFileStoreSweepOrphans(t *testing.T) {
 		t.Fatalf("SweepOrphans before they were kept = %d, %v; %d left, want none swept", n, err, s.Orphans())
 	}
 	mustLink(t, s, entry(1, key(2), "f2", 4), nil)
-	if got := readStored(t, s, "f2"); got != "data" {
-		t.Fatalf("f2 = %q", got)
-	}
+	wantStored(t, s, "f2", "data", "")
 	if n, err := s.SweepOrphans(time.Now().Add(time.Minute)); err != nil || n != 1 || s.Orphans() != 0 {
 		t.Fatalf("SweepOrphans after = %d, %v; %d left, want 1 swept", n, err, s.Orphans())
 	}
-	if got := dirNames(t, filepath.Join(dir, "tmp")); len(got) != 0 {
-		t.Fatalf("tmp holds %q", got)
-	}
+	wantEmpty(t, filepath.Join(dir, "tmp"), "")
 }
 
 // The log may hold a name's entries out of index order (a deferred link
@@ -131,14 +121,10 @@ func TestFileStoreNewestIndexWinsAfterRestart(t *testing.T) {
 	s := openStore(t, dir, nil)
 	mustLink(t, s, entry(9, key(2), "v", 3), write(t, s, key(2), "v", "new"))
 	mustLink(t, s, entry(4, key(1), "v", 3), write(t, s, key(1), "v", "old"))
-	if got := readStored(t, s, "v"); got != "new" {
-		t.Fatalf("v = %q after an older link finished late", got)
-	}
+	wantStored(t, s, "v", "new", "after an older link finished late")
 	s.Close()
 	s = openStore(t, dir, nil)
-	if got := readStored(t, s, "v"); got != "new" {
-		t.Fatalf("v = %q after restart", got)
-	}
+	wantStored(t, s, "v", "new", "after restart")
 	if sf, _ := s.Lookup("v"); sf.Index != 9 {
 		t.Fatalf("v is entry %d, want 9", sf.Index)
 	}
@@ -284,9 +270,7 @@ func TestFileStoreFullDiskDefersLink(t *testing.T) {
 	}
 	s.Close()
 	s = openStore(t, dir, nil)
-	if got := readStored(t, s, "v"); got != "v2" {
-		t.Fatalf("v = %q after restart", got)
-	}
+	wantStored(t, s, "v", "v2", "after restart")
 }
 
 // A deferred link is not lost by a crash before its retry: the kept copy
@@ -310,9 +294,7 @@ func TestFileStoreDeferredLinkSurvivesRestart(t *testing.T) {
 	}
 	s = openStore(t, dir, nil)
 	mustLink(t, s, entry(3, key(1), "w", 5), nil)
-	if got := readStored(t, s, "w"); got != "bytes" {
-		t.Fatalf("w = %q", got)
-	}
+	wantStored(t, s, "w", "bytes", "")
 }
 
 // ReadLog, beside a store in use, sees what List sees: each name's newest

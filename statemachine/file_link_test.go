@@ -65,9 +65,7 @@ func TestFileStoreErrors(t *testing.T) {
 					t.Fatalf("a failed call stored %+v", sf)
 				}
 			}
-			if got := dirNames(t, filepath.Join(dir, "data")); len(got) != 0 {
-				t.Fatalf("a failed call stored %q", got)
-			}
+			wantEmpty(t, filepath.Join(dir, "data"), "after a failed call")
 		})
 	}
 }
@@ -80,9 +78,7 @@ func TestFileStoreLengthMismatchRemovesData(t *testing.T) {
 	if !errors.Is(err, statemachine.ErrLengthMismatch) {
 		t.Fatal(err)
 	}
-	if got := dirNames(t, filepath.Join(dir, "tmp")); len(got) != 0 {
-		t.Fatalf("tmp holds %q after a refused link", got)
-	}
+	wantEmpty(t, filepath.Join(dir, "tmp"), "after a refused link")
 	// The entry is committed: f's older version is not served in its place.
 	checkMissing(t, s, dir, "f", 2)
 }
@@ -102,12 +98,8 @@ func TestFileStoreLinkReplay(t *testing.T) {
 	}
 	// A second channel for a linked key is discarded.
 	mustLink(t, s, entry(3, key(1), "f", 5), write(t, s, key(1), "f", "other"))
-	if got := readStored(t, s, "f"); got != "data" {
-		t.Fatalf("f = %q after a duplicate link", got)
-	}
-	if got := dirNames(t, filepath.Join(dir, "tmp")); len(got) != 0 {
-		t.Fatalf("tmp holds %q", got)
-	}
+	wantStored(t, s, "f", "data", "after a duplicate link")
+	wantEmpty(t, filepath.Join(dir, "tmp"), "")
 	// An older file under the entry's name is not its data, and is no
 	// longer served once a newer entry names it.
 	mustLink(t, s, entry(4, key(3), "f", 4), nil)

@@ -43,9 +43,7 @@ func TestFileStoreBadNames(t *testing.T) {
 			if !errors.Is(err, statemachine.ErrBadName) {
 				t.Fatalf("OpenStream = %v, %v; want ErrBadName", ch, err)
 			}
-			if got := dirNames(t, filepath.Join(dir, "tmp")); len(got) != 0 {
-				t.Fatalf("a refused stream left %q in tmp", got)
-			}
+			wantEmpty(t, filepath.Join(dir, "tmp"), "after a refused stream")
 		})
 	}
 }

@@ -56,9 +56,7 @@ func TestFileStoreRepair(t *testing.T) {
 	if err := s.Repair(t.Context(), sf, strings.NewReader(data), [32]byte{}, nil); !errors.Is(err, statemachine.ErrNotMissing) {
 		t.Fatalf("second Repair = %v, want ErrNotMissing", err)
 	}
-	if got := dirNames(t, filepath.Join(dir, "tmp")); len(got) != 0 {
-		t.Fatalf("tmp holds %q", got)
-	}
+	wantEmpty(t, filepath.Join(dir, "tmp"), "")
 	s.Close()
 	s = openStore(t, dir, nil)
 	if got, sf := readStored(t, s, "f"), s.List()[0]; got != data || sf.Index != 2 || sf.Missing {
@@ -77,9 +75,7 @@ func TestFileStoreRepairLosesToNewerLink(t *testing.T) {
 	if err := s.Repair(t.Context(), sf, strings.NewReader("old"), [32]byte{}, nil); !errors.Is(err, statemachine.ErrNotMissing) {
 		t.Fatalf("Repair = %v, want ErrNotMissing", err)
 	}
-	if got := readStored(t, s, "f"); got != "newer" {
-		t.Fatalf("f = %q", got)
-	}
+	wantStored(t, s, "f", "newer", "")
 }
 
 // One byte flipped in a stored file is found by Scrub: the copy is removed,
@@ -108,9 +104,7 @@ func TestFileStoreScrub(t *testing.T) {
 		t.Fatalf("Scrub = %+v", rep)
 	}
 	checkMissing(t, s, dir, filepath.Join("sub", "bad"), 2)
-	if got := readStored(t, s, "good"); got != good {
-		t.Fatalf("good = %q", got)
-	}
+	wantStored(t, s, "good", good, "")
 	if rep, err := s.Scrub(t.Context(), nil); err != nil || rep.Checked != 1 || len(rep.Bad) != 0 {
 		t.Fatalf("second Scrub = %+v, %v", rep, err)
 	}
@@ -119,9 +113,7 @@ func TestFileStoreScrub(t *testing.T) {
 	if err := s.Repair(t.Context(), sf, bytes.NewReader([]byte(flipped)), [32]byte{}, nil); err != nil {
 		t.Fatal(err)
 	}
-	if got := readStored(t, s, "sub/bad"); got != flipped {
-		t.Fatalf("sub/bad = %q after repair", got)
-	}
+	wantStored(t, s, "sub/bad", flipped, "after repair")
 }
 
 // A copy the log names but the disk lacks (a crash between a repair's
@@ -139,9 +131,7 @@ func TestFileStoreCopyGoneIsMissing(t *testing.T) {
 	s.Close()
 	s = openStore(t, dir, nil)
 	checkMissing(t, s, dir, "f", 1)
-	if got := readStored(t, s, "g"); got != "two" {
-		t.Fatalf("g = %q", got)
-	}
+	wantStored(t, s, "g", "two", "")
 
 	// While the store runs, Scrub finds it.
 	if err := os.Remove(filepath.Join(dir, "data", "g")); err != nil {

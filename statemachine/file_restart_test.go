@@ -37,9 +37,7 @@ func TestFileStoreRestart(t *testing.T) {
 	if want := "[1:a:1 2:sub/b:2]"; fmt.Sprint(got) != want {
 		t.Fatalf("List() after restart = %v, want %s", got, want)
 	}
-	if got := readStored(t, s, "sub/b"); got != "22" {
-		t.Fatalf("sub/b = %q", got)
-	}
+	wantStored(t, s, "sub/b", "22", "")
 	// The closed stream is kept for its entry; the open one and the
 	// stranger are removed.
 	if got := dirNames(t, filepath.Join(dir, "tmp")); fmt.Sprint(got) != "[0102636c69656e74-4.closed]" {
@@ -76,12 +74,8 @@ func TestFileStoreRecoversInterruptedLink(t *testing.T) {
 	appendFile(t, filepath.Join(dir, "committed.log"), line)
 
 	s = openStore(t, dir, nil)
-	if got := readStored(t, s, "x/y"); got != "payload" {
-		t.Fatalf("x/y = %q", got)
-	}
-	if got := dirNames(t, filepath.Join(dir, "tmp")); len(got) != 0 {
-		t.Fatalf("tmp holds %q", got)
-	}
+	wantStored(t, s, "x/y", "payload", "")
+	wantEmpty(t, filepath.Join(dir, "tmp"), "")
 	if got := s.List(); len(got) != 1 || got[0].Index != 9 || got[0].SHA256 != sum {
 		t.Fatalf("List() = %+v", got)
 	}

@@ -44,6 +44,31 @@ func dirNames(t testing.TB, dir string) []string {
 	return names
 }
 
+// wantStored fails the test unless s serves name with content want;
+// when, if not empty, says in the failure when that was.
+func wantStored(t testing.TB, s *statemachine.FileStore, name, want, when string) {
+	t.Helper()
+	if got := readStored(t, s, name); got != want {
+		t.Fatalf("%s = %q%s, want %q", name, got, spaced(when), want)
+	}
+}
+
+// wantEmpty fails the test unless dir holds nothing; when, if not empty,
+// says in the failure when that was.
+func wantEmpty(t testing.TB, dir, when string) {
+	t.Helper()
+	if got := dirNames(t, dir); len(got) != 0 {
+		t.Fatalf("%s holds %q%s", filepath.Base(dir), got, spaced(when))
+	}
+}
+
+func spaced(s string) string {
+	if s == "" {
+		return ""
+	}
+	return " " + s
+}
+
 func readStored(t testing.TB, s *statemachine.FileStore, name string) string {
 	t.Helper()
 	f, err := s.Open(name)
@@ -77,9 +102,7 @@ func TestFileStoreWriteSyncCloseLink(t *testing.T) {
 	}
 	mustLink(t, s, entry(3, k, "logs/app.log", 12), ch)
 
-	if got := dirNames(t, filepath.Join(dir, "tmp")); len(got) != 0 {
-		t.Fatalf("tmp holds %q after Link", got)
-	}
+	wantEmpty(t, filepath.Join(dir, "tmp"), "after Link")
 	if b, err := os.ReadFile(filepath.Join(dir, "data", "logs", "app.log")); err != nil || string(b) != "hello, world" {
 		t.Fatalf("data/logs/app.log = %q, %v", b, err)
 	}
@@ -93,15 +116,11 @@ func TestFileStoreWriteSyncCloseLink(t *testing.T) {
 	if got, ok := s.Lookup("./logs//app.log"); !ok || got != want {
 		t.Fatalf("Lookup = %+v, %v", got, ok)
 	}
-	if got := readStored(t, s, "logs/app.log"); got != "hello, world" {
-		t.Fatalf("Open read %q", got)
-	}
+	wantStored(t, s, "logs/app.log", "hello, world", "")
 	if err := ch.CleanUp(); err != nil {
 		t.Fatalf("CleanUp after Link: %v", err)
 	}
-	if got := readStored(t, s, "logs/app.log"); got != "hello, world" {
-		t.Fatalf("CleanUp after Link changed the file: %q", got)
-	}
+	wantStored(t, s, "logs/app.log", "hello, world", "after CleanUp")
 }
 
 func TestFileStoreDefaultName(t *testing.T) {
@@ -130,9 +149,7 @@ func TestFileStoreReplace(t *testing.T) {
 	defer old.Close()
 	mustLink(t, s, entry(2, key(2), "f", 3), write(t, s, key(2), "f", "new"))
 
-	if got := readStored(t, s, "f"); got != "new" {
-		t.Fatalf("f = %q, want the newer stream", got)
-	}
+	wantStored(t, s, "f", "new", "")
 	if b, _ := io.ReadAll(old); string(b) != "old" {
 		t.Fatalf("a reader of the replaced file read %q", b)
 	}
@@ -154,9 +171,7 @@ func TestFileStoreCleanUp(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if got := dirNames(t, filepath.Join(dir, "tmp")); len(got) != 0 {
-		t.Fatalf("tmp holds %q after CleanUp", got)
-	}
+	wantEmpty(t, filepath.Join(dir, "tmp"), "after CleanUp")
 	// A late link finds no data: Apply must not fail for it.
 	mustLink(t, s, entry(1, key(2), "b", 6), closed)
 	if l := s.List(); s.Missing() != 1 || len(l) != 1 || !l[0].Missing || l[0].Name != "b" {

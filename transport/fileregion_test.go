@@ -68,13 +68,20 @@ func TestFileRegion(t *testing.T) {
 		if b := recv(t, got, "the bytes"); !bytes.Equal(b, want) {
 			t.Fatalf("received %d bytes that differ from the %d sent", len(b), len(want))
 		}
-		// The release follows the send on the writer goroutine.
-		_ = ch.Close()
-		waitFor(t, ch.Done(), "channel to end")
-		if n := released.Load(); n != 1 {
-			t.Fatalf("region released %d times, want 1", n)
-		}
+		closeReleasedOnce(t, ch, &released)
 	})
+}
+
+// closeReleasedOnce closes ch and fails the test unless, once the channel
+// ended, a region it was given was released exactly once: the release
+// follows the send on the writer goroutine.
+func closeReleasedOnce(t *testing.T, ch transport.Channel, released *atomic.Int32) {
+	t.Helper()
+	_ = ch.Close()
+	waitFor(t, ch.Done(), "channel to end")
+	if n := released.Load(); n != 1 {
+		t.Fatalf("region released %d times, want 1", n)
+	}
 }
 
 // A region past the end of its file cannot be sent: Write fails where it
@@ -97,11 +104,7 @@ func TestFileRegionPastEOF(t *testing.T) {
 			}
 			waitFor(t, ch.Done(), "the connection to close")
 		}
-		_ = ch.Close()
-		waitFor(t, ch.Done(), "channel to end")
-		if n := released.Load(); n != 1 {
-			t.Fatalf("region released %d times, want 1", n)
-		}
+		closeReleasedOnce(t, ch, &released)
 	})
 }
 

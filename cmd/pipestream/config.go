@@ -23,13 +23,11 @@ func runConfig(ctx context.Context, args []string, e *env) int {
 	host := fs.String("host", "127.0.0.1", "`host` every peer listens on; the others dial it, so not a wildcard address")
 	port := fs.Int("port", 7001, "first stream `port`")
 	dataDir := fs.String("data-dir", "data", "`directory` for the peers' data, relative to the file (empty: in memory)")
-	pos, err := fs.parse(args)
+	err := fs.parseNone(args)
 	*host = strings.TrimSuffix(strings.TrimPrefix(*host, "["), "]") // [::1] is ::1
 	ip, ipErr := netip.ParseAddr(*host)
 	switch {
 	case err != nil:
-	case len(pos) > 0:
-		err = usageError("unexpected argument %q", pos[0])
 	case *n < 1 || *n > 100:
 		err = usageError("--peers must be between 1 and 100")
 	case *port < 1 || *port > 65535:

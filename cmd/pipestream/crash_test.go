@@ -47,17 +47,13 @@ func TestCrashSchedule(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs and kills three processes")
 	}
-	seed := *crashSeed
-	if seed == 0 {
-		seed = uint64(time.Now().UnixNano())
-	}
+	seed := testSeed(t, *crashSeed, "crash.seed")
 	rounds, until := *crashRounds, time.Time{}
 	if *crashDuration > 0 {
 		until = time.Now().Add(*crashDuration)
 	} else if rounds == 0 {
 		rounds = defaultCrashRounds
 	}
-	t.Logf("seed %d (-crash.seed %d reproduces the schedule)", seed, seed)
 
 	// Debug logs say when peers reconnect, which availability needs.
 	g := startGroupArgs(t, "", []string{"--log-level", "debug"})

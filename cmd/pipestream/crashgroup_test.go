@@ -68,21 +68,15 @@ func startGroupArgs(t *testing.T, raftSettings string, serveFlags []string) *gro
 	g := &group{t: t, bin: buildBinary(t), dir: t.TempDir(), ids: []string{"p1", "p2", "p3"}, procs: map[string]*process{}, serveFlags: serveFlags}
 	g.config = filepath.Join(g.dir, "group.toml")
 	var peers []*process
-	for attempt := 1; ; attempt++ {
-		addrs := freeAddrs(t, 9)
+	onFreePorts(t, 9, func(addrs []string) error {
 		file := strings.Replace(crashGroupFile(addrs), "[raft]\n", "[raft]\n"+raftSettings, 1)
 		if err := os.WriteFile(g.config, []byte(file), 0o644); err != nil {
 			t.Fatal(err)
 		}
 		var err error
-		if peers, err = startPeers(t, g.bin, g.config, serveFlags...); err == nil {
-			break
-		}
-		if attempt == 3 || !strings.Contains(err.Error(), "address already in use") {
-			t.Fatal(err)
-		}
-		t.Logf("attempt %d: %v; retrying on other ports", attempt, err)
-	}
+		peers, err = startPeers(t, g.bin, g.config, serveFlags...)
+		return err
+	})
 	for _, p := range peers {
 		g.procs[p.id] = p
 	}
@@ -315,6 +309,18 @@ func randomBytes(seed uint64, n int) []byte {
 	b := make([]byte, n)
 	_, _ = rand.NewChaCha8(key).Read(b)
 	return b
+}
+
+// testSeed returns seed, the value of the flag named flagName, or without
+// it (0) a seed from the clock, and logs it with how to run the test with
+// it again.
+func testSeed(t *testing.T, seed uint64, flagName string) uint64 {
+	t.Helper()
+	if seed == 0 {
+		seed = uint64(time.Now().UnixNano())
+	}
+	t.Logf("seed %d (-%s %d reproduces the run)", seed, flagName, seed)
+	return seed
 }
 
 // writeFile writes data to a new file in dir and returns its path.

@@ -66,10 +66,7 @@ func runDemo(ctx context.Context, args []string, e *env) int {
 	kind := fs.transportFlag("DataStream `transport`: gnet or netconn (default gnet)")
 	// Warnings would show every election, and a fresh group holds one.
 	logger := fs.logFlag(slog.LevelError)
-	pos, err := fs.parse(args)
-	if err == nil && len(pos) > 0 {
-		err = usageError("unexpected argument %q", pos[0])
-	}
+	err := fs.parseNone(args)
 	if err == nil && size <= 0 {
 		err = usageError("--size must be positive")
 	}

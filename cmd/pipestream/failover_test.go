@@ -31,11 +31,7 @@ func TestPrimaryKilled(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs, kills and restarts three processes")
 	}
-	seed := *failoverSeed
-	if seed == 0 {
-		seed = uint64(time.Now().UnixNano())
-	}
-	t.Logf("seed %d (rerun with -failover.seed=%d)", seed, seed)
+	seed := testSeed(t, *failoverSeed, "failover.seed")
 	rng := rand.New(rand.NewPCG(seed, seed))
 
 	const (

@@ -58,6 +58,16 @@ func (fs *flagSet) parse(args []string) ([]string, error) {
 	}
 }
 
+// parseNone is parse for a command that takes no positional arguments:
+// any is a usage error.
+func (fs *flagSet) parseNone(args []string) error {
+	pos, err := fs.parse(args)
+	if err == nil && len(pos) > 0 {
+		err = usageError("unexpected argument %q", pos[0])
+	}
+	return err
+}
+
 func (fs *flagSet) printHelp(w io.Writer) {
 	fmt.Fprintf(w, "%s\nFlags:\n", strings.TrimSpace(fs.help)+"\n")
 	fs.SetOutput(w)

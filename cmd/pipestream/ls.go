@@ -33,10 +33,7 @@ the peer runs or not.
 func runLs(ctx context.Context, args []string, e *env) int {
 	fs := newFlagSet(e, "ls", lsHelp)
 	loc := storeFlags(fs)
-	pos, err := fs.parse(args)
-	if err == nil && len(pos) > 0 {
-		err = usageError("unexpected argument %q", pos[0])
-	}
+	err := fs.parseNone(args)
 	if err == nil {
 		err = loc.check()
 	}

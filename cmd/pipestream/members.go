@@ -90,40 +90,53 @@ func runJoin(ctx context.Context, args []string, e *env) int {
 	return e.exit(ctx, "join", err)
 }
 
-func runLeave(ctx context.Context, args []string, e *env) int {
-	fs := newFlagSet(e, "leave", leaveHelp)
-	config := fs.String("config", "", "group `file` naming the members to ask (required)")
-	id := fs.String("id", "", "`id` of the peer to remove (required)")
-	timeout := fs.Duration("timeout", defaultChangeTimeout, "how long to try")
-	g, err := changeArgs(fs, args, config, id, timeout)
-	if err == nil {
-		err = change(ctx, e.stdout, g, *timeout, &pb.MembershipRequest{Op: pb.MembershipRequest_REMOVE, Id: *id})
-	}
-	return e.exit(ctx, "leave", err)
-}
+func runLeave(ctx context.Context, args []string, e *env) int { return leaveOp.run(ctx, args, e) }
 
 func runTransfer(ctx context.Context, args []string, e *env) int {
-	fs := newFlagSet(e, "transfer-leader", transferHelp)
+	return transferOp.run(ctx, args, e)
+}
+
+// peerOp is a membership command that sends one request about at most
+// one peer, named by a flag: leave and transfer-leader. join is not one:
+// it sends the new member's addresses too.
+type peerOp struct {
+	name, help  string
+	op          pb.MembershipRequest_Op
+	flag, usage string // the flag naming the peer
+	required    bool   // whether that flag must be given
+}
+
+var (
+	leaveOp = peerOp{name: "leave", help: leaveHelp, op: pb.MembershipRequest_REMOVE,
+		flag: "id", usage: "`id` of the peer to remove (required)", required: true}
+	transferOp = peerOp{name: "transfer-leader", help: transferHelp, op: pb.MembershipRequest_TRANSFER_LEADER,
+		flag: "to", usage: "`id` of the voter to lead (default: any other voter)"}
+)
+
+func (c peerOp) run(ctx context.Context, args []string, e *env) int {
+	fs := newFlagSet(e, c.name, c.help)
 	config := fs.String("config", "", "group `file` naming the members to ask (required)")
-	to := fs.String("to", "", "`id` of the voter to lead (default: any other voter)")
+	id := fs.String(c.flag, "", c.usage)
 	timeout := fs.Duration("timeout", defaultChangeTimeout, "how long to try")
-	g, err := changeArgs(fs, args, config, nil, timeout)
-	if err == nil {
-		err = change(ctx, e.stdout, g, *timeout, &pb.MembershipRequest{Op: pb.MembershipRequest_TRANSFER_LEADER, Id: *to})
+	required := id
+	if !c.required {
+		required = nil
 	}
-	return e.exit(ctx, "transfer-leader", err)
+	g, err := changeArgs(fs, args, config, required, timeout)
+	if err == nil {
+		err = change(ctx, e.stdout, g, *timeout, &pb.MembershipRequest{Op: c.op, Id: *id})
+	}
+	return e.exit(ctx, c.name, err)
 }
 
 // changeArgs parses and checks the arguments of join, leave or
 // transfer-leader and loads the group file they name. id is nil for a
-// command without --id.
+// command that needs no --id.
 func changeArgs(fs *flagSet, args []string, config, id *string, timeout *time.Duration) (peer.Config, error) {
-	pos, err := fs.parse(args)
-	switch {
-	case err != nil:
+	if err := fs.parseNone(args); err != nil {
 		return peer.Config{}, err
-	case len(pos) > 0:
-		return peer.Config{}, usageError("unexpected argument %q", pos[0])
+	}
+	switch {
 	case *config == "":
 		return peer.Config{}, usageError("--config FILE is required")
 	case id != nil && *id == "":

@@ -34,8 +34,7 @@ func TestServeMetrics(t *testing.T) {
 		peers   []*process
 		metrics []string // each peer's metrics address
 	)
-	for attempt := 1; ; attempt++ {
-		addrs := freeAddrs(t, 12)
+	onFreePorts(t, 12, func(addrs []string) error {
 		if err := os.WriteFile(config, []byte(testGroupFile(addrs[:9])), 0o644); err != nil {
 			t.Fatal(err)
 		}
@@ -43,15 +42,8 @@ func TestServeMetrics(t *testing.T) {
 		for i, id := range ids {
 			peers = append(peers, startPeerArgs(t, bin, config, id, []string{"--metrics", metrics[i]}))
 		}
-		err := waitAllReady(peers)
-		if err == nil {
-			break
-		}
-		if attempt == 3 || !strings.Contains(err.Error(), "address already in use") {
-			t.Fatal(err)
-		}
-		t.Logf("attempt %d: %v; retrying on other ports", attempt, err)
-	}
+		return waitAllReady(peers)
+	})
 	for i, p := range peers {
 		want := fmt.Sprintf("%s metrics: http://%s/metrics", p.id, metrics[i])
 		if _, err := p.stdout.waitFor(want, 0); err != nil {

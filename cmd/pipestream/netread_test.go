@@ -7,7 +7,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -56,19 +55,15 @@ func runBinaryResult(t *testing.T, bin string, args ...string) binResult {
 func startServeGroup(t *testing.T, bin, dir string) (config string, peers []*process) {
 	t.Helper()
 	config = filepath.Join(dir, "group.toml")
-	for attempt := 1; ; attempt++ {
-		if err := os.WriteFile(config, []byte(testGroupFile(freeAddrs(t, 9))), 0o644); err != nil {
+	onFreePorts(t, 9, func(addrs []string) error {
+		if err := os.WriteFile(config, []byte(testGroupFile(addrs)), 0o644); err != nil {
 			t.Fatal(err)
 		}
 		var err error
-		if peers, err = startPeers(t, bin, config); err == nil {
-			return config, peers
-		}
-		if attempt == 3 || !strings.Contains(err.Error(), "address already in use") {
-			t.Fatal(err)
-		}
-		t.Logf("attempt %d: %v; retrying on other ports", attempt, err)
-	}
+		peers, err = startPeers(t, bin, config)
+		return err
+	})
+	return config, peers
 }
 
 // get and ls over the network, against three serve processes: every
@@ -82,13 +77,9 @@ func TestNetworkRead(t *testing.T) {
 	dir := t.TempDir()
 	config, peers := startServeGroup(t, bin, dir)
 
-	data := make([]byte, 1<<20+4321)
-	_, _ = rand.NewChaCha8([32]byte{15}).Read(data)
+	data := randomBytes(15, 1<<20+4321)
 	sum := sha256.Sum256(data)
-	file := filepath.Join(dir, "payload.bin")
-	if err := os.WriteFile(file, data, 0o644); err != nil {
-		t.Fatal(err)
-	}
+	file := writeFile(t, dir, "payload.bin", data)
 	const name = "net/payload.bin"
 	runBinary(t, bin, "put", file, "--config", config, "--name", name, "--quiet")
 	for _, id := range []string{"p1", "p2", "p3"} {

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -28,33 +27,10 @@ func TestThreeProcesses(t *testing.T) {
 	}
 	bin := buildBinary(t)
 	dir := t.TempDir()
-	config := filepath.Join(dir, "group.toml")
+	config, peers := startServeGroup(t, bin, dir)
 
-	var peers []*process
-	for attempt := 1; ; attempt++ {
-		// Ports free a moment ago may have been taken since; a peer that
-		// cannot bind exits, and the group is started again.
-		addrs := freeAddrs(t, 9)
-		if err := os.WriteFile(config, []byte(testGroupFile(addrs)), 0o644); err != nil {
-			t.Fatal(err)
-		}
-		var err error
-		if peers, err = startPeers(t, bin, config); err == nil {
-			break
-		}
-		if attempt == 3 || !strings.Contains(err.Error(), "address already in use") {
-			t.Fatal(err)
-		}
-		t.Logf("attempt %d: %v; retrying on other ports", attempt, err)
-	}
-
-	data := make([]byte, 3<<20+12345)
-	rng := rand.NewChaCha8([32]byte{7})
-	_, _ = rng.Read(data)
-	file := filepath.Join(dir, "payload.bin")
-	if err := os.WriteFile(file, data, 0o644); err != nil {
-		t.Fatal(err)
-	}
+	data := randomBytes(7, 3<<20+12345)
+	file := writeFile(t, dir, "payload.bin", data)
 	put := runBinary(t, bin, "put", file, "--config", config, "--name", "in/payload.bin", "--primary", "p2")
 	if !regexp.MustCompile(`(?m)^committed in/payload\.bin: 3 MiB in .*, log index \d+, term \d+, primary p2$`).MatchString(put) {
 		t.Errorf("put printed:\n%s", put)
@@ -149,6 +125,24 @@ type process struct {
 	stderr *lineWriter
 	exited chan struct{} // closed when Wait returned
 	err    error         // Wait's, once exited is closed
+}
+
+// onFreePorts calls start with n addresses whose ports were free a moment
+// ago, and again with others, up to three times in all, while it fails
+// because one has been taken since: a peer that cannot bind exits. Any
+// other failure ends the test.
+func onFreePorts(t *testing.T, n int, start func(addrs []string) error) {
+	t.Helper()
+	for attempt := 1; ; attempt++ {
+		err := start(freeAddrs(t, n))
+		if err == nil {
+			return
+		}
+		if attempt == 3 || !strings.Contains(err.Error(), "address already in use") {
+			t.Fatal(err)
+		}
+		t.Logf("attempt %d: %v; retrying on other ports", attempt, err)
+	}
 }
 
 // startPeers starts a serve process for each of p1, p2 and p3, with extra

@@ -29,11 +29,7 @@ process SIGUSR1 to have it do so now (kill -USR1 PID).
 func runScrub(ctx context.Context, args []string, e *env) int {
 	fs := newFlagSet(e, "scrub", scrubHelp)
 	loc := localFlags(fs)
-	pos, err := fs.parse(args)
-	if err == nil && len(pos) > 0 {
-		err = usageError("unexpected argument %q", pos[0])
-	}
-	if err != nil {
+	if err := fs.parseNone(args); err != nil {
 		return e.exit(ctx, "scrub", err)
 	}
 	return e.exit(ctx, "scrub", scrub(ctx, e, loc))

@@ -74,9 +74,9 @@ func runServe(ctx context.Context, args []string, e *env) int {
 	metricsAddr := fs.String("metrics", "", "serve /metrics and /debug/pprof/ on `host:port` (default: off)")
 	join := fs.Bool("join", false, "a new peer of a running group: wait to be added (pipestream join) instead of bootstrapping")
 	logger := fs.logFlag(slog.LevelInfo)
-	pos, err := fs.parse(args)
+	err := fs.parseNone(args)
 	if err == nil {
-		err = checkServeArgs(pos, *config, *id, members)
+		err = checkServeArgs(*config, *id, members)
 	}
 	if err != nil {
 		return e.exit(ctx, "serve", err)
@@ -97,10 +97,8 @@ func runServe(ctx context.Context, args []string, e *env) int {
 	return e.exit(ctx, "serve", serve(ctx, e, cfg, serveOptions{stats: time.Duration(stats), metrics: *metricsAddr}, closing))
 }
 
-func checkServeArgs(pos []string, config, id string, members []string) error {
+func checkServeArgs(config, id string, members []string) error {
 	switch {
-	case len(pos) > 0:
-		return usageError("unexpected argument %q", pos[0])
 	case id == "":
 		return usageError("--id is required")
 	case config == "" && len(members) == 0:

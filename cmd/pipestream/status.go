@@ -54,11 +54,9 @@ func runStatus(ctx context.Context, args []string, e *env) int {
 	fs.DurationVar(&s.timeout, "timeout", s.timeout, "how long to wait for each peer's answer")
 	fs.DurationVar(&s.settle, "settle", s.settle, "how long a lagging peer may take to catch up before it counts as unhealthy")
 	fs.Uint64Var(&s.maxLag, "max-lag", defaultStatusMaxLag, "how many `entries` a peer's applied index may stay behind the leader's commit index")
-	pos, err := fs.parse(args)
+	err := fs.parseNone(args)
 	switch {
 	case err != nil:
-	case len(pos) > 0:
-		err = usageError("unexpected argument %q", pos[0])
 	case *config == "":
 		err = usageError("--config FILE is required")
 	case s.timeout <= 0:

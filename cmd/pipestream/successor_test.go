@@ -54,15 +54,11 @@ func TestSuccessorKilledMidStream(t *testing.T) {
 	if testing.Short() {
 		t.Skip("runs, kills and restarts three processes")
 	}
-	seed := *crashSeed
-	if seed == 0 {
-		seed = uint64(time.Now().UnixNano())
-	}
+	seed := testSeed(t, *crashSeed, "crash.seed")
 	points := successorPoints
 	if *crashRounds > 0 {
 		points = *crashRounds
 	}
-	t.Logf("seed %d (-crash.seed %d reproduces the victims and offsets)", seed, seed)
 	g := startGroup(t)
 	c := g.newClient()
 	h := new(history)

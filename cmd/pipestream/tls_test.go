@@ -36,22 +36,16 @@ func TestThreeProcessesTLS(t *testing.T) {
 	noCert := filepath.Join(dir, "nocert.toml")
 	otherCA := filepath.Join(dir, "otherca.toml")
 	var peers []*process
-	for attempt := 1; ; attempt++ {
-		addrs := freeAddrs(t, 9)
+	onFreePorts(t, 9, func(addrs []string) error {
 		for path, client := range map[string]string{config: "client", noCert: "", otherCA: "stranger"} {
 			if err := os.WriteFile(path, []byte(tlsGroupFile(addrs, client)), 0o644); err != nil {
 				t.Fatal(err)
 			}
 		}
 		var err error
-		if peers, err = startPeers(t, bin, config); err == nil {
-			break
-		}
-		if attempt == 3 || !strings.Contains(err.Error(), "address already in use") {
-			t.Fatal(err)
-		}
-		t.Logf("attempt %d: %v; retrying on other ports", attempt, err)
-	}
+		peers, err = startPeers(t, bin, config)
+		return err
+	})
 
 	data := randomBytes(17, 1<<20+4321)
 	file := writeFile(t, dir, "payload.bin", data)

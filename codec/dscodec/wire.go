@@ -34,14 +34,58 @@ const (
 	rhHolders      = 11
 )
 
-// consumeTag is protowire.ConsumeTag refusing field numbers past the
-// largest valid one, as proto.Unmarshal does.
-func consumeTag(b []byte) (protowire.Number, protowire.Type, int) {
-	num, typ, n := protowire.ConsumeTag(b)
-	if n >= 0 && !num.IsValid() {
-		return 0, 0, -1 // reported as a parse error
+// fields reads a message's fields in turn, as bufio.Scanner reads
+// lines: while next returns true, field is the one it read, its value
+// decoded by wire type (varint and fixed32 values in x, a bytes value in
+// b, aliasing the message; fields of the other wire types are only
+// skipped). Once next returns false, err says why, nil at the message's
+// end. It refuses field numbers past the largest valid one, as
+// proto.Unmarshal does.
+type fields struct {
+	b     []byte // what is left to read
+	what  string // names the message in errors
+	field struct {
+		num protowire.Number
+		typ protowire.Type
+		x   uint64
+		b   []byte
 	}
-	return num, typ, n
+	err error
+}
+
+func (r *fields) next() bool {
+	if len(r.b) == 0 || r.err != nil {
+		return false
+	}
+	num, typ, n := protowire.ConsumeTag(r.b)
+	if n >= 0 && !num.IsValid() {
+		n = -1 // reported as a parse error
+	}
+	if n < 0 {
+		r.err = fmt.Errorf("%w: %s: %v", ErrBadPacket, r.what, protowire.ParseError(n))
+		return false
+	}
+	b := r.b[n:]
+	f := &r.field
+	f.num, f.typ = num, typ
+	switch typ {
+	case protowire.VarintType:
+		f.x, n = protowire.ConsumeVarint(b)
+	case protowire.Fixed32Type:
+		var v uint32
+		v, n = protowire.ConsumeFixed32(b)
+		f.x = uint64(v)
+	case protowire.BytesType:
+		f.b, n = protowire.ConsumeBytes(b)
+	default:
+		n = protowire.ConsumeFieldValue(num, typ, b)
+	}
+	if n < 0 {
+		r.err = fmt.Errorf("%w: %s field %d: %v", ErrBadPacket, r.what, num, protowire.ParseError(n))
+		return false
+	}
+	r.b = b[n:]
+	return true
 }
 
 // packetFields are a DataStreamPacketHeader's fields, for decoding into.
@@ -58,54 +102,35 @@ type packetFields struct {
 
 // merge overwrites the fields that b holds, as protobuf merges a message.
 func (f *packetFields) merge(b []byte) error {
-	for len(b) > 0 {
-		num, typ, n := consumeTag(b)
-		if n < 0 {
-			return fmt.Errorf("%w: packet header: %v", ErrBadPacket, protowire.ParseError(n))
-		}
-		b = b[n:]
-		switch {
-		case num == phClientID && typ == protowire.BytesType:
-			v, m := protowire.ConsumeBytes(b)
-			if m < 0 {
-				return fmt.Errorf("%w: packet header client id: %v", ErrBadPacket, protowire.ParseError(m))
+	r := fields{b: b, what: "packet header"}
+	for r.next() {
+		switch fd := &r.field; fd.typ {
+		case protowire.BytesType:
+			if fd.num == phClientID {
+				f.clientID = fd.b
 			}
-			f.clientID, n = v, m
-		case (num >= phType && num <= phOptions || num == phEpoch) && typ == protowire.VarintType:
-			v, m := protowire.ConsumeVarint(b)
-			if m < 0 {
-				return fmt.Errorf("%w: packet header field %d: %v", ErrBadPacket, num, protowire.ParseError(m))
-			}
-			n = m
-			switch num {
+		case protowire.VarintType:
+			switch fd.num {
 			case phType:
-				f.typ = pb.DataStreamPacketHeader_Type(int32(v))
+				f.typ = pb.DataStreamPacketHeader_Type(int32(fd.x))
 			case phStreamID:
-				f.streamID = v
+				f.streamID = fd.x
 			case phOffset:
-				f.offset = v
+				f.offset = fd.x
 			case phLength:
-				f.length = v
+				f.length = fd.x
 			case phOptions:
-				f.options = uint32(v)
+				f.options = uint32(fd.x)
 			case phEpoch:
-				f.epoch = v
+				f.epoch = fd.x
 			}
-		case num == phCRC32C && typ == protowire.Fixed32Type:
-			v, m := protowire.ConsumeFixed32(b)
-			if m < 0 {
-				return fmt.Errorf("%w: packet header crc32c: %v", ErrBadPacket, protowire.ParseError(m))
-			}
-			f.crc32c, n = v, m
-		default:
-			n = protowire.ConsumeFieldValue(num, typ, b)
-			if n < 0 {
-				return fmt.Errorf("%w: packet header field %d: %v", ErrBadPacket, num, protowire.ParseError(n))
+		case protowire.Fixed32Type:
+			if fd.num == phCRC32C {
+				f.crc32c = uint32(fd.x)
 			}
 		}
-		b = b[n:]
 	}
-	return nil
+	return r.err
 }
 
 // UnmarshalPacketHeader parses b into h without allocating. h is reset
@@ -158,62 +183,33 @@ func DecodeReplyView(frame []byte, maxHeader int, v *ReplyView) error {
 	if off < len(frame) {
 		v.Body = frame[off:]
 	}
-	for b := hb; len(b) > 0; {
-		num, typ, n := consumeTag(b)
-		if n < 0 {
-			return fmt.Errorf("%w: reply header: %v", ErrBadPacket, protowire.ParseError(n))
-		}
-		b = b[n:]
-		switch {
-		case num == rhPacketHeader && typ == protowire.BytesType:
-			sub, m := protowire.ConsumeBytes(b)
-			if m < 0 {
-				return fmt.Errorf("%w: reply packet header: %v", ErrBadPacket, protowire.ParseError(m))
+	r := fields{b: hb, what: "reply header"}
+	for r.next() {
+		switch fd := &r.field; fd.typ {
+		case protowire.BytesType:
+			switch fd.num {
+			case rhPacketHeader:
+				// A repeated embedded message merges into the first.
+				if err := ph.merge(fd.b); err != nil {
+					return err
+				}
+			case rhErrorMessage:
+				v.ErrorMessage = fd.b
+			case rhServerID:
+				v.ServerID = fd.b
+			case rhHolders:
+				v.Holders = append(v.Holders, fd.b)
 			}
-			// A repeated embedded message merges into the first.
-			if err := ph.merge(sub); err != nil {
-				return err
-			}
-			n = m
-		case (num == rhErrorMessage || num == rhServerID) && typ == protowire.BytesType:
-			s, m := protowire.ConsumeBytes(b)
-			if m < 0 {
-				return fmt.Errorf("%w: reply field %d: %v", ErrBadPacket, num, protowire.ParseError(m))
-			}
-			if num == rhErrorMessage {
-				v.ErrorMessage = s
-			} else {
-				v.ServerID = s
-			}
-			n = m
-		case num == rhHolders && typ == protowire.BytesType:
-			s, m := protowire.ConsumeBytes(b)
-			if m < 0 {
-				return fmt.Errorf("%w: reply holders: %v", ErrBadPacket, protowire.ParseError(m))
-			}
-			v.Holders = append(v.Holders, s)
-			n = m
-		case (num == rhBytesWritten || num == rhSuccess || num == rhErrorCode) && typ == protowire.VarintType:
-			x, m := protowire.ConsumeVarint(b)
-			if m < 0 {
-				return fmt.Errorf("%w: reply field %d: %v", ErrBadPacket, num, protowire.ParseError(m))
-			}
-			switch num {
+		case protowire.VarintType:
+			switch fd.num {
 			case rhBytesWritten:
-				v.BytesWritten = x
+				v.BytesWritten = fd.x
 			case rhSuccess:
-				v.Success = x != 0
+				v.Success = fd.x != 0
 			case rhErrorCode:
-				v.ErrorCode = pb.ErrorCode(int32(x))
-			}
-			n = m
-		default:
-			n = protowire.ConsumeFieldValue(num, typ, b)
-			if n < 0 {
-				return fmt.Errorf("%w: reply field %d: %v", ErrBadPacket, num, protowire.ParseError(n))
+				v.ErrorCode = pb.ErrorCode(int32(fd.x))
 			}
 		}
-		b = b[n:]
 	}
-	return nil
+	return r.err
 }

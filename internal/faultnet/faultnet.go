@@ -114,16 +114,7 @@ func (p *Proxy) Resume() {
 // that resets them would. New connections are still accepted and
 // forwarded.
 func (p *Proxy) Cut() {
-	p.mu.Lock()
-	links := make([]*link, 0, len(p.links))
-	for l := range p.links {
-		links = append(links, l)
-	}
-	p.cut += len(links)
-	p.mu.Unlock()
-	for _, l := range links {
-		p.close(l)
-	}
+	p.closeWhere(&p.cut, func(*link) bool { return true })
 }
 
 // DropAfter arms every open connection to be closed, both sides, once it
@@ -134,17 +125,26 @@ func (p *Proxy) DropAfter(n int64) {
 	if n < 0 {
 		panic("faultnet: DropAfter with a negative count")
 	}
-	p.mu.Lock()
-	var now []*link
-	for l := range p.links {
+	p.closeWhere(&p.dropped, func(l *link) bool {
 		l.budget = n
-		if n == 0 {
-			now = append(now, l)
+		return n == 0
+	})
+}
+
+// closeWhere calls arm on every open connection under p.mu, adds to
+// *count how many it returned true for, and closes those, both sides,
+// after releasing p.mu: close takes it again.
+func (p *Proxy) closeWhere(count *int, arm func(*link) bool) {
+	p.mu.Lock()
+	var doomed []*link
+	for l := range p.links {
+		if arm(l) {
+			doomed = append(doomed, l)
 		}
 	}
-	p.dropped += len(now)
+	*count += len(doomed)
 	p.mu.Unlock()
-	for _, l := range now {
+	for _, l := range doomed {
 		p.close(l)
 	}
 }

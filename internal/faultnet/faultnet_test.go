@@ -3,6 +3,7 @@ package faultnet_test
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"os"
@@ -98,6 +99,27 @@ func waitOpen(t *testing.T, p *faultnet.Proxy, n int) {
 	}
 }
 
+// openThrough returns a sink, a proxy to it and a connection through the
+// proxy, once the proxy holds it.
+func openThrough(t *testing.T) (*sink, *faultnet.Proxy, net.Conn) {
+	t.Helper()
+	s := newSink(t)
+	p := listen(t, s.ln.Addr().String())
+	c := dial(t, p)
+	waitOpen(t, p, 1)
+	return s, p, c
+}
+
+// wantClosed fails the test unless a read from c finds the connection
+// closed; what names c in the failure.
+func wantClosed(t *testing.T, c net.Conn, what string) {
+	t.Helper()
+	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+	if _, err := c.Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("%s read %v, want the connection closed", what, err)
+	}
+}
+
 func TestForward(t *testing.T) {
 	s := newSink(t)
 	p := listen(t, s.ln.Addr().String())
@@ -117,10 +139,7 @@ func TestForward(t *testing.T) {
 
 func TestDropAfter(t *testing.T) {
 	for _, n := range []int64{0, 1, 1000, 100 << 10} {
-		s := newSink(t)
-		p := listen(t, s.ln.Addr().String())
-		c := dial(t, p)
-		waitOpen(t, p, 1)
+		s, p, c := openThrough(t)
 		p.DropAfter(n)
 		msg := bytes.Repeat([]byte{0xab}, 256<<10)
 		_ = c.SetWriteDeadline(time.Now().Add(10 * time.Second))
@@ -129,10 +148,7 @@ func TestDropAfter(t *testing.T) {
 			t.Fatalf("DropAfter(%d): target got %d bytes", n, len(got))
 		}
 		// The dialing side sees its connection closed too.
-		_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
-		if _, err := c.Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
-			t.Fatalf("DropAfter(%d): dialing side read %v, want the connection closed", n, err)
-		}
+		wantClosed(t, c, fmt.Sprintf("DropAfter(%d): dialing side", n))
 		if st := p.Stats(); st.Dropped != 1 || st.ToTarget != n {
 			t.Fatalf("DropAfter(%d): stats %+v", n, st)
 		}
@@ -149,10 +165,7 @@ func TestDropAfter(t *testing.T) {
 }
 
 func TestPauseResume(t *testing.T) {
-	s := newSink(t)
-	p := listen(t, s.ln.Addr().String())
-	c := dial(t, p)
-	waitOpen(t, p, 1)
+	s, p, c := openThrough(t)
 	p.Pause()
 	// Far more than the socket buffers on both sides of the proxy hold: a
 	// write of it cannot finish while nothing is read. The deadline only
@@ -186,10 +199,7 @@ func TestCut(t *testing.T) {
 	if got := s.next(t); len(got) > len("before") {
 		t.Fatalf("target got %q", got)
 	}
-	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
-	if _, err := c.Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
-		t.Fatalf("dialing side read %v, want the connection closed", err)
-	}
+	wantClosed(t, c, "dialing side")
 	if st := p.Stats(); st.Cut != 1 || p.Open() != 0 {
 		t.Fatalf("stats %+v, %d open", st, p.Open())
 	}
@@ -204,18 +214,12 @@ func TestTargetDown(t *testing.T) {
 	ln.Close()
 	p := listen(t, addr)
 	c := dial(t, p)
-	_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
-	if _, err := c.Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
-		t.Fatalf("read through a proxy whose target is down: %v, want the connection closed", err)
-	}
+	wantClosed(t, c, "a connection through a proxy whose target is down")
 }
 
 func TestCorruptAt(t *testing.T) {
 	for _, n := range []int64{0, 1, 32<<10 - 1, 32 << 10, 100<<10 + 3} {
-		s := newSink(t)
-		p := listen(t, s.ln.Addr().String())
-		c := dial(t, p)
-		waitOpen(t, p, 1)
+		s, p, c := openThrough(t)
 		p.CorruptAt(n)
 		msg := bytes.Repeat([]byte{0x5a}, 256<<10)
 		if _, err := c.Write(msg); err != nil {
