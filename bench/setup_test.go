@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/pipestream/pipestream/datastream"
+	"github.com/pipestream/pipestream/group"
 	"github.com/pipestream/pipestream/handler"
 	"github.com/pipestream/pipestream/server"
 	"github.com/pipestream/pipestream/statemachine"
@@ -64,7 +64,7 @@ func newSM(tb testing.TB, k smKind) statemachine.StateMachine {
 // alone: idle gnet engines keep threads in epoll_wait that hold the
 // runtime's Ps (see BenchmarkLatency), which slowed a relay beside them by
 // a few percent.
-func startPeers(tb testing.TB, n int, kind transport.Kind, sm smKind) (peers []datastream.Peer, stop func()) {
+func startPeers(tb testing.TB, n int, kind transport.Kind, sm smKind) (peers []group.Member, stop func()) {
 	tb.Helper()
 	// The state machines first, so that their cleanups run after the
 	// servers have shut down.
@@ -78,13 +78,13 @@ func startPeers(tb testing.TB, n int, kind transport.Kind, sm smKind) (peers []d
 // startServers starts a server.Server peer on loopback for each state
 // machine, s1, s2 and so on, and waits until each reaches the others. They
 // are shut down when tb ends, or before by stop.
-func startServers(tb testing.TB, kind transport.Kind, sms []statemachine.StateMachine, tune ...func(i int, c *server.Config)) (peers []datastream.Peer, stop func()) {
+func startServers(tb testing.TB, kind transport.Kind, sms []statemachine.StateMachine, tune ...func(i int, c *server.Config)) (peers []group.Member, stop func()) {
 	tb.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), patience)
 	defer cancel()
-	group := make([]server.Peer, len(sms))
-	for i := range group {
-		group[i].ID = fmt.Sprintf("s%d", i+1)
+	members := make([]group.Member, len(sms))
+	for i := range members {
+		members[i].ID = fmt.Sprintf("s%d", i+1)
 	}
 	var servers []*server.Server
 	shutdown := sync.OnceFunc(func() {
@@ -97,9 +97,9 @@ func startServers(tb testing.TB, kind transport.Kind, sms []statemachine.StateMa
 		}
 	})
 	tb.Cleanup(shutdown)
-	for i, p := range group {
+	for i, p := range members {
 		cfg := server.Config{
-			ID: p.ID, Peers: group, StateMachine: sms[i], Policy: handler.Policy{InlineWrites: writesInline(sms[i])},
+			ID: p.ID, Peers: members, StateMachine: sms[i], Policy: handler.Policy{InlineWrites: writesInline(sms[i])},
 			Transport: kind, Logger: discardLogger(),
 		}
 		for _, f := range tune {
@@ -110,11 +110,11 @@ func startServers(tb testing.TB, kind transport.Kind, sms []statemachine.StateMa
 			tb.Fatal(err)
 		}
 		servers = append(servers, s)
-		peers = append(peers, datastream.Peer{ID: p.ID, Addr: s.Addr().String()})
+		peers = append(peers, group.Member{ID: p.ID, StreamAddr: s.Addr().String()})
 	}
 	for _, s := range servers {
 		for _, p := range peers {
-			s.SetPeerAddr(p.ID, p.Addr)
+			s.SetPeerAddr(p.ID, p.StreamAddr)
 		}
 	}
 	for _, s := range servers {
@@ -126,7 +126,7 @@ func startServers(tb testing.TB, kind transport.Kind, sms []statemachine.StateMa
 }
 
 // peerIDs returns the ids of peers, in order.
-func peerIDs(peers []datastream.Peer) []string {
+func peerIDs(peers []group.Member) []string {
 	ids := make([]string, len(peers))
 	for i, p := range peers {
 		ids[i] = p.ID

@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/pipestream/pipestream/datastream"
+	"github.com/pipestream/pipestream/group"
 	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
 	"github.com/pipestream/pipestream/server"
 	"github.com/pipestream/pipestream/statemachine"
@@ -148,16 +149,16 @@ func rotate(ids []string, first int) []string {
 }
 
 // soakGroup starts three peers with the given state machines.
-func soakGroup(t *testing.T, sms []*statemachine.Memory) []datastream.Peer {
+func soakGroup(t *testing.T, sms []*statemachine.Memory) []group.Member {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	var members []server.Peer
+	var members []group.Member
 	for i := range sms {
-		members = append(members, server.Peer{ID: fmt.Sprintf("soak-%d", i)})
+		members = append(members, group.Member{ID: fmt.Sprintf("soak-%d", i)})
 	}
 	var servers []*server.Server
-	var peers []datastream.Peer
+	var peers []group.Member
 	for i, sm := range sms {
 		s, err := server.Listen(ctx, server.Config{ID: members[i].ID, Peers: members, StateMachine: sm, Logger: discardLogger()})
 		if err != nil {
@@ -169,11 +170,11 @@ func soakGroup(t *testing.T, sms []*statemachine.Memory) []datastream.Peer {
 			_ = s.Shutdown(sctx)
 		})
 		servers = append(servers, s)
-		peers = append(peers, datastream.Peer{ID: members[i].ID, Addr: s.Addr().String()})
+		peers = append(peers, group.Member{ID: members[i].ID, StreamAddr: s.Addr().String()})
 	}
 	for _, s := range servers {
 		for _, p := range peers {
-			s.SetPeerAddr(p.ID, p.Addr)
+			s.SetPeerAddr(p.ID, p.StreamAddr)
 		}
 	}
 	for _, s := range servers {

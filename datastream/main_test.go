@@ -19,6 +19,7 @@ import (
 
 	"github.com/pipestream/pipestream/codec/dscodec"
 	"github.com/pipestream/pipestream/datastream"
+	"github.com/pipestream/pipestream/group"
 	"github.com/pipestream/pipestream/internal/leaktest"
 	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
 	"github.com/pipestream/pipestream/server"
@@ -46,11 +47,11 @@ func testCtx(t testing.TB) context.Context {
 }
 
 // group is n peers started on loopback.
-type group struct {
+type cluster struct {
 	t       testing.TB
 	servers []*server.Server
 	sms     []statemachine.StateMachine
-	peers   []datastream.Peer
+	peers   []group.Member
 	stopped []bool
 }
 
@@ -63,17 +64,17 @@ type groupOpts struct {
 // startGroup starts n peers and waits until each reaches the others. Its
 // cleanup shuts down those still running; register buffertest.Check before
 // calling it, and release any gate after it.
-func startGroup(t testing.TB, n int, o groupOpts) *group {
+func startGroup(t testing.TB, n int, o groupOpts) *cluster {
 	t.Helper()
 	if o.sm == nil {
 		o.sm = func(int) statemachine.StateMachine { return statemachine.NewMemory() }
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), patience)
 	defer cancel()
-	g := &group{t: t, stopped: make([]bool, n)}
-	var peers []server.Peer
+	g := &cluster{t: t, stopped: make([]bool, n)}
+	var peers []group.Member
 	for i := 0; i < n; i++ {
-		peers = append(peers, server.Peer{ID: peerID(i)})
+		peers = append(peers, group.Member{ID: peerID(i)})
 	}
 	for i := 0; i < n; i++ {
 		cfg := server.Config{
@@ -94,11 +95,11 @@ func startGroup(t testing.TB, n int, o groupOpts) *group {
 		})
 		g.servers = append(g.servers, s)
 		g.sms = append(g.sms, cfg.StateMachine)
-		g.peers = append(g.peers, datastream.Peer{ID: peerID(i), Addr: s.Addr().String()})
+		g.peers = append(g.peers, group.Member{ID: peerID(i), StreamAddr: s.Addr().String()})
 	}
 	for _, s := range g.servers {
 		for _, p := range g.peers {
-			s.SetPeerAddr(p.ID, p.Addr)
+			s.SetPeerAddr(p.ID, p.StreamAddr)
 		}
 	}
 	for _, s := range g.servers {
@@ -112,7 +113,7 @@ func startGroup(t testing.TB, n int, o groupOpts) *group {
 func peerID(i int) string { return fmt.Sprintf("s%d", i+1) }
 
 // stop shuts peer i down.
-func (g *group) stop(i int) {
+func (g *cluster) stop(i int) {
 	g.t.Helper()
 	g.stopped[i] = true
 	ctx, cancel := context.WithTimeout(context.Background(), patience)
@@ -123,7 +124,7 @@ func (g *group) stop(i int) {
 }
 
 // client returns a client of the group, closed when the test ends.
-func (g *group) client(t testing.TB, opts ...datastream.Option) *datastream.Client {
+func (g *cluster) client(t testing.TB, opts ...datastream.Option) *datastream.Client {
 	t.Helper()
 	c, err := datastream.NewClient(g.peers, append([]datastream.Option{datastream.WithLogger(quietLogger())}, opts...)...)
 	if err != nil {
@@ -137,7 +138,7 @@ func (g *group) client(t testing.TB, opts ...datastream.Option) *datastream.Clie
 	return c
 }
 
-func (g *group) memory(i int) *statemachine.Memory {
+func (g *cluster) memory(i int) *statemachine.Memory {
 	switch sm := g.sms[i].(type) {
 	case *gatedSM:
 		return sm.Memory
@@ -149,7 +150,7 @@ func (g *group) memory(i int) *statemachine.Memory {
 }
 
 // checkCommitted checks that every running peer committed want for out.
-func (g *group) checkCommitted(t testing.TB, c *datastream.Client, out *datastream.Output, want []byte) {
+func (g *cluster) checkCommitted(t testing.TB, c *datastream.Client, out *datastream.Output, want []byte) {
 	t.Helper()
 	k := key(c, out)
 	for i := range g.servers {
@@ -167,7 +168,7 @@ func (g *group) checkCommitted(t testing.TB, c *datastream.Client, out *datastre
 // uncommitted data, and checks that none committed anything. Failures
 // release resources asynchronously, across peers, so the test polls for
 // that state, bounded.
-func (g *group) waitClean(t testing.TB) {
+func (g *cluster) waitClean(t testing.TB) {
 	t.Helper()
 	deadline := time.Now().Add(patience)
 	for {
@@ -334,8 +335,8 @@ func (f *fakePeer) client(t testing.TB, opts ...datastream.Option) *datastream.C
 	return c
 }
 
-func (f *fakePeer) peers() []datastream.Peer {
-	return []datastream.Peer{{ID: "fake", Addr: f.ln.Addr().String()}}
+func (f *fakePeer) peers() []group.Member {
+	return []group.Member{{ID: "fake", StreamAddr: f.ln.Addr().String()}}
 }
 
 func (f *fakePeer) accept() {

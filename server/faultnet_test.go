@@ -9,6 +9,7 @@ import (
 
 	"github.com/pipestream/pipestream/codec/dscodec"
 	"github.com/pipestream/pipestream/datastream"
+	"github.com/pipestream/pipestream/group"
 	"github.com/pipestream/pipestream/handler"
 	"github.com/pipestream/pipestream/internal/faultnet"
 	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
@@ -22,17 +23,17 @@ type edge struct{ from, to int }
 // startGroupVia is startGroup with the connections along some edges going
 // through a faultnet proxy, one per edge, so that a test can pause, cut or
 // truncate them. The proxies close before the servers shut down.
-func startGroupVia(t testing.TB, n int, o groupOpts, via ...edge) (*group, map[edge]*faultnet.Proxy) {
+func startGroupVia(t testing.TB, n int, o groupOpts, via ...edge) (*cluster, map[edge]*faultnet.Proxy) {
 	t.Helper()
 	if o.sm == nil {
 		o.sm = func(int) statemachine.StateMachine { return statemachine.NewMemoryHashing() }
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	g := &group{}
-	var peers []server.Peer
+	g := &cluster{}
+	var peers []group.Member
 	for i := 0; i < n; i++ {
-		peers = append(peers, server.Peer{ID: peerID(i)})
+		peers = append(peers, group.Member{ID: peerID(i)})
 	}
 	for i := 0; i < n; i++ {
 		cfg := server.Config{
@@ -46,14 +47,14 @@ func startGroupVia(t testing.TB, n int, o groupOpts, via ...edge) (*group, map[e
 	}
 	proxies := make(map[edge]*faultnet.Proxy)
 	for _, e := range via {
-		proxies[e] = listenProxy(t, g.peers[e.to].Addr)
+		proxies[e] = listenProxy(t, g.peers[e.to].StreamAddr)
 	}
 	for i, s := range g.servers {
 		for j, p := range g.peers {
 			if px := proxies[edge{i, j}]; px != nil {
 				s.SetPeerAddr(p.ID, px.Addr())
 			} else {
-				s.SetPeerAddr(p.ID, p.Addr)
+				s.SetPeerAddr(p.ID, p.StreamAddr)
 			}
 		}
 	}
@@ -71,7 +72,7 @@ func startGroupVia(t testing.TB, n int, o groupOpts, via ...edge) (*group, map[e
 }
 
 // listen starts one server of g and registers its shutdown.
-func (g *group) listen(t testing.TB, ctx context.Context, cfg server.Config) *server.Server {
+func (g *cluster) listen(t testing.TB, ctx context.Context, cfg server.Config) *server.Server {
 	t.Helper()
 	s, err := server.Listen(ctx, cfg)
 	if err != nil {
@@ -86,7 +87,7 @@ func (g *group) listen(t testing.TB, ctx context.Context, cfg server.Config) *se
 	})
 	g.servers = append(g.servers, s)
 	g.sms = append(g.sms, cfg.StateMachine)
-	g.peers = append(g.peers, datastream.Peer{ID: cfg.ID, Addr: s.Addr().String()})
+	g.peers = append(g.peers, group.Member{ID: cfg.ID, StreamAddr: s.Addr().String()})
 	return s
 }
 
@@ -101,7 +102,7 @@ func listenProxy(t testing.TB, target string) *faultnet.Proxy {
 }
 
 // kill shuts peer i down, as a crash that closes its sockets would.
-func (g *group) kill(t testing.TB, i int) {
+func (g *cluster) kill(t testing.TB, i int) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -113,13 +114,13 @@ func (g *group) kill(t testing.TB, i int) {
 // restart replaces peer i, which must be shut down, with a new server of
 // the same id and a fresh state machine on a new port; the other peers
 // learn its address and every peer waits until it reaches the others.
-func (g *group) restart(t testing.TB, i int, o groupOpts) {
+func (g *cluster) restart(t testing.TB, i int, o groupOpts) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	var peers []server.Peer
+	var peers []group.Member
 	for _, p := range g.peers {
-		peers = append(peers, server.Peer{ID: p.ID, Addr: p.Addr})
+		peers = append(peers, group.Member{ID: p.ID, StreamAddr: p.StreamAddr})
 	}
 	sm := statemachine.StateMachine(statemachine.NewMemoryHashing())
 	if o.sm != nil {
@@ -138,7 +139,7 @@ func (g *group) restart(t testing.TB, i int, o groupOpts) {
 	g.servers, g.sms, g.peers = g.servers[:last], g.sms[:last], g.peers[:last]
 	for j, other := range g.servers {
 		if j != i {
-			other.SetPeerAddr(g.peers[i].ID, g.peers[i].Addr)
+			other.SetPeerAddr(g.peers[i].ID, g.peers[i].StreamAddr)
 		}
 	}
 	for _, s := range g.servers {
@@ -148,7 +149,7 @@ func (g *group) restart(t testing.TB, i int, o groupOpts) {
 	}
 }
 
-func (g *group) ids() []string {
+func (g *cluster) ids() []string {
 	ids := make([]string, len(g.peers))
 	for i, p := range g.peers {
 		ids[i] = p.ID
@@ -161,7 +162,7 @@ func (g *group) ids() []string {
 // fails the test after a bounded time. Attempts may fail only with an error
 // that retryable accepts: a peer whose connection to a successor just
 // ended learns it on its event loop, and redials with a backoff.
-func (g *group) commitsEventually(t *testing.T, c *datastream.Client, table *pb.RoutingTable, retryable func(error) bool) {
+func (g *cluster) commitsEventually(t *testing.T, c *datastream.Client, table *pb.RoutingTable, retryable func(error) bool) {
 	t.Helper()
 	deadline := time.Now().Add(15 * time.Second)
 	for attempt := 0; ; attempt++ {

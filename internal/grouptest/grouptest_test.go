@@ -53,11 +53,7 @@ func TestStartRestart(t *testing.T) {
 	// put commits data under name and returns the entry's index and term.
 	put := func(name string, data []byte) (index, term uint64) {
 		t.Helper()
-		var dp []datastream.Peer
-		for _, m := range members {
-			dp = append(dp, datastream.Peer{ID: m.ID, Addr: m.StreamAddr})
-		}
-		c, err := datastream.NewClient(dp, datastream.WithLogger(quiet))
+		c, err := datastream.NewClient(members, datastream.WithLogger(quiet))
 		if err != nil {
 			t.Fatal(err)
 		}
