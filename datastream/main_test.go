@@ -20,6 +20,7 @@ import (
 	"github.com/pipestream/pipestream/codec/dscodec"
 	"github.com/pipestream/pipestream/datastream"
 	"github.com/pipestream/pipestream/group"
+	"github.com/pipestream/pipestream/internal/grouptest"
 	"github.com/pipestream/pipestream/internal/leaktest"
 	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
 	"github.com/pipestream/pipestream/server"
@@ -46,7 +47,7 @@ func testCtx(t testing.TB) context.Context {
 	return ctx
 }
 
-// group is n peers started on loopback.
+// cluster is n peers started on loopback.
 type cluster struct {
 	t       testing.TB
 	servers []*server.Server
@@ -61,56 +62,21 @@ type groupOpts struct {
 	tweak func(*server.Config)
 }
 
-// startGroup starts n peers and waits until each reaches the others. Its
-// cleanup shuts down those still running; register buffertest.Check before
-// calling it, and release any gate after it.
+// startGroup starts n peers, s1, s2 and so on, and waits until each
+// reaches the others. Its cleanup shuts them down; register
+// buffertest.Check before calling it, and release any gate after it.
 func startGroup(t testing.TB, n int, o groupOpts) *cluster {
 	t.Helper()
-	if o.sm == nil {
-		o.sm = func(int) statemachine.StateMachine { return statemachine.NewMemory() }
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), patience)
 	defer cancel()
 	g := &cluster{t: t, stopped: make([]bool, n)}
-	var peers []group.Member
-	for i := 0; i < n; i++ {
-		peers = append(peers, group.Member{ID: peerID(i)})
+	opts := grouptest.ServerOptions{Kind: o.kind, StateMachine: o.sm, Logger: quietLogger()}
+	if o.tweak != nil {
+		opts.Config = func(_ int, c *server.Config) { o.tweak(c) }
 	}
-	for i := 0; i < n; i++ {
-		cfg := server.Config{
-			ID: peerID(i), Peers: peers, StateMachine: o.sm(i),
-			Transport: o.kind, Logger: quietLogger(),
-		}
-		if o.tweak != nil {
-			o.tweak(&cfg)
-		}
-		s, err := server.Listen(ctx, cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() {
-			if !g.stopped[i] {
-				g.stop(i)
-			}
-		})
-		g.servers = append(g.servers, s)
-		g.sms = append(g.sms, cfg.StateMachine)
-		g.peers = append(g.peers, group.Member{ID: peerID(i), StreamAddr: s.Addr().String()})
-	}
-	for _, s := range g.servers {
-		for _, p := range g.peers {
-			s.SetPeerAddr(p.ID, p.StreamAddr)
-		}
-	}
-	for _, s := range g.servers {
-		if err := s.WaitPeers(ctx); err != nil {
-			t.Fatal(err)
-		}
-	}
+	g.servers, g.peers, g.sms = grouptest.StartServers(t, ctx, n, opts)
 	return g
 }
-
-func peerID(i int) string { return fmt.Sprintf("s%d", i+1) }
 
 // stop shuts peer i down.
 func (g *cluster) stop(i int) {

@@ -4,16 +4,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"testing"
 	"time"
 
 	"github.com/pipestream/pipestream/codec/dscodec"
 	"github.com/pipestream/pipestream/datastream"
-	"github.com/pipestream/pipestream/group"
-	"github.com/pipestream/pipestream/handler"
 	"github.com/pipestream/pipestream/internal/faultnet"
+	"github.com/pipestream/pipestream/internal/grouptest"
 	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
-	"github.com/pipestream/pipestream/server"
 	"github.com/pipestream/pipestream/statemachine"
 )
 
@@ -25,70 +24,26 @@ type edge struct{ from, to int }
 // truncate them. The proxies close before the servers shut down.
 func startGroupVia(t testing.TB, n int, o groupOpts, via ...edge) (*cluster, map[edge]*faultnet.Proxy) {
 	t.Helper()
-	if o.sm == nil {
-		o.sm = func(int) statemachine.StateMachine { return statemachine.NewMemoryHashing() }
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	g := &cluster{}
-	var peers []group.Member
-	for i := 0; i < n; i++ {
-		peers = append(peers, group.Member{ID: peerID(i)})
-	}
-	for i := 0; i < n; i++ {
-		cfg := server.Config{
-			ID: peerID(i), Peers: peers, StateMachine: o.sm(i),
-			Transport: o.kind, Logger: quietLogger(), Policy: handler.Policy{WriteQuorum: o.quorum},
-		}
-		if o.tweak != nil {
-			o.tweak(&cfg)
-		}
-		g.listen(t, ctx, cfg)
-	}
 	proxies := make(map[edge]*faultnet.Proxy)
-	for _, e := range via {
-		proxies[e] = listenProxy(t, g.peers[e.to].StreamAddr)
-	}
-	for i, s := range g.servers {
-		for j, p := range g.peers {
-			if px := proxies[edge{i, j}]; px != nil {
-				s.SetPeerAddr(p.ID, px.Addr())
-			} else {
-				s.SetPeerAddr(p.ID, p.StreamAddr)
-			}
+	opts := o.options()
+	opts.Dial = func(from, to int, addr string) string {
+		e := edge{from, to}
+		if !slices.Contains(via, e) {
+			return addr
 		}
+		proxies[e] = listenProxy(t, addr)
+		return proxies[e].Addr()
 	}
-	for _, s := range g.servers {
-		if err := s.WaitPeers(ctx); err != nil {
-			t.Fatal(err)
-		}
-	}
+	g := &cluster{}
+	g.servers, g.peers, g.sms = grouptest.StartServers(t, ctx, n, opts)
 	for e, px := range proxies {
 		if px.Stats().Accepted == 0 {
 			t.Fatalf("%s reached %s without its proxy", peerID(e.from), peerID(e.to))
 		}
 	}
 	return g, proxies
-}
-
-// listen starts one server of g and registers its shutdown.
-func (g *cluster) listen(t testing.TB, ctx context.Context, cfg server.Config) *server.Server {
-	t.Helper()
-	s, err := server.Listen(ctx, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		sctx, c := context.WithTimeout(context.Background(), 10*time.Second)
-		defer c()
-		if err := s.Shutdown(sctx); err != nil {
-			t.Errorf("shutdown %s: %v", s.ID(), err)
-		}
-	})
-	g.servers = append(g.servers, s)
-	g.sms = append(g.sms, cfg.StateMachine)
-	g.peers = append(g.peers, group.Member{ID: cfg.ID, StreamAddr: s.Addr().String()})
-	return s
 }
 
 func listenProxy(t testing.TB, target string) *faultnet.Proxy {
@@ -118,35 +73,16 @@ func (g *cluster) restart(t testing.TB, i int, o groupOpts) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	var peers []group.Member
-	for _, p := range g.peers {
-		peers = append(peers, group.Member{ID: p.ID, StreamAddr: p.StreamAddr})
-	}
-	sm := statemachine.StateMachine(statemachine.NewMemoryHashing())
-	if o.sm != nil {
-		sm = o.sm(i)
-	}
-	cfg := server.Config{
-		ID: g.peers[i].ID, Peers: peers, StateMachine: sm,
-		Transport: o.kind, Logger: quietLogger(), Policy: handler.Policy{WriteQuorum: o.quorum},
-	}
-	if o.tweak != nil {
-		o.tweak(&cfg)
-	}
-	s := g.listen(t, ctx, cfg)
-	last := len(g.servers) - 1
-	g.servers[i], g.sms[i], g.peers[i] = s, g.sms[last], g.peers[last]
-	g.servers, g.sms, g.peers = g.servers[:last], g.sms[:last], g.peers[:last]
+	cfg := grouptest.ServerConfig(i, slices.Clone(g.peers), o.options())
+	s := grouptest.ListenServer(t, ctx, cfg)
+	g.servers[i], g.sms[i] = s, cfg.StateMachine
+	g.peers[i].StreamAddr = s.Addr().String()
 	for j, other := range g.servers {
 		if j != i {
 			other.SetPeerAddr(g.peers[i].ID, g.peers[i].StreamAddr)
 		}
 	}
-	for _, s := range g.servers {
-		if err := s.WaitPeers(ctx); err != nil {
-			t.Fatal(err)
-		}
-	}
+	grouptest.WaitServers(t, ctx, g.servers)
 }
 
 func (g *cluster) ids() []string {

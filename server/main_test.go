@@ -13,6 +13,7 @@ import (
 
 	"github.com/pipestream/pipestream/codec/dscodec"
 	"github.com/pipestream/pipestream/group"
+	"github.com/pipestream/pipestream/internal/grouptest"
 	"github.com/pipestream/pipestream/internal/leaktest"
 
 	"github.com/pipestream/pipestream/datastream"
@@ -31,7 +32,7 @@ func quietLogger() *slog.Logger {
 	return slog.New(slog.NewTextHandler(io.Discard, nil))
 }
 
-// group is n peers started on loopback.
+// cluster is n peers started on loopback.
 type cluster struct {
 	servers []*server.Server
 	sms     []statemachine.StateMachine
@@ -54,6 +55,19 @@ func startGroup(t testing.TB, n int, o groupOpts) *cluster {
 	t.Helper()
 	g, _ := startGroupVia(t, n, o)
 	return g
+}
+
+// options returns the grouptest options of o; the state machines default
+// to statemachine.NewMemoryHashing.
+func (o groupOpts) options() grouptest.ServerOptions {
+	opts := grouptest.ServerOptions{ID: peerID, Kind: o.kind, Quorum: o.quorum, StateMachine: o.sm, Logger: quietLogger()}
+	if opts.StateMachine == nil {
+		opts.StateMachine = func(int) statemachine.StateMachine { return statemachine.NewMemoryHashing() }
+	}
+	if o.tweak != nil {
+		opts.Config = func(_ int, c *server.Config) { o.tweak(c) }
+	}
+	return opts
 }
 
 func peerID(i int) string { return string(rune('a'+i)) + "-peer" }
