@@ -13,7 +13,7 @@ import (
 	"time"
 
 	"github.com/pipestream/pipestream/group"
-	"github.com/pipestream/pipestream/handler"
+	"github.com/pipestream/pipestream/internal/grouptest"
 	"github.com/pipestream/pipestream/server"
 	"github.com/pipestream/pipestream/statemachine"
 	"github.com/pipestream/pipestream/transport"
@@ -82,12 +82,19 @@ func startServers(tb testing.TB, kind transport.Kind, sms []statemachine.StateMa
 	tb.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), patience)
 	defer cancel()
-	members := make([]group.Member, len(sms))
-	for i := range members {
-		members[i].ID = fmt.Sprintf("s%d", i+1)
-	}
-	var servers []*server.Server
-	shutdown := sync.OnceFunc(func() {
+	servers, peers, _ := grouptest.StartServers(tb, ctx, len(sms), grouptest.ServerOptions{
+		Kind:         kind,
+		StateMachine: func(i int) statemachine.StateMachine { return sms[i] },
+		Logger:       discardLogger(),
+		Config: func(i int, c *server.Config) {
+			c.InlineWrites = writesInline(sms[i])
+			for _, f := range tune {
+				f(i, c)
+			}
+		},
+	})
+	// The test's cleanup shuts them down again, which does nothing.
+	stop = sync.OnceFunc(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), patience)
 		defer cancel()
 		for _, s := range servers {
@@ -96,33 +103,7 @@ func startServers(tb testing.TB, kind transport.Kind, sms []statemachine.StateMa
 			}
 		}
 	})
-	tb.Cleanup(shutdown)
-	for i, p := range members {
-		cfg := server.Config{
-			ID: p.ID, Peers: members, StateMachine: sms[i], Policy: handler.Policy{InlineWrites: writesInline(sms[i])},
-			Transport: kind, Logger: discardLogger(),
-		}
-		for _, f := range tune {
-			f(i, &cfg)
-		}
-		s, err := server.Listen(ctx, cfg)
-		if err != nil {
-			tb.Fatal(err)
-		}
-		servers = append(servers, s)
-		peers = append(peers, group.Member{ID: p.ID, StreamAddr: s.Addr().String()})
-	}
-	for _, s := range servers {
-		for _, p := range peers {
-			s.SetPeerAddr(p.ID, p.StreamAddr)
-		}
-	}
-	for _, s := range servers {
-		if err := s.WaitPeers(ctx); err != nil {
-			tb.Fatal(err)
-		}
-	}
-	return peers, shutdown
+	return peers, stop
 }
 
 // peerIDs returns the ids of peers, in order.

@@ -14,8 +14,8 @@ import (
 
 	"github.com/pipestream/pipestream/datastream"
 	"github.com/pipestream/pipestream/group"
+	"github.com/pipestream/pipestream/internal/grouptest"
 	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
-	"github.com/pipestream/pipestream/server"
 	"github.com/pipestream/pipestream/statemachine"
 )
 
@@ -153,34 +153,10 @@ func soakGroup(t *testing.T, sms []*statemachine.Memory) []group.Member {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	var members []group.Member
-	for i := range sms {
-		members = append(members, group.Member{ID: fmt.Sprintf("soak-%d", i)})
-	}
-	var servers []*server.Server
-	var peers []group.Member
-	for i, sm := range sms {
-		s, err := server.Listen(ctx, server.Config{ID: members[i].ID, Peers: members, StateMachine: sm, Logger: discardLogger()})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() {
-			sctx, c := context.WithTimeout(context.Background(), 10*time.Second)
-			defer c()
-			_ = s.Shutdown(sctx)
-		})
-		servers = append(servers, s)
-		peers = append(peers, group.Member{ID: members[i].ID, StreamAddr: s.Addr().String()})
-	}
-	for _, s := range servers {
-		for _, p := range peers {
-			s.SetPeerAddr(p.ID, p.StreamAddr)
-		}
-	}
-	for _, s := range servers {
-		if err := s.WaitPeers(ctx); err != nil {
-			t.Fatal(err)
-		}
-	}
+	_, peers, _ := grouptest.StartServers(t, ctx, len(sms), grouptest.ServerOptions{
+		ID:           func(i int) string { return fmt.Sprintf("soak-%d", i) },
+		StateMachine: func(i int) statemachine.StateMachine { return sms[i] },
+		Logger:       discardLogger(),
+	})
 	return peers
 }
