@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/pipestream/pipestream/datastream"
+	"github.com/pipestream/pipestream/group"
 	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
 	"github.com/pipestream/pipestream/transport"
 )
@@ -114,7 +115,7 @@ func benchConns(b *testing.B, kind transport.Kind, n int) {
 	defer cancel()
 	cmd := exec.CommandContext(ctx, os.Args[0])
 	p := startLabProc(b, "conns client", cmd, false,
-		connsAddrEnv+"="+peers[0].Addr, connsNEnv+"="+strconv.Itoa(n))
+		connsAddrEnv+"="+peers[0].StreamAddr, connsNEnv+"="+strconv.Itoa(n))
 	if _, err := p.waitLine("ready"); err != nil {
 		b.Fatal(err)
 	}
@@ -164,7 +165,7 @@ func connsMain(addr string) int {
 func runConnsClients(addr string, n int) error {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	peers := []datastream.Peer{{ID: "s1", Addr: addr}}
+	peers := []group.Member{{ID: "s1", StreamAddr: addr}}
 	clients := make([]*datastream.Client, n)
 	defer func() {
 		for _, c := range clients {

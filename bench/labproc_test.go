@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/pipestream/pipestream/datastream"
+	"github.com/pipestream/pipestream/group"
 	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
 	"github.com/pipestream/pipestream/raft"
 )
@@ -57,14 +58,14 @@ func labMain(role string) int {
 // raft-boltdb, a fileSink for the entries and a logFront for clients. It
 // says "leader ID" once the group has one, and shuts down when stdin ends.
 func runLogNode() error {
-	var peers []raft.Member
+	var peers []group.Member
 	for p := range strings.SplitSeq(os.Getenv(labPeersEnv), ";") {
 		id, addrs, _ := strings.Cut(p, "=")
 		r, c, _ := strings.Cut(addrs, ",")
-		peers = append(peers, raft.Member{ID: id, RaftAddr: r, CommitAddr: c})
+		peers = append(peers, group.Member{ID: id, RaftAddr: r, CommitAddr: c})
 	}
 	id, dir := os.Getenv(labIDEnv), os.Getenv(labDirEnv)
-	var self raft.Member
+	var self group.Member
 	for _, p := range peers {
 		if p.ID == id {
 			self = p
@@ -114,10 +115,10 @@ func runLogNode() error {
 //
 // and is answered "ok" or "error ...".
 func runLabClient() error {
-	var peers []datastream.Peer
+	var peers []group.Member
 	for p := range strings.SplitSeq(os.Getenv(labPeersEnv), ";") {
 		id, addr, _ := strings.Cut(p, "=")
-		peers = append(peers, datastream.Peer{ID: id, Addr: addr})
+		peers = append(peers, group.Member{ID: id, StreamAddr: addr})
 	}
 	c, err := datastream.NewClient(peers, datastream.WithLogger(quietLog()))
 	if err != nil {

@@ -74,7 +74,7 @@ func startRaftGroup(b *testing.B, onDisk bool, sink func(i int) raft.DataSink) *
 			}
 		}
 	})
-	var peers []raft.Member
+	var peers []peer.Member
 	for i := range groupSize {
 		cfg := raft.Config{
 			ID:         fmt.Sprintf("n%d", i),
@@ -217,11 +217,7 @@ func startPeerGroup(b *testing.B, onDisk bool, newSM func() statemachine.StateMa
 			b.Fatal(err)
 		}
 	}
-	var dp []datastream.Peer
-	for _, m := range g.members {
-		dp = append(dp, datastream.Peer{ID: m.ID, Addr: m.StreamAddr})
-	}
-	c, err := datastream.NewClient(dp, append([]datastream.Option{datastream.WithLogger(quietLog())}, opts...)...)
+	c, err := datastream.NewClient(g.members, append([]datastream.Option{datastream.WithLogger(quietLog())}, opts...)...)
 	if err != nil {
 		b.Fatal(err)
 	}

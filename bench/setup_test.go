@@ -12,8 +12,8 @@ import (
 	"testing"
 	"time"
 
-	"github.com/pipestream/pipestream/datastream"
-	"github.com/pipestream/pipestream/handler"
+	"github.com/pipestream/pipestream/group"
+	"github.com/pipestream/pipestream/internal/grouptest"
 	"github.com/pipestream/pipestream/server"
 	"github.com/pipestream/pipestream/statemachine"
 	"github.com/pipestream/pipestream/transport"
@@ -64,7 +64,7 @@ func newSM(tb testing.TB, k smKind) statemachine.StateMachine {
 // alone: idle gnet engines keep threads in epoll_wait that hold the
 // runtime's Ps (see BenchmarkLatency), which slowed a relay beside them by
 // a few percent.
-func startPeers(tb testing.TB, n int, kind transport.Kind, sm smKind) (peers []datastream.Peer, stop func()) {
+func startPeers(tb testing.TB, n int, kind transport.Kind, sm smKind) (peers []group.Member, stop func()) {
 	tb.Helper()
 	// The state machines first, so that their cleanups run after the
 	// servers have shut down.
@@ -78,16 +78,23 @@ func startPeers(tb testing.TB, n int, kind transport.Kind, sm smKind) (peers []d
 // startServers starts a server.Server peer on loopback for each state
 // machine, s1, s2 and so on, and waits until each reaches the others. They
 // are shut down when tb ends, or before by stop.
-func startServers(tb testing.TB, kind transport.Kind, sms []statemachine.StateMachine, tune ...func(i int, c *server.Config)) (peers []datastream.Peer, stop func()) {
+func startServers(tb testing.TB, kind transport.Kind, sms []statemachine.StateMachine, tune ...func(i int, c *server.Config)) (peers []group.Member, stop func()) {
 	tb.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), patience)
 	defer cancel()
-	group := make([]server.Peer, len(sms))
-	for i := range group {
-		group[i].ID = fmt.Sprintf("s%d", i+1)
-	}
-	var servers []*server.Server
-	shutdown := sync.OnceFunc(func() {
+	servers, peers, _ := grouptest.StartServers(tb, ctx, len(sms), grouptest.ServerOptions{
+		Kind:         kind,
+		StateMachine: func(i int) statemachine.StateMachine { return sms[i] },
+		Logger:       discardLogger(),
+		Config: func(i int, c *server.Config) {
+			c.InlineWrites = writesInline(sms[i])
+			for _, f := range tune {
+				f(i, c)
+			}
+		},
+	})
+	// The test's cleanup shuts them down again, which does nothing.
+	stop = sync.OnceFunc(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), patience)
 		defer cancel()
 		for _, s := range servers {
@@ -96,37 +103,11 @@ func startServers(tb testing.TB, kind transport.Kind, sms []statemachine.StateMa
 			}
 		}
 	})
-	tb.Cleanup(shutdown)
-	for i, p := range group {
-		cfg := server.Config{
-			ID: p.ID, Peers: group, StateMachine: sms[i], Policy: handler.Policy{InlineWrites: writesInline(sms[i])},
-			Transport: kind, Logger: discardLogger(),
-		}
-		for _, f := range tune {
-			f(i, &cfg)
-		}
-		s, err := server.Listen(ctx, cfg)
-		if err != nil {
-			tb.Fatal(err)
-		}
-		servers = append(servers, s)
-		peers = append(peers, datastream.Peer{ID: p.ID, Addr: s.Addr().String()})
-	}
-	for _, s := range servers {
-		for _, p := range peers {
-			s.SetPeerAddr(p.ID, p.Addr)
-		}
-	}
-	for _, s := range servers {
-		if err := s.WaitPeers(ctx); err != nil {
-			tb.Fatal(err)
-		}
-	}
-	return peers, shutdown
+	return peers, stop
 }
 
 // peerIDs returns the ids of peers, in order.
-func peerIDs(peers []datastream.Peer) []string {
+func peerIDs(peers []group.Member) []string {
 	ids := make([]string, len(peers))
 	for i, p := range peers {
 		ids[i] = p.ID

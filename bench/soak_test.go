@@ -13,8 +13,9 @@ import (
 	"time"
 
 	"github.com/pipestream/pipestream/datastream"
+	"github.com/pipestream/pipestream/group"
+	"github.com/pipestream/pipestream/internal/grouptest"
 	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
-	"github.com/pipestream/pipestream/server"
 	"github.com/pipestream/pipestream/statemachine"
 )
 
@@ -148,38 +149,14 @@ func rotate(ids []string, first int) []string {
 }
 
 // soakGroup starts three peers with the given state machines.
-func soakGroup(t *testing.T, sms []*statemachine.Memory) []datastream.Peer {
+func soakGroup(t *testing.T, sms []*statemachine.Memory) []group.Member {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	var members []server.Peer
-	for i := range sms {
-		members = append(members, server.Peer{ID: fmt.Sprintf("soak-%d", i)})
-	}
-	var servers []*server.Server
-	var peers []datastream.Peer
-	for i, sm := range sms {
-		s, err := server.Listen(ctx, server.Config{ID: members[i].ID, Peers: members, StateMachine: sm, Logger: discardLogger()})
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() {
-			sctx, c := context.WithTimeout(context.Background(), 10*time.Second)
-			defer c()
-			_ = s.Shutdown(sctx)
-		})
-		servers = append(servers, s)
-		peers = append(peers, datastream.Peer{ID: members[i].ID, Addr: s.Addr().String()})
-	}
-	for _, s := range servers {
-		for _, p := range peers {
-			s.SetPeerAddr(p.ID, p.Addr)
-		}
-	}
-	for _, s := range servers {
-		if err := s.WaitPeers(ctx); err != nil {
-			t.Fatal(err)
-		}
-	}
+	_, peers, _ := grouptest.StartServers(t, ctx, len(sms), grouptest.ServerOptions{
+		ID:           func(i int) string { return fmt.Sprintf("soak-%d", i) },
+		StateMachine: func(i int) statemachine.StateMachine { return sms[i] },
+		Logger:       discardLogger(),
+	})
 	return peers
 }

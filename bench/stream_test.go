@@ -15,6 +15,7 @@ import (
 
 	"github.com/pipestream/pipestream/buffer"
 	"github.com/pipestream/pipestream/datastream"
+	"github.com/pipestream/pipestream/group"
 	"github.com/pipestream/pipestream/internal/leaktest"
 	"github.com/pipestream/pipestream/metrics"
 	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
@@ -216,7 +217,7 @@ func writtenPackets(b *testing.B, reg *prometheus.Registry) float64 {
 
 // startChain starts three peers, each with a state machine from newSM,
 // and waits until each reaches the others. They are shut down when b ends.
-func startChain(b *testing.B, kind transport.Kind, newSM func(testing.TB) statemachine.StateMachine, tune ...func(int, *server.Config)) ([]datastream.Peer, []statemachine.StateMachine) {
+func startChain(b *testing.B, kind transport.Kind, newSM func(testing.TB) statemachine.StateMachine, tune ...func(int, *server.Config)) ([]group.Member, []statemachine.StateMachine) {
 	b.Helper()
 	sms := make([]statemachine.StateMachine, chainLen)
 	for i := range sms {

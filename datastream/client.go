@@ -12,20 +12,15 @@ import (
 	"golang.org/x/sync/semaphore"
 
 	"github.com/pipestream/pipestream/codec/dscodec"
+	"github.com/pipestream/pipestream/group"
 	"github.com/pipestream/pipestream/transport"
 )
-
-// Peer is a member of the group the client streams to.
-type Peer struct {
-	ID   string
-	Addr string // DataStream address, host:port
-}
 
 // Client streams to one group of peers. It is safe for concurrent use and
 // keeps one connection per peer, shared by its streams.
 type Client struct {
 	id     []byte
-	peers  []Peer
+	peers  []group.Member
 	opts   options
 	dialer transport.Connector
 	callID atomic.Uint64
@@ -42,15 +37,15 @@ type Client struct {
 	closed  bool
 }
 
-// NewClient returns a client for the group of peers. It connects to a peer
-// when the first stream to it opens.
-func NewClient(peers []Peer, opts ...Option) (*Client, error) {
+// NewClient returns a client for the group of peers, each named by its ID
+// and StreamAddr. It connects to a peer when the first stream to it opens.
+func NewClient(peers []group.Member, opts ...Option) (*Client, error) {
 	if len(peers) == 0 {
 		return nil, errors.New("datastream: no peers")
 	}
 	seen := make(map[string]bool, len(peers))
 	for _, p := range peers {
-		if p.ID == "" || p.Addr == "" {
+		if p.ID == "" || p.StreamAddr == "" {
 			return nil, fmt.Errorf("datastream: peer %q needs an id and an address", p.ID)
 		}
 		if seen[p.ID] {
@@ -67,7 +62,7 @@ func NewClient(peers []Peer, opts ...Option) (*Client, error) {
 	}
 	c := &Client{
 		id:    make([]byte, 16),
-		peers: append([]Peer(nil), peers...),
+		peers: append([]group.Member(nil), peers...),
 		opts:  o,
 		slots: make(chan struct{}, o.maxOutstanding),
 		bytes: semaphore.NewWeighted(o.maxBytes),
@@ -97,7 +92,7 @@ func NewClient(peers []Peer, opts ...Option) (*Client, error) {
 func (c *Client) ID() []byte { return c.id }
 
 // Peers returns the group.
-func (c *Client) Peers() []Peer { return append([]Peer(nil), c.peers...) }
+func (c *Client) Peers() []group.Member { return append([]group.Member(nil), c.peers...) }
 
 // failsOver reports whether the client's streams move to another peer
 // when their primary fails (WithFailover).
@@ -116,19 +111,19 @@ func (c *Client) startFailover(o *Output) bool {
 	return true
 }
 
-func (c *Client) peer(id string) (Peer, bool) {
+func (c *Client) peer(id string) (group.Member, bool) {
 	for _, p := range c.peers {
 		if p.ID == id {
 			return p, true
 		}
 	}
-	return Peer{}, false
+	return group.Member{}, false
 }
 
 // connFor returns the connection to p, dialing it if there is none or the
 // last one died. Streams opening at the same time share one dial; each
 // waits for it up to its own ctx.
-func (c *Client) connFor(ctx context.Context, p Peer) (*conn, error) {
+func (c *Client) connFor(ctx context.Context, p group.Member) (*conn, error) {
 	c.mu.Lock()
 	if c.closed {
 		c.mu.Unlock()
@@ -163,7 +158,7 @@ func (c *Client) dial(cn *conn) {
 	defer c.wg.Done()
 	ctx, cancel := context.WithTimeout(c.ctx, c.opts.dialTimeout)
 	defer cancel()
-	ch, err := c.dialer.Dial(ctx, cn.peer.Addr, cn.init)
+	ch, err := c.dialer.Dial(ctx, cn.peer.StreamAddr, cn.init)
 	if err != nil {
 		if c.ctx.Err() != nil {
 			err = ErrClosed

@@ -8,6 +8,7 @@ import (
 
 	"github.com/pipestream/pipestream/buffer"
 	"github.com/pipestream/pipestream/codec/dscodec"
+	"github.com/pipestream/pipestream/group"
 	"github.com/pipestream/pipestream/pipeline"
 	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
 	"github.com/pipestream/pipestream/transport"
@@ -18,7 +19,7 @@ import (
 // primary that peer is.
 type conn struct {
 	c    *Client
-	peer Peer
+	peer group.Member
 	// ready is closed once the dial finished; ch is set then if it
 	// succeeded, and never changes.
 	ready chan struct{}
@@ -41,7 +42,7 @@ type conn struct {
 	dead    error
 }
 
-func newConn(c *Client, p Peer) *conn {
+func newConn(c *Client, p group.Member) *conn {
 	cn := &conn{c: c, peer: p, ready: make(chan struct{}), streams: make(map[uint64]*Output)}
 	cn.lastRead.Store(time.Now().UnixNano())
 	return cn

@@ -15,12 +15,13 @@ import (
 	"github.com/pipestream/pipestream/buffer"
 	"github.com/pipestream/pipestream/buffer/buffertest"
 	"github.com/pipestream/pipestream/datastream"
+	"github.com/pipestream/pipestream/group"
 	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
 	"github.com/pipestream/pipestream/statemachine"
 	"github.com/pipestream/pipestream/transport"
 )
 
-func ids(g *group) []string {
+func ids(g *cluster) []string {
 	out := make([]string, len(g.peers))
 	for i, p := range g.peers {
 		out[i] = p.ID
@@ -405,14 +406,14 @@ func TestManyStreams(t *testing.T) {
 }
 
 func TestNewClientErrors(t *testing.T) {
-	ok := []datastream.Peer{{ID: "a", Addr: "127.0.0.1:1"}}
+	ok := []group.Member{{ID: "a", StreamAddr: "127.0.0.1:1"}}
 	for _, tc := range []struct {
 		name  string
-		peers []datastream.Peer
+		peers []group.Member
 		opts  []datastream.Option
 	}{
 		{"no peers", nil, nil},
-		{"peer without address", []datastream.Peer{{ID: "a"}}, nil},
+		{"peer without address", []group.Member{{ID: "a"}}, nil},
 		{"duplicate peer", append(ok, ok[0]), nil},
 		{"zero window", ok, []datastream.Option{datastream.WithWindow(0, 1)}},
 		{"zero window packets", ok, []datastream.Option{datastream.WithWindow(1, 0)}},
@@ -465,7 +466,7 @@ func TestOneConnection(t *testing.T) {
 	}
 	dead := ln.Addr().String()
 	_ = ln.Close()
-	c2, err := datastream.NewClient([]datastream.Peer{{ID: "gone", Addr: dead}}, datastream.WithLogger(quietLogger()))
+	c2, err := datastream.NewClient([]group.Member{{ID: "gone", StreamAddr: dead}}, datastream.WithLogger(quietLogger()))
 	if err != nil {
 		t.Fatal(err)
 	}

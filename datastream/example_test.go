@@ -11,19 +11,20 @@ import (
 	"time"
 
 	"github.com/pipestream/pipestream/datastream"
+	"github.com/pipestream/pipestream/group"
 	"github.com/pipestream/pipestream/server"
 	"github.com/pipestream/pipestream/statemachine"
 )
 
 // startPeers starts a group of three standalone peers on loopback and
 // returns their addresses and a function that stops them.
-func startPeers() ([]datastream.Peer, func()) {
+func startPeers() ([]group.Member, func()) {
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	quiet := slog.New(slog.DiscardHandler)
-	members := []server.Peer{{ID: "s1"}, {ID: "s2"}, {ID: "s3"}}
+	members := []group.Member{{ID: "s1"}, {ID: "s2"}, {ID: "s3"}}
 	var servers []*server.Server
-	var peers []datastream.Peer
+	var peers []group.Member
 	for _, m := range members {
 		s, err := server.Listen(ctx, server.Config{
 			ID: m.ID, Peers: members, StateMachine: statemachine.NewMemory(), Logger: quiet,
@@ -32,11 +33,11 @@ func startPeers() ([]datastream.Peer, func()) {
 			log.Fatal(err)
 		}
 		servers = append(servers, s)
-		peers = append(peers, datastream.Peer{ID: m.ID, Addr: s.Addr().String()})
+		peers = append(peers, group.Member{ID: m.ID, StreamAddr: s.Addr().String()})
 	}
 	for _, s := range servers {
 		for _, p := range peers {
-			s.SetPeerAddr(p.ID, p.Addr)
+			s.SetPeerAddr(p.ID, p.StreamAddr)
 		}
 	}
 	for _, s := range servers {

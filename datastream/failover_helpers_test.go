@@ -107,7 +107,7 @@ func (l *logCommitter) Commit(ctx context.Context, s statemachine.StreamInfo) (*
 }
 
 // stop marks peer i down in the log, then shuts it down.
-func (l *logCommitter) stop(g *group, i int) {
+func (l *logCommitter) stop(g *cluster, i int) {
 	l.mu.Lock()
 	l.down[i] = true
 	l.mu.Unlock()
@@ -118,7 +118,7 @@ func (l *logCommitter) stop(g *group, i int) {
 // last of which can be paused, with a reply timeout short enough that
 // what a failed primary keeps is dropped within a test. The cleanup
 // resumes the paused peer.
-func failoverGroup(t *testing.T, quorum int) (*group, *pausableSM, *logCommitter) {
+func failoverGroup(t *testing.T, quorum int) (*cluster, *pausableSM, *logCommitter) {
 	last := &pausableSM{Memory: statemachine.NewMemory()}
 	g := startGroup(t, 3, groupOpts{
 		sm: func(i int) statemachine.StateMachine {

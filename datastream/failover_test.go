@@ -9,6 +9,7 @@ import (
 
 	"github.com/pipestream/pipestream/buffer/buffertest"
 	"github.com/pipestream/pipestream/datastream"
+	"github.com/pipestream/pipestream/group"
 	"github.com/pipestream/pipestream/handler"
 	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
 )
@@ -149,9 +150,9 @@ func TestFailoverNoPeerLeft(t *testing.T) {
 		buffertest.Check(t)
 		g, _, _ := failoverGroup(t, 0)
 		// The client reaches only the primary; the peers reach each other.
-		peers := append([]datastream.Peer(nil), g.peers...)
+		peers := append([]group.Member(nil), g.peers...)
 		for i := 1; i < len(peers); i++ {
-			peers[i].Addr = closedAddr(t)
+			peers[i].StreamAddr = closedAddr(t)
 		}
 		c, err := datastream.NewClient(peers, datastream.WithLogger(quietLogger()), datastream.WithDialTimeout(2*time.Second))
 		if err != nil {
@@ -288,7 +289,7 @@ func TestFailoverTwice(t *testing.T) {
 // TestReroot checks the routing tables a failover sends: a tree over the
 // peers left, rooted at the new primary.
 func TestReroot(t *testing.T) {
-	peers := []datastream.Peer{{ID: "a"}, {ID: "b"}, {ID: "c"}, {ID: "d"}}
+	peers := []group.Member{{ID: "a"}, {ID: "b"}, {ID: "c"}, {ID: "d"}}
 	ids := []string{"a", "b", "c", "d"}
 	tree := &pb.RoutingTable{Routes: []*pb.Route{
 		{Peer: "a", Successors: []string{"b", "c"}},

@@ -19,6 +19,8 @@ import (
 
 	"github.com/pipestream/pipestream/codec/dscodec"
 	"github.com/pipestream/pipestream/datastream"
+	"github.com/pipestream/pipestream/group"
+	"github.com/pipestream/pipestream/internal/grouptest"
 	"github.com/pipestream/pipestream/internal/leaktest"
 	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
 	"github.com/pipestream/pipestream/server"
@@ -45,12 +47,12 @@ func testCtx(t testing.TB) context.Context {
 	return ctx
 }
 
-// group is n peers started on loopback.
-type group struct {
+// cluster is n peers started on loopback.
+type cluster struct {
 	t       testing.TB
 	servers []*server.Server
 	sms     []statemachine.StateMachine
-	peers   []datastream.Peer
+	peers   []group.Member
 	stopped []bool
 }
 
@@ -60,59 +62,24 @@ type groupOpts struct {
 	tweak func(*server.Config)
 }
 
-// startGroup starts n peers and waits until each reaches the others. Its
-// cleanup shuts down those still running; register buffertest.Check before
-// calling it, and release any gate after it.
-func startGroup(t testing.TB, n int, o groupOpts) *group {
+// startGroup starts n peers, s1, s2 and so on, and waits until each
+// reaches the others. Its cleanup shuts them down; register
+// buffertest.Check before calling it, and release any gate after it.
+func startGroup(t testing.TB, n int, o groupOpts) *cluster {
 	t.Helper()
-	if o.sm == nil {
-		o.sm = func(int) statemachine.StateMachine { return statemachine.NewMemory() }
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), patience)
 	defer cancel()
-	g := &group{t: t, stopped: make([]bool, n)}
-	var peers []server.Peer
-	for i := 0; i < n; i++ {
-		peers = append(peers, server.Peer{ID: peerID(i)})
+	g := &cluster{t: t, stopped: make([]bool, n)}
+	opts := grouptest.ServerOptions{Kind: o.kind, StateMachine: o.sm, Logger: quietLogger()}
+	if o.tweak != nil {
+		opts.Config = func(_ int, c *server.Config) { o.tweak(c) }
 	}
-	for i := 0; i < n; i++ {
-		cfg := server.Config{
-			ID: peerID(i), Peers: peers, StateMachine: o.sm(i),
-			Transport: o.kind, Logger: quietLogger(),
-		}
-		if o.tweak != nil {
-			o.tweak(&cfg)
-		}
-		s, err := server.Listen(ctx, cfg)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() {
-			if !g.stopped[i] {
-				g.stop(i)
-			}
-		})
-		g.servers = append(g.servers, s)
-		g.sms = append(g.sms, cfg.StateMachine)
-		g.peers = append(g.peers, datastream.Peer{ID: peerID(i), Addr: s.Addr().String()})
-	}
-	for _, s := range g.servers {
-		for _, p := range g.peers {
-			s.SetPeerAddr(p.ID, p.Addr)
-		}
-	}
-	for _, s := range g.servers {
-		if err := s.WaitPeers(ctx); err != nil {
-			t.Fatal(err)
-		}
-	}
+	g.servers, g.peers, g.sms = grouptest.StartServers(t, ctx, n, opts)
 	return g
 }
 
-func peerID(i int) string { return fmt.Sprintf("s%d", i+1) }
-
 // stop shuts peer i down.
-func (g *group) stop(i int) {
+func (g *cluster) stop(i int) {
 	g.t.Helper()
 	g.stopped[i] = true
 	ctx, cancel := context.WithTimeout(context.Background(), patience)
@@ -123,7 +90,7 @@ func (g *group) stop(i int) {
 }
 
 // client returns a client of the group, closed when the test ends.
-func (g *group) client(t testing.TB, opts ...datastream.Option) *datastream.Client {
+func (g *cluster) client(t testing.TB, opts ...datastream.Option) *datastream.Client {
 	t.Helper()
 	c, err := datastream.NewClient(g.peers, append([]datastream.Option{datastream.WithLogger(quietLogger())}, opts...)...)
 	if err != nil {
@@ -137,7 +104,7 @@ func (g *group) client(t testing.TB, opts ...datastream.Option) *datastream.Clie
 	return c
 }
 
-func (g *group) memory(i int) *statemachine.Memory {
+func (g *cluster) memory(i int) *statemachine.Memory {
 	switch sm := g.sms[i].(type) {
 	case *gatedSM:
 		return sm.Memory
@@ -149,7 +116,7 @@ func (g *group) memory(i int) *statemachine.Memory {
 }
 
 // checkCommitted checks that every running peer committed want for out.
-func (g *group) checkCommitted(t testing.TB, c *datastream.Client, out *datastream.Output, want []byte) {
+func (g *cluster) checkCommitted(t testing.TB, c *datastream.Client, out *datastream.Output, want []byte) {
 	t.Helper()
 	k := key(c, out)
 	for i := range g.servers {
@@ -167,7 +134,7 @@ func (g *group) checkCommitted(t testing.TB, c *datastream.Client, out *datastre
 // uncommitted data, and checks that none committed anything. Failures
 // release resources asynchronously, across peers, so the test polls for
 // that state, bounded.
-func (g *group) waitClean(t testing.TB) {
+func (g *cluster) waitClean(t testing.TB) {
 	t.Helper()
 	deadline := time.Now().Add(patience)
 	for {
@@ -334,8 +301,8 @@ func (f *fakePeer) client(t testing.TB, opts ...datastream.Option) *datastream.C
 	return c
 }
 
-func (f *fakePeer) peers() []datastream.Peer {
-	return []datastream.Peer{{ID: "fake", Addr: f.ln.Addr().String()}}
+func (f *fakePeer) peers() []group.Member {
+	return []group.Member{{ID: "fake", StreamAddr: f.ln.Addr().String()}}
 }
 
 func (f *fakePeer) accept() {

@@ -13,6 +13,7 @@ import (
 
 	"github.com/pipestream/pipestream/buffer"
 	"github.com/pipestream/pipestream/codec/dscodec"
+	"github.com/pipestream/pipestream/group"
 	"github.com/pipestream/pipestream/internal/fifo"
 	"github.com/pipestream/pipestream/pipeline"
 	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
@@ -180,12 +181,12 @@ func (c *Client) Stream(ctx context.Context, message []byte, opts ...StreamOptio
 		if !ok {
 			return nil, fmt.Errorf("datastream: primary %q is not a peer of the group", so.primary)
 		}
-		candidates = []Peer{p}
+		candidates = []group.Member{p}
 	} else if so.routing != nil {
 		candidates = c.peers[:1] // a table names its primary's place
 	}
 	var (
-		primary Peer
+		primary group.Member
 		cn      *conn
 		errs    []error
 	)

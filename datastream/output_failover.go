@@ -10,6 +10,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/pipestream/pipestream/codec/dscodec"
+	"github.com/pipestream/pipestream/group"
 	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
 )
 
@@ -121,7 +122,7 @@ func (o *Output) failover() {
 
 // candidateLocked returns the next peer to try: the first of the stream's
 // routing table, in the table's order, that was not tried yet.
-func (o *Output) candidateLocked() (Peer, bool) {
+func (o *Output) candidateLocked() (group.Member, bool) {
 	for _, id := range tablePeers(o.table, o.primary, o.c.peers) {
 		if !slices.Contains(o.tried, id) {
 			if p, ok := o.c.peer(id); ok {
@@ -129,7 +130,7 @@ func (o *Output) candidateLocked() (Peer, bool) {
 			}
 		}
 	}
-	return Peer{}, false
+	return group.Member{}, false
 }
 
 // exhausted is the error of a stream that no peer could take over: it
@@ -252,7 +253,7 @@ func (o *Output) outcomeLocked(err error) error {
 
 // tablePeers lists the peers of routing table t, primary first, in the
 // table's order; an empty table is the star over peers.
-func tablePeers(t *pb.RoutingTable, primary string, peers []Peer) []string {
+func tablePeers(t *pb.RoutingTable, primary string, peers []group.Member) []string {
 	out := []string{primary}
 	add := func(id string) {
 		if !slices.Contains(out, id) {
@@ -280,7 +281,7 @@ func tablePeers(t *pb.RoutingTable, primary string, peers []Peer) []string {
 // its subtree is turned around, and the other subtrees that lost the old
 // primary go under root. Every path of t that does not pass through a
 // gone peer or the old root keeps its order.
-func reroot(t *pb.RoutingTable, primary, root string, gone []string, peers []Peer) *pb.RoutingTable {
+func reroot(t *pb.RoutingTable, primary, root string, gone []string, peers []group.Member) *pb.RoutingTable {
 	ids := make([]string, 0, len(peers))
 	for _, p := range peers {
 		ids = append(ids, p.ID)

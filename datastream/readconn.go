@@ -12,6 +12,7 @@ import (
 
 	"github.com/pipestream/pipestream/buffer"
 	"github.com/pipestream/pipestream/codec/dscodec"
+	"github.com/pipestream/pipestream/group"
 	"github.com/pipestream/pipestream/pipeline"
 	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
 	"github.com/pipestream/pipestream/transport"
@@ -23,7 +24,7 @@ import (
 // apart by stream_id.
 type readConn struct {
 	c    *Client
-	peer Peer
+	peer group.Member
 	ch   transport.Channel
 
 	mu     sync.Mutex
@@ -33,14 +34,14 @@ type readConn struct {
 }
 
 // dialRead connects to p for reads.
-func (c *Client) dialRead(ctx context.Context, p Peer) (*readConn, error) {
+func (c *Client) dialRead(ctx context.Context, p group.Member) (*readConn, error) {
 	if c.ctx.Err() != nil {
 		return nil, ErrClosed
 	}
 	rc := &readConn{c: c, peer: p, calls: make(map[uint64]*readCall)}
 	ctx, cancel := context.WithTimeout(ctx, c.opts.dialTimeout)
 	defer cancel()
-	ch, err := c.dialer.Dial(ctx, p.Addr, rc.init)
+	ch, err := c.dialer.Dial(ctx, p.StreamAddr, rc.init)
 	if err != nil {
 		if c.ctx.Err() != nil {
 			return nil, ErrClosed

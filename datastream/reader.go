@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/pipestream/pipestream/buffer"
+	"github.com/pipestream/pipestream/group"
 	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
 )
 
@@ -115,7 +116,7 @@ type Reader struct {
 
 	mu       sync.Mutex // guards rc, the peer order and the attempts
 	rc       *readConn
-	peers    []Peer
+	peers    []group.Member
 	next     int // the index in peers of the next peer to try
 	attempts int
 	closed   bool

@@ -20,7 +20,7 @@ import (
 )
 
 // fileGroup starts n peers, each storing into a FileStore of its own.
-func fileGroup(t testing.TB, n int, kind transport.Kind) (*group, []*statemachine.FileStore) {
+func fileGroup(t testing.TB, n int, kind transport.Kind) (*cluster, []*statemachine.FileStore) {
 	t.Helper()
 	stores := make([]*statemachine.FileStore, n)
 	for i := range stores {

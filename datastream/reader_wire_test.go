@@ -82,7 +82,7 @@ func TestReadBadRequests(t *testing.T) {
 	g, _ := fileGroup(t, 1, transport.Gnet)
 	c := g.client(t)
 	put(t, c, "ok", []byte("0123456789"))
-	rc := dialRaw(t, g.peers[0].Addr)
+	rc := dialRaw(t, g.peers[0].StreamAddr)
 	for i, tc := range []struct {
 		req  *pb.ReadRequest
 		body []byte // instead of req
@@ -137,7 +137,7 @@ func TestReadServerBound(t *testing.T) {
 	const size = 2 * handler.MaxConnReadBytes
 	want := randomBytes(11, size)
 	put(t, c, "huge", want)
-	rc := dialRaw(t, g.peers[0].Addr)
+	rc := dialRaw(t, g.peers[0].StreamAddr)
 	const n = handler.MaxReadLength
 	reqs := size / n
 	for i := range reqs {

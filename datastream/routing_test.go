@@ -6,6 +6,7 @@ import (
 
 	"github.com/pipestream/pipestream/buffer/buffertest"
 	"github.com/pipestream/pipestream/datastream"
+	"github.com/pipestream/pipestream/group"
 	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
 )
 
@@ -15,10 +16,10 @@ import (
 func TestStreamValidatesRoutingTable(t *testing.T) {
 	buffertest.Check(t)
 	f := startFake(t, success)
-	peers := []datastream.Peer{
-		{ID: "fake", Addr: f.ln.Addr().String()},
-		{ID: "b", Addr: "127.0.0.1:1"},
-		{ID: "c", Addr: "127.0.0.1:1"},
+	peers := []group.Member{
+		{ID: "fake", StreamAddr: f.ln.Addr().String()},
+		{ID: "b", StreamAddr: "127.0.0.1:1"},
+		{ID: "c", StreamAddr: "127.0.0.1:1"},
 	}
 	c, err := datastream.NewClient(peers, datastream.WithLogger(quietLogger()))
 	if err != nil {

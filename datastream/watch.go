@@ -10,6 +10,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/pipestream/pipestream/group"
 	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
 )
 
@@ -72,7 +73,7 @@ func (c *Client) waitApplied(ctx context.Context, name string, index uint64, inf
 			ids = append(ids, p.ID)
 		}
 	}
-	peers := make([]Peer, 0, len(ids))
+	peers := make([]group.Member, 0, len(ids))
 	for _, id := range ids {
 		p, ok := c.peer(id)
 		if !ok {
@@ -135,7 +136,7 @@ func (c *Client) waitApplied(ctx context.Context, name string, index uint64, inf
 // pollApplied asks p for name's newest entry until its index reaches
 // index. It returns nil then, ctx's error with the peer's last answer, or
 // an error that asking again would not change.
-func (c *Client) pollApplied(ctx context.Context, p Peer, name string, index uint64) error {
+func (c *Client) pollApplied(ctx context.Context, p group.Member, name string, index uint64) error {
 	var (
 		rc   *readConn
 		last error

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/pipestream/pipestream/datastream"
+	"github.com/pipestream/pipestream/group"
 	"github.com/pipestream/pipestream/handler"
 	"github.com/pipestream/pipestream/pipeline"
 	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
@@ -76,19 +77,19 @@ func Example_insertStage() {
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
 
 	ids := []string{"s1", "s2", "s3"}
-	var group []server.Peer
+	var members []group.Member
 	for _, id := range ids {
-		group = append(group, server.Peer{ID: id})
+		members = append(members, group.Member{ID: id})
 	}
 	var (
 		servers []*server.Server
 		sums    []*checksums
-		peers   []datastream.Peer
+		peers   []group.Member
 	)
 	for _, id := range ids {
 		sum := newChecksums()
 		s, err := server.Listen(ctx, server.Config{
-			ID: id, Peers: group, Logger: quiet,
+			ID: id, Peers: members, Logger: quiet,
 			StateMachine: statemachine.NewMemoryHashing(),
 			// Called for every client and predecessor connection, after
 			// the server stages are in place.
@@ -102,11 +103,11 @@ func Example_insertStage() {
 		}
 		defer s.Shutdown(context.Background())
 		servers, sums = append(servers, s), append(sums, sum)
-		peers = append(peers, datastream.Peer{ID: id, Addr: s.Addr().String()})
+		peers = append(peers, group.Member{ID: id, StreamAddr: s.Addr().String()})
 	}
 	for _, s := range servers {
 		for _, p := range peers {
-			s.SetPeerAddr(p.ID, p.Addr)
+			s.SetPeerAddr(p.ID, p.StreamAddr)
 		}
 	}
 	for _, s := range servers {

@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 
+	"github.com/pipestream/pipestream/group"
 	"github.com/pipestream/pipestream/handler"
 	"github.com/pipestream/pipestream/pipeline"
 	"github.com/pipestream/pipestream/raft"
@@ -23,21 +24,12 @@ import (
 // ErrConfig reports an invalid Config or member list.
 var ErrConfig = errors.New("peer: invalid configuration")
 
-// Member is one peer of a group as the others reach it.
-type Member struct {
-	// ID names the peer; it must be unique in the group and never reused.
-	ID string
-	// StreamAddr is where the peer accepts DataStream connections, from
-	// clients and from the peers that forward to it.
-	StreamAddr string
-	// RaftAddr is the peer's Raft transport.
-	RaftAddr string
-	// CommitAddr is where the peer accepts commits forwarded by the
-	// others while it is the leader.
-	CommitAddr string
-}
+// Member is one peer of a group as the others reach it; a peer needs
+// every address of every member.
+type Member = group.Member
 
-func (m Member) complete() bool {
+// complete reports whether m names all that a peer needs of a member.
+func complete(m Member) bool {
 	return m.ID != "" && m.StreamAddr != "" && m.RaftAddr != "" && m.CommitAddr != ""
 }
 

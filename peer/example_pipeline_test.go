@@ -51,7 +51,7 @@ func ExampleConfig_pipeline() {
 		log.Fatal(err)
 	}
 
-	c, err := datastream.NewClient([]datastream.Peer{{ID: "s1", Addr: p.Addrs().StreamAddr}}, datastream.WithLogger(quiet))
+	c, err := datastream.NewClient([]peer.Member{{ID: "s1", StreamAddr: p.Addrs().StreamAddr}}, datastream.WithLogger(quiet))
 	if err != nil {
 		log.Fatal(err)
 	}

@@ -42,11 +42,8 @@ func Example() {
 		}
 	}
 
-	var group []datastream.Peer
-	for _, m := range members {
-		group = append(group, datastream.Peer{ID: m.ID, Addr: m.StreamAddr})
-	}
-	c, err := datastream.NewClient(group, datastream.WithLogger(quiet))
+	// A client takes the same member list; it dials the StreamAddrs.
+	c, err := datastream.NewClient(members, datastream.WithLogger(quiet))
 	if err != nil {
 		log.Fatal(err)
 	}

@@ -151,11 +151,7 @@ func contains(s []int, v int) bool {
 
 func (g *group) client(opts ...datastream.Option) *datastream.Client {
 	g.t.Helper()
-	peers := make([]datastream.Peer, len(g.members))
-	for i, m := range g.members {
-		peers[i] = datastream.Peer{ID: m.ID, Addr: m.StreamAddr}
-	}
-	c, err := datastream.NewClient(peers, append([]datastream.Option{datastream.WithLogger(quietLogger())}, opts...)...)
+	c, err := datastream.NewClient(g.members, append([]datastream.Option{datastream.WithLogger(quietLogger())}, opts...)...)
 	if err != nil {
 		g.t.Fatal(err)
 	}

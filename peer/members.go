@@ -9,7 +9,6 @@ import (
 
 	"github.com/pipestream/pipestream/datastream"
 	"github.com/pipestream/pipestream/raft"
-	"github.com/pipestream/pipestream/server"
 )
 
 // The group's membership lives in the Raft log (see package raft): every
@@ -25,10 +24,10 @@ import (
 // Raft sends it the log or a snapshot, and its repairer fetches every copy
 // it lacks from the others.
 func (p *Peer) AddMember(ctx context.Context, m Member) error {
-	if !m.complete() {
+	if !complete(m) {
 		return fmt.Errorf("%w: member %q lacks an address: %+v", ErrConfig, m.ID, m)
 	}
-	if _, err := p.node.AddMember(ctx, raftMember(m)); err != nil {
+	if _, err := p.node.AddMember(ctx, m); err != nil {
 		return fmt.Errorf("peer %s: add %s: %w", p.cfg.ID, m.ID, err)
 	}
 	return nil
@@ -67,19 +66,12 @@ func (p *Peer) Removed() <-chan struct{} { return p.removed }
 // membersChanged is the Raft node's OnMembers. It runs on raft's FSM
 // goroutine, possibly inside Start (a snapshot restored), and must not
 // block: it takes memberMu only.
-func (p *Peer) membersChanged(peers []raft.Member) {
-	members := make([]Member, len(peers))
-	sp := make([]server.Peer, len(peers))
-	self := false
-	for i, rp := range peers {
-		members[i] = Member{ID: rp.ID, StreamAddr: rp.StreamAddr, RaftAddr: rp.RaftAddr, CommitAddr: rp.CommitAddr}
-		sp[i] = server.Peer{ID: rp.ID, Addr: rp.StreamAddr}
-		self = self || rp.ID == p.cfg.ID
-	}
+func (p *Peer) membersChanged(members []Member) {
+	self := slices.ContainsFunc(members, func(m Member) bool { return m.ID == p.cfg.ID })
 	p.memberMu.Lock()
 	p.members = members
 	p.memberMu.Unlock()
-	p.srv.SetPeers(sp)
+	p.srv.SetPeers(members)
 	p.source.set(others(members, p.cfg.ID))
 	if !self {
 		p.removedOnce.Do(func() {
@@ -90,18 +82,14 @@ func (p *Peer) membersChanged(peers []raft.Member) {
 }
 
 // others returns the members other than id, as a client reaches them.
-func others(members []Member, id string) []datastream.Peer {
-	var out []datastream.Peer
+func others(members []Member, id string) []Member {
+	var out []Member
 	for _, m := range members {
 		if m.ID != id {
-			out = append(out, datastream.Peer{ID: m.ID, Addr: m.StreamAddr})
+			out = append(out, m)
 		}
 	}
 	return out
-}
-
-func raftMember(m Member) raft.Member {
-	return raft.Member{ID: m.ID, StreamAddr: m.StreamAddr, RaftAddr: m.RaftAddr, CommitAddr: m.CommitAddr}
 }
 
 // memberSource is the repairer's Source: a datastream client of the other
@@ -111,7 +99,7 @@ type memberSource struct {
 	opts []datastream.Option
 
 	mu     sync.Mutex
-	peers  []datastream.Peer
+	peers  []Member
 	c      *datastream.Client
 	closed bool
 	wg     sync.WaitGroup // closing old clients
@@ -154,7 +142,7 @@ func (s *memberSource) ids() []string {
 
 // set replaces the members; the old client is closed in the background
 // (reads still running on it fail, and their repairs are retried).
-func (s *memberSource) set(peers []datastream.Peer) {
+func (s *memberSource) set(peers []Member) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed || slices.Equal(s.peers, peers) {

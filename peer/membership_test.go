@@ -48,9 +48,9 @@ func (g *group) launch(id string, edit func(*peer.Config)) int {
 // clientOf returns a client of the running peers among is.
 func (g *group) clientOf(is ...int) *datastream.Client {
 	g.t.Helper()
-	var peers []datastream.Peer
+	var peers []peer.Member
 	for _, i := range is {
-		peers = append(peers, datastream.Peer{ID: g.members[i].ID, Addr: g.members[i].StreamAddr})
+		peers = append(peers, g.members[i])
 	}
 	c, err := datastream.NewClient(peers, datastream.WithLogger(quietLogger()))
 	if err != nil {

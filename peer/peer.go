@@ -96,14 +96,10 @@ func New(ctx context.Context, cfg Config) (_ *Peer, err error) {
 		}
 	}
 
-	peers := make([]server.Peer, len(cfg.Peers))
-	for i, m := range cfg.Peers {
-		peers[i] = server.Peer{ID: m.ID, Addr: m.StreamAddr}
-	}
 	p.srv, err = server.Listen(ctx, server.Config{
 		ID:               cfg.ID,
 		Addr:             cfg.StreamAddr,
-		Peers:            peers,
+		Peers:            cfg.Peers,
 		StateMachine:     p.sm,
 		Policy:           cfg.Policy,
 		Limits:           cfg.Limits,
@@ -180,9 +176,7 @@ func (p *Peer) Start(ctx context.Context, members []Member) error {
 	case p.started:
 		return ErrStarted
 	}
-	rp := make([]raft.Member, len(members))
-	for i, m := range members {
-		rp[i] = raftMember(m)
+	for _, m := range members {
 		p.srv.SetPeerAddr(m.ID, m.StreamAddr)
 	}
 	// Set before the node starts: restoring a snapshot may replace them.
@@ -190,7 +184,7 @@ func (p *Peer) Start(ctx context.Context, members []Member) error {
 	p.members = slices.Clone(members)
 	p.memberMu.Unlock()
 	p.source.set(others(members, p.cfg.ID))
-	if err := p.node.Start(ctx, rp); err != nil {
+	if err := p.node.Start(ctx, members); err != nil {
 		return fmt.Errorf("peer %s: %w", p.cfg.ID, err)
 	}
 	p.started = true
@@ -320,7 +314,7 @@ func (p *Peer) checkMembers(members []Member) error {
 		return err
 	}
 	for _, m := range members {
-		if !m.complete() {
+		if !complete(m) {
 			return fmt.Errorf("%w: member %q lacks an address: %+v", ErrConfig, m.ID, m)
 		}
 		if !slices.ContainsFunc(p.cfg.Peers, func(c Member) bool { return c.ID == m.ID }) {

@@ -201,7 +201,7 @@ func loadGroup(path, id string) (*groupFile, Config, error) {
 	var self *peerEntry
 	for i, p := range f.Peers {
 		m := Member{ID: p.ID, StreamAddr: p.StreamAddr, RaftAddr: p.RaftAddr, CommitAddr: p.CommitAddr}
-		if !m.complete() {
+		if !complete(m) {
 			return nil, Config{}, fmt.Errorf("%w: %s: peer %d (%q) needs id, stream_addr, raft_addr and commit_addr", ErrConfig, path, i+1, p.ID)
 		}
 		if a := zeroPort(m); a != "" {

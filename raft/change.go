@@ -11,6 +11,7 @@ import (
 	hraft "github.com/hashicorp/raft"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/pipestream/pipestream/group"
 	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
 )
 
@@ -29,7 +30,7 @@ const changeTimeout = 30 * time.Second
 // a member that is already one with the same addresses completes a change
 // that failed half way and is otherwise a no-op. It returns the group as
 // the leader knows it afterwards.
-func (n *Node) AddMember(ctx context.Context, p Member) (Membership, error) {
+func (n *Node) AddMember(ctx context.Context, p group.Member) (Membership, error) {
 	return n.change(ctx, &pb.MembershipRequest{Op: pb.MembershipRequest_ADD, Member: memberPB(p)}, true)
 }
 
@@ -173,24 +174,24 @@ func (n *Node) lead(ctx context.Context, r *hraft.Raft, req *pb.MembershipReques
 // addresses of cur.Members (the Start list); a server the list lacks (its
 // entry was dropped from the group file before it left) keeps the Raft
 // address the configuration gives it and no other.
-func (n *Node) configMembers(r *hraft.Raft, cur Membership) ([]Member, error) {
+func (n *Node) configMembers(r *hraft.Raft, cur Membership) ([]group.Member, error) {
 	conf := r.GetConfiguration()
 	if err := conf.Error(); err != nil {
 		return nil, fmt.Errorf("raft: configuration: %w", leaderErr(err))
 	}
-	var out []Member
+	var out []group.Member
 	for _, s := range conf.Configuration().Servers {
 		p, ok := cur.Member(string(s.ID))
 		if !ok {
 			n.log.Warn("raft: a server of the configuration is not in the member list this peer started with", "id", s.ID)
-			p = Member{ID: string(s.ID), RaftAddr: string(s.Address)}
+			p = group.Member{ID: string(s.ID), RaftAddr: string(s.Address)}
 		}
 		out = append(out, p)
 	}
 	return out, nil
 }
 
-func (n *Node) leadAdd(ctx context.Context, r *hraft.Raft, cur Membership, p Member) error {
+func (n *Node) leadAdd(ctx context.Context, r *hraft.Raft, cur Membership, p group.Member) error {
 	if p.ID == "" || p.StreamAddr == "" || p.RaftAddr == "" || p.CommitAddr == "" {
 		return fmt.Errorf("%w: a new member needs an id and its stream, raft and commit addresses: %+v", ErrConfig, p)
 	}
@@ -237,7 +238,7 @@ func (n *Node) leadAdd(ctx context.Context, r *hraft.Raft, cur Membership, p Mem
 // probe checks that p answers at its commit address as itself and has no
 // Raft log of its own: a peer started without Config.Join bootstraps a
 // group of its own, whose first entry would clash with this group's.
-func (n *Node) probe(ctx context.Context, p Member, cur Membership) error {
+func (n *Node) probe(ctx context.Context, p group.Member, cur Membership) error {
 	pctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	rep, err := n.call(pctx, p.CommitAddr, reqPeerStatus, nil)
@@ -266,7 +267,7 @@ func (n *Node) leadRemove(ctx context.Context, r *hraft.Raft, cur Membership, id
 		return fmt.Errorf("%w: %q is the only voter; a group cannot go on without one", ErrLastVoter, id)
 	}
 	if member {
-		next := membership{members: slices.DeleteFunc(slices.Clone(cur.Members), func(p Member) bool { return p.ID == id }),
+		next := membership{members: slices.DeleteFunc(slices.Clone(cur.Members), func(p group.Member) bool { return p.ID == id }),
 			removed: append(slices.Clone(cur.Removed), id)}
 		if err := n.applyMembers(ctx, r, next); err != nil {
 			return err

@@ -10,6 +10,7 @@ import (
 
 	"go.uber.org/goleak"
 
+	"github.com/pipestream/pipestream/group"
 	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
 	"github.com/pipestream/pipestream/raft"
 	"github.com/pipestream/pipestream/statemachine"
@@ -72,7 +73,7 @@ type cluster struct {
 	t       testing.TB
 	ctx     context.Context
 	cfgs    []raft.Config
-	peers   []raft.Member
+	peers   []group.Member
 	nodes   []*raft.Node
 	linkers []*recorder
 	sinks   []*sink

@@ -6,23 +6,10 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/pipestream/pipestream/group"
 	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
 	"github.com/pipestream/pipestream/statemachine"
 )
-
-// Member is one member of a Raft group as the others reach it: the same
-// record as peer.Member and the membership entries' pb.Member.
-type Member struct {
-	// ID names the peer in the group; it must be unique and never reused.
-	ID string
-	// RaftAddr is the host:port of the peer's Raft transport.
-	RaftAddr string
-	// CommitAddr is the host:port where the peer accepts forwarded commits.
-	CommitAddr string
-	// StreamAddr is the peer's DataStream address. Raft does not use it;
-	// membership entries carry it to every peer for the layers above.
-	StreamAddr string
-}
 
 // Config configures one Node. The zero values of the optional fields mean
 // the defaults named on each.
@@ -45,7 +32,7 @@ type Config struct {
 	// membership this Node knows changes: when its FSM applies a
 	// membership entry, and when raft restores a snapshot that holds one.
 	// It runs on raft's FSM goroutine, in log order, and must not block.
-	OnMembers func(members []Member)
+	OnMembers func(members []group.Member)
 
 	// TLS, if set, makes both listeners, Raft's and the commit address,
 	// speak TLS: Certificates, and for mutual TLS ClientAuth
@@ -172,7 +159,7 @@ func setDuration(d *time.Duration, def time.Duration) {
 
 // checkPeers verifies that peers is a usable group containing self, whose
 // entry must name the addresses self is bound to.
-func checkPeers(peers []Member, self Member) error {
+func checkPeers(peers []group.Member, self group.Member) error {
 	if len(peers) == 0 {
 		return fmt.Errorf("%w: no peers", ErrConfig)
 	}

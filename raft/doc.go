@@ -11,7 +11,7 @@
 // Only the Raft leader can append to the log, but any peer can be a stream's
 // primary. A Node that is not the leader forwards Commit to the leader over a
 // small RPC of its own: every Node listens on a commit address
-// (Member.CommitAddr) where each message is a 4-byte big-endian length
+// (the members' CommitAddr) where each message is a 4-byte big-endian length
 // followed by a protobuf message, a StreamEntry one way and a
 // RaftClientReply the other. Commit then
 // waits until its own FSM has applied the entry, so when it returns the

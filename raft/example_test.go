@@ -6,6 +6,7 @@ import (
 	"log"
 	"time"
 
+	"github.com/pipestream/pipestream/group"
 	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
 	"github.com/pipestream/pipestream/raft"
 	"github.com/pipestream/pipestream/statemachine"
@@ -29,7 +30,7 @@ func Example() {
 	defer cancel()
 
 	var nodes []*raft.Node
-	var peers []raft.Member
+	var peers []group.Member
 	for _, id := range []string{"a", "b", "c"} {
 		n, err := raft.New(raft.Config{
 			ID:         id,

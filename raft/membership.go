@@ -9,6 +9,7 @@ import (
 	hraft "github.com/hashicorp/raft"
 	"google.golang.org/protobuf/proto"
 
+	"github.com/pipestream/pipestream/group"
 	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
 )
 
@@ -34,7 +35,7 @@ var kindMembers = []byte{3}
 // membership is the group as a membership entry set it.
 type membership struct {
 	index   uint64 // the entry's log index; 0: no entry was applied
-	members []Member
+	members []group.Member
 	removed []string
 }
 
@@ -62,12 +63,12 @@ func unmarshalMembership(index uint64, data []byte) (membership, error) {
 	return m, nil
 }
 
-func memberPB(p Member) *pb.Member {
+func memberPB(p group.Member) *pb.Member {
 	return &pb.Member{Id: p.ID, StreamAddr: p.StreamAddr, RaftAddr: p.RaftAddr, CommitAddr: p.CommitAddr}
 }
 
-func memberOf(m *pb.Member) Member {
-	return Member{ID: m.GetId(), StreamAddr: m.GetStreamAddr(), RaftAddr: m.GetRaftAddr(), CommitAddr: m.GetCommitAddr()}
+func memberOf(m *pb.Member) group.Member {
+	return group.Member{ID: m.GetId(), StreamAddr: m.GetStreamAddr(), RaftAddr: m.GetRaftAddr(), CommitAddr: m.GetCommitAddr()}
 }
 
 func (f *fsm) applyMembers(l *hraft.Log) any {
@@ -125,15 +126,15 @@ func (n *Node) membersApplied(m membership) {
 	}
 }
 
-func peerMap(peers []Member) map[string]Member {
-	out := make(map[string]Member, len(peers))
+func peerMap(peers []group.Member) map[string]group.Member {
+	out := make(map[string]group.Member, len(peers))
 	for _, p := range peers {
 		out[p.ID] = p
 	}
 	return out
 }
 
-func ids(peers []Member) []string {
+func ids(peers []group.Member) []string {
 	out := make([]string, len(peers))
 	for i, p := range peers {
 		out[i] = p.ID
@@ -146,7 +147,7 @@ type Membership struct {
 	// Members are the group as the last membership entry this Node
 	// applied set it, or the list Start was given while it applied none
 	// (Index 0).
-	Members []Member
+	Members []group.Member
 	// Removed are the ids removed from the group; none is used again.
 	Removed []string
 	// Index is the log index of that membership entry.
@@ -159,10 +160,10 @@ type Membership struct {
 }
 
 // Member returns the member named id.
-func (m Membership) Member(id string) (Member, bool) {
-	i := slices.IndexFunc(m.Members, func(p Member) bool { return p.ID == id })
+func (m Membership) Member(id string) (group.Member, bool) {
+	i := slices.IndexFunc(m.Members, func(p group.Member) bool { return p.ID == id })
 	if i < 0 {
-		return Member{}, false
+		return group.Member{}, false
 	}
 	return m.Members[i], true
 }
@@ -218,7 +219,7 @@ func (n *Node) Membership() (Membership, error) {
 
 // Members returns the members as Membership does, without the Raft
 // configuration.
-func (n *Node) Members() []Member {
+func (n *Node) Members() []group.Member {
 	if f := n.fsm.membership(); f.index > 0 {
 		return f.members
 	}

@@ -6,6 +6,7 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/pipestream/pipestream/group"
 	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
 	"github.com/pipestream/pipestream/raft"
 )
@@ -13,10 +14,10 @@ import (
 // seen records what OnMembers was called with.
 type seen struct {
 	mu    sync.Mutex
-	calls [][]raft.Member
+	calls [][]group.Member
 }
 
-func (s *seen) record(ps []raft.Member) {
+func (s *seen) record(ps []group.Member) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	s.calls = append(s.calls, ps)

@@ -17,6 +17,7 @@ import (
 	hraft "github.com/hashicorp/raft"
 	raftboltdb "github.com/hashicorp/raft-boltdb/v2"
 
+	"github.com/pipestream/pipestream/group"
 	"github.com/pipestream/pipestream/statemachine"
 )
 
@@ -47,8 +48,8 @@ type Node struct {
 	// given, replaced by each membership entry the FSM applies (which may
 	// happen inside Start, as raft restores a snapshot, while mu is held).
 	pmu   sync.Mutex
-	peers map[string]Member
-	start []Member // the list Start was given
+	peers map[string]group.Member
+	start []group.Member // the list Start was given
 	// changeMu serializes the membership changes this Node leads.
 	changeMu sync.Mutex
 
@@ -147,8 +148,8 @@ func (n *Node) closeResources() {
 
 // Addr returns this peer as the others must list it: its id and the
 // addresses it is bound to, with any port 0 resolved.
-func (n *Node) Addr() Member {
-	return Member{ID: n.cfg.ID, RaftAddr: n.layer.Addr().String(), CommitAddr: n.commit.Addr().String()}
+func (n *Node) Addr() group.Member {
+	return group.Member{ID: n.cfg.ID, RaftAddr: n.layer.Addr().String(), CommitAddr: n.commit.Addr().String()}
 }
 
 // Start joins the group made of peers, which must include this Node as
@@ -157,8 +158,10 @@ func (n *Node) Addr() Member {
 // Config.Join it does not: it waits for the group's leader to add it
 // (AddMember). A Node with state (a restart) keeps the membership it has
 // and uses peers only until its FSM applies a membership entry (see
-// Members). ctx bounds the start-up only.
-func (n *Node) Start(ctx context.Context, peers []Member) error {
+// Members). ctx bounds the start-up only. Raft uses the members' RaftAddr
+// and CommitAddr; membership entries carry StreamAddr too, to every peer,
+// for the layers above.
+func (n *Node) Start(ctx context.Context, peers []group.Member) error {
 	if err := checkPeers(peers, n.Addr()); err != nil {
 		return err
 	}

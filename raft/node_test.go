@@ -11,12 +11,13 @@ import (
 
 	"go.uber.org/goleak"
 
+	"github.com/pipestream/pipestream/group"
 	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
 	"github.com/pipestream/pipestream/raft"
 )
 
 func TestConfigErrors(t *testing.T) {
-	good := raft.Member{ID: "a", RaftAddr: "127.0.0.1:1", CommitAddr: "127.0.0.1:2"}
+	good := group.Member{ID: "a", RaftAddr: "127.0.0.1:1", CommitAddr: "127.0.0.1:2"}
 	newErrs := []struct {
 		name string
 		cfg  raft.Config
@@ -42,20 +43,20 @@ func TestConfigErrors(t *testing.T) {
 
 	startErrs := []struct {
 		name  string
-		peers func(self raft.Member) []raft.Member
+		peers func(self group.Member) []group.Member
 	}{
-		{"no peers", func(raft.Member) []raft.Member { return nil }},
-		{"self missing", func(raft.Member) []raft.Member { return []raft.Member{good} }},
-		{"self with other addresses", func(self raft.Member) []raft.Member {
+		{"no peers", func(group.Member) []group.Member { return nil }},
+		{"self missing", func(group.Member) []group.Member { return []group.Member{good} }},
+		{"self with other addresses", func(self group.Member) []group.Member {
 			self.RaftAddr = "127.0.0.1:1"
-			return []raft.Member{self}
+			return []group.Member{self}
 		}},
-		{"duplicate id", func(self raft.Member) []raft.Member {
+		{"duplicate id", func(self group.Member) []group.Member {
 			other := good
 			other.ID = self.ID
-			return []raft.Member{self, other}
+			return []group.Member{self, other}
 		}},
-		{"incomplete peer", func(self raft.Member) []raft.Member { return []raft.Member{self, {ID: "b"}} }},
+		{"incomplete peer", func(self group.Member) []group.Member { return []group.Member{self, {ID: "b"}} }},
 	}
 	for _, tc := range startErrs {
 		t.Run("Start/"+tc.name, func(t *testing.T) {
@@ -85,10 +86,10 @@ func TestNodeLifecycle(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(t.Context(), testTimeout)
 	defer cancel()
-	if err := n.Start(ctx, []raft.Member{n.Addr()}); err != nil {
+	if err := n.Start(ctx, []group.Member{n.Addr()}); err != nil {
 		t.Fatal(err)
 	}
-	if err := n.Start(ctx, []raft.Member{n.Addr()}); err == nil {
+	if err := n.Start(ctx, []group.Member{n.Addr()}); err == nil {
 		t.Error("second Start succeeded")
 	}
 	if id, err := n.WaitLeader(ctx); err != nil || id != "solo" {

@@ -12,6 +12,7 @@ import (
 
 	"google.golang.org/protobuf/proto"
 
+	"github.com/pipestream/pipestream/group"
 	"github.com/pipestream/pipestream/internal/testcert"
 	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
 	"github.com/pipestream/pipestream/raft"
@@ -132,7 +133,7 @@ func TestTLSWrongCertificateCannotJoin(t *testing.T) {
 	ctx, cancel := context.WithTimeout(t.Context(), testTimeout)
 	defer cancel()
 	var nodes []*raft.Node
-	var peers []raft.Member
+	var peers []group.Member
 	for i, authority := range []*testcert.CA{ca, ca, other} {
 		cfg := testConfig(fmt.Sprintf("n%d", i))
 		withMTLS(t, authority)(&cfg)

@@ -33,7 +33,7 @@ func expectClosed(t *testing.T, c net.Conn) {
 }
 
 // healthy streams one small stream through the group with a fresh client.
-func (g *group) healthy(t *testing.T) {
+func (g *cluster) healthy(t *testing.T) {
 	t.Helper()
 	c := g.client(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
@@ -53,7 +53,7 @@ func TestAdversarialFrames(t *testing.T) {
 		t.Run(kind.String(), func(t *testing.T) {
 			buffertest.Check(t)
 			g := startGroup(t, 3, groupOpts{kind: kind})
-			addr := g.peers[0].Addr
+			addr := g.peers[0].StreamAddr
 			frame := func(length uint32, rest ...byte) []byte {
 				b := binary.BigEndian.AppendUint32(nil, length)
 				return append(b, rest...)
@@ -147,7 +147,7 @@ func TestHeadersWithoutData(t *testing.T) {
 	runtime.ReadMemStats(&before)
 	const conns, perConn = 3, 1500
 	for c := 0; c < conns; c++ {
-		r := dialRaw(t, g.peers[0].Addr)
+		r := dialRaw(t, g.peers[0].StreamAddr)
 		r.client = []byte{byte(c), 'h', 'e', 'a', 'd', 'e', 'r', 's', '-', 'o', 'n', 'l', 'y', '!', '!', '!'}
 		for i := uint64(1); i <= perConn; i++ {
 			r.header(i, r.request(i, g.peers[0].ID, nil))
@@ -182,7 +182,7 @@ func TestClientThatNeverReads(t *testing.T) {
 	g := startGroup(t, 1, groupOpts{tweak: func(c *server.Config) {
 		c.TransportOptions = []transport.Option{transport.WithMaxOutbound(64 << 10)}
 	}})
-	c, err := net.Dial("tcp", g.peers[0].Addr)
+	c, err := net.Dial("tcp", g.peers[0].StreamAddr)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -41,7 +41,7 @@ func TestChecksumChecked(t *testing.T) {
 func testChecksumChecked(t *testing.T, everyPeer bool) {
 	buffertest.Check(t)
 	g := startGroup(t, 3, groupOpts{tweak: func(c *server.Config) { c.VerifyEveryPeer = everyPeer }})
-	r := dialRaw(t, g.peers[0].Addr)
+	r := dialRaw(t, g.peers[0].StreamAddr)
 	a, b := []byte("first packet "), []byte("second packet")
 
 	r.open(1, g.peers[0].ID)

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"log/slog"
 
+	"github.com/pipestream/pipestream/group"
 	"github.com/pipestream/pipestream/handler"
 	"github.com/pipestream/pipestream/pipeline"
 	"github.com/pipestream/pipestream/statemachine"
@@ -30,20 +31,16 @@ const StageAuthorizePeer = "authorize-peer"
 // successor.
 const DefaultPeerOutbound = 512 << 20
 
-// Peer is a member of the group.
-type Peer struct {
-	ID   string
-	Addr string // DataStream address; may be empty for this server itself
-}
-
 // Config configures a Server. ID, Peers and StateMachine are required.
 // The settings are in the embedded handler.Policy, handler.Limits and
 // handler.Timeouts, which declare each one and its default; zero fields
 // take the defaults.
 type Config struct {
-	ID    string
-	Addr  string // listen address; default "127.0.0.1:0"
-	Peers []Peer // every member, this one included
+	ID   string
+	Addr string // listen address; default "127.0.0.1:0"
+	// Peers lists every member, this one included, by ID and StreamAddr;
+	// this server's own StreamAddr may be empty.
+	Peers []group.Member
 
 	StateMachine statemachine.StateMachine
 	// Committer commits closed streams; nil runs standalone (see

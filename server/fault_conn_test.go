@@ -9,6 +9,7 @@ import (
 
 	"github.com/pipestream/pipestream/buffer/buffertest"
 	"github.com/pipestream/pipestream/datastream"
+	"github.com/pipestream/pipestream/group"
 	"github.com/pipestream/pipestream/handler"
 	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
 	"github.com/pipestream/pipestream/server"
@@ -151,9 +152,9 @@ func TestFaultConnectionDrops(t *testing.T) {
 	t.Run("client-primary/in-frame-body", func(t *testing.T) {
 		buffertest.Check(t)
 		g := startGroup(t, 3, groupOpts{quorum: handler.QuorumAll})
-		px := listenProxy(t, g.peers[0].Addr)
-		peers := append([]datastream.Peer(nil), g.peers...)
-		peers[0].Addr = px.Addr()
+		px := listenProxy(t, g.peers[0].StreamAddr)
+		peers := append([]group.Member(nil), g.peers...)
+		peers[0].StreamAddr = px.Addr()
 		c, err := datastream.NewClient(peers, datastream.WithLogger(quietLogger()))
 		if err != nil {
 			t.Fatal(err)

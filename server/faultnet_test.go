@@ -4,15 +4,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"testing"
 	"time"
 
 	"github.com/pipestream/pipestream/codec/dscodec"
 	"github.com/pipestream/pipestream/datastream"
-	"github.com/pipestream/pipestream/handler"
 	"github.com/pipestream/pipestream/internal/faultnet"
+	"github.com/pipestream/pipestream/internal/grouptest"
 	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
-	"github.com/pipestream/pipestream/server"
 	"github.com/pipestream/pipestream/statemachine"
 )
 
@@ -22,72 +22,28 @@ type edge struct{ from, to int }
 // startGroupVia is startGroup with the connections along some edges going
 // through a faultnet proxy, one per edge, so that a test can pause, cut or
 // truncate them. The proxies close before the servers shut down.
-func startGroupVia(t testing.TB, n int, o groupOpts, via ...edge) (*group, map[edge]*faultnet.Proxy) {
+func startGroupVia(t testing.TB, n int, o groupOpts, via ...edge) (*cluster, map[edge]*faultnet.Proxy) {
 	t.Helper()
-	if o.sm == nil {
-		o.sm = func(int) statemachine.StateMachine { return statemachine.NewMemoryHashing() }
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	g := &group{}
-	var peers []server.Peer
-	for i := 0; i < n; i++ {
-		peers = append(peers, server.Peer{ID: peerID(i)})
-	}
-	for i := 0; i < n; i++ {
-		cfg := server.Config{
-			ID: peerID(i), Peers: peers, StateMachine: o.sm(i),
-			Transport: o.kind, Logger: quietLogger(), Policy: handler.Policy{WriteQuorum: o.quorum},
-		}
-		if o.tweak != nil {
-			o.tweak(&cfg)
-		}
-		g.listen(t, ctx, cfg)
-	}
 	proxies := make(map[edge]*faultnet.Proxy)
-	for _, e := range via {
-		proxies[e] = listenProxy(t, g.peers[e.to].Addr)
-	}
-	for i, s := range g.servers {
-		for j, p := range g.peers {
-			if px := proxies[edge{i, j}]; px != nil {
-				s.SetPeerAddr(p.ID, px.Addr())
-			} else {
-				s.SetPeerAddr(p.ID, p.Addr)
-			}
+	opts := o.options()
+	opts.Dial = func(from, to int, addr string) string {
+		e := edge{from, to}
+		if !slices.Contains(via, e) {
+			return addr
 		}
+		proxies[e] = listenProxy(t, addr)
+		return proxies[e].Addr()
 	}
-	for _, s := range g.servers {
-		if err := s.WaitPeers(ctx); err != nil {
-			t.Fatal(err)
-		}
-	}
+	g := &cluster{}
+	g.servers, g.peers, g.sms = grouptest.StartServers(t, ctx, n, opts)
 	for e, px := range proxies {
 		if px.Stats().Accepted == 0 {
 			t.Fatalf("%s reached %s without its proxy", peerID(e.from), peerID(e.to))
 		}
 	}
 	return g, proxies
-}
-
-// listen starts one server of g and registers its shutdown.
-func (g *group) listen(t testing.TB, ctx context.Context, cfg server.Config) *server.Server {
-	t.Helper()
-	s, err := server.Listen(ctx, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() {
-		sctx, c := context.WithTimeout(context.Background(), 10*time.Second)
-		defer c()
-		if err := s.Shutdown(sctx); err != nil {
-			t.Errorf("shutdown %s: %v", s.ID(), err)
-		}
-	})
-	g.servers = append(g.servers, s)
-	g.sms = append(g.sms, cfg.StateMachine)
-	g.peers = append(g.peers, datastream.Peer{ID: cfg.ID, Addr: s.Addr().String()})
-	return s
 }
 
 func listenProxy(t testing.TB, target string) *faultnet.Proxy {
@@ -101,7 +57,7 @@ func listenProxy(t testing.TB, target string) *faultnet.Proxy {
 }
 
 // kill shuts peer i down, as a crash that closes its sockets would.
-func (g *group) kill(t testing.TB, i int) {
+func (g *cluster) kill(t testing.TB, i int) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
@@ -113,42 +69,23 @@ func (g *group) kill(t testing.TB, i int) {
 // restart replaces peer i, which must be shut down, with a new server of
 // the same id and a fresh state machine on a new port; the other peers
 // learn its address and every peer waits until it reaches the others.
-func (g *group) restart(t testing.TB, i int, o groupOpts) {
+func (g *cluster) restart(t testing.TB, i int, o groupOpts) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
-	var peers []server.Peer
-	for _, p := range g.peers {
-		peers = append(peers, server.Peer{ID: p.ID, Addr: p.Addr})
-	}
-	sm := statemachine.StateMachine(statemachine.NewMemoryHashing())
-	if o.sm != nil {
-		sm = o.sm(i)
-	}
-	cfg := server.Config{
-		ID: g.peers[i].ID, Peers: peers, StateMachine: sm,
-		Transport: o.kind, Logger: quietLogger(), Policy: handler.Policy{WriteQuorum: o.quorum},
-	}
-	if o.tweak != nil {
-		o.tweak(&cfg)
-	}
-	s := g.listen(t, ctx, cfg)
-	last := len(g.servers) - 1
-	g.servers[i], g.sms[i], g.peers[i] = s, g.sms[last], g.peers[last]
-	g.servers, g.sms, g.peers = g.servers[:last], g.sms[:last], g.peers[:last]
+	cfg := grouptest.ServerConfig(i, slices.Clone(g.peers), o.options())
+	s := grouptest.ListenServer(t, ctx, cfg)
+	g.servers[i], g.sms[i] = s, cfg.StateMachine
+	g.peers[i].StreamAddr = s.Addr().String()
 	for j, other := range g.servers {
 		if j != i {
-			other.SetPeerAddr(g.peers[i].ID, g.peers[i].Addr)
+			other.SetPeerAddr(g.peers[i].ID, g.peers[i].StreamAddr)
 		}
 	}
-	for _, s := range g.servers {
-		if err := s.WaitPeers(ctx); err != nil {
-			t.Fatal(err)
-		}
-	}
+	grouptest.WaitServers(t, ctx, g.servers)
 }
 
-func (g *group) ids() []string {
+func (g *cluster) ids() []string {
 	ids := make([]string, len(g.peers))
 	for i, p := range g.peers {
 		ids[i] = p.ID
@@ -161,7 +98,7 @@ func (g *group) ids() []string {
 // fails the test after a bounded time. Attempts may fail only with an error
 // that retryable accepts: a peer whose connection to a successor just
 // ended learns it on its event loop, and redials with a backoff.
-func (g *group) commitsEventually(t *testing.T, c *datastream.Client, table *pb.RoutingTable, retryable func(error) bool) {
+func (g *cluster) commitsEventually(t *testing.T, c *datastream.Client, table *pb.RoutingTable, retryable func(error) bool) {
 	t.Helper()
 	deadline := time.Now().Add(15 * time.Second)
 	for attempt := 0; ; attempt++ {

@@ -17,7 +17,7 @@ func TestStreamLimits(t *testing.T) {
 		c.MaxStreamsPerConn = 2
 		c.MaxStreams = 3
 	}})
-	a := dialRaw(t, g.peers[0].Addr)
+	a := dialRaw(t, g.peers[0].StreamAddr)
 	for id := uint64(1); id <= 2; id++ {
 		a.header(id, a.request(id, g.peers[0].ID, nil))
 		if h, _ := a.reply(); !h.GetSuccess() {
@@ -29,7 +29,7 @@ func TestStreamLimits(t *testing.T) {
 		t.Fatalf("third stream on one connection: %v, want LIMIT_EXCEEDED", h)
 	}
 
-	b := dialRaw(t, g.peers[0].Addr)
+	b := dialRaw(t, g.peers[0].StreamAddr)
 	b.client = []byte("another-client!!")
 	b.header(1, b.request(1, g.peers[0].ID, nil))
 	if h, _ := b.reply(); !h.GetSuccess() {
@@ -54,7 +54,7 @@ func TestStreamLimits(t *testing.T) {
 func TestConnectionBoundToClient(t *testing.T) {
 	buffertest.Check(t)
 	g := startGroup(t, 1, groupOpts{})
-	r := dialRaw(t, g.peers[0].Addr)
+	r := dialRaw(t, g.peers[0].StreamAddr)
 	r.header(1, r.request(1, g.peers[0].ID, nil))
 	r.reply()
 
@@ -70,7 +70,7 @@ func TestConnectionBoundToClient(t *testing.T) {
 	}
 
 	// Nor can a second connection write to the first one's stream.
-	r2 := dialRaw(t, g.peers[0].Addr)
+	r2 := dialRaw(t, g.peers[0].StreamAddr)
 	r2.client = other
 	r2.data(1, 0, []byte("x"))
 	if h, _ := r2.reply(); h.GetErrorCode() != pb.ErrorCode_FORBIDDEN {
@@ -90,7 +90,7 @@ func TestConnectionByteLimit(t *testing.T) {
 		sm:    func(int) statemachineSM { return &blockingSM{Memory: newMemory(), hold: hold} },
 		tweak: func(c *server.Config) { c.MaxConnBytes = 1 << 20 },
 	})
-	r := dialRaw(t, g.peers[0].Addr)
+	r := dialRaw(t, g.peers[0].StreamAddr)
 	r.header(1, r.request(1, g.peers[0].ID, nil))
 	r.reply()
 	// The state machine holds the writes, so nothing is answered: the
@@ -124,7 +124,7 @@ func TestConnectionByteLimit(t *testing.T) {
 func TestIdleStreamTimesOut(t *testing.T) {
 	buffertest.Check(t)
 	g := startGroup(t, 3, groupOpts{tweak: func(c *server.Config) { c.IdleTimeout = 200 * time.Millisecond }})
-	r := dialRaw(t, g.peers[0].Addr)
+	r := dialRaw(t, g.peers[0].StreamAddr)
 	r.header(1, r.request(1, g.peers[0].ID, nil))
 	if h, _ := r.reply(); !h.GetSuccess() {
 		t.Fatal(h)
@@ -168,7 +168,7 @@ func TestSlowWriteIsNotIdle(t *testing.T) {
 			return slowStore{statemachine.NewMemory(), 400 * time.Millisecond}
 		},
 	})
-	r := dialRaw(t, g.peers[0].Addr)
+	r := dialRaw(t, g.peers[0].StreamAddr)
 	r.header(1, r.request(1, g.peers[0].ID, nil))
 	if h, _ := r.reply(); !h.GetSuccess() {
 		t.Fatal(h)

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/pipestream/pipestream/codec/dscodec"
+	"github.com/pipestream/pipestream/group"
+	"github.com/pipestream/pipestream/internal/grouptest"
 	"github.com/pipestream/pipestream/internal/leaktest"
 
 	"github.com/pipestream/pipestream/datastream"
@@ -30,11 +32,11 @@ func quietLogger() *slog.Logger {
 	return slog.New(slog.NewTextHandler(io.Discard, nil))
 }
 
-// group is n peers started on loopback.
-type group struct {
+// cluster is n peers started on loopback.
+type cluster struct {
 	servers []*server.Server
 	sms     []statemachine.StateMachine
-	peers   []datastream.Peer
+	peers   []group.Member
 }
 
 type groupOpts struct {
@@ -49,15 +51,28 @@ type groupOpts struct {
 
 // startGroup starts n peers and waits until each reaches the others. Its
 // cleanup shuts them down; register buffertest.Check before calling it.
-func startGroup(t testing.TB, n int, o groupOpts) *group {
+func startGroup(t testing.TB, n int, o groupOpts) *cluster {
 	t.Helper()
 	g, _ := startGroupVia(t, n, o)
 	return g
 }
 
+// options returns the grouptest options of o; the state machines default
+// to statemachine.NewMemoryHashing.
+func (o groupOpts) options() grouptest.ServerOptions {
+	opts := grouptest.ServerOptions{ID: peerID, Kind: o.kind, Quorum: o.quorum, StateMachine: o.sm, Logger: quietLogger()}
+	if opts.StateMachine == nil {
+		opts.StateMachine = func(int) statemachine.StateMachine { return statemachine.NewMemoryHashing() }
+	}
+	if o.tweak != nil {
+		opts.Config = func(_ int, c *server.Config) { o.tweak(c) }
+	}
+	return opts
+}
+
 func peerID(i int) string { return string(rune('a'+i)) + "-peer" }
 
-func (g *group) client(t testing.TB, opts ...datastream.Option) *datastream.Client {
+func (g *cluster) client(t testing.TB, opts ...datastream.Option) *datastream.Client {
 	t.Helper()
 	c, err := datastream.NewClient(g.peers, append([]datastream.Option{datastream.WithLogger(quietLogger())}, opts...)...)
 	if err != nil {
@@ -67,7 +82,7 @@ func (g *group) client(t testing.TB, opts ...datastream.Option) *datastream.Clie
 	return c
 }
 
-func (g *group) memory(i int) *statemachine.Memory { return g.sms[i].(*statemachine.Memory) }
+func (g *cluster) memory(i int) *statemachine.Memory { return g.sms[i].(*statemachine.Memory) }
 
 // randomBytes fills n bytes from a seeded generator: fast, and the same for
 // the same seed.

@@ -9,8 +9,8 @@ import (
 
 	"github.com/pipestream/pipestream/buffer/buffertest"
 	"github.com/pipestream/pipestream/datastream"
+	"github.com/pipestream/pipestream/group"
 	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
-	"github.com/pipestream/pipestream/server"
 )
 
 // stream writes data through table and closes the stream.
@@ -34,16 +34,12 @@ func TestSetPeers(t *testing.T) {
 	defer cancel()
 	c := g.client(t)
 	three, four := g.peers[:3], g.peers
-	set := func(peers []datastream.Peer) {
-		sp := make([]server.Peer, len(peers))
-		for i, p := range peers {
-			sp[i] = server.Peer{ID: p.ID, Addr: p.Addr}
-		}
+	set := func(peers []group.Member) {
 		for _, s := range g.servers[:3] {
-			s.SetPeers(sp)
+			s.SetPeers(peers)
 		}
 	}
-	chain := func(peers []datastream.Peer) *pb.RoutingTable {
+	chain := func(peers []group.Member) *pb.RoutingTable {
 		var ids []string
 		for _, p := range peers {
 			ids = append(ids, p.ID)

@@ -69,7 +69,7 @@ func TestPartialFramesBounded(t *testing.T) {
 			var wg sync.WaitGroup
 			hs := make([]*holder, conns)
 			for i := range hs {
-				c, err := net.Dial("tcp", g.peers[0].Addr)
+				c, err := net.Dial("tcp", g.peers[0].StreamAddr)
 				if err != nil {
 					t.Fatal(err)
 				}
@@ -165,7 +165,7 @@ func TestStalledFrameClosed(t *testing.T) {
 			}})
 			s := g.servers[0]
 			live := buffer.Live()
-			r := dialRaw(t, g.peers[0].Addr)
+			r := dialRaw(t, g.peers[0].StreamAddr)
 			if _, err := r.c.Write(almostFrame(frameLen)); err != nil {
 				t.Fatal(err)
 			}

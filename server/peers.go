@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/pipestream/pipestream/group"
 	"github.com/pipestream/pipestream/handler"
 	"github.com/pipestream/pipestream/transport"
 )
@@ -28,12 +29,12 @@ func (s *Server) startConnect(id string) {
 // checks the routing of new streams against the new list. This server's
 // own entry may be missing (it was removed): it then refuses every new
 // stream, since no routing table can name it.
-func (s *Server) SetPeers(peers []Peer) {
+func (s *Server) SetPeers(peers []group.Member) {
 	ids := make([]string, 0, len(peers))
 	next := make(map[string]string, len(peers))
 	for _, p := range peers {
 		ids = append(ids, p.ID)
-		next[p.ID] = p.Addr
+		next[p.ID] = p.StreamAddr
 	}
 	s.mu.Lock()
 	var drop []transport.Channel

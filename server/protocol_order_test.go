@@ -48,14 +48,14 @@ func (c gatedChannel) Write(p []byte) (int, error) {
 
 // gatedGroup starts a standalone peer whose data writes wait for the
 // returned function to be called.
-func gatedGroup(t *testing.T) (*group, func()) {
+func gatedGroup(t *testing.T) (*cluster, func()) {
 	g, open, _ := gatedGroupEntered(t)
 	return g, open
 }
 
 // gatedGroupEntered is gatedGroup with a channel that receives when a Write
 // has reached the gate.
-func gatedGroupEntered(t *testing.T) (*group, func(), <-chan struct{}) {
+func gatedGroupEntered(t *testing.T) (*cluster, func(), <-chan struct{}) {
 	gate := make(chan struct{})
 	entered := make(chan struct{}, 1)
 	open := func() {
@@ -104,7 +104,7 @@ func (r *raw) expect(name string, stream, offset uint64, code pb.ErrorCode) *pb.
 func TestProtocolDuplicateHeaderInOrder(t *testing.T) {
 	buffertest.Check(t)
 	g, open := gatedGroup(t)
-	r := dialRaw(t, g.peers[0].Addr)
+	r := dialRaw(t, g.peers[0].StreamAddr)
 	req := r.request(1, g.peers[0].ID, nil)
 	r.header(1, req)
 	r.data(1, 0, []byte("abc")) // held by the state machine
@@ -133,7 +133,7 @@ func TestProtocolDuplicateHeaderInOrder(t *testing.T) {
 func TestProtocolUnknownOptionInOrder(t *testing.T) {
 	buffertest.Check(t)
 	g, open, entered := gatedGroupEntered(t)
-	r := dialRaw(t, g.peers[0].Addr)
+	r := dialRaw(t, g.peers[0].StreamAddr)
 	r.open(1, g.peers[0].ID)
 	r.data(1, 0, []byte("abc"))
 	select { // held by the state machine: the failure cannot skip it
@@ -162,7 +162,7 @@ func TestProtocolUnknownOptionInOrder(t *testing.T) {
 func TestProtocolLateFailure(t *testing.T) {
 	buffertest.Check(t)
 	g := startGroup(t, 3, groupOpts{tweak: func(c *server.Config) { c.IdleTimeout = 200 * time.Millisecond }})
-	r := dialRaw(t, g.peers[0].Addr)
+	r := dialRaw(t, g.peers[0].StreamAddr)
 	r.open(1, g.peers[0].ID)
 	g.waitClean(t) // every peer drops the idle stream
 	for i := 0; i < 2; i++ {
@@ -185,7 +185,7 @@ func TestProtocolConnectionRules(t *testing.T) {
 	buffertest.Check(t)
 	g := startGroup(t, 1, groupOpts{})
 	id := g.peers[0].ID
-	r := dialRaw(t, g.peers[0].Addr)
+	r := dialRaw(t, g.peers[0].StreamAddr)
 	r.sendFrame(&pb.DataStreamPacketHeader{Type: pb.DataStreamPacketHeader_STREAM_DATA, StreamId: 1}, nil)
 	if h, _ := r.reply(); h.GetErrorCode() != pb.ErrorCode_BAD_HEADER || h.GetServerId() != id {
 		t.Fatalf("packet without a client id: %v, want BAD_HEADER from %s", h, id)

@@ -18,6 +18,7 @@ import (
 
 	"github.com/pipestream/pipestream/buffer/buffertest"
 	"github.com/pipestream/pipestream/codec/dscodec"
+	"github.com/pipestream/pipestream/group"
 	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
 	"github.com/pipestream/pipestream/server"
 	"github.com/pipestream/pipestream/statemachine"
@@ -110,9 +111,9 @@ const (
 func TestProtocolExampleBytes(t *testing.T) {
 	buffertest.Check(t)
 	g := startGroup(t, 1, groupOpts{sm: func(int) statemachineSM { return newMemory() }, tweak: func(c *server.Config) {
-		c.ID, c.Peers, c.GroupID = "s1", []server.Peer{{ID: "s1"}}, []byte("g1")
+		c.ID, c.Peers, c.GroupID = "s1", []group.Member{{ID: "s1"}}, []byte("g1")
 	}})
-	r := dialRaw(t, g.peers[0].Addr)
+	r := dialRaw(t, g.peers[0].StreamAddr)
 	r.client = unhex(t, "00112233445566778899aabbccddeeff")
 	hf := unhex(t, docHeaderFrame)
 	if len(hf) != 69 {
@@ -223,7 +224,7 @@ func TestProtocolFramingErrorsClose(t *testing.T) {
 				// Stream 1 of a connection and a client of its own: a
 				// client never reuses a stream id.
 				client = []byte(fmt.Sprintf("framing-client%02d", i))
-				r := dialRaw(t, g.peers[0].Addr)
+				r := dialRaw(t, g.peers[0].StreamAddr)
 				r.client = client
 				r.open(1, g.peers[0].ID)
 				r.write(tc.bytes(t))
@@ -232,7 +233,7 @@ func TestProtocolFramingErrorsClose(t *testing.T) {
 				g.waitClean(t)
 			}
 			// At the limits: 16 MiB of data in one packet is served.
-			r := dialRaw(t, g.peers[0].Addr)
+			r := dialRaw(t, g.peers[0].StreamAddr)
 			r.open(1, g.peers[0].ID)
 			r.data(1, 0, make([]byte, maxBody), pb.DataStreamPacketHeader_CLOSE)
 			if h, _ := r.reply(); !h.GetSuccess() || h.GetBytesWritten() != maxBody {
@@ -249,7 +250,7 @@ func TestProtocolHalfClose(t *testing.T) {
 		t.Run(kind.String(), func(t *testing.T) {
 			buffertest.Check(t)
 			g := startGroup(t, 2, groupOpts{kind: kind})
-			r := dialRaw(t, g.peers[0].Addr)
+			r := dialRaw(t, g.peers[0].StreamAddr)
 			r.open(1, g.peers[0].ID)
 			r.data(1, 0, []byte("abc"))
 			if h, _ := r.reply(); !h.GetSuccess() {
@@ -269,7 +270,7 @@ func TestProtocolHalfClose(t *testing.T) {
 func TestProtocolHeaderOptions(t *testing.T) {
 	buffertest.Check(t)
 	g := startGroup(t, 3, groupOpts{})
-	r := dialRaw(t, g.peers[0].Addr)
+	r := dialRaw(t, g.peers[0].StreamAddr)
 	body, err := protoMarshal(r.request(1, g.peers[0].ID, nil))
 	if err != nil {
 		t.Fatal(err)
@@ -306,7 +307,7 @@ func TestProtocolForeignPrimary(t *testing.T) {
 	buffertest.Check(t)
 	g := startGroup(t, 3, groupOpts{})
 	ids := []string{g.peers[0].ID, g.peers[1].ID, g.peers[2].ID}
-	r := dialRaw(t, g.peers[1].Addr)
+	r := dialRaw(t, g.peers[1].StreamAddr)
 	for i, tbl := range []*pb.RoutingTable{nil, pb.Chain(ids...)} {
 		id := uint64(i + 1)
 		r.header(id, r.request(id, ids[0], tbl))
@@ -328,7 +329,7 @@ func TestProtocolForeignPrimary(t *testing.T) {
 	}
 
 	// A predecessor's connection carries the chain a -> b -> c into b.
-	fwd := dialRaw(t, g.peers[1].Addr)
+	fwd := dialRaw(t, g.peers[1].StreamAddr)
 	fwd.sendFrame(&pb.DataStreamPacketHeader{Type: pb.DataStreamPacketHeader_PING}, nil)
 	if h, _ := fwd.reply(); !h.GetSuccess() {
 		t.Fatalf("ping: %v", h)

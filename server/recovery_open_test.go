@@ -10,6 +10,7 @@ import (
 
 	"github.com/pipestream/pipestream/buffer/buffertest"
 	"github.com/pipestream/pipestream/datastream"
+	"github.com/pipestream/pipestream/group"
 	"github.com/pipestream/pipestream/handler"
 	"github.com/pipestream/pipestream/pipeline"
 	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
@@ -27,7 +28,7 @@ import (
 func TestRecoveryBeforeHeaderForwarded(t *testing.T) {
 	buffertest.Check(t)
 	var (
-		g       *group
+		g       *cluster
 		stalled atomic.Bool
 		around  = make(chan []string, 1) // the stream's successors after the recovery
 	)
@@ -93,5 +94,5 @@ func TestRecoveryBeforeHeaderForwarded(t *testing.T) {
 	// Peer 1 is shut down already; the cleanup stops the others.
 	g.servers = []*server.Server{g.servers[0], g.servers[2]}
 	g.sms = []statemachine.StateMachine{g.sms[0], g.sms[2]}
-	g.peers = []datastream.Peer{g.peers[0], g.peers[2]}
+	g.peers = []group.Member{g.peers[0], g.peers[2]}
 }

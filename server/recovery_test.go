@@ -15,7 +15,7 @@ import (
 	"github.com/pipestream/pipestream/statemachine"
 )
 
-func memoryGroup(t *testing.T, n int, tweak func(*groupOpts)) *group {
+func memoryGroup(t *testing.T, n int, tweak func(*groupOpts)) *cluster {
 	o := groupOpts{sm: func(int) statemachine.StateMachine { return statemachine.NewMemory() }}
 	if tweak != nil {
 		tweak(&o)

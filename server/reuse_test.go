@@ -83,7 +83,7 @@ func TestStreamIDReusedAfterClose(t *testing.T) {
 			for _, s := range g.servers {
 				s.SetCommitter(c)
 			}
-			r := dialRaw(t, g.peers[0].Addr)
+			r := dialRaw(t, g.peers[0].StreamAddr)
 			data := randomBytes(3, 100<<10)
 			r.header(1, r.request(1, g.peers[0].ID, nil))
 			r.data(1, 0, data, pb.DataStreamPacketHeader_CLOSE)
@@ -139,7 +139,7 @@ func TestStreamIDReusedLongAfter(t *testing.T) {
 	for _, s := range g.servers {
 		s.SetCommitter(lc)
 	}
-	r := dialRaw(t, g.peers[0].Addr)
+	r := dialRaw(t, g.peers[0].StreamAddr)
 	r.open(1, g.peers[0].ID)
 	r.data(1, 0, []byte("once"), pb.DataStreamPacketHeader_CLOSE)
 	r.expect("close", 1, 0, pb.ErrorCode_ERROR_NONE)

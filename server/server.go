@@ -54,7 +54,7 @@ func Listen(ctx context.Context, cfg Config) (*Server, error) {
 	addrs := make(map[string]string)
 	for _, p := range cfg.Peers {
 		ids = append(ids, p.ID)
-		addrs[p.ID] = p.Addr
+		addrs[p.ID] = p.StreamAddr
 	}
 	if _, ok := addrs[cfg.ID]; !ok {
 		return nil, fmt.Errorf("server: peer list does not include this server %q", cfg.ID)

@@ -142,7 +142,7 @@ func TestReplicateNetConn(t *testing.T) {
 func TestUnknownStreamAndDataBeforeHeader(t *testing.T) {
 	buffertest.Check(t)
 	g := startGroup(t, 3, groupOpts{})
-	r := dialRaw(t, g.peers[0].Addr)
+	r := dialRaw(t, g.peers[0].StreamAddr)
 
 	r.data(7, 0, []byte("no header was sent"))
 	h, _ := r.reply()
@@ -164,7 +164,7 @@ func TestUnknownStreamAndDataBeforeHeader(t *testing.T) {
 func TestDuplicateHeader(t *testing.T) {
 	buffertest.Check(t)
 	g := startGroup(t, 3, groupOpts{})
-	r := dialRaw(t, g.peers[0].Addr)
+	r := dialRaw(t, g.peers[0].StreamAddr)
 	req := r.request(1, g.peers[0].ID, nil)
 	r.header(1, req)
 	if h, _ := r.reply(); !h.GetSuccess() {
@@ -184,7 +184,7 @@ func TestDuplicateHeader(t *testing.T) {
 func TestBadHeaders(t *testing.T) {
 	buffertest.Check(t)
 	g := startGroup(t, 3, groupOpts{})
-	r := dialRaw(t, g.peers[0].Addr)
+	r := dialRaw(t, g.peers[0].StreamAddr)
 	cases := []struct {
 		name string
 		send func()
@@ -225,7 +225,7 @@ func TestOffsetMismatch(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			buffertest.Check(t)
 			g := startGroup(t, 3, groupOpts{sm: func(int) statemachine.StateMachine { return statemachine.NewMemory() }})
-			r := dialRaw(t, g.peers[0].Addr)
+			r := dialRaw(t, g.peers[0].StreamAddr)
 			r.header(1, r.request(1, g.peers[0].ID, nil))
 			r.reply()
 			r.data(1, 0, []byte("0123"))
@@ -244,7 +244,7 @@ func TestOffsetMismatch(t *testing.T) {
 // waitClean waits until no peer holds an open stream or uncommitted data:
 // failures release resources asynchronously, on executors and across
 // peers, so the test waits for that state, bounded.
-func (g *group) waitClean(t *testing.T) {
+func (g *cluster) waitClean(t *testing.T) {
 	t.Helper()
 	g.waitCleanWithin(t, 10*time.Second)
 }
@@ -348,7 +348,7 @@ func TestStateMachineFailure(t *testing.T) {
 	}
 }
 
-func (g *group) memory0(i int) *statemachine.Memory {
+func (g *cluster) memory0(i int) *statemachine.Memory {
 	switch sm := g.sms[i].(type) {
 	case *failingSM:
 		return sm.Memory
@@ -362,7 +362,7 @@ func (g *group) memory0(i int) *statemachine.Memory {
 func TestOtherStreamsCarryOn(t *testing.T) {
 	buffertest.Check(t)
 	g := startGroup(t, 3, groupOpts{})
-	r := dialRaw(t, g.peers[0].Addr)
+	r := dialRaw(t, g.peers[0].StreamAddr)
 	r.header(1, r.request(1, g.peers[0].ID, nil))
 	r.header(2, r.request(2, g.peers[0].ID, nil))
 	r.reply()
@@ -449,7 +449,7 @@ func (c *blockingChannel) Write(p []byte) (int, error) {
 func TestHeaderRequestChecks(t *testing.T) {
 	buffertest.Check(t)
 	g := startGroup(t, 1, groupOpts{tweak: func(c *server.Config) { c.GroupID = []byte("group-1") }})
-	r := dialRaw(t, g.peers[0].Addr)
+	r := dialRaw(t, g.peers[0].StreamAddr)
 	for _, tc := range []struct {
 		name string
 		edit func(*pb.RaftClientRequest)

@@ -98,7 +98,7 @@ func TestStreamStates(t *testing.T) {
 	b := g.peers[1]
 	table := pb.Chain(g.peers[0].ID, b.ID)
 	peerConn := func() *raw {
-		r := dialRaw(t, b.Addr)
+		r := dialRaw(t, b.StreamAddr)
 		r.sendFrame(&pb.DataStreamPacketHeader{Type: pb.DataStreamPacketHeader_PING}, nil)
 		if h, _ := r.reply(); !h.GetSuccess() {
 			t.Fatalf("PING: %v", h)

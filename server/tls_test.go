@@ -13,6 +13,7 @@ import (
 
 	"github.com/pipestream/pipestream/buffer/buffertest"
 	"github.com/pipestream/pipestream/datastream"
+	"github.com/pipestream/pipestream/group"
 	"github.com/pipestream/pipestream/internal/testcert"
 	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
 	"github.com/pipestream/pipestream/server"
@@ -131,7 +132,7 @@ func TestAuthorizePeer(t *testing.T) {
 				tweak = mtls(t, ca, func(cfg *server.Config) { cfg.AuthorizePeer = isPeer })
 			}
 			g := startGroup(t, 2, groupOpts{tweak: tweak})
-			c, err := tls.Dial("tcp", g.peers[0].Addr, ca.ClientConfig(tc.cert))
+			c, err := tls.Dial("tcp", g.peers[0].StreamAddr, ca.ClientConfig(tc.cert))
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -178,7 +179,7 @@ func TestTLSConfigErrors(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			cfg := server.Config{
 				ID:           "a-peer",
-				Peers:        []server.Peer{{ID: "a-peer"}, {ID: "b-peer", Addr: "127.0.0.1:1"}},
+				Peers:        []group.Member{{ID: "a-peer"}, {ID: "b-peer", StreamAddr: "127.0.0.1:1"}},
 				StateMachine: statemachine.NewMemoryHashing(),
 				Logger:       quietLogger(),
 			}

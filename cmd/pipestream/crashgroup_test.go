@@ -294,7 +294,7 @@ func (g *group) newClient() *datastream.Client {
 	if err != nil {
 		g.t.Fatal(err)
 	}
-	c, err := datastream.NewClient(streamPeers(cfg.Peers), datastream.WithReplyTimeout(5*time.Second), datastream.WithDialTimeout(2*time.Second))
+	c, err := datastream.NewClient(cfg.Peers, datastream.WithReplyTimeout(5*time.Second), datastream.WithDialTimeout(2*time.Second))
 	if err != nil {
 		g.t.Fatal(err)
 	}

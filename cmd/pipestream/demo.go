@@ -130,7 +130,7 @@ func (d *demo) run(ctx context.Context, parent string, keep bool) (err error) {
 		return err
 	}
 
-	c, err := datastream.NewClient(streamPeers(d.members()),
+	c, err := datastream.NewClient(d.members(),
 		datastream.WithLogger(d.log), datastream.WithTransport(d.kind))
 	if err != nil {
 		return err

@@ -75,25 +75,16 @@ func tlsHint(g *peer.ClientConfig, err error) error {
 	return fmt.Errorf("%w (did the peers refuse the certificate of [tls.client]? it must be signed by [tls] ca_file; their log says why at debug level)", err)
 }
 
-// streamPeers returns the group as a datastream client sees it.
-func streamPeers(members []peer.Member) []datastream.Peer {
-	out := make([]datastream.Peer, len(members))
-	for i, m := range members {
-		out[i] = datastream.Peer{ID: m.ID, Addr: m.StreamAddr}
-	}
-	return out
-}
-
 // parsePeers parses put's --peers: "p1=127.0.0.1:7001,p2=127.0.0.1:7002",
 // each peer's id and stream address.
-func parsePeers(s string) ([]datastream.Peer, error) {
-	var out []datastream.Peer
+func parsePeers(s string) ([]peer.Member, error) {
+	var out []peer.Member
 	for _, item := range strings.Split(s, ",") {
 		id, addr, ok := strings.Cut(strings.TrimSpace(item), "=")
 		if !ok || id == "" || addr == "" {
 			return nil, fmt.Errorf("--peers: %q is not id=host:port", item)
 		}
-		out = append(out, datastream.Peer{ID: id, Addr: addr})
+		out = append(out, peer.Member{ID: id, StreamAddr: addr})
 	}
 	return out, nil
 }

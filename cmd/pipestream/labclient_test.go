@@ -64,7 +64,7 @@ func labClientMain(config string) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	c, err := datastream.NewClient(streamPeers(cfg.Peers), datastream.WithReplyTimeout(5*time.Second),
+	c, err := datastream.NewClient(cfg.Peers, datastream.WithReplyTimeout(5*time.Second),
 		datastream.WithDialTimeout(2*time.Second), datastream.WithLogger(slog.New(slog.DiscardHandler)))
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)

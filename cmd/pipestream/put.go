@@ -68,7 +68,7 @@ func runPut(ctx context.Context, args []string, e *env) int {
 type put struct {
 	*env
 	file, name, primary string
-	peers               []datastream.Peer
+	peers               []peer.Member
 	kind                transport.Kind     // the group file's, or --transport
 	group               *peer.ClientConfig // with --config
 	bar                 bool
@@ -114,11 +114,11 @@ func (p *put) check(pos []string, config, peers string) error {
 		if err != nil {
 			return err
 		}
-		p.peers, p.kind, p.group = streamPeers(cfg.Peers), cfg.Transport, &cfg
+		p.peers, p.kind, p.group = cfg.Peers, cfg.Transport, &cfg
 	} else if p.peers, err = parsePeers(peers); err != nil {
 		return usageError("%v", err)
 	}
-	if p.primary != "" && !slices.ContainsFunc(p.peers, func(x datastream.Peer) bool { return x.ID == p.primary }) {
+	if p.primary != "" && !slices.ContainsFunc(p.peers, func(x peer.Member) bool { return x.ID == p.primary }) {
 		return usageError("--primary %q is not a peer of the group", p.primary)
 	}
 	return nil

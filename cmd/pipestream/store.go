@@ -64,18 +64,18 @@ func (l *storeLocation) network() bool { return l.dataDir == "" && !l.local }
 
 // client returns a datastream client for the group file's peers, set up
 // as put's, and the peers.
-func (l *storeLocation) client() (*datastream.Client, []datastream.Peer, error) {
+func (l *storeLocation) client() (*datastream.Client, []peer.Member, error) {
 	cfg, err := loadClientGroup(l.config)
 	if err != nil {
 		return nil, nil, err
 	}
-	peers := streamPeers(cfg.Peers)
+	peers := cfg.Peers
 	l.group = &cfg
 	opts, err := clientOptions(cfg, l.transport)
 	if err != nil {
 		return nil, nil, err
 	}
-	if l.id != "" && !slices.ContainsFunc(peers, func(p datastream.Peer) bool { return p.ID == l.id }) {
+	if l.id != "" && !slices.ContainsFunc(peers, func(p peer.Member) bool { return p.ID == l.id }) {
 		return nil, nil, usageError("--id %q is not a peer of %s", l.id, l.config)
 	}
 	log, _ := l.logger()

@@ -64,12 +64,13 @@ func run(ctx context.Context, w io.Writer) (err error) {
 		return err
 	}
 
-	// The client needs each peer's id and DataStream address.
-	var group []datastream.Peer
+	// The client takes the members as the peers report them; it dials
+	// their DataStream addresses.
+	var members []peer.Member
 	for _, p := range peers {
-		group = append(group, datastream.Peer{ID: p.ID(), Addr: p.Addrs().StreamAddr})
+		members = append(members, p.Addrs())
 	}
-	c, err := datastream.NewClient(group, datastream.WithLogger(quiet))
+	c, err := datastream.NewClient(members, datastream.WithLogger(quiet))
 	if err != nil {
 		return err
 	}

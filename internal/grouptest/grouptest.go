@@ -1,7 +1,8 @@
 // Package grouptest starts groups of pipestream peers on loopback for
 // tests: a stream server, a Raft node and a state machine per peer (a
 // peer.Peer), each bound to port 0, told the others' addresses, and
-// waited for until ready.
+// waited for until ready. StartServers starts the stream servers alone,
+// without Raft, for the tests of the layers below package peer.
 //
 // The functions work on the caller's slices of configurations, peers and
 // addresses rather than on a type of their own, so that a package's tests

@@ -53,11 +53,7 @@ func TestStartRestart(t *testing.T) {
 	// put commits data under name and returns the entry's index and term.
 	put := func(name string, data []byte) (index, term uint64) {
 		t.Helper()
-		var dp []datastream.Peer
-		for _, m := range members {
-			dp = append(dp, datastream.Peer{ID: m.ID, Addr: m.StreamAddr})
-		}
-		c, err := datastream.NewClient(dp, datastream.WithLogger(quiet))
+		c, err := datastream.NewClient(members, datastream.WithLogger(quiet))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -123,5 +119,55 @@ func TestStartRestart(t *testing.T) {
 	i2, t2 := put("second", second)
 	for i := range peers {
 		holds(i, "second", second, i2, t2)
+	}
+}
+
+// StartServers returns servers connected to each other, each dialing the
+// address Dial gives, and a client of their members streams through all
+// of them.
+func TestStartServers(t *testing.T) {
+	buffertest.Check(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	dials := map[[2]int]bool{}
+	servers, members, sms := grouptest.StartServers(t, ctx, 3, grouptest.ServerOptions{
+		Dial: func(from, to int, addr string) string {
+			dials[[2]int{from, to}] = true
+			return addr
+		},
+	})
+	if len(dials) != 9 {
+		t.Errorf("Dial called for %d pairs, want 9", len(dials))
+	}
+	for i, s := range servers {
+		if want := fmt.Sprintf("s%d", i+1); s.ID() != want || members[i].ID != want || members[i].StreamAddr != s.Addr().String() {
+			t.Errorf("server %d is %s, member %+v at %s; want %s", i, s.ID(), members[i], s.Addr(), want)
+		}
+		for _, m := range members {
+			if m.ID != s.ID() && !s.PeerConnected(m.ID) {
+				t.Errorf("%s not connected to %s", s.ID(), m.ID)
+			}
+		}
+	}
+
+	c, err := datastream.NewClient(members, datastream.WithLogger(slog.New(slog.DiscardHandler)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = c.Close() }()
+	out, err := c.Stream(ctx, []byte("x"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := []byte("through the chain")
+	out.WriteAsync(ctx, data)
+	if _, err := out.Close(ctx).Wait(ctx); err != nil {
+		t.Fatal(err)
+	}
+	k := statemachine.StreamKey{ClientID: string(c.ID()), StreamID: out.ID()}
+	for i, sm := range sms {
+		if got, ok := sm.(*statemachine.Memory).Data(k); !ok || !bytes.Equal(got, data) {
+			t.Errorf("%s holds %q (linked %v), want %q", members[i].ID, got, ok, data)
+		}
 	}
 }
