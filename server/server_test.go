@@ -250,7 +250,7 @@ func (g *cluster) waitClean(t *testing.T) {
 }
 
 // waitCleanWithin is waitClean with a bound of d.
-func (g *group) waitCleanWithin(t *testing.T, d time.Duration) {
+func (g *cluster) waitCleanWithin(t *testing.T, d time.Duration) {
 	t.Helper()
 	deadline := time.Now().Add(d)
 	for {
