@@ -24,6 +24,10 @@ var (
 	ErrMissing error = &pb.Error{Code: pb.ErrorCode_MISSING}
 	// ErrOutOfRange: a read starts beyond the end of the file.
 	ErrOutOfRange error = &pb.Error{Code: pb.ErrorCode_OUT_OF_RANGE}
+	// ErrNotCaughtUp: the peer has not caught up with its group (it has
+	// just started, or lost touch with the leader) and refuses reads it
+	// could answer with an older version; another peer may serve them.
+	ErrNotCaughtUp error = &pb.Error{Code: pb.ErrorCode_NOT_CAUGHT_UP}
 )
 
 // Defaults for the read options.
@@ -130,9 +134,10 @@ type Reader struct {
 
 // Open opens the committed file name for reading. It asks the peers in
 // turn (see WithReadPeer) for the file's entry and returns once one
-// answers; a peer that does not have it (ErrNotFound, ErrMissing) or fails
-// is skipped. If none has it, the error matches what each answered. ctx
-// bounds the Reader's whole life: once it is done, reads fail.
+// answers; a peer that does not have it (ErrNotFound, ErrMissing), has not
+// caught up with the group (ErrNotCaughtUp) or fails is skipped. If none
+// has it, the error matches what each answered. ctx bounds the Reader's
+// whole life: once it is done, reads fail.
 func (c *Client) Open(ctx context.Context, name string, opts ...ReadOption) (*Reader, error) {
 	o := readOptions{request: DefaultReadRequest, window: DefaultReadWindow, timeout: DefaultReadTimeout, attempts: DefaultReadAttempts}
 	for _, opt := range opts {

@@ -232,6 +232,16 @@ func (r *ReadServer) run(t readTask) {
 		}
 		return
 	}
+	if t.req == nil || t.req.GetIndex() == 0 {
+		// A read that names its version gets that version or NOT_FOUND
+		// wherever it goes; one that does not would get this peer's
+		// newest, which may be older than the group's.
+		if e := r.behind(); e != nil {
+			r.fail(t.ph, e)
+			r.account(-t.size)
+			return
+		}
+	}
 	if t.req == nil {
 		r.list(t)
 		return
@@ -386,6 +396,15 @@ func (r *ReadServer) open(req *pb.ReadRequest) (*sharedHandle, error) {
 func (r *ReadServer) sendsFiles() bool {
 	ch, ok := r.pl.Transport().(transport.Channel)
 	return ok && transport.SendsFileRegions(ch)
+}
+
+// behind returns NOT_CAUGHT_UP while this peer's committer says its state
+// machine may lag its group (statemachine.Freshness), and nil otherwise.
+func (r *ReadServer) behind() *pb.Error {
+	if f, ok := r.streams.commitHook().(statemachine.Freshness); ok && !f.Fresh() {
+		return errorf(pb.ErrorCode_NOT_CAUGHT_UP, "%s has not caught up with its group; it could serve an older version", r.streams.cfg.ID)
+	}
+	return nil
 }
 
 // readError maps a state machine's OpenRead failure to its wire code.

@@ -94,31 +94,73 @@ func (shortReader) List() []statemachine.StoredFile {
 // buffers itself.
 func TestReadStateMachineFails(t *testing.T) {
 	buffertest.Check(t)
+	p, streams, ct := readConn(t, nil)
+	got := ask(t, p, ct, &pb.ReadRequest{Name: "f", Length: 20}, &pb.ReadRequest{Name: "f", Offset: 2, Length: 5}, nil)
+	endReads(t, p, streams)
+	if len(got) != 3 || got[0] != `1 STATE_MACHINE last=true ""` || got[1] != `2 ERROR_NONE last=true "23456"` || got[2][:18] != "3 ERROR_NONE last=" {
+		t.Fatalf("replies:\n%s", strings.Join(got, "\n"))
+	}
+}
+
+// A peer whose committer says it lags its group refuses the reads that
+// name no version and the LIST (NOT_CAUGHT_UP): it could answer them with
+// an older version. A read of a given entry gets that entry or NOT_FOUND
+// from any peer, and is served.
+func TestReadNotCaughtUp(t *testing.T) {
+	buffertest.Check(t)
+	p, streams, ct := readConn(t, lagging{})
+	got := ask(t, p, ct, &pb.ReadRequest{Name: "f", Length: 5}, &pb.ReadRequest{Name: "f", Index: 1, Offset: 2, Length: 5}, nil)
+	endReads(t, p, streams)
+	if len(got) != 3 || got[0] != `1 NOT_CAUGHT_UP last=true ""` || got[1] != `2 ERROR_NONE last=true "23456"` || got[2] != `3 NOT_CAUGHT_UP last=true ""` {
+		t.Fatalf("replies:\n%s", strings.Join(got, "\n"))
+	}
+}
+
+// lagging is the committer of a peer that has not caught up with its
+// group; it is never asked to commit.
+type lagging struct{ statemachine.Committer }
+
+func (lagging) Fresh() bool { return false }
+
+// readConn returns a read connection to a standalone peer serving
+// shortReader's one file, with committer c if not nil.
+func readConn(t *testing.T, c statemachine.Committer) (*pipeline.Pipeline, *handler.Streams, *readTransport) {
+	t.Helper()
 	streams := handler.NewStreams(handler.Config{
 		ID: self, Peers: []string{self}, StateMachine: shortReader{statemachine.NewMemory()},
-		Logger: slog.New(slog.DiscardHandler),
+		Committer: c, Logger: slog.New(slog.DiscardHandler),
 	})
 	ct := &readTransport{}
 	p := pipeline.New(ct, pipeline.WithLogger(slog.New(slog.DiscardHandler)))
 	if err := handler.Install(p, streams, 1<<16); err != nil {
 		t.Fatal(err)
 	}
+	return p, streams, ct
+}
+
+// ask sends the requests on p, a nil one as a STREAM_LIST, stream ids 1,
+// 2, ... in order, and returns the replies, one line each ("id code
+// last=... body"), once there is one per request.
+func ask(t *testing.T, p *pipeline.Pipeline, ct *readTransport, reqs ...*pb.ReadRequest) []string {
+	t.Helper()
 	var q buffer.Queue
-	for i, req := range []*pb.ReadRequest{{Name: "f", Length: 20}, {Name: "f", Offset: 2, Length: 5}} {
-		body, _ := proto.Marshal(req)
-		frame, err := dscodec.EncodePacket(&pb.DataStreamPacketHeader{Type: pb.DataStreamPacketHeader_STREAM_READ, StreamId: uint64(i + 1), DataLength: uint64(len(body))}, body)
+	for i, req := range reqs {
+		ph := &pb.DataStreamPacketHeader{Type: pb.DataStreamPacketHeader_STREAM_LIST, StreamId: uint64(i + 1)}
+		var body []byte
+		if req != nil {
+			body, _ = proto.Marshal(req)
+			ph.Type, ph.DataLength = pb.DataStreamPacketHeader_STREAM_READ, uint64(len(body))
+		}
+		frame, err := dscodec.EncodePacket(ph, body)
 		if err != nil {
 			t.Fatal(err)
 		}
 		_, _ = q.Write(frame.Bytes())
 		frame.Release()
 	}
-	list, _ := dscodec.EncodePacket(&pb.DataStreamPacketHeader{Type: pb.DataStreamPacketHeader_STREAM_LIST, StreamId: 3}, nil)
-	_, _ = q.Write(list.Bytes())
-	list.Release()
 	p.FireChannelRead(&q)
 	// The executor answers in the background; the replies are in once
-	// three whole frames are.
+	// as many whole frames are.
 	var got []string
 	for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(time.Millisecond) {
 		ct.mu.Lock()
@@ -134,13 +176,9 @@ func TestReadStateMachineFails(t *testing.T) {
 			got = append(got, fmt.Sprintf("%d %v last=%v %q", h.GetPacketHeader().GetStreamId(), h.GetErrorCode(), h.GetLast(), out[off:n]))
 			out = out[n:]
 		}
-		if len(got) >= 3 || time.Now().After(deadline) {
-			break
+		if len(got) >= len(reqs) || time.Now().After(deadline) {
+			return got
 		}
-	}
-	endReads(t, p, streams)
-	if len(got) != 3 || got[0] != `1 STATE_MACHINE last=true ""` || got[1] != `2 ERROR_NONE last=true "23456"` || got[2][:18] != "3 ERROR_NONE last=" {
-		t.Fatalf("replies:\n%s", strings.Join(got, "\n"))
 	}
 }
 

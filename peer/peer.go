@@ -327,10 +327,15 @@ func (p *Peer) checkMembers(members []Member) error {
 	return nil
 }
 
-// WaitReady waits until this peer knows a Raft leader and has a live
-// stream connection to every other member, or ctx is done.
+// WaitReady waits until this peer knows a Raft leader, has caught up
+// with what the group committed (until then it refuses reads with
+// NOT_CAUGHT_UP; see raft.Node.Fresh), and has a live stream connection
+// to every other member, or ctx is done.
 func (p *Peer) WaitReady(ctx context.Context) error {
 	if _, err := p.node.WaitLeader(ctx); err != nil {
+		return fmt.Errorf("peer %s: %w", p.cfg.ID, err)
+	}
+	if err := p.node.WaitFresh(ctx); err != nil {
 		return fmt.Errorf("peer %s: %w", p.cfg.ID, err)
 	}
 	return p.srv.WaitPeers(ctx)

@@ -39,6 +39,9 @@ type Node struct {
 	fsm    *fsm
 
 	lastLeader atomic.Value // string: the last leader id seen, for hints
+	// fresh: the FSM had caught up with the group when the watcher last
+	// asked, and no leader was elected since; see Fresh.
+	fresh atomic.Bool
 
 	ctx    context.Context // canceled at Shutdown
 	cancel context.CancelFunc
@@ -60,7 +63,10 @@ type Node struct {
 	idle     map[string][]net.Conn // pooled forwarding connections by address
 }
 
-var _ statemachine.Committer = (*Node)(nil)
+var (
+	_ statemachine.Committer = (*Node)(nil)
+	_ statemachine.Freshness = (*Node)(nil)
+)
 
 // transportTimeout is the I/O deadline of Raft's own RPCs.
 const transportTimeout = 10 * time.Second
@@ -199,14 +205,20 @@ func (n *Node) Start(ctx context.Context, peers []group.Member) error {
 	// A filter-only observer: raft calls it synchronously on each change,
 	// and without a channel nothing is queued and no goroutine is needed.
 	r.RegisterObserver(hraft.NewObserver(nil, false, func(o *hraft.Observation) bool {
-		if lo, ok := o.Data.(hraft.LeaderObservation); ok && lo.LeaderID != "" {
-			n.lastLeader.Store(string(lo.LeaderID))
+		if lo, ok := o.Data.(hraft.LeaderObservation); ok {
+			// A new leader may not have applied all its predecessor
+			// committed: catch up with it again.
+			n.fresh.Store(false)
+			if lo.LeaderID != "" {
+				n.lastLeader.Store(string(lo.LeaderID))
+			}
 		}
 		return false
 	}))
 	n.raft = r
-	n.wg.Add(1)
+	n.wg.Add(2)
 	go n.serveCommits()
+	go n.watchFreshness()
 	return nil
 }
 

@@ -158,6 +158,18 @@ type KeyChecker interface {
 	Committed(key StreamKey) (index uint64, ok bool)
 }
 
+// Freshness is a Committer that knows whether this peer's state machine
+// is up to date with its group. While Fresh reports false (the peer has
+// just started, or a new leader was elected, and it has not yet caught
+// up; or it has not heard from a leader for longer than an election
+// takes), a server refuses the reads that name no version (STREAM_READ
+// without an index, STREAM_LIST) with NOT_CAUGHT_UP, rather than answer
+// from a state that may hold an older version of a name. raft.Node
+// implements it.
+type Freshness interface {
+	Fresh() bool
+}
+
 // Linker links a committed entry to the data a peer holds for it.
 // handler.Streams implements it; the raft FSM calls it from Apply and, for
 // each entry of a snapshot's catalog, from Restore.

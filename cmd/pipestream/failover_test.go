@@ -97,17 +97,29 @@ func TestPrimaryKilled(t *testing.T) {
 	}
 
 	// The killed peer comes back; the entry leaves it out of the holders,
-	// so it records its copy missing and repairs it from a survivor. Until
-	// it has applied the entry it serves the older version, the newest it
-	// knows (a lagging peer serves what it applied; docs/protocol.md), so
-	// wait, bounded, for its store to hold the entry with its copy, then
-	// read it over the network.
+	// so it records its copy missing and repairs it from a survivor.
+	// Until it has caught up with the group it refuses reads
+	// (NOT_CAUGHT_UP), and then answers MISSING until its copy is
+	// repaired: read from it as soon as it is up, and at every try, never
+	// the older version.
 	if err := g.restart(victim); err != nil {
 		t.Fatal(err)
 	}
-	if err := g.waitReady(victim); err != nil {
-		t.Fatal(err)
+	refused := 0
+	for deadline := time.Now().Add(healTimeout); ; refused++ {
+		got, err := get(victim)
+		if err == nil {
+			if !bytes.Equal(got, data) {
+				t.Fatalf("%s on %s, restarted, after %d refused reads: %d bytes that are not the %d sent (the older version had %d)", name, victim, refused, len(got), size, packet)
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s on %s: no read served within %v: %v", name, victim, healTimeout, err)
+		}
+		time.Sleep(50 * time.Millisecond)
 	}
+	t.Logf("%s refused or missed %d reads before serving the put", victim, refused)
 	g.waitHolds(victim, rec, data)
 	if got, err := get(victim); err != nil || !bytes.Equal(got, data) {
 		t.Fatalf("%s on %s after its repair: %d bytes (%v), want the %d sent", name, victim, len(got), err, size)

@@ -108,6 +108,12 @@ const (
 	// header, too few are reachable; at CLOSE, too few acknowledged it all.
 	// error_message names the peers missing. Nothing is committed.
 	ErrorCode_NOT_ENOUGH_PEERS ErrorCode = 20
+	// STREAM_READ or STREAM_LIST on a peer that has not applied what its
+	// group committed: it has just started and not yet caught up with the
+	// leader, or has not heard from a leader for longer than an election
+	// takes. It would answer from a state that may hold an older version of
+	// a name; another peer may serve the read.
+	ErrorCode_NOT_CAUGHT_UP ErrorCode = 21
 )
 
 // Enum value maps for ErrorCode.
@@ -134,6 +140,7 @@ var (
 		18: "MISSING",
 		19: "OUT_OF_RANGE",
 		20: "NOT_ENOUGH_PEERS",
+		21: "NOT_CAUGHT_UP",
 	}
 	ErrorCode_value = map[string]int32{
 		"ERROR_NONE":       0,
@@ -157,6 +164,7 @@ var (
 		"MISSING":          18,
 		"OUT_OF_RANGE":     19,
 		"NOT_ENOUGH_PEERS": 20,
+		"NOT_CAUGHT_UP":    21,
 	}
 )
 
@@ -1765,7 +1773,7 @@ const file_pipestream_proto_rawDesc = "" +
 	"\x06crc32c\x18\x06 \x01(\aH\x00R\x06crc32c\x88\x01\x01\x12\x18\n" +
 	"\aholders\x18\a \x03(\tR\aholders\x12\x14\n" +
 	"\x05epoch\x18\b \x01(\x04R\x05epochB\t\n" +
-	"\a_crc32c*\xfa\x02\n" +
+	"\a_crc32c*\x8d\x03\n" +
 	"\tErrorCode\x12\x0e\n" +
 	"\n" +
 	"ERROR_NONE\x10\x00\x12\x12\n" +
@@ -1791,7 +1799,8 @@ const file_pipestream_proto_rawDesc = "" +
 	"\tNOT_FOUND\x10\x11\x12\v\n" +
 	"\aMISSING\x10\x12\x12\x10\n" +
 	"\fOUT_OF_RANGE\x10\x13\x12\x14\n" +
-	"\x10NOT_ENOUGH_PEERS\x10\x14B5Z3github.com/pipestream/pipestream/proto/pipestreamv1b\x06proto3"
+	"\x10NOT_ENOUGH_PEERS\x10\x14\x12\x11\n" +
+	"\rNOT_CAUGHT_UP\x10\x15B5Z3github.com/pipestream/pipestream/proto/pipestreamv1b\x06proto3"
 
 var (
 	file_pipestream_proto_rawDescOnce sync.Once
