@@ -131,7 +131,7 @@ func (s *status) adopt(ctx context.Context, answers []peerAnswer, leader *pb.Pee
 	var extra []peer.Member
 	for _, p := range m.Members {
 		if !slices.ContainsFunc(s.members, func(f peer.Member) bool { return f.ID == p.ID }) {
-			extra = append(extra, peer.Member{ID: p.ID, StreamAddr: p.StreamAddr, RaftAddr: p.RaftAddr, CommitAddr: p.CommitAddr})
+			extra = append(extra, p)
 		}
 	}
 	s.members = append(s.members, extra...)
