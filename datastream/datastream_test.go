@@ -16,6 +16,7 @@ import (
 	"github.com/pipestream/pipestream/buffer/buffertest"
 	"github.com/pipestream/pipestream/datastream"
 	"github.com/pipestream/pipestream/group"
+	"github.com/pipestream/pipestream/internal/testkit"
 	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
 	"github.com/pipestream/pipestream/statemachine"
 	"github.com/pipestream/pipestream/transport"
@@ -55,7 +56,7 @@ func TestStream(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			data := randomBytes(1, 300<<10+7)
+			data := testkit.RandomBytes(1, 300<<10+7)
 			const packet = 64 << 10
 			scratch := make([]byte, packet)
 			var futures []*datastream.Future[*datastream.Reply]
@@ -126,7 +127,7 @@ func TestWriteFile(t *testing.T) {
 			g := startGroup(t, 3, groupOpts{kind: kind, sm: func(int) statemachine.StateMachine { return statemachine.NewMemoryHashing() }})
 			c := g.client(t, datastream.WithTransport(kind), datastream.WithPacketSize(256<<10))
 			ctx := testCtx(t)
-			data := randomBytes(2, 3<<20+13)
+			data := testkit.RandomBytes(2, 3<<20+13)
 			f := writeTemp(t, data)
 			out, err := c.Stream(ctx, []byte("file"))
 			if err != nil {
@@ -177,7 +178,7 @@ func TestWriteFileBadRegion(t *testing.T) {
 // io.Copy takes the file's and the reader's path through ReadFrom and the
 // bytes.Reader's through Write.
 func TestWriter(t *testing.T) {
-	data := randomBytes(3, 50<<10+1)
+	data := testkit.RandomBytes(3, 50<<10+1)
 	for _, tc := range []struct {
 		name string
 		src  func(t *testing.T) io.Reader
@@ -387,7 +388,7 @@ func TestManyStreams(t *testing.T) {
 				t.Error(err)
 				return
 			}
-			data := randomBytes(uint64(i), 100+i*7)
+			data := testkit.RandomBytes(uint64(i), 100+i*7)
 			out.WriteAsync(ctx, data[:len(data)/2])
 			if _, err := out.WriteAsync(ctx, data[len(data)/2:], datastream.Close).Wait(ctx); err != nil {
 				t.Errorf("stream %d: %v", i, err)
@@ -401,7 +402,7 @@ func TestManyStreams(t *testing.T) {
 		return
 	}
 	for i, out := range outs {
-		g.checkCommitted(t, c, out, randomBytes(uint64(i), 100+i*7))
+		g.checkCommitted(t, c, out, testkit.RandomBytes(uint64(i), 100+i*7))
 	}
 }
 
@@ -466,7 +467,7 @@ func TestOneConnection(t *testing.T) {
 	}
 	dead := ln.Addr().String()
 	_ = ln.Close()
-	c2, err := datastream.NewClient([]group.Member{{ID: "gone", StreamAddr: dead}}, datastream.WithLogger(quietLogger()))
+	c2, err := datastream.NewClient([]group.Member{{ID: "gone", StreamAddr: dead}}, datastream.WithLogger(testkit.QuietLogger()))
 	if err != nil {
 		t.Fatal(err)
 	}
