@@ -19,6 +19,7 @@ import (
 	"github.com/pipestream/pipestream/group"
 	"github.com/pipestream/pipestream/internal/grouptest"
 	"github.com/pipestream/pipestream/internal/leaktest"
+	"github.com/pipestream/pipestream/internal/smtest"
 	"github.com/pipestream/pipestream/internal/testkit"
 	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
 	"github.com/pipestream/pipestream/server"
@@ -162,7 +163,7 @@ func key(c *datastream.Client, out *datastream.Output) statemachine.StreamKey {
 // gatedSM is a Memory that counts what reaches it and, if gated, holds
 // every write until the gate opens, so that a test can hold replies back.
 type gatedSM struct {
-	*statemachine.Memory
+	smtest.Wrapper
 	gate   chan struct{}
 	once   sync.Once
 	writes atomic.Int64 // writes that reached the state machine (and the gate)
@@ -170,7 +171,13 @@ type gatedSM struct {
 }
 
 func newGated(gate bool) *gatedSM {
-	g := &gatedSM{Memory: statemachine.NewMemory(), gate: make(chan struct{})}
+	g := &gatedSM{gate: make(chan struct{})}
+	g.Wrapper = smtest.Wrapper{
+		Memory: statemachine.NewMemory(),
+		Wrap: func(ch statemachine.DataChannel) statemachine.DataChannel {
+			return &gatedChannel{Channel: smtest.Channel{DataChannel: ch}, sm: g}
+		},
+	}
 	if !gate {
 		g.open()
 	}
@@ -180,23 +187,8 @@ func newGated(gate bool) *gatedSM {
 // open lets every write through, now and later.
 func (g *gatedSM) open() { g.once.Do(func() { close(g.gate) }) }
 
-func (g *gatedSM) OpenStream(ctx context.Context, k statemachine.StreamKey, req *pb.RaftClientRequest) (statemachine.DataChannel, error) {
-	ch, err := g.Memory.OpenStream(ctx, k, req)
-	if err != nil {
-		return nil, err
-	}
-	return &gatedChannel{DataChannel: ch, sm: g}, nil
-}
-
-func (g *gatedSM) Link(ctx context.Context, e statemachine.Entry, ch statemachine.DataChannel) error {
-	if gc, ok := ch.(*gatedChannel); ok {
-		ch = gc.DataChannel
-	}
-	return g.Memory.Link(ctx, e, ch)
-}
-
 type gatedChannel struct {
-	statemachine.DataChannel
+	smtest.Channel
 	sm *gatedSM
 }
 
