@@ -68,7 +68,7 @@ func BenchmarkWriteFile(b *testing.B) {
 		b.Run(kind.String(), func(b *testing.B) {
 			g := startGroup(b, 3, groupOpts{kind: kind, sm: hashing})
 			c := g.client(b, datastream.WithTransport(kind))
-			f := writeTemp(b, testkit.RandomBytes(2, fileSize))
+			f := testkit.TempFile(b, testkit.RandomBytes(2, fileSize))
 			ctx := context.Background()
 			out, err := c.Stream(ctx, []byte("bench"))
 			if err != nil {

@@ -5,8 +5,6 @@ import (
 	"errors"
 	"io"
 	"net"
-	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -103,20 +101,6 @@ func TestStream(t *testing.T) {
 	}
 }
 
-func writeTemp(t testing.TB, data []byte) *os.File {
-	t.Helper()
-	path := filepath.Join(t.TempDir(), "data")
-	if err := os.WriteFile(path, data, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	f, err := os.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = f.Close() })
-	return f
-}
-
 // TestWriteFile streams a file region in several packets: with sendfile on
 // net.Conn and with pooled reads on gnet. The file is closed as soon as
 // WriteFile returns, which its contract allows.
@@ -128,7 +112,7 @@ func TestWriteFile(t *testing.T) {
 			c := g.client(t, datastream.WithTransport(kind), datastream.WithPacketSize(256<<10))
 			ctx := testCtx(t)
 			data := testkit.RandomBytes(2, 3<<20+13)
-			f := writeTemp(t, data)
+			f := testkit.TempFile(t, data)
 			out, err := c.Stream(ctx, []byte("file"))
 			if err != nil {
 				t.Fatal(err)
@@ -155,7 +139,7 @@ func TestWriteFileBadRegion(t *testing.T) {
 	g := startGroup(t, 1, groupOpts{})
 	c := g.client(t)
 	ctx := testCtx(t)
-	f := writeTemp(t, []byte("0123456789"))
+	f := testkit.TempFile(t, []byte("0123456789"))
 	out, err := c.Stream(ctx, []byte("file"))
 	if err != nil {
 		t.Fatal(err)
@@ -183,7 +167,7 @@ func TestWriter(t *testing.T) {
 		name string
 		src  func(t *testing.T) io.Reader
 	}{
-		{"file", func(t *testing.T) io.Reader { return writeTemp(t, data) }},
+		{"file", func(t *testing.T) io.Reader { return testkit.TempFile(t, data) }},
 		{"bytes.Reader", func(*testing.T) io.Reader { return bytes.NewReader(data) }},
 		{"one byte at a time", func(*testing.T) io.Reader { return iotest.OneByteReader(bytes.NewReader(data)) }},
 		{"data and EOF together", func(*testing.T) io.Reader { return iotest.DataErrReader(bytes.NewReader(data)) }},

@@ -1,6 +1,6 @@
 // Package testkit holds the small helpers that the tests of several
-// packages share: a logger that stays quiet unless asked, and random bytes
-// that are the same from run to run.
+// packages share: a logger that stays quiet unless asked, random bytes
+// that are the same from run to run, and a file to send them from.
 package testkit
 
 import (
@@ -8,6 +8,8 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"os"
+	"path/filepath"
+	"testing"
 )
 
 // QuietLogger discards what it is given, unless PIPESTREAM_TEST_LOG is
@@ -32,4 +34,20 @@ func RandomBytes(seed uint64, n int) []byte {
 		b[i] = byte(r.Uint32())
 	}
 	return b
+}
+
+// TempFile returns a file holding data, open for reading, that the test's
+// cleanup closes and removes.
+func TempFile(t testing.TB, data []byte) *os.File {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "data")
+	if err := os.WriteFile(path, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = f.Close() })
+	return f
 }

@@ -2,6 +2,7 @@ package testkit
 
 import (
 	"bytes"
+	"io"
 	"testing"
 )
 
@@ -19,5 +20,13 @@ func TestRandomBytes(t *testing.T) {
 		if n > 0 && bytes.Equal(a, RandomBytes(2, n)) {
 			t.Errorf("RandomBytes(1, %d) and RandomBytes(2, %d) are the same", n, n)
 		}
+	}
+}
+
+func TestTempFile(t *testing.T) {
+	f := TempFile(t, []byte("region"))
+	got, err := io.ReadAll(f)
+	if err != nil || string(got) != "region" {
+		t.Fatalf("read %q, %v; want region", got, err)
 	}
 }
