@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/pipestream/pipestream/datastream"
+	"github.com/pipestream/pipestream/internal/testkit"
 	"github.com/pipestream/pipestream/statemachine"
 	"github.com/pipestream/pipestream/transport"
 )
@@ -31,7 +32,7 @@ func BenchmarkWrite(b *testing.B) {
 				g := startGroup(b, peers, groupOpts{sm: hashing})
 				c := g.client(b)
 				ctx := context.Background()
-				data := randomBytes(1, size)
+				data := testkit.RandomBytes(1, size)
 				out, err := c.Stream(ctx, []byte("bench"))
 				if err != nil {
 					b.Fatal(err)
@@ -67,7 +68,7 @@ func BenchmarkWriteFile(b *testing.B) {
 		b.Run(kind.String(), func(b *testing.B) {
 			g := startGroup(b, 3, groupOpts{kind: kind, sm: hashing})
 			c := g.client(b, datastream.WithTransport(kind))
-			f := writeTemp(b, randomBytes(2, fileSize))
+			f := testkit.TempFile(b, testkit.RandomBytes(2, fileSize))
 			ctx := context.Background()
 			out, err := c.Stream(ctx, []byte("bench"))
 			if err != nil {

@@ -7,6 +7,7 @@ import (
 
 	"github.com/pipestream/pipestream/buffer/buffertest"
 	"github.com/pipestream/pipestream/datastream"
+	"github.com/pipestream/pipestream/internal/testkit"
 	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
 )
 
@@ -51,7 +52,7 @@ func TestCloseErrorKeepsRaftClientReply(t *testing.T) {
 		}
 		success(c, h)
 	})
-	c2, err := datastream.NewClient(f2.peers(), datastream.WithLogger(quietLogger()))
+	c2, err := datastream.NewClient(f2.peers(), datastream.WithLogger(testkit.QuietLogger()))
 	if err != nil {
 		t.Fatal(err)
 	}

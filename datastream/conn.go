@@ -2,6 +2,8 @@ package datastream
 
 import (
 	"fmt"
+	"maps"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -18,8 +20,7 @@ import (
 // conn is the client's connection to one peer, shared by the streams whose
 // primary that peer is.
 type conn struct {
-	c    *Client
-	peer group.Member
+	peerConn
 	// ready is closed once the dial finished; ch is set then if it
 	// succeeded, and never changes.
 	ready chan struct{}
@@ -37,49 +38,21 @@ type conn struct {
 	// loop only.
 	view dscodec.ReplyView
 
-	mu      sync.Mutex
-	streams map[uint64]*Output
-	dead    error
+	streams map[uint64]*Output // guarded by mu
 }
 
 func newConn(c *Client, p group.Member) *conn {
-	cn := &conn{c: c, peer: p, ready: make(chan struct{}), streams: make(map[uint64]*Output)}
+	cn := &conn{
+		peerConn: peerConn{c: c, peer: p, kind: "connection"},
+		ready:    make(chan struct{}),
+		streams:  make(map[uint64]*Output),
+	}
 	cn.lastRead.Store(time.Now().UnixNano())
 	return cn
 }
 
 func (cn *conn) init(ch transport.Channel) {
-	frames, err := dscodec.NewPacketFrameDecoder(dscodec.DefaultMaxPacketFrame)
-	if err == nil {
-		err = ch.Pipeline().AddLast("frame", frames)
-	}
-	if err == nil {
-		err = ch.Pipeline().AddLast("replies", (*replyHandler)(cn))
-	}
-	if err != nil {
-		cn.c.opts.logger.Error("datastream: cannot set up connection", "err", err)
-		_ = ch.Close()
-	}
-}
-
-func (cn *conn) isDead() bool {
-	cn.mu.Lock()
-	defer cn.mu.Unlock()
-	return cn.dead != nil
-}
-
-func (cn *conn) err() error {
-	cn.mu.Lock()
-	defer cn.mu.Unlock()
-	return cn.dead
-}
-
-func (cn *conn) markDead(err error) {
-	cn.mu.Lock()
-	if cn.dead == nil {
-		cn.dead = err
-	}
-	cn.mu.Unlock()
+	cn.initChannel(ch, "replies", (*replyHandler)(cn))
 }
 
 // ended reports whether the dial and, if it succeeded, the channel's
@@ -153,16 +126,7 @@ func (cn *conn) send(prefix *buffer.Buf, body any) error {
 // failAll fails every stream on the connection, or moves it to another
 // primary (WithFailover), and refuses new ones.
 func (cn *conn) failAll(err error) {
-	cn.mu.Lock()
-	if cn.dead == nil {
-		cn.dead = err
-	}
-	outs := make([]*Output, 0, len(cn.streams))
-	for _, o := range cn.streams {
-		outs = append(outs, o)
-	}
-	cn.mu.Unlock()
-	for _, o := range outs {
+	for _, o := range endAll(&cn.peerConn, cn.streams, err) {
 		o.lost(cn, err, false)
 	}
 }
@@ -173,10 +137,7 @@ func (cn *conn) failAll(err error) {
 // and with it a WriteFile that waits for its regions, forever.
 func (cn *conn) sweep(now time.Time, timeout time.Duration) {
 	cn.mu.Lock()
-	outs := make([]*Output, 0, len(cn.streams))
-	for _, o := range cn.streams {
-		outs = append(outs, o)
-	}
+	outs := slices.Collect(maps.Values(cn.streams))
 	cn.mu.Unlock()
 	var late []*Output
 	for _, o := range outs {
@@ -221,7 +182,7 @@ func (h *replyHandler) ChannelRead(ctx *pipeline.Context, msg any) {
 		}
 	}
 	if err != nil {
-		ctx.FireError(fmt.Errorf("datastream: from %s: %w", cn.peer.ID, err))
+		cn.badReply(ctx, err)
 		return
 	}
 	// A reply for a stream that is not open here (an abort's, or one that
@@ -233,13 +194,10 @@ func (h *replyHandler) ChannelRead(ctx *pipeline.Context, msg any) {
 
 func (h *replyHandler) ChannelInactive(ctx *pipeline.Context) {
 	cn := (*conn)(h)
-	cn.failAll(fmt.Errorf("%w: %s", ErrConnectionLost, cn.peer.ID))
+	cn.failAll(cn.lost())
 	ctx.FireChannelInactive()
 }
 
-// ErrorCaught closes the connection: a peer that sends what cannot be
-// decoded cannot be trusted with any stream.
 func (h *replyHandler) ErrorCaught(ctx *pipeline.Context, err error) {
-	(*conn)(h).c.opts.logger.Warn("datastream: connection failed", "peer", h.peer.ID, "err", err)
-	_ = ctx.Close()
+	h.closeOnError(ctx, err)
 }

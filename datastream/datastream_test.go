@@ -5,8 +5,6 @@ import (
 	"errors"
 	"io"
 	"net"
-	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -16,6 +14,7 @@ import (
 	"github.com/pipestream/pipestream/buffer/buffertest"
 	"github.com/pipestream/pipestream/datastream"
 	"github.com/pipestream/pipestream/group"
+	"github.com/pipestream/pipestream/internal/testkit"
 	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
 	"github.com/pipestream/pipestream/statemachine"
 	"github.com/pipestream/pipestream/transport"
@@ -55,7 +54,7 @@ func TestStream(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			data := randomBytes(1, 300<<10+7)
+			data := testkit.RandomBytes(1, 300<<10+7)
 			const packet = 64 << 10
 			scratch := make([]byte, packet)
 			var futures []*datastream.Future[*datastream.Reply]
@@ -102,20 +101,6 @@ func TestStream(t *testing.T) {
 	}
 }
 
-func writeTemp(t testing.TB, data []byte) *os.File {
-	t.Helper()
-	path := filepath.Join(t.TempDir(), "data")
-	if err := os.WriteFile(path, data, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	f, err := os.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = f.Close() })
-	return f
-}
-
 // TestWriteFile streams a file region in several packets: with sendfile on
 // net.Conn and with pooled reads on gnet. The file is closed as soon as
 // WriteFile returns, which its contract allows.
@@ -126,8 +111,8 @@ func TestWriteFile(t *testing.T) {
 			g := startGroup(t, 3, groupOpts{kind: kind, sm: func(int) statemachine.StateMachine { return statemachine.NewMemoryHashing() }})
 			c := g.client(t, datastream.WithTransport(kind), datastream.WithPacketSize(256<<10))
 			ctx := testCtx(t)
-			data := randomBytes(2, 3<<20+13)
-			f := writeTemp(t, data)
+			data := testkit.RandomBytes(2, 3<<20+13)
+			f := testkit.TempFile(t, data)
 			out, err := c.Stream(ctx, []byte("file"))
 			if err != nil {
 				t.Fatal(err)
@@ -154,7 +139,7 @@ func TestWriteFileBadRegion(t *testing.T) {
 	g := startGroup(t, 1, groupOpts{})
 	c := g.client(t)
 	ctx := testCtx(t)
-	f := writeTemp(t, []byte("0123456789"))
+	f := testkit.TempFile(t, []byte("0123456789"))
 	out, err := c.Stream(ctx, []byte("file"))
 	if err != nil {
 		t.Fatal(err)
@@ -177,12 +162,12 @@ func TestWriteFileBadRegion(t *testing.T) {
 // io.Copy takes the file's and the reader's path through ReadFrom and the
 // bytes.Reader's through Write.
 func TestWriter(t *testing.T) {
-	data := randomBytes(3, 50<<10+1)
+	data := testkit.RandomBytes(3, 50<<10+1)
 	for _, tc := range []struct {
 		name string
 		src  func(t *testing.T) io.Reader
 	}{
-		{"file", func(t *testing.T) io.Reader { return writeTemp(t, data) }},
+		{"file", func(t *testing.T) io.Reader { return testkit.TempFile(t, data) }},
 		{"bytes.Reader", func(*testing.T) io.Reader { return bytes.NewReader(data) }},
 		{"one byte at a time", func(*testing.T) io.Reader { return iotest.OneByteReader(bytes.NewReader(data)) }},
 		{"data and EOF together", func(*testing.T) io.Reader { return iotest.DataErrReader(bytes.NewReader(data)) }},
@@ -387,7 +372,7 @@ func TestManyStreams(t *testing.T) {
 				t.Error(err)
 				return
 			}
-			data := randomBytes(uint64(i), 100+i*7)
+			data := testkit.RandomBytes(uint64(i), 100+i*7)
 			out.WriteAsync(ctx, data[:len(data)/2])
 			if _, err := out.WriteAsync(ctx, data[len(data)/2:], datastream.Close).Wait(ctx); err != nil {
 				t.Errorf("stream %d: %v", i, err)
@@ -401,7 +386,7 @@ func TestManyStreams(t *testing.T) {
 		return
 	}
 	for i, out := range outs {
-		g.checkCommitted(t, c, out, randomBytes(uint64(i), 100+i*7))
+		g.checkCommitted(t, c, out, testkit.RandomBytes(uint64(i), 100+i*7))
 	}
 }
 
@@ -466,7 +451,7 @@ func TestOneConnection(t *testing.T) {
 	}
 	dead := ln.Addr().String()
 	_ = ln.Close()
-	c2, err := datastream.NewClient([]group.Member{{ID: "gone", StreamAddr: dead}}, datastream.WithLogger(quietLogger()))
+	c2, err := datastream.NewClient([]group.Member{{ID: "gone", StreamAddr: dead}}, datastream.WithLogger(testkit.QuietLogger()))
 	if err != nil {
 		t.Fatal(err)
 	}

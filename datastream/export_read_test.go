@@ -29,7 +29,7 @@ func (t *nopTransport) RemoteAddr() net.Addr { return nil }
 func DeliverReadReplies(frames [][]byte, typ pb.DataStreamPacketHeader_Type, off, n int64) (data []byte, done bool, err error, closed bool) {
 	o := defaultOptions()
 	o.logger = slog.New(slog.DiscardHandler)
-	rc := &readConn{c: &Client{opts: o}, peer: group.Member{ID: "p"}, calls: make(map[uint64]*readCall)}
+	rc := &readConn{peerConn: peerConn{c: &Client{opts: o}, peer: group.Member{ID: "p"}, kind: "read connection"}, calls: make(map[uint64]*readCall)}
 	call := &readCall{rc: rc, id: 1, off: off, n: n, next: off, signal: make(chan struct{}, 1)}
 	rc.calls[1] = call
 	tr := &nopTransport{}

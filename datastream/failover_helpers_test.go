@@ -12,6 +12,7 @@ import (
 
 	"github.com/pipestream/pipestream/buffer"
 	"github.com/pipestream/pipestream/datastream"
+	"github.com/pipestream/pipestream/internal/smtest"
 	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
 	"github.com/pipestream/pipestream/server"
 	"github.com/pipestream/pipestream/statemachine"
@@ -20,8 +21,19 @@ import (
 // pausableSM is a Memory whose writes wait while it is paused, so that a
 // test can keep packets unacknowledged when the primary fails.
 type pausableSM struct {
-	*statemachine.Memory
+	smtest.Wrapper
 	gate atomic.Pointer[chan struct{}] // nil: not paused
+}
+
+func newPausable() *pausableSM {
+	m := new(pausableSM)
+	m.Wrapper = smtest.Wrapper{
+		Memory: statemachine.NewMemory(),
+		Wrap: func(ch statemachine.DataChannel) statemachine.DataChannel {
+			return &pausableChannel{smtest.Channel{DataChannel: ch}, m}
+		},
+	}
+	return m
 }
 
 func (m *pausableSM) pause() {
@@ -35,23 +47,8 @@ func (m *pausableSM) resume() {
 	}
 }
 
-func (m *pausableSM) OpenStream(ctx context.Context, k statemachine.StreamKey, req *pb.RaftClientRequest) (statemachine.DataChannel, error) {
-	ch, err := m.Memory.OpenStream(ctx, k, req)
-	if err != nil {
-		return nil, err
-	}
-	return &pausableChannel{ch, m}, nil
-}
-
-func (m *pausableSM) Link(ctx context.Context, e statemachine.Entry, ch statemachine.DataChannel) error {
-	if pc, ok := ch.(*pausableChannel); ok {
-		ch = pc.DataChannel
-	}
-	return m.Memory.Link(ctx, e, ch)
-}
-
 type pausableChannel struct {
-	statemachine.DataChannel
+	smtest.Channel
 	sm *pausableSM
 }
 
@@ -119,7 +116,7 @@ func (l *logCommitter) stop(g *cluster, i int) {
 // what a failed primary keeps is dropped within a test. The cleanup
 // resumes the paused peer.
 func failoverGroup(t *testing.T, quorum int) (*cluster, *pausableSM, *logCommitter) {
-	last := &pausableSM{Memory: statemachine.NewMemory()}
+	last := newPausable()
 	g := startGroup(t, 3, groupOpts{
 		sm: func(i int) statemachine.StateMachine {
 			if i == 2 {

@@ -11,6 +11,7 @@ import (
 	"github.com/pipestream/pipestream/datastream"
 	"github.com/pipestream/pipestream/group"
 	"github.com/pipestream/pipestream/handler"
+	"github.com/pipestream/pipestream/internal/testkit"
 	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
 )
 
@@ -32,7 +33,7 @@ func TestFailover(t *testing.T) {
 				g, last, lc := failoverGroup(t, 0)
 				c := g.client(t, datastream.WithPacketSize(packet))
 				ctx := testCtx(t)
-				data := randomBytes(uint64(at)+7, size)
+				data := testkit.RandomBytes(uint64(at)+7, size)
 				out, err := c.Stream(ctx, []byte("moved"))
 				if err != nil {
 					t.Fatal(err)
@@ -127,7 +128,7 @@ func TestFailoverDisabled(t *testing.T) {
 		t.Fatal(err)
 	}
 	last.pause()
-	data := randomBytes(3, 1<<20)
+	data := testkit.RandomBytes(3, 1<<20)
 	if err := sendAll(ctx, out, data, 0, 64<<10); err != nil {
 		t.Fatal(err)
 	}
@@ -154,7 +155,7 @@ func TestFailoverNoPeerLeft(t *testing.T) {
 		for i := 1; i < len(peers); i++ {
 			peers[i].StreamAddr = closedAddr(t)
 		}
-		c, err := datastream.NewClient(peers, datastream.WithLogger(quietLogger()), datastream.WithDialTimeout(2*time.Second))
+		c, err := datastream.NewClient(peers, datastream.WithLogger(testkit.QuietLogger()), datastream.WithDialTimeout(2*time.Second))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -164,7 +165,7 @@ func TestFailoverNoPeerLeft(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := sendAll(ctx, out, randomBytes(4, 1<<20), 0, 64<<10); err != nil {
+		if err := sendAll(ctx, out, testkit.RandomBytes(4, 1<<20), 0, 64<<10); err != nil {
 			t.Fatal(err)
 		}
 		// No CLOSE: sent to a primary that fails, it would leave the
@@ -193,7 +194,7 @@ func TestFailoverNoPeerLeft(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := sendAll(ctx, out, randomBytes(5, 1<<20), 0, 64<<10); err != nil {
+		if err := sendAll(ctx, out, testkit.RandomBytes(5, 1<<20), 0, 64<<10); err != nil {
 			t.Fatal(err)
 		}
 		datastream.CutPrimary(out)
@@ -228,7 +229,7 @@ func TestFailoverAfterClose(t *testing.T) {
 		t.Fatal(err)
 	}
 	last.pause() // the CLOSE stays unanswered
-	if err := sendAll(ctx, out, randomBytes(8, 1<<20), 0, 64<<10); err != nil {
+	if err := sendAll(ctx, out, testkit.RandomBytes(8, 1<<20), 0, 64<<10); err != nil {
 		t.Fatal(err)
 	}
 	closed := out.Close(ctx)
@@ -258,7 +259,7 @@ func TestFailoverTwice(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	data := randomBytes(6, 2<<20)
+	data := testkit.RandomBytes(6, 2<<20)
 	half := len(data) / 2
 	if err := sendAll(ctx, out, data[:half], 0, 64<<10); err != nil {
 		t.Fatal(err)

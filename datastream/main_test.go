@@ -6,10 +6,7 @@ import (
 	"encoding/binary"
 	"fmt"
 	"io"
-	"log/slog"
-	"math/rand/v2"
 	"net"
-	"os"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -22,6 +19,8 @@ import (
 	"github.com/pipestream/pipestream/group"
 	"github.com/pipestream/pipestream/internal/grouptest"
 	"github.com/pipestream/pipestream/internal/leaktest"
+	"github.com/pipestream/pipestream/internal/smtest"
+	"github.com/pipestream/pipestream/internal/testkit"
 	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
 	"github.com/pipestream/pipestream/server"
 	"github.com/pipestream/pipestream/statemachine"
@@ -33,13 +32,6 @@ func TestMain(m *testing.M) { leaktest.VerifyTestMain(m) }
 // patience bounds every wait, so that a bug fails a test instead of hanging
 // it. Nothing is asserted about how long things take.
 const patience = 20 * time.Second
-
-func quietLogger() *slog.Logger {
-	if os.Getenv("PIPESTREAM_TEST_LOG") != "" {
-		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	}
-	return slog.New(slog.DiscardHandler)
-}
 
 func testCtx(t testing.TB) context.Context {
 	ctx, cancel := context.WithTimeout(context.Background(), patience)
@@ -70,7 +62,7 @@ func startGroup(t testing.TB, n int, o groupOpts) *cluster {
 	ctx, cancel := context.WithTimeout(context.Background(), patience)
 	defer cancel()
 	g := &cluster{t: t, stopped: make([]bool, n)}
-	opts := grouptest.ServerOptions{Kind: o.kind, StateMachine: o.sm, Logger: quietLogger()}
+	opts := grouptest.ServerOptions{Kind: o.kind, StateMachine: o.sm, Logger: testkit.QuietLogger()}
 	if o.tweak != nil {
 		opts.Config = func(_ int, c *server.Config) { o.tweak(c) }
 	}
@@ -92,7 +84,7 @@ func (g *cluster) stop(i int) {
 // client returns a client of the group, closed when the test ends.
 func (g *cluster) client(t testing.TB, opts ...datastream.Option) *datastream.Client {
 	t.Helper()
-	c, err := datastream.NewClient(g.peers, append([]datastream.Option{datastream.WithLogger(quietLogger())}, opts...)...)
+	c, err := datastream.NewClient(g.peers, append([]datastream.Option{datastream.WithLogger(testkit.QuietLogger())}, opts...)...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -168,23 +160,10 @@ func key(c *datastream.Client, out *datastream.Output) statemachine.StreamKey {
 	return statemachine.StreamKey{ClientID: string(c.ID()), StreamID: out.ID()}
 }
 
-// randomBytes returns n bytes from a generator seeded with seed.
-func randomBytes(seed uint64, n int) []byte {
-	r := rand.New(rand.NewChaCha8([32]byte{byte(seed), byte(seed >> 8), byte(seed >> 16)}))
-	b := make([]byte, n)
-	for i := 0; i+8 <= n; i += 8 {
-		binary.LittleEndian.PutUint64(b[i:], r.Uint64())
-	}
-	for i := n &^ 7; i < n; i++ {
-		b[i] = byte(r.Uint32())
-	}
-	return b
-}
-
 // gatedSM is a Memory that counts what reaches it and, if gated, holds
 // every write until the gate opens, so that a test can hold replies back.
 type gatedSM struct {
-	*statemachine.Memory
+	smtest.Wrapper
 	gate   chan struct{}
 	once   sync.Once
 	writes atomic.Int64 // writes that reached the state machine (and the gate)
@@ -192,7 +171,13 @@ type gatedSM struct {
 }
 
 func newGated(gate bool) *gatedSM {
-	g := &gatedSM{Memory: statemachine.NewMemory(), gate: make(chan struct{})}
+	g := &gatedSM{gate: make(chan struct{})}
+	g.Wrapper = smtest.Wrapper{
+		Memory: statemachine.NewMemory(),
+		Wrap: func(ch statemachine.DataChannel) statemachine.DataChannel {
+			return &gatedChannel{Channel: smtest.Channel{DataChannel: ch}, sm: g}
+		},
+	}
 	if !gate {
 		g.open()
 	}
@@ -202,23 +187,8 @@ func newGated(gate bool) *gatedSM {
 // open lets every write through, now and later.
 func (g *gatedSM) open() { g.once.Do(func() { close(g.gate) }) }
 
-func (g *gatedSM) OpenStream(ctx context.Context, k statemachine.StreamKey, req *pb.RaftClientRequest) (statemachine.DataChannel, error) {
-	ch, err := g.Memory.OpenStream(ctx, k, req)
-	if err != nil {
-		return nil, err
-	}
-	return &gatedChannel{DataChannel: ch, sm: g}, nil
-}
-
-func (g *gatedSM) Link(ctx context.Context, e statemachine.Entry, ch statemachine.DataChannel) error {
-	if gc, ok := ch.(*gatedChannel); ok {
-		ch = gc.DataChannel
-	}
-	return g.Memory.Link(ctx, e, ch)
-}
-
 type gatedChannel struct {
-	statemachine.DataChannel
+	smtest.Channel
 	sm *gatedSM
 }
 
@@ -293,7 +263,7 @@ func startFake(t testing.TB, answer func(c net.Conn, h *pb.DataStreamPacketHeade
 // and opts, closed when the test ends.
 func (f *fakePeer) client(t testing.TB, opts ...datastream.Option) *datastream.Client {
 	t.Helper()
-	c, err := datastream.NewClient(f.peers(), append([]datastream.Option{datastream.WithLogger(quietLogger())}, opts...)...)
+	c, err := datastream.NewClient(f.peers(), append([]datastream.Option{datastream.WithLogger(testkit.QuietLogger())}, opts...)...)
 	if err != nil {
 		t.Fatal(err)
 	}

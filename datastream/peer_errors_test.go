@@ -10,6 +10,7 @@ import (
 
 	"github.com/pipestream/pipestream/buffer/buffertest"
 	"github.com/pipestream/pipestream/datastream"
+	"github.com/pipestream/pipestream/internal/testkit"
 	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
 	"github.com/pipestream/pipestream/server"
 )
@@ -150,7 +151,7 @@ func TestServerErrors(t *testing.T) {
 	// The client checks a table against the peers it knows of; one that
 	// knows only two of the three passes a table that leaves the third
 	// out, which the server refuses.
-	partial, err := datastream.NewClient(g.peers[:2], datastream.WithLogger(quietLogger()))
+	partial, err := datastream.NewClient(g.peers[:2], datastream.WithLogger(testkit.QuietLogger()))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -23,14 +23,12 @@ import (
 // and the write path's connections are left alone. Its calls are told
 // apart by stream_id.
 type readConn struct {
-	c    *Client
-	peer group.Member
-	ch   transport.Channel
+	peerConn
+	ch transport.Channel
 
-	mu     sync.Mutex
+	// guarded by mu
 	calls  map[uint64]*readCall
 	nextID uint64
-	dead   error
 }
 
 // dialRead connects to p for reads.
@@ -38,7 +36,7 @@ func (c *Client) dialRead(ctx context.Context, p group.Member) (*readConn, error
 	if c.ctx.Err() != nil {
 		return nil, ErrClosed
 	}
-	rc := &readConn{c: c, peer: p, calls: make(map[uint64]*readCall)}
+	rc := &readConn{peerConn: peerConn{c: c, peer: p, kind: "read connection"}, calls: make(map[uint64]*readCall)}
 	ctx, cancel := context.WithTimeout(ctx, c.opts.dialTimeout)
 	defer cancel()
 	ch, err := c.dialer.Dial(ctx, p.StreamAddr, rc.init)
@@ -53,17 +51,7 @@ func (c *Client) dialRead(ctx context.Context, p group.Member) (*readConn, error
 }
 
 func (rc *readConn) init(ch transport.Channel) {
-	frames, err := dscodec.NewPacketFrameDecoder(dscodec.DefaultMaxPacketFrame)
-	if err == nil {
-		err = ch.Pipeline().AddLast("frame", frames)
-	}
-	if err == nil {
-		err = ch.Pipeline().AddLast("read-replies", (*readReplies)(rc))
-	}
-	if err != nil {
-		rc.c.opts.logger.Error("datastream: cannot set up read connection", "err", err)
-		_ = ch.Close()
-	}
+	rc.initChannel(ch, "read-replies", (*readReplies)(rc))
 }
 
 // close closes the connection and waits until its goroutines are done.
@@ -108,17 +96,9 @@ func (rc *readConn) startRead(name string, index uint64, off, n int64) (*readCal
 	return rc.start(pb.DataStreamPacketHeader_STREAM_READ, body, off, n)
 }
 
+// failAll fails every call on the connection and refuses new ones.
 func (rc *readConn) failAll(err error) {
-	rc.mu.Lock()
-	if rc.dead == nil {
-		rc.dead = err
-	}
-	calls := make([]*readCall, 0, len(rc.calls))
-	for _, c := range rc.calls {
-		calls = append(calls, c)
-	}
-	rc.mu.Unlock()
-	for _, c := range calls {
+	for _, c := range endAll(&rc.peerConn, rc.calls, err) {
 		c.finish(err)
 	}
 }
@@ -264,7 +244,7 @@ func (h *readReplies) ChannelRead(ctx *pipeline.Context, msg any) {
 	defer frame.Release()
 	rh, off, err := DecodeReadReply(frame.Bytes())
 	if err != nil {
-		ctx.FireError(fmt.Errorf("datastream: from %s: %w", rc.peer.ID, err))
+		rc.badReply(ctx, err)
 		return
 	}
 	rc.mu.Lock()
@@ -277,7 +257,7 @@ func (h *readReplies) ChannelRead(ctx *pipeline.Context, msg any) {
 		return // a call given up on
 	}
 	if err := call.deliver(rh, frame, off); err != nil {
-		ctx.FireError(fmt.Errorf("datastream: from %s: %w", rc.peer.ID, err))
+		rc.badReply(ctx, err)
 	}
 }
 
@@ -339,13 +319,10 @@ func (c *readCall) deliver(rh *pb.DataStreamReplyHeader, frame *buffer.Buf, off 
 
 func (h *readReplies) ChannelInactive(ctx *pipeline.Context) {
 	rc := (*readConn)(h)
-	rc.failAll(fmt.Errorf("%w: %s", ErrConnectionLost, rc.peer.ID))
+	rc.failAll(rc.lost())
 	ctx.FireChannelInactive()
 }
 
-// ErrorCaught closes the connection: a peer that breaks the protocol
-// cannot be trusted with any read.
 func (h *readReplies) ErrorCaught(ctx *pipeline.Context, err error) {
-	(*readConn)(h).c.opts.logger.Warn("datastream: read connection failed", "peer", h.peer.ID, "err", err)
-	_ = ctx.Close()
+	h.closeOnError(ctx, err)
 }

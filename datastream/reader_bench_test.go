@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/pipestream/pipestream/datastream"
+	"github.com/pipestream/pipestream/internal/testkit"
 	"github.com/pipestream/pipestream/transport"
 )
 
@@ -21,7 +22,7 @@ const benchReadSize = 64 << 20
 // what serving a file over TCP costs. The ratio of the two is the read
 // path's efficiency (the goal is at least 0.8).
 func BenchmarkRead(b *testing.B) {
-	data := randomBytes(42, benchReadSize)
+	data := testkit.RandomBytes(42, benchReadSize)
 	for _, kind := range []transport.Kind{transport.Gnet, transport.NetConn} {
 		b.Run("pipestream/"+kind.String(), func(b *testing.B) {
 			g, _ := fileGroup(b, 1, kind)

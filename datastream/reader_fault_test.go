@@ -11,6 +11,7 @@ import (
 
 	"github.com/pipestream/pipestream/buffer/buffertest"
 	"github.com/pipestream/pipestream/datastream"
+	"github.com/pipestream/pipestream/internal/testkit"
 	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
 	"github.com/pipestream/pipestream/transport"
 )
@@ -24,7 +25,7 @@ func TestReadPeerKilled(t *testing.T) {
 			buffertest.Check(t)
 			g, _ := fileGroup(t, 3, kind)
 			c := g.client(t, datastream.WithTransport(kind))
-			want := randomBytes(5, 5<<20+3)
+			want := testkit.RandomBytes(5, 5<<20+3)
 			put(t, c, "big", want)
 			ids := []string{g.peers[0].ID, g.peers[1].ID, g.peers[2].ID}
 			r := open(t, c, "big", datastream.WithReadPeer(ids...), datastream.WithReadWindow(64<<10, 4))
@@ -59,7 +60,7 @@ func TestReadAllPeersGone(t *testing.T) {
 	buffertest.Check(t)
 	g, _ := fileGroup(t, 2, transport.Gnet)
 	c := g.client(t)
-	put(t, c, "x", randomBytes(3, 300<<10))
+	put(t, c, "x", testkit.RandomBytes(3, 300<<10))
 	r := open(t, c, "x", datastream.WithReadWindow(64<<10, 1), datastream.WithReadAttempts(3))
 	if _, err := io.ReadFull(r, make([]byte, 100)); err != nil {
 		t.Fatal(err)
@@ -79,7 +80,7 @@ func TestReaderStopsReading(t *testing.T) {
 	buffertest.Check(t)
 	g, _ := fileGroup(t, 1, transport.Gnet)
 	c := g.client(t)
-	want := randomBytes(12, 20<<20)
+	want := testkit.RandomBytes(12, 20<<20)
 	put(t, c, "slow", want)
 	const request, window = 64 << 10, 4
 	r := open(t, c, "slow", datastream.WithReadWindow(request, window))
@@ -107,7 +108,7 @@ func TestReaderStopsReading(t *testing.T) {
 func TestReadPeerHangs(t *testing.T) {
 	buffertest.Check(t)
 	g, stores := fileGroup(t, 1, transport.Gnet)
-	want := randomBytes(21, 1<<20+5)
+	want := testkit.RandomBytes(21, 1<<20+5)
 	put(t, g.client(t), "h", want)
 	sf, _ := stores[0].Lookup("h")
 	var reads atomic.Int32
@@ -119,7 +120,7 @@ func TestReadPeerHangs(t *testing.T) {
 			File: &pb.FileInfo{Name: "h", Length: sf.Length, Index: sf.Index, Term: sf.Term}}, nil)
 	})
 	peers := append(fake.peers(), g.peers...)
-	c, err := datastream.NewClient(peers, datastream.WithLogger(quietLogger()))
+	c, err := datastream.NewClient(peers, datastream.WithLogger(testkit.QuietLogger()))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -142,7 +143,7 @@ func TestReadPeerHangs(t *testing.T) {
 func TestReadResumeOtherVersion(t *testing.T) {
 	buffertest.Check(t)
 	g, stores := fileGroup(t, 1, transport.Gnet)
-	put(t, g.client(t), "v", randomBytes(22, 1000))
+	put(t, g.client(t), "v", testkit.RandomBytes(22, 1000))
 	sf, _ := stores[0].Lookup("v")
 	var reads atomic.Int32
 	fake := startFake(t, func(c net.Conn, h *pb.DataStreamPacketHeader) {
@@ -152,7 +153,7 @@ func TestReadResumeOtherVersion(t *testing.T) {
 				File: &pb.FileInfo{Name: "v", Length: sf.Length, Index: sf.Index + 1}}, nil)
 		}
 	})
-	c, err := datastream.NewClient(append(fake.peers(), g.peers...), datastream.WithLogger(quietLogger()))
+	c, err := datastream.NewClient(append(fake.peers(), g.peers...), datastream.WithLogger(testkit.QuietLogger()))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -171,8 +172,8 @@ func TestReadResumeOtherVersion(t *testing.T) {
 func TestReaderClientClosed(t *testing.T) {
 	buffertest.Check(t)
 	g, _ := fileGroup(t, 1, transport.Gnet)
-	put(t, g.client(t), "cc", randomBytes(23, 3<<20))
-	c, err := datastream.NewClient(g.peers, datastream.WithLogger(quietLogger()))
+	put(t, g.client(t), "cc", testkit.RandomBytes(23, 3<<20))
+	c, err := datastream.NewClient(g.peers, datastream.WithLogger(testkit.QuietLogger()))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -13,6 +13,7 @@ import (
 	"github.com/pipestream/pipestream/buffer/buffertest"
 	"github.com/pipestream/pipestream/datastream"
 	"github.com/pipestream/pipestream/internal/testcert"
+	"github.com/pipestream/pipestream/internal/testkit"
 	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
 	"github.com/pipestream/pipestream/server"
 	"github.com/pipestream/pipestream/statemachine"
@@ -24,7 +25,7 @@ func fileGroup(t testing.TB, n int, kind transport.Kind) (*cluster, []*statemach
 	t.Helper()
 	stores := make([]*statemachine.FileStore, n)
 	for i := range stores {
-		fs, err := statemachine.NewFileStore(t.TempDir(), statemachine.WithLogger(quietLogger()), statemachine.WithSyncOnClose(false))
+		fs, err := statemachine.NewFileStore(t.TempDir(), statemachine.WithLogger(testkit.QuietLogger()), statemachine.WithSyncOnClose(false))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -76,7 +77,7 @@ func TestRead(t *testing.T) {
 			files := make(map[string][]byte)
 			for i, n := range readSizes {
 				name := fmt.Sprintf("dir/f%d", n)
-				files[name] = randomBytes(uint64(100+i), n)
+				files[name] = testkit.RandomBytes(uint64(100+i), n)
 				put(t, c, name, files[name])
 			}
 			for _, window := range [][2]int{{datastream.DefaultReadRequest, datastream.DefaultReadWindow}, {64 << 10, 3}} {
@@ -155,7 +156,7 @@ func TestReadAtConcurrent(t *testing.T) {
 	buffertest.Check(t)
 	g, _ := fileGroup(t, 1, transport.Gnet)
 	c := g.client(t)
-	want := randomBytes(9, 3<<20+11)
+	want := testkit.RandomBytes(9, 3<<20+11)
 	put(t, c, "c", want)
 	r := open(t, c, "c", datastream.WithReadWindow(100<<10, 2))
 	errs := make(chan error, 8)
@@ -242,7 +243,7 @@ func TestReadOptions(t *testing.T) {
 func TestReadTLS(t *testing.T) {
 	buffertest.Check(t)
 	ca := testcert.NewCA(t, "read-ca")
-	fs, err := statemachine.NewFileStore(t.TempDir(), statemachine.WithLogger(quietLogger()), statemachine.WithSyncOnClose(false))
+	fs, err := statemachine.NewFileStore(t.TempDir(), statemachine.WithLogger(testkit.QuietLogger()), statemachine.WithSyncOnClose(false))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -253,7 +254,7 @@ func TestReadTLS(t *testing.T) {
 		cfg.TLS, cfg.PeerTLS = ca.ServerConfig(cert), ca.ClientConfig(cert)
 	}})
 	c := g.client(t, datastream.WithTLS(ca.ClientConfig(ca.Client(t, "reader"))))
-	want := randomBytes(31, 5<<20+3)
+	want := testkit.RandomBytes(31, 5<<20+3)
 	put(t, c, "tls", want)
 	r := open(t, c, "tls", datastream.WithReadWindow(300<<10, 3))
 	got, err := io.ReadAll(r)

@@ -14,6 +14,7 @@ import (
 	"github.com/pipestream/pipestream/codec/dscodec"
 	"github.com/pipestream/pipestream/datastream"
 	"github.com/pipestream/pipestream/handler"
+	"github.com/pipestream/pipestream/internal/testkit"
 	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
 	"github.com/pipestream/pipestream/transport"
 )
@@ -135,7 +136,7 @@ func TestReadServerBound(t *testing.T) {
 	g, _ := fileGroup(t, 1, transport.Gnet)
 	c := g.client(t)
 	const size = 2 * handler.MaxConnReadBytes
-	want := randomBytes(11, size)
+	want := testkit.RandomBytes(11, size)
 	put(t, c, "huge", want)
 	rc := dialRaw(t, g.peers[0].StreamAddr)
 	const n = handler.MaxReadLength

@@ -7,6 +7,7 @@ import (
 	"github.com/pipestream/pipestream/buffer/buffertest"
 	"github.com/pipestream/pipestream/datastream"
 	"github.com/pipestream/pipestream/group"
+	"github.com/pipestream/pipestream/internal/testkit"
 	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
 )
 
@@ -21,7 +22,7 @@ func TestStreamValidatesRoutingTable(t *testing.T) {
 		{ID: "b", StreamAddr: "127.0.0.1:1"},
 		{ID: "c", StreamAddr: "127.0.0.1:1"},
 	}
-	c, err := datastream.NewClient(peers, datastream.WithLogger(quietLogger()))
+	c, err := datastream.NewClient(peers, datastream.WithLogger(testkit.QuietLogger()))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -10,6 +10,7 @@ import (
 
 	"github.com/pipestream/pipestream/buffer/buffertest"
 	"github.com/pipestream/pipestream/datastream"
+	"github.com/pipestream/pipestream/internal/grouptest"
 	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
 	"github.com/pipestream/pipestream/server"
 	"github.com/pipestream/pipestream/statemachine"
@@ -56,11 +57,7 @@ func (h *heldCommitter) release(t *testing.T) {
 	h.held = nil
 	h.mu.Unlock()
 	for _, e := range held {
-		for _, p := range h.peers[1:] {
-			if err := p.Streams().Link(context.Background(), e); err != nil {
-				t.Errorf("link %v on %s: %v", e.Key, p.ID(), err)
-			}
-		}
+		grouptest.Link(t, context.Background(), h.peers[1:], e)
 		h.mu.Lock()
 		h.applied = e.Index
 		h.mu.Unlock()
@@ -132,12 +129,17 @@ func TestWaitApplied(t *testing.T) {
 	if err := c.WaitApplied(ctx, "dir/late", index); err != nil {
 		t.Errorf("Client.WaitApplied: %v", err)
 	}
-	short, cancel = context.WithTimeout(ctx, 50*time.Millisecond)
-	err = c.WaitApplied(short, "dir/late", index+1, g.peers[1].ID)
-	cancel()
-	if !errors.Is(err, context.DeadlineExceeded) {
-		t.Errorf("Client.WaitApplied of an index not reached: %v, want a deadline", err)
+	// notYet checks that Client.WaitApplied of name at index at on peer
+	// (what, in a failure) is still waiting a moment later.
+	notYet := func(what, name string, at uint64, peer string) {
+		t.Helper()
+		short, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+		defer cancel()
+		if err := c.WaitApplied(short, name, at, peer); !errors.Is(err, context.DeadlineExceeded) {
+			t.Errorf("Client.WaitApplied of %s: %v, want a deadline", what, err)
+		}
 	}
+	notYet("an index not reached", "dir/late", index+1, g.peers[1].ID)
 	if err := c.WaitApplied(ctx, "dir/late", index, "nobody"); err == nil {
 		t.Error("Client.WaitApplied on a peer outside the group succeeded")
 	}
@@ -156,12 +158,7 @@ func TestWaitApplied(t *testing.T) {
 	if err := c.WaitApplied(ctx, "gone", index+1); err != nil {
 		t.Errorf("Client.WaitApplied of a missing entry: %v", err)
 	}
-	short, cancel = context.WithTimeout(ctx, 50*time.Millisecond)
-	err = c.WaitApplied(short, "gone", index+2, g.peers[2].ID)
-	cancel()
-	if !errors.Is(err, context.DeadlineExceeded) {
-		t.Errorf("Client.WaitApplied of a missing entry's later index: %v, want a deadline", err)
-	}
+	notYet("a missing entry's later index", "gone", index+2, g.peers[2].ID)
 }
 
 // A state machine that serves no reads cannot be watched: WaitApplied

@@ -10,6 +10,7 @@ import (
 	"github.com/pipestream/pipestream/buffer"
 	"github.com/pipestream/pipestream/buffer/buffertest"
 	"github.com/pipestream/pipestream/datastream"
+	"github.com/pipestream/pipestream/internal/testkit"
 )
 
 // TestWindow holds every reply back behind gated state machines: the
@@ -27,7 +28,7 @@ func TestWindow(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	data := randomBytes(4, packet*packets)
+	data := testkit.RandomBytes(4, packet*packets)
 	done := make(chan error, 1)
 	var sent atomic.Int32
 	go func() {
@@ -65,7 +66,7 @@ func TestSend(t *testing.T) {
 		t.Fatal(err)
 	}
 	const packet, packets = 40 << 10, 30
-	data := randomBytes(9, packet*packets)
+	data := testkit.RandomBytes(9, packet*packets)
 	for i := range packets {
 		if err := out.Send(ctx, buffer.Copy(data[i*packet:(i+1)*packet])); err != nil {
 			t.Fatalf("send %d: %v", i, err)

@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"hash/crc32"
 	"io"
-	"log/slog"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -17,6 +16,7 @@ import (
 	"github.com/pipestream/pipestream/datastream"
 	"github.com/pipestream/pipestream/internal/grouptest"
 	"github.com/pipestream/pipestream/internal/leaktest"
+	"github.com/pipestream/pipestream/internal/testkit"
 	"github.com/pipestream/pipestream/peer"
 	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
 	"github.com/pipestream/pipestream/statemachine"
@@ -27,13 +27,6 @@ func TestMain(m *testing.M) { leaktest.VerifyTestMain(m) }
 
 // testTimeout bounds every wait of a test; a healthy run takes far less.
 const testTimeout = 30 * time.Second
-
-func quietLogger() *slog.Logger {
-	if os.Getenv("PIPESTREAM_TEST_LOG") != "" {
-		return slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	}
-	return slog.New(slog.DiscardHandler)
-}
 
 // group is peers started on loopback, each on port 0.
 type group struct {
@@ -54,7 +47,7 @@ type groupOpts struct {
 // testConfig is a peer config with timeouts for loopback tests.
 func testConfig(id string, ids []string) peer.Config {
 	cfg := grouptest.Config(id, ids)
-	cfg.Logger = quietLogger()
+	cfg.Logger = testkit.QuietLogger()
 	return cfg
 }
 
@@ -151,7 +144,7 @@ func contains(s []int, v int) bool {
 
 func (g *group) client(opts ...datastream.Option) *datastream.Client {
 	g.t.Helper()
-	c, err := datastream.NewClient(g.members, append([]datastream.Option{datastream.WithLogger(quietLogger())}, opts...)...)
+	c, err := datastream.NewClient(g.members, append([]datastream.Option{datastream.WithLogger(testkit.QuietLogger())}, opts...)...)
 	if err != nil {
 		g.t.Fatal(err)
 	}

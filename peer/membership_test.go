@@ -10,6 +10,7 @@ import (
 
 	"github.com/pipestream/pipestream/buffer/buffertest"
 	"github.com/pipestream/pipestream/datastream"
+	"github.com/pipestream/pipestream/internal/testkit"
 	"github.com/pipestream/pipestream/peer"
 	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
 	"github.com/pipestream/pipestream/raft"
@@ -52,7 +53,7 @@ func (g *group) clientOf(is ...int) *datastream.Client {
 	for _, i := range is {
 		peers = append(peers, g.members[i])
 	}
-	c, err := datastream.NewClient(peers, datastream.WithLogger(quietLogger()))
+	c, err := datastream.NewClient(peers, datastream.WithLogger(testkit.QuietLogger()))
 	if err != nil {
 		g.t.Fatal(err)
 	}

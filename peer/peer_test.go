@@ -16,6 +16,7 @@ import (
 	"github.com/pipestream/pipestream/buffer/buffertest"
 	"github.com/pipestream/pipestream/datastream"
 	"github.com/pipestream/pipestream/handler"
+	"github.com/pipestream/pipestream/internal/testkit"
 	"github.com/pipestream/pipestream/peer"
 	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
 	"github.com/pipestream/pipestream/statemachine"
@@ -280,7 +281,7 @@ func startStallingGroup(t *testing.T, name string) (*group, []*stallingStore) {
 	t.Helper()
 	stalls := make([]*stallingStore, 3)
 	g := startGroup(t, groupOpts{onDisk: true, edit: func(i int, cfg *peer.Config) {
-		fs, err := statemachine.NewFileStore(filepath.Join(cfg.DataDir, "files"), statemachine.WithLogger(quietLogger()))
+		fs, err := statemachine.NewFileStore(filepath.Join(cfg.DataDir, "files"), statemachine.WithLogger(testkit.QuietLogger()))
 		if err != nil {
 			t.Fatal(err)
 		}

@@ -9,6 +9,7 @@ import (
 
 	"github.com/pipestream/pipestream/buffer/buffertest"
 	"github.com/pipestream/pipestream/handler"
+	"github.com/pipestream/pipestream/internal/testkit"
 	"github.com/pipestream/pipestream/peer"
 	"github.com/pipestream/pipestream/pipeline"
 	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
@@ -94,7 +95,7 @@ func TestConfigPassedToServer(t *testing.T) {
 // package handler declares, the ones the handler and the server apply on
 // their own.
 func TestConfigDefaults(t *testing.T) {
-	p, err := peer.New(context.Background(), peer.Config{ID: "a", Peers: []peer.Member{{ID: "a"}}, Logger: quietLogger()})
+	p, err := peer.New(context.Background(), peer.Config{ID: "a", Peers: []peer.Member{{ID: "a"}}, Logger: testkit.QuietLogger()})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -10,6 +10,7 @@ import (
 	"github.com/pipestream/pipestream/buffer/buffertest"
 	"github.com/pipestream/pipestream/datastream"
 	"github.com/pipestream/pipestream/handler"
+	"github.com/pipestream/pipestream/internal/smtest"
 	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
 	"github.com/pipestream/pipestream/statemachine"
 )
@@ -85,12 +86,12 @@ func TestFaultAbortReachesParkedChain(t *testing.T) {
 	t.Cleanup(free) // before the servers shut down, whatever happens
 	g := startGroup(t, 3, groupOpts{quorum: handler.QuorumAll, sm: func(i int) statemachine.StateMachine {
 		if i == 0 {
-			return &closeFailingSM{Memory: statemachine.NewMemoryHashing(), release: release}
+			return closeFailing(release)
 		}
 		return statemachine.NewMemoryHashing()
 	}})
 	mem := func(p int) *statemachine.Memory {
-		if sm, ok := g.sms[p].(*closeFailingSM); ok {
+		if sm, ok := g.sms[p].(*smtest.Wrapper); ok {
 			return sm.Memory
 		}
 		return g.memory(p)
@@ -132,30 +133,22 @@ func TestFaultAbortReachesParkedChain(t *testing.T) {
 	}
 }
 
-// closeFailingSM makes a stream's Close wait until release is closed, and
-// then fail, so that a test can fail the primary's CLOSE after its
-// successors have parked the stream.
-type closeFailingSM struct {
-	*statemachine.Memory
-	release chan struct{}
+// closeFailing returns a Memory whose streams' Close waits until release
+// is closed, and then fails, so that a test can fail the primary's CLOSE
+// after its successors have parked the stream.
+func closeFailing(release chan struct{}) *smtest.Wrapper {
+	return &smtest.Wrapper{
+		Memory: statemachine.NewMemoryHashing(),
+		Wrap: func(ch statemachine.DataChannel) statemachine.DataChannel {
+			return &closeFailingChannel{Channel: smtest.Channel{DataChannel: ch}, release: release}
+		},
+	}
 }
 
 var errCloseFailed = errors.New("close failed")
 
-func (m *closeFailingSM) OpenStream(ctx context.Context, k statemachine.StreamKey, req *pb.RaftClientRequest) (statemachine.DataChannel, error) {
-	ch, err := m.Memory.OpenStream(ctx, k, req)
-	return &closeFailingChannel{DataChannel: ch, release: m.release}, err
-}
-
-func (m *closeFailingSM) Link(ctx context.Context, e statemachine.Entry, ch statemachine.DataChannel) error {
-	if c, ok := ch.(*closeFailingChannel); ok {
-		ch = c.DataChannel
-	}
-	return m.Memory.Link(ctx, e, ch)
-}
-
 type closeFailingChannel struct {
-	statemachine.DataChannel
+	smtest.Channel
 	release chan struct{}
 }
 

@@ -5,7 +5,6 @@ import (
 	"encoding/binary"
 	"io"
 	"log/slog"
-	"math/rand/v2"
 	"net"
 	"os"
 	"testing"
@@ -15,6 +14,7 @@ import (
 	"github.com/pipestream/pipestream/group"
 	"github.com/pipestream/pipestream/internal/grouptest"
 	"github.com/pipestream/pipestream/internal/leaktest"
+	"github.com/pipestream/pipestream/internal/testkit"
 
 	"github.com/pipestream/pipestream/datastream"
 	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
@@ -86,17 +86,7 @@ func (g *cluster) memory(i int) *statemachine.Memory { return g.sms[i].(*statema
 
 // randomBytes fills n bytes from a seeded generator: fast, and the same for
 // the same seed.
-func randomBytes(seed uint64, n int) []byte {
-	r := rand.New(rand.NewChaCha8([32]byte{byte(seed), byte(seed >> 8), byte(seed >> 16)}))
-	b := make([]byte, n)
-	for i := 0; i+8 <= n; i += 8 {
-		binary.LittleEndian.PutUint64(b[i:], r.Uint64())
-	}
-	for i := n &^ 7; i < n; i++ {
-		b[i] = byte(r.Uint32())
-	}
-	return b
-}
+var randomBytes = testkit.RandomBytes
 
 func key(c *datastream.Client, out *datastream.Output) statemachine.StreamKey {
 	return statemachine.StreamKey{ClientID: string(c.ID()), StreamID: out.ID()}

@@ -8,6 +8,7 @@ import (
 	"testing"
 
 	"github.com/pipestream/pipestream/buffer/buffertest"
+	"github.com/pipestream/pipestream/internal/grouptest"
 	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
 	"github.com/pipestream/pipestream/server"
 	"github.com/pipestream/pipestream/statemachine"
@@ -47,11 +48,7 @@ func (l *laggingCommitter) release(t *testing.T) {
 	l.pending = nil
 	l.mu.Unlock()
 	for _, e := range pending {
-		for _, p := range l.peers[1:] {
-			if err := p.Streams().Link(context.Background(), e); err != nil {
-				t.Errorf("link %v on %s: %v", e.Key, p.ID(), err)
-			}
-		}
+		grouptest.Link(t, context.Background(), l.peers[1:], e)
 	}
 }
 

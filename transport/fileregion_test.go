@@ -4,13 +4,13 @@ import (
 	"bytes"
 	"math/rand/v2"
 	"os"
-	"path/filepath"
 	"runtime"
 	"sync/atomic"
 	"testing"
 
 	"github.com/pipestream/pipestream/buffer"
 	"github.com/pipestream/pipestream/buffer/buffertest"
+	"github.com/pipestream/pipestream/internal/testkit"
 	"github.com/pipestream/pipestream/pipeline"
 	"github.com/pipestream/pipestream/transport"
 )
@@ -24,16 +24,7 @@ func tempFile(t *testing.T, n int) (*os.File, []byte) {
 	for i := range data {
 		data[i] = byte(r.Uint32())
 	}
-	path := filepath.Join(t.TempDir(), "region")
-	if err := os.WriteFile(path, data, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	f, err := os.Open(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = f.Close() })
-	return f, data
+	return testkit.TempFile(t, data), data
 }
 
 // A file region between two buffers arrives intact and in order on both

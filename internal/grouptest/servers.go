@@ -121,3 +121,15 @@ func WaitServers(t testing.TB, ctx context.Context, servers []*server.Server) {
 		}
 	}
 }
+
+// Link links the committed entry e on each of servers, as their log
+// appliers would, for tests that stand in for Raft. A server that cannot
+// link it fails the test, and the others link it all the same.
+func Link(t testing.TB, ctx context.Context, servers []*server.Server, e statemachine.Entry) {
+	t.Helper()
+	for _, s := range servers {
+		if err := s.Streams().Link(ctx, e); err != nil {
+			t.Errorf("link %v on %s: %v", e.Key, s.ID(), err)
+		}
+	}
+}
