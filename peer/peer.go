@@ -101,6 +101,7 @@ func New(ctx context.Context, cfg Config) (_ *Peer, err error) {
 		Addr:             cfg.StreamAddr,
 		Peers:            cfg.Peers,
 		StateMachine:     p.sm,
+		Committer:        starting{},
 		Policy:           cfg.Policy,
 		Limits:           cfg.Limits,
 		Timeouts:         cfg.Timeouts,
@@ -136,6 +137,20 @@ func New(ctx context.Context, cfg Config) (_ *Peer, err error) {
 	p.srv.SetCommitter(p.node)
 	return p, nil
 }
+
+// starting stands in for the Raft node while New builds it. The stream
+// server listens first, since the node links through its Streams; until
+// the node takes over, a stream that closes is not committed (without a
+// committer the server would link it standalone, outside Raft) and a read
+// is refused as one that has not caught up, since the state machine may
+// hold versions older than the group's.
+type starting struct{}
+
+func (starting) Commit(context.Context, statemachine.StreamInfo) (*pb.RaftClientReply, error) {
+	return nil, errors.New("peer: starting, its Raft node is not in place yet")
+}
+
+func (starting) Fresh() bool { return false }
 
 // Start is New followed by Peer.Start with cfg.Peers, which must then give
 // every address of every member, this peer's as it binds them.
