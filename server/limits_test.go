@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/pipestream/pipestream/buffer/buffertest"
+	"github.com/pipestream/pipestream/internal/smtest"
 	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
 	"github.com/pipestream/pipestream/server"
 	"github.com/pipestream/pipestream/statemachine"
@@ -85,9 +86,9 @@ func TestConnectionBoundToClient(t *testing.T) {
 
 func TestConnectionByteLimit(t *testing.T) {
 	buffertest.Check(t)
-	hold := make(chan struct{})
+	hold := smtest.NewGate(0)
 	g := startGroup(t, 1, groupOpts{
-		sm:    func(int) statemachineSM { return &blockingSM{Memory: newMemory(), hold: hold} },
+		sm:    func(int) statemachineSM { return hold.Hold(newMemory()) },
 		tweak: func(c *server.Config) { c.MaxConnBytes = 1 << 20 },
 	})
 	r := dialRaw(t, g.peers[0].StreamAddr)
@@ -109,7 +110,7 @@ func TestConnectionByteLimit(t *testing.T) {
 		}
 		time.Sleep(time.Millisecond)
 	}
-	close(hold)
+	hold.Open()
 	first, _ := r.reply()
 	second, _ := r.reply()
 	if second.GetErrorCode() != pb.ErrorCode_LIMIT_EXCEEDED {

@@ -425,27 +425,6 @@ type statemachineSM = statemachine.StateMachine
 
 func newMemory() *statemachine.Memory { return statemachine.NewMemory() }
 
-// blockingSM holds every write until hold is closed.
-type blockingSM struct {
-	*statemachine.Memory
-	hold chan struct{}
-}
-
-func (b *blockingSM) OpenStream(ctx context.Context, k statemachine.StreamKey, req *pb.RaftClientRequest) (statemachine.DataChannel, error) {
-	ch, err := b.Memory.OpenStream(ctx, k, req)
-	return &blockingChannel{DataChannel: ch, hold: b.hold}, err
-}
-
-type blockingChannel struct {
-	statemachine.DataChannel
-	hold chan struct{}
-}
-
-func (c *blockingChannel) Write(p []byte) (int, error) {
-	<-c.hold
-	return c.DataChannel.Write(p)
-}
-
 func TestHeaderRequestChecks(t *testing.T) {
 	buffertest.Check(t)
 	g := startGroup(t, 1, groupOpts{tweak: func(c *server.Config) { c.GroupID = []byte("group-1") }})

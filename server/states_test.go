@@ -9,31 +9,15 @@ import (
 	"time"
 
 	"github.com/pipestream/pipestream/buffer/buffertest"
+	"github.com/pipestream/pipestream/internal/smtest"
 	"github.com/pipestream/pipestream/internal/statetrace"
 	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
 	"github.com/pipestream/pipestream/server"
 	"github.com/pipestream/pipestream/statemachine"
 )
 
-// holdingSM holds every channel's Close until release is closed, so that
-// a stream stays closing on this peer.
-type holdingSM struct {
-	*statemachine.Memory
-	gate *atomic.Pointer[chan struct{}] // taken by each stream at its open
-}
-
-func (m holdingSM) OpenStream(ctx context.Context, k statemachine.StreamKey, req *pb.RaftClientRequest) (statemachine.DataChannel, error) {
-	ch, err := m.Memory.OpenStream(ctx, k, req)
-	return holdingChannel{ch, *m.gate.Load()}, err
-}
-
-func (m holdingSM) Link(ctx context.Context, e statemachine.Entry, ch statemachine.DataChannel) error {
-	if hc, ok := ch.(holdingChannel); ok {
-		ch = hc.DataChannel
-	}
-	return m.Memory.Link(ctx, e, ch)
-}
-
+// holdingChannel holds its Close until release is closed, so that a
+// stream stays closing on this peer.
 type holdingChannel struct {
 	statemachine.DataChannel
 	release chan struct{}
@@ -43,6 +27,8 @@ func (c holdingChannel) Close() error {
 	<-c.release
 	return c.DataChannel.Close()
 }
+
+func (c holdingChannel) Unwrap() statemachine.DataChannel { return c.DataChannel }
 
 func (c holdingChannel) Truncate(n uint64) error {
 	return c.DataChannel.(statemachine.Truncater).Truncate(n)
@@ -86,7 +72,10 @@ func TestStreamStates(t *testing.T) {
 		quorum: 1, // below every peer: recovery on
 		sm: func(i int) statemachine.StateMachine {
 			if i == 1 {
-				return holdingSM{statemachine.NewMemory(), &gate}
+				// Each stream takes the gate of its open.
+				return smtest.Wrapping{Memory: statemachine.NewMemory(), Wrap: func(ch statemachine.DataChannel) smtest.Channel {
+					return holdingChannel{ch, *gate.Load()}
+				}}
 			}
 			return statemachine.NewMemory()
 		},
