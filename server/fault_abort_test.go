@@ -26,10 +26,7 @@ func TestFaultAbortReachesParkedStream(t *testing.T) {
 	buffertest.Check(t)
 	g, proxies := startGroupVia(t, 3, groupOpts{quorum: handler.QuorumAll}, edge{0, 1})
 	px := proxies[edge{0, 1}]
-	fc := &fanoutCommitter{peers: g.servers, down: map[int]bool{}}
-	for _, s := range g.servers {
-		s.SetCommitter(fc)
-	}
+	g.commitByFanout()
 	c := g.client(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -95,10 +92,7 @@ func TestFaultAbortReachesParkedChain(t *testing.T) {
 		}
 		return g.memory(p)
 	}
-	fc := &fanoutCommitter{peers: g.servers, down: map[int]bool{}}
-	for _, s := range g.servers {
-		s.SetCommitter(fc)
-	}
+	g.commitByFanout()
 	c := g.client(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()

@@ -254,6 +254,18 @@ func (f *fanoutCommitter) Commit(ctx context.Context, s statemachine.StreamInfo)
 	}, nil
 }
 
+// commitByFanout makes every server of g commit through one
+// fanoutCommitter, which links each stream on every peer but the down ones.
+func (g *cluster) commitByFanout(down ...int) {
+	fc := &fanoutCommitter{peers: g.servers, down: map[int]bool{}}
+	for _, i := range down {
+		fc.down[i] = true
+	}
+	for _, s := range g.servers {
+		s.SetCommitter(fc)
+	}
+}
+
 // markDown stops linking on peer i; it returns once no commit links there.
 func (f *fanoutCommitter) markDown(i int) {
 	f.mu.Lock()

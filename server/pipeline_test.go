@@ -136,10 +136,7 @@ func TestPipelineStageDropsPacket(t *testing.T) {
 					}))
 				}
 			}})
-			fc := &fanoutCommitter{peers: g.servers, down: map[int]bool{}}
-			for _, s := range g.servers {
-				s.SetCommitter(fc)
-			}
+			g.commitByFanout()
 			c := g.client(t)
 			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 			defer cancel()

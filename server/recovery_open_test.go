@@ -60,10 +60,7 @@ func TestRecoveryBeforeHeaderForwarded(t *testing.T) {
 			}
 		},
 	})
-	fc := &fanoutCommitter{peers: g.servers, down: map[int]bool{1: true}}
-	for _, s := range g.servers {
-		s.SetCommitter(fc)
-	}
+	g.commitByFanout(1)
 	c := g.client(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()

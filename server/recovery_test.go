@@ -130,10 +130,7 @@ func TestRecoveryStalledSuccessorFenced(t *testing.T) {
 		sm:    func(int) statemachine.StateMachine { return statemachine.NewMemory() },
 		tweak: func(c *server.Config) { c.ReplyTimeout = 500 * time.Millisecond },
 	}, edge{0, 1})
-	fc := &fanoutCommitter{peers: g.servers, down: map[int]bool{}}
-	for _, s := range g.servers {
-		s.SetCommitter(fc)
-	}
+	g.commitByFanout()
 	c := g.client(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()

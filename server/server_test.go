@@ -316,10 +316,7 @@ func TestStateMachineFailure(t *testing.T) {
 				}
 				return statemachine.NewMemory()
 			}})
-			fc := &fanoutCommitter{peers: g.servers, down: map[int]bool{}}
-			for _, s := range g.servers {
-				s.SetCommitter(fc)
-			}
+			g.commitByFanout()
 			c := g.client(t)
 			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 			defer cancel()
