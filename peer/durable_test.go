@@ -19,10 +19,7 @@ import (
 // copies it kept, byte-equal.
 func TestFollowerShutdownKeepsAcknowledgedCopies(t *testing.T) {
 	buffertest.Check(t)
-	g, stalls := startStallingGroup(t, "block")
-	leader := g.leader()
-	f := g.other(leader)
-	stalls[f].armed.Store(true)
+	g, leader, f, stall := startStallingFollower(t, "block")
 	c := g.client()
 	primary := g.members[leader].ID
 
@@ -31,7 +28,7 @@ func TestFollowerShutdownKeepsAcknowledgedCopies(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	<-stalls[f].entered // the follower's FSM is stuck in this Link
+	<-stall.entered // the follower's FSM is stuck in this Link
 	next := randomBytes(2, 150<<10)
 	r2, err := putFile(g, c, primary, "next", next)
 	if err != nil {
@@ -41,7 +38,7 @@ func TestFollowerShutdownKeepsAcknowledgedCopies(t *testing.T) {
 		t.Fatalf("follower holds %d closed streams waiting for their entry, want 1 (next)", got)
 	}
 	g.stop(f) // clean: SIGINT's path
-	if err := stalls[f].Close(); err != nil {
+	if err := stall.Close(); err != nil {
 		t.Fatal(err)
 	}
 
@@ -143,19 +140,16 @@ func TestWipedPeerCatchesUpAfterSnapshot(t *testing.T) {
 // the others with no client action.
 func TestLostCopyIsRepaired(t *testing.T) {
 	buffertest.Check(t)
-	g, stalls := startStallingGroup(t, "lost")
-	leader := g.leader()
-	f := g.other(leader)
-	stalls[f].armed.Store(true)
+	g, leader, f, stall := startStallingFollower(t, "lost")
 	c := g.client()
 	lost := randomBytes(9, 3<<20+5)
 	r, err := putFile(g, c, g.members[leader].ID, "lost", lost)
 	if err != nil {
 		t.Fatal(err)
 	}
-	<-stalls[f].entered
+	<-stall.entered
 	g.stop(f)
-	if err := stalls[f].Close(); err != nil {
+	if err := stall.Close(); err != nil {
 		t.Fatal(err)
 	}
 	tmp := filepath.Join(g.cfgs[f].DataDir, "files", "tmp")

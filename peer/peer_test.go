@@ -274,12 +274,14 @@ func (s *stallingStore) Link(ctx context.Context, e statemachine.Entry, ch state
 	return s.FileStore.Link(ctx, e, ch)
 }
 
-// startStallingGroup starts three peers on disk, each storing in a
-// stallingStore that stalls the Link of the stream named name once armed.
-func startStallingGroup(t *testing.T, name string) (*group, []*stallingStore) {
+// startStallingFollower starts three peers on disk, each storing in a
+// stallingStore, and arms the store of a follower, f, so that its Link of
+// the stream named name stalls. It returns the group, its leader, f and
+// f's store.
+func startStallingFollower(t *testing.T, name string) (g *group, leader, f int, stall *stallingStore) {
 	t.Helper()
 	stalls := make([]*stallingStore, 3)
-	g := startGroup(t, groupOpts{onDisk: true, edit: func(i int, cfg *peer.Config) {
+	g = startGroup(t, groupOpts{onDisk: true, edit: func(i int, cfg *peer.Config) {
 		fs, err := statemachine.NewFileStore(filepath.Join(cfg.DataDir, "files"), statemachine.WithLogger(quietLogger()))
 		if err != nil {
 			t.Fatal(err)
@@ -288,7 +290,11 @@ func startStallingGroup(t *testing.T, name string) (*group, []*stallingStore) {
 		stalls[i] = &stallingStore{FileStore: fs, name: name, entered: make(chan struct{})}
 		cfg.StateMachine = stalls[i]
 	}})
-	return g, stalls
+	leader = g.leader()
+	f = g.other(leader)
+	stall = stalls[f]
+	stall.armed.Store(true)
+	return g, leader, f, stall
 }
 
 // TestFollowerRestart stops a follower and starts it again on the same
@@ -297,11 +303,7 @@ func startStallingGroup(t *testing.T, name string) (*group, []*stallingStore) {
 // part in the streams that follow.
 func TestFollowerRestart(t *testing.T) {
 	buffertest.Check(t)
-	g, stalls := startStallingGroup(t, "lost")
-	leader := g.leader()
-	f := g.other(leader)
-	stall := stalls[f]
-	stall.armed.Store(true)
+	g, leader, f, stall := startStallingFollower(t, "lost")
 	c := g.client()
 	primary := g.members[leader].ID
 
