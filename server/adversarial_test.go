@@ -38,10 +38,7 @@ func (g *cluster) healthy(t *testing.T) {
 	c := g.client(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	out, err := c.Stream(ctx, []byte("still-serving"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	out := openStream(t, ctx, c, "still-serving")
 	out.WriteAsync(ctx, []byte("hello"))
 	if _, err := out.Close(ctx).Wait(ctx); err != nil {
 		t.Fatalf("a well-behaved client was not served: %v", err)

@@ -31,10 +31,7 @@ func TestFaultAbortReachesParkedStream(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	ids := g.ids()
-	out, err := c.Stream(ctx, []byte("parked-then-aborted"), datastream.WithRoutingTable(pb.Star(ids[0], ids[1:]...)))
-	if err != nil {
-		t.Fatal(err)
-	}
+	out := openStream(t, ctx, c, "parked-then-aborted", datastream.WithRoutingTable(pb.Star(ids[0], ids[1:]...)))
 	if _, err := out.WriteAsync(ctx, randomBytes(60, 256<<10)).Wait(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -96,10 +93,7 @@ func TestFaultAbortReachesParkedChain(t *testing.T) {
 	c := g.client(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	out, err := c.Stream(ctx, []byte("parked-down-the-chain"), datastream.WithRoutingTable(pb.Chain(g.ids()...)))
-	if err != nil {
-		t.Fatal(err)
-	}
+	out := openStream(t, ctx, c, "parked-down-the-chain", datastream.WithRoutingTable(pb.Chain(g.ids()...)))
 	out.WriteAsync(ctx, randomBytes(61, 256<<10))
 	closed := out.Close(ctx)
 	waitFor(t, 10*time.Second, "b and c parking the closed stream", func() bool {

@@ -293,10 +293,7 @@ func TestFaultSuccessorStopsReading(t *testing.T) {
 			c := g.client(t, datastream.WithReplyTimeout(2*replyTimeout))
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
-			out, err := c.Stream(ctx, []byte("stalled"))
-			if err != nil {
-				t.Fatal(err)
-			}
+			out := openStream(t, ctx, c, "stalled")
 			if _, err := out.HeaderFuture().Wait(ctx); err != nil {
 				t.Fatal(err)
 			}
@@ -351,6 +348,7 @@ func TestFaultSuccessorStopsReading(t *testing.T) {
 
 			// Then failed: the primary's reply timeout (or the client's)
 			// ends the stream.
+			var err error
 			select {
 			case err = <-done:
 			case <-time.After(20 * time.Second):

@@ -133,10 +133,7 @@ func TestPartialFramesBounded(t *testing.T) {
 		c := g.client(t)
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 		defer cancel()
-		out, err := c.Stream(ctx, []byte("beside-the-holders"))
-		if err != nil {
-			t.Fatal(err)
-		}
+		out := openStream(t, ctx, c, "beside-the-holders")
 		body := randomBytes(7, 1<<20)
 		if err := writeAll(ctx, out, body, len(body)); err != nil {
 			t.Fatalf("a client beside the held frames was not served: %v", err)

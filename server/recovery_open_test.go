@@ -65,12 +65,9 @@ func TestRecoveryBeforeHeaderForwarded(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	data := randomBytes(11, 2<<20)
-	out, err := c.Stream(ctx, []byte("early"), datastream.WithRoutingTable(pb.Chain(g.ids()...)))
-	if err != nil {
-		t.Fatal(err)
-	}
+	out := openStream(t, ctx, c, "early", datastream.WithRoutingTable(pb.Chain(g.ids()...)))
 	out.WriteAsync(ctx, data)
-	_, err = out.Close(ctx).Wait(ctx)
+	_, err := out.Close(ctx).Wait(ctx)
 	select {
 	case succ := <-around:
 		if !slices.Equal(succ, []string{peerID(2)}) {

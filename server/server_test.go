@@ -122,10 +122,7 @@ func TestReplicateNetConn(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	data := randomBytes(99, 5<<20+7)
-	out, err := c.Stream(ctx, []byte("netconn"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	out := openStream(t, ctx, c, "netconn")
 	if _, err := out.Writer(ctx).Write(data); err != nil {
 		t.Fatal(err)
 	}
@@ -320,15 +317,12 @@ func TestStateMachineFailure(t *testing.T) {
 			c := g.client(t)
 			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 			defer cancel()
-			out, err := c.Stream(ctx, []byte("doomed"))
-			if err != nil {
-				t.Fatal(err)
-			}
+			out := openStream(t, ctx, c, "doomed")
 			var last *datastream.Future[*datastream.Reply]
 			for i := 0; i < 4; i++ {
 				last = out.WriteAsync(ctx, make([]byte, 512<<10))
 			}
-			_, err = out.Close(ctx).Wait(ctx)
+			_, err := out.Close(ctx).Wait(ctx)
 			if !errors.Is(err, datastream.ErrStateMachine) && !errors.Is(err, datastream.ErrSuccessorFailed) {
 				t.Fatalf("close: %v, want a state machine or successor failure", err)
 			}
@@ -384,10 +378,7 @@ func TestSuccessorDies(t *testing.T) {
 	c := g.client(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	out, err := c.Stream(ctx, []byte("mid-stream"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	out := openStream(t, ctx, c, "mid-stream")
 	if _, err := out.WriteAsync(ctx, make([]byte, 64<<10)).Wait(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -397,7 +388,7 @@ func TestSuccessorDies(t *testing.T) {
 	if err := g.servers[2].Shutdown(sctx); err != nil {
 		t.Fatal(err)
 	}
-	_, err = out.Close(ctx).Wait(ctx)
+	_, err := out.Close(ctx).Wait(ctx)
 	if err == nil {
 		t.Fatal("close succeeded with a dead successor")
 	}
@@ -421,6 +412,17 @@ func TestSuccessorDies(t *testing.T) {
 type statemachineSM = statemachine.StateMachine
 
 func newMemory() *statemachine.Memory { return statemachine.NewMemory() }
+
+// openStream starts a stream on c whose message is name, and fails the
+// test if it cannot.
+func openStream(t testing.TB, ctx context.Context, c *datastream.Client, name string, opts ...datastream.StreamOption) *datastream.Output {
+	t.Helper()
+	out, err := c.Stream(ctx, []byte(name), opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
 
 func TestHeaderRequestChecks(t *testing.T) {
 	buffertest.Check(t)

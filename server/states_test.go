@@ -228,10 +228,7 @@ func TestStreamStates(t *testing.T) {
 	c := g.client(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	out, err := c.Stream(ctx, []byte("never committed"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	out := openStream(t, ctx, c, "never committed")
 	out.WriteAsync(ctx, data)
 	if _, err := out.Close(ctx).Wait(ctx); err == nil {
 		t.Fatal("committed with a committer that refuses")
