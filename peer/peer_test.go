@@ -76,6 +76,17 @@ func putFile(g *group, c *datastream.Client, primary, name string, data []byte, 
 	return put(g.ctx, c, primary, name, data, opts...)
 }
 
+// storeFile is putFile for a file that must be stored: it fails the test
+// on an error.
+func storeFile(t testing.TB, g *group, c *datastream.Client, primary, name string, data []byte, opts ...datastream.StreamOption) *pb.RaftClientReply {
+	t.Helper()
+	rep, err := putFile(g, c, primary, name, data, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rep
+}
+
 // TestFollowerPrimary streams through a follower: its commit is forwarded
 // to the leader, and the follower answers only once it linked the stream
 // itself.
@@ -86,10 +97,7 @@ func TestFollowerPrimary(t *testing.T) {
 	f := g.other(leader)
 	c := g.client()
 	data := randomBytes(7, 1<<20)
-	rep, err := putFile(g, c, g.members[f].ID, "via-follower", data)
-	if err != nil {
-		t.Fatal(err)
-	}
+	rep := storeFile(t, g, c, g.members[f].ID, "via-follower", data)
 	// The follower's own copy is linked when the reply arrives; no wait.
 	g.checkFile(f, "via-follower", data, rep.GetLogIndex(), rep.GetTerm())
 	if got := g.peers[leader].Node().Stats().Streams; got != 1 {
@@ -174,10 +182,7 @@ func TestLeaderLostBeforeClose(t *testing.T) {
 			primary := g.other(leader)
 			last := g.other(leader, primary)
 			c := g.client()
-			before, err := putFile(g, c, g.members[leader].ID, "before", []byte("in the first leader's term"))
-			if err != nil {
-				t.Fatal(err)
-			}
+			before := storeFile(t, g, c, g.members[leader].ID, "before", []byte("in the first leader's term"))
 			term := before.GetTerm()
 			for i := range g.peers {
 				g.eventually(g.members[i].ID+" links the first stream", func() bool {
@@ -276,9 +281,9 @@ func (s *stallingStore) Link(ctx context.Context, e statemachine.Entry, ch state
 
 // startStallingFollower starts three peers on disk, each storing in a
 // stallingStore, and arms the store of a follower, f, so that its Link of
-// the stream named name stalls. It returns the group, its leader, f and
-// f's store.
-func startStallingFollower(t *testing.T, name string) (g *group, leader, f int, stall *stallingStore) {
+// the stream named name stalls. It returns the group, the leader's ID (the
+// primary to stream through), f and f's store.
+func startStallingFollower(t *testing.T, name string) (g *group, primary string, f int, stall *stallingStore) {
 	t.Helper()
 	stalls := make([]*stallingStore, 3)
 	g = startGroup(t, groupOpts{onDisk: true, edit: func(i int, cfg *peer.Config) {
@@ -290,11 +295,11 @@ func startStallingFollower(t *testing.T, name string) (g *group, leader, f int, 
 		stalls[i] = &stallingStore{FileStore: fs, name: name, entered: make(chan struct{})}
 		cfg.StateMachine = stalls[i]
 	}})
-	leader = g.leader()
+	leader := g.leader()
 	f = g.other(leader)
 	stall = stalls[f]
 	stall.armed.Store(true)
-	return g, leader, f, stall
+	return g, g.members[leader].ID, f, stall
 }
 
 // TestFollowerRestart stops a follower and starts it again on the same
@@ -303,15 +308,11 @@ func startStallingFollower(t *testing.T, name string) (g *group, leader, f int, 
 // part in the streams that follow.
 func TestFollowerRestart(t *testing.T) {
 	buffertest.Check(t)
-	g, leader, f, stall := startStallingFollower(t, "lost")
+	g, primary, f, stall := startStallingFollower(t, "lost")
 	c := g.client()
-	primary := g.members[leader].ID
 
 	kept := randomBytes(1, 200<<10)
-	r1, err := putFile(g, c, primary, "kept", kept)
-	if err != nil {
-		t.Fatal(err)
-	}
+	r1 := storeFile(t, g, c, primary, "kept", kept)
 	g.eventually("the follower links the first stream", func() bool {
 		_, ok := stall.Lookup("kept")
 		return ok
@@ -320,10 +321,7 @@ func TestFollowerRestart(t *testing.T) {
 	// The follower closes its copy of "lost", the entry commits on the
 	// others, and the follower stops before linking it.
 	lost := randomBytes(2, 200<<10)
-	r2, err := putFile(g, c, primary, "lost", lost)
-	if err != nil {
-		t.Fatal(err)
-	}
+	r2 := storeFile(t, g, c, primary, "lost", lost)
 	select {
 	case <-stall.entered:
 	case <-g.ctx.Done():
@@ -355,10 +353,7 @@ func TestFollowerRestart(t *testing.T) {
 	}
 
 	after := randomBytes(3, 200<<10)
-	r3, err := putFile(g, c, primary, "after", after)
-	if err != nil {
-		t.Fatal(err)
-	}
+	r3 := storeFile(t, g, c, primary, "after", after)
 	for i := range g.peers {
 		g.eventually(g.members[i].ID+" links the last stream", func() bool {
 			_, ok := g.files(i).Lookup("after")
