@@ -393,13 +393,21 @@ func TestUncommittedStreamIsSwept(t *testing.T) {
 	default:
 		t.Errorf("put without quorum failed with %v, want NOT_LEADER or TIMEOUT", pe)
 	}
+	g.keepsNothing("sweeps the stream")
+}
+
+// keepsNothing waits until every peer has let go of its streams and their
+// temporary files (doing says how, for a timeout's message), and checks
+// that none lists a file.
+func (g *group) keepsNothing(doing string) {
+	g.t.Helper()
 	for i := range g.peers {
-		g.eventually(g.members[i].ID+" sweeps the stream", func() bool {
+		g.eventually(g.members[i].ID+" "+doing, func() bool {
 			s := g.peers[i].Server().Streams()
 			return s.Active() == 0 && s.Pending() == 0 && len(g.tmpFiles(i)) == 0
 		})
 		if l := g.files(i).List(); len(l) != 0 {
-			t.Errorf("%s lists %v", g.members[i].ID, names(l))
+			g.t.Errorf("%s lists %v", g.members[i].ID, names(l))
 		}
 	}
 }
@@ -419,13 +427,5 @@ func TestAbortedStreamLeavesNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	cancel()
-	for i := range g.peers {
-		g.eventually(g.members[i].ID+" drops the stream", func() bool {
-			s := g.peers[i].Server().Streams()
-			return s.Active() == 0 && s.Pending() == 0 && len(g.tmpFiles(i)) == 0
-		})
-		if l := g.files(i).List(); len(l) != 0 {
-			t.Errorf("%s lists %v", g.members[i].ID, names(l))
-		}
-	}
+	g.keepsNothing("drops the stream")
 }
