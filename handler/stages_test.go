@@ -13,6 +13,7 @@ import (
 	"github.com/pipestream/pipestream/buffer/buffertest"
 	"github.com/pipestream/pipestream/codec/dscodec"
 	"github.com/pipestream/pipestream/handler"
+	"github.com/pipestream/pipestream/internal/smtest"
 	"github.com/pipestream/pipestream/pipeline"
 	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
 	"github.com/pipestream/pipestream/statemachine"
@@ -30,8 +31,7 @@ const (
 type conn struct {
 	t       *testing.T
 	sm      *statemachine.Memory
-	gate    chan struct{} // data writes wait until it is closed
-	entered chan struct{} // a data write has started
+	gate    *smtest.Gate // holds the data writes
 	streams *handler.Streams
 	p       *pipeline.Pipeline
 	replies chan reply
@@ -48,15 +48,14 @@ type reply struct {
 // earlier packets are still being written.
 func newConn(t *testing.T, gated bool, opts ...func(*handler.Config)) *conn {
 	c := &conn{
-		t: t, sm: statemachine.NewMemory(),
-		gate: make(chan struct{}), entered: make(chan struct{}, 64),
+		t: t, sm: statemachine.NewMemory(), gate: smtest.NewGate(64),
 		replies: make(chan reply, 64),
 	}
 	if !gated {
-		close(c.gate)
+		c.gate.Open()
 	}
 	cfg := handler.Config{
-		ID: self, Peers: []string{self}, StateMachine: gatedSM{c.sm, c.gate, c.entered},
+		ID: self, Peers: []string{self}, StateMachine: c.gate.Hold(c.sm),
 		Logger: slog.New(slog.DiscardHandler),
 	}
 	for _, o := range opts {
@@ -79,46 +78,7 @@ func newConn(t *testing.T, gated bool, opts ...func(*handler.Config)) *conn {
 	return c
 }
 
-func (c *conn) release() {
-	select {
-	case <-c.gate:
-	default:
-		close(c.gate)
-	}
-}
-
-// gatedSM holds each data write until its gate is closed, and says when
-// one has started.
-type gatedSM struct {
-	*statemachine.Memory
-	gate, entered chan struct{}
-}
-
-func (m gatedSM) OpenStream(ctx context.Context, k statemachine.StreamKey, req *pb.RaftClientRequest) (statemachine.DataChannel, error) {
-	ch, err := m.Memory.OpenStream(ctx, k, req)
-	return gatedChannel{ch, m.gate, m.entered}, err
-}
-
-func (m gatedSM) Link(ctx context.Context, e statemachine.Entry, ch statemachine.DataChannel) error {
-	if g, ok := ch.(gatedChannel); ok {
-		ch = g.DataChannel
-	}
-	return m.Memory.Link(ctx, e, ch)
-}
-
-type gatedChannel struct {
-	statemachine.DataChannel
-	gate, entered chan struct{}
-}
-
-func (c gatedChannel) Write(p []byte) (int, error) {
-	select {
-	case c.entered <- struct{}{}:
-	default:
-	}
-	<-c.gate
-	return c.DataChannel.Write(p)
-}
+func (c *conn) release() { c.gate.Open() }
 
 // replyTransport decodes the reply frames that reach the head.
 type replyTransport struct{ c *conn }
@@ -187,7 +147,7 @@ func (c *conn) data(stream, offset uint64, body string, opts ...pb.DataStreamPac
 func (c *conn) writing() {
 	c.t.Helper()
 	select {
-	case <-c.entered:
+	case <-c.gate.Entered():
 	case <-time.After(waitFor):
 		c.t.Fatal("no data write started")
 	}

@@ -19,29 +19,19 @@ import (
 // copies it kept, byte-equal.
 func TestFollowerShutdownKeepsAcknowledgedCopies(t *testing.T) {
 	buffertest.Check(t)
-	g, stalls := startStallingGroup(t, "block")
-	leader := g.leader()
-	f := g.other(leader)
-	stalls[f].armed.Store(true)
+	g, primary, f, stall := startStallingFollower(t, "block")
 	c := g.client()
-	primary := g.members[leader].ID
 
 	block := randomBytes(1, 150<<10)
-	r1, err := putFile(g, c, primary, "block", block)
-	if err != nil {
-		t.Fatal(err)
-	}
-	<-stalls[f].entered // the follower's FSM is stuck in this Link
+	r1 := storeFile(t, g, c, primary, "block", block)
+	<-stall.entered // the follower's FSM is stuck in this Link
 	next := randomBytes(2, 150<<10)
-	r2, err := putFile(g, c, primary, "next", next)
-	if err != nil {
-		t.Fatal(err)
-	}
+	r2 := storeFile(t, g, c, primary, "next", next)
 	if got := g.peers[f].Server().Streams().Pending(); got != 1 {
 		t.Fatalf("follower holds %d closed streams waiting for their entry, want 1 (next)", got)
 	}
 	g.stop(f) // clean: SIGINT's path
-	if err := stalls[f].Close(); err != nil {
+	if err := stall.Close(); err != nil {
 		t.Fatal(err)
 	}
 
@@ -71,19 +61,11 @@ func TestWipedPeerCatchesUpAfterSnapshot(t *testing.T) {
 	f := g.other(leader)
 	c := g.client()
 	primary := g.members[leader].ID
-	if _, err := putFile(g, c, primary, "a", randomBytes(1, 10<<10)); err != nil {
-		t.Fatal(err)
-	}
+	storeFile(t, g, c, primary, "a", randomBytes(1, 10<<10))
 	b := randomBytes(2, 10<<10)
-	rb, err := putFile(g, c, primary, "b", b)
-	if err != nil {
-		t.Fatal(err)
-	}
+	rb := storeFile(t, g, c, primary, "b", b)
 	a2 := randomBytes(3, 20<<10)
-	ra2, err := putFile(g, c, primary, "a", a2) // a newer version of a
-	if err != nil {
-		t.Fatal(err)
-	}
+	ra2 := storeFile(t, g, c, primary, "a", a2) // a newer version of a
 	g.eventually("the follower links every stream", func() bool {
 		sf, ok := g.files(f).Lookup("a")
 		return ok && sf.Index == ra2.GetLogIndex()
@@ -143,19 +125,13 @@ func TestWipedPeerCatchesUpAfterSnapshot(t *testing.T) {
 // the others with no client action.
 func TestLostCopyIsRepaired(t *testing.T) {
 	buffertest.Check(t)
-	g, stalls := startStallingGroup(t, "lost")
-	leader := g.leader()
-	f := g.other(leader)
-	stalls[f].armed.Store(true)
+	g, primary, f, stall := startStallingFollower(t, "lost")
 	c := g.client()
 	lost := randomBytes(9, 3<<20+5)
-	r, err := putFile(g, c, g.members[leader].ID, "lost", lost)
-	if err != nil {
-		t.Fatal(err)
-	}
-	<-stalls[f].entered
+	r := storeFile(t, g, c, primary, "lost", lost)
+	<-stall.entered
 	g.stop(f)
-	if err := stalls[f].Close(); err != nil {
+	if err := stall.Close(); err != nil {
 		t.Fatal(err)
 	}
 	tmp := filepath.Join(g.cfgs[f].DataDir, "files", "tmp")
@@ -199,10 +175,7 @@ func testScrubRepairsFlippedByte(t *testing.T, now bool) {
 	f := g.other(leader)
 	c := g.client()
 	data := randomBytes(4, 1<<20+77)
-	r, err := putFile(g, c, g.members[leader].ID, "scrubbed", data)
-	if err != nil {
-		t.Fatal(err)
-	}
+	r := storeFile(t, g, c, g.members[leader].ID, "scrubbed", data)
 	g.eventually("the follower links the stream", func() bool {
 		_, ok := g.files(f).Lookup("scrubbed")
 		return ok

@@ -370,7 +370,5 @@ func TestTransferLeadership(t *testing.T) {
 		t.Errorf("transfer to an unknown id: %v, want ErrUnknownMember", err)
 	}
 	// The group still commits.
-	if _, err := putFile(g, g.client(), g.members[from].ID, "after-transfer", randomBytes(8, 1000)); err != nil {
-		t.Fatal(err)
-	}
+	storeFile(t, g, g.client(), g.members[from].ID, "after-transfer", randomBytes(8, 1000))
 }

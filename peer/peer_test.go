@@ -77,6 +77,17 @@ func putFile(g *group, c *datastream.Client, primary, name string, data []byte, 
 	return put(g.ctx, c, primary, name, data, opts...)
 }
 
+// storeFile is putFile for a file that must be stored: it fails the test
+// on an error.
+func storeFile(t testing.TB, g *group, c *datastream.Client, primary, name string, data []byte, opts ...datastream.StreamOption) *pb.RaftClientReply {
+	t.Helper()
+	rep, err := putFile(g, c, primary, name, data, opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rep
+}
+
 // TestFollowerPrimary streams through a follower: its commit is forwarded
 // to the leader, and the follower answers only once it linked the stream
 // itself.
@@ -87,10 +98,7 @@ func TestFollowerPrimary(t *testing.T) {
 	f := g.other(leader)
 	c := g.client()
 	data := randomBytes(7, 1<<20)
-	rep, err := putFile(g, c, g.members[f].ID, "via-follower", data)
-	if err != nil {
-		t.Fatal(err)
-	}
+	rep := storeFile(t, g, c, g.members[f].ID, "via-follower", data)
 	// The follower's own copy is linked when the reply arrives; no wait.
 	g.checkFile(f, "via-follower", data, rep.GetLogIndex(), rep.GetTerm())
 	if got := g.peers[leader].Node().Stats().Streams; got != 1 {
@@ -175,10 +183,7 @@ func TestLeaderLostBeforeClose(t *testing.T) {
 			primary := g.other(leader)
 			last := g.other(leader, primary)
 			c := g.client()
-			before, err := putFile(g, c, g.members[leader].ID, "before", []byte("in the first leader's term"))
-			if err != nil {
-				t.Fatal(err)
-			}
+			before := storeFile(t, g, c, g.members[leader].ID, "before", []byte("in the first leader's term"))
 			term := before.GetTerm()
 			for i := range g.peers {
 				g.eventually(g.members[i].ID+" links the first stream", func() bool {
@@ -275,12 +280,14 @@ func (s *stallingStore) Link(ctx context.Context, e statemachine.Entry, ch state
 	return s.FileStore.Link(ctx, e, ch)
 }
 
-// startStallingGroup starts three peers on disk, each storing in a
-// stallingStore that stalls the Link of the stream named name once armed.
-func startStallingGroup(t *testing.T, name string) (*group, []*stallingStore) {
+// startStallingFollower starts three peers on disk, each storing in a
+// stallingStore, and arms the store of a follower, f, so that its Link of
+// the stream named name stalls. It returns the group, the leader's ID (the
+// primary to stream through), f and f's store.
+func startStallingFollower(t *testing.T, name string) (g *group, primary string, f int, stall *stallingStore) {
 	t.Helper()
 	stalls := make([]*stallingStore, 3)
-	g := startGroup(t, groupOpts{onDisk: true, edit: func(i int, cfg *peer.Config) {
+	g = startGroup(t, groupOpts{onDisk: true, edit: func(i int, cfg *peer.Config) {
 		fs, err := statemachine.NewFileStore(filepath.Join(cfg.DataDir, "files"), statemachine.WithLogger(testkit.QuietLogger()))
 		if err != nil {
 			t.Fatal(err)
@@ -289,7 +296,11 @@ func startStallingGroup(t *testing.T, name string) (*group, []*stallingStore) {
 		stalls[i] = &stallingStore{FileStore: fs, name: name, entered: make(chan struct{})}
 		cfg.StateMachine = stalls[i]
 	}})
-	return g, stalls
+	leader := g.leader()
+	f = g.other(leader)
+	stall = stalls[f]
+	stall.armed.Store(true)
+	return g, g.members[leader].ID, f, stall
 }
 
 // TestFollowerRestart stops a follower and starts it again on the same
@@ -298,19 +309,11 @@ func startStallingGroup(t *testing.T, name string) (*group, []*stallingStore) {
 // part in the streams that follow.
 func TestFollowerRestart(t *testing.T) {
 	buffertest.Check(t)
-	g, stalls := startStallingGroup(t, "lost")
-	leader := g.leader()
-	f := g.other(leader)
-	stall := stalls[f]
-	stall.armed.Store(true)
+	g, primary, f, stall := startStallingFollower(t, "lost")
 	c := g.client()
-	primary := g.members[leader].ID
 
 	kept := randomBytes(1, 200<<10)
-	r1, err := putFile(g, c, primary, "kept", kept)
-	if err != nil {
-		t.Fatal(err)
-	}
+	r1 := storeFile(t, g, c, primary, "kept", kept)
 	g.eventually("the follower links the first stream", func() bool {
 		_, ok := stall.Lookup("kept")
 		return ok
@@ -319,10 +322,7 @@ func TestFollowerRestart(t *testing.T) {
 	// The follower closes its copy of "lost", the entry commits on the
 	// others, and the follower stops before linking it.
 	lost := randomBytes(2, 200<<10)
-	r2, err := putFile(g, c, primary, "lost", lost)
-	if err != nil {
-		t.Fatal(err)
-	}
+	r2 := storeFile(t, g, c, primary, "lost", lost)
 	select {
 	case <-stall.entered:
 	case <-g.ctx.Done():
@@ -354,10 +354,7 @@ func TestFollowerRestart(t *testing.T) {
 	}
 
 	after := randomBytes(3, 200<<10)
-	r3, err := putFile(g, c, primary, "after", after)
-	if err != nil {
-		t.Fatal(err)
-	}
+	r3 := storeFile(t, g, c, primary, "after", after)
 	for i := range g.peers {
 		g.eventually(g.members[i].ID+" links the last stream", func() bool {
 			_, ok := g.files(i).Lookup("after")
@@ -397,13 +394,21 @@ func TestUncommittedStreamIsSwept(t *testing.T) {
 	default:
 		t.Errorf("put without quorum failed with %v, want NOT_LEADER or TIMEOUT", pe)
 	}
+	g.keepsNothing("sweeps the stream")
+}
+
+// keepsNothing waits until every peer has let go of its streams and their
+// temporary files (doing says how, for a timeout's message), and checks
+// that none lists a file.
+func (g *group) keepsNothing(doing string) {
+	g.t.Helper()
 	for i := range g.peers {
-		g.eventually(g.members[i].ID+" sweeps the stream", func() bool {
+		g.eventually(g.members[i].ID+" "+doing, func() bool {
 			s := g.peers[i].Server().Streams()
 			return s.Active() == 0 && s.Pending() == 0 && len(g.tmpFiles(i)) == 0
 		})
 		if l := g.files(i).List(); len(l) != 0 {
-			t.Errorf("%s lists %v", g.members[i].ID, names(l))
+			g.t.Errorf("%s lists %v", g.members[i].ID, names(l))
 		}
 	}
 }
@@ -423,13 +428,5 @@ func TestAbortedStreamLeavesNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	cancel()
-	for i := range g.peers {
-		g.eventually(g.members[i].ID+" drops the stream", func() bool {
-			s := g.peers[i].Server().Streams()
-			return s.Active() == 0 && s.Pending() == 0 && len(g.tmpFiles(i)) == 0
-		})
-		if l := g.files(i).List(); len(l) != 0 {
-			t.Errorf("%s lists %v", g.members[i].ID, names(l))
-		}
-	}
+	g.keepsNothing("drops the stream")
 }

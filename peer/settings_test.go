@@ -128,9 +128,7 @@ func TestConfigPipeline(t *testing.T) {
 		}
 	}})
 	data := randomBytes(1, 200<<10+3)
-	if _, err := putFile(g, g.client(), g.members[0].ID, "staged", data); err != nil {
-		t.Fatal(err)
-	}
+	storeFile(t, g, g.client(), g.members[0].ID, "staged", data)
 	for i := range seen {
 		if n := seen[i].Load(); n != int64(len(data)) {
 			t.Errorf("%s: stage saw %d data bytes, want %d", g.members[i].ID, n, len(data))

@@ -38,10 +38,7 @@ func (g *cluster) healthy(t *testing.T) {
 	c := g.client(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	out, err := c.Stream(ctx, []byte("still-serving"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	out := openStream(t, ctx, c, "still-serving")
 	out.WriteAsync(ctx, []byte("hello"))
 	if _, err := out.Close(ctx).Wait(ctx); err != nil {
 		t.Fatalf("a well-behaved client was not served: %v", err)
@@ -49,75 +46,72 @@ func (g *cluster) healthy(t *testing.T) {
 }
 
 func TestAdversarialFrames(t *testing.T) {
-	for _, kind := range []transport.Kind{transport.Gnet, transport.NetConn} {
-		t.Run(kind.String(), func(t *testing.T) {
-			buffertest.Check(t)
-			g := startGroup(t, 3, groupOpts{kind: kind})
-			addr := g.peers[0].StreamAddr
-			frame := func(length uint32, rest ...byte) []byte {
-				b := binary.BigEndian.AppendUint32(nil, length)
-				return append(b, rest...)
+	onEachTransport(t, func(t *testing.T, kind transport.Kind) {
+		g := startGroup(t, 3, groupOpts{kind: kind})
+		addr := g.peers[0].StreamAddr
+		frame := func(length uint32, rest ...byte) []byte {
+			b := binary.BigEndian.AppendUint32(nil, length)
+			return append(b, rest...)
+		}
+		random := make([]byte, 64<<10)
+		rng := rand.New(rand.NewPCG(3, 4))
+		for i := range random {
+			random[i] = byte(rng.Uint32())
+		}
+		cases := []struct {
+			name  string
+			bytes []byte
+		}{
+			{"random bytes", random},
+			{"length 2^31", frame(1 << 31)},
+			{"length 2^32-1", frame(1<<32 - 1)},
+			{"frame shorter than its header length field", frame(2, 0, 0)},
+			{"header length 2^31 in a small frame", frame(8, 0x80, 0, 0, 0, 1, 2, 3, 4)},
+		}
+		for _, tc := range cases {
+			c, err := net.Dial("tcp", addr)
+			if err != nil {
+				t.Fatal(err)
 			}
-			random := make([]byte, 64<<10)
-			rng := rand.New(rand.NewPCG(3, 4))
-			for i := range random {
-				random[i] = byte(rng.Uint32())
+			if _, err := c.Write(tc.bytes); err != nil {
+				t.Fatal(err)
 			}
-			cases := []struct {
-				name  string
-				bytes []byte
-			}{
-				{"random bytes", random},
-				{"length 2^31", frame(1 << 31)},
-				{"length 2^32-1", frame(1<<32 - 1)},
-				{"frame shorter than its header length field", frame(2, 0, 0)},
-				{"header length 2^31 in a small frame", frame(8, 0x80, 0, 0, 0, 1, 2, 3, 4)},
+			// A malformed frame either gets an error reply (frame
+			// boundaries intact) or the connection closed; no case may
+			// leave the server holding it open forever. Close our end
+			// after a bounded wait for either.
+			_ = c.SetReadDeadline(time.Now().Add(2 * time.Second))
+			var hdr [4]byte
+			if _, err := io.ReadFull(c, hdr[:]); err == nil {
+				t.Logf("%s: answered", tc.name)
 			}
-			for _, tc := range cases {
-				c, err := net.Dial("tcp", addr)
-				if err != nil {
-					t.Fatal(err)
-				}
-				if _, err := c.Write(tc.bytes); err != nil {
-					t.Fatal(err)
-				}
-				// A malformed frame either gets an error reply (frame
-				// boundaries intact) or the connection closed; no case may
-				// leave the server holding it open forever. Close our end
-				// after a bounded wait for either.
-				_ = c.SetReadDeadline(time.Now().Add(2 * time.Second))
-				var hdr [4]byte
-				if _, err := io.ReadFull(c, hdr[:]); err == nil {
-					t.Logf("%s: answered", tc.name)
-				}
-				c.Close()
+			c.Close()
+		}
+		// Frames the decoder must refuse outright close the connection.
+		for _, b := range [][]byte{frame(1 << 31), frame(1<<32 - 1)} {
+			c, err := net.Dial("tcp", addr)
+			if err != nil {
+				t.Fatal(err)
 			}
-			// Frames the decoder must refuse outright close the connection.
-			for _, b := range [][]byte{frame(1 << 31), frame(1<<32 - 1)} {
-				c, err := net.Dial("tcp", addr)
-				if err != nil {
-					t.Fatal(err)
-				}
-				if _, err := c.Write(b); err != nil {
-					t.Fatal(err)
-				}
-				expectClosed(t, c)
-				c.Close()
+			if _, err := c.Write(b); err != nil {
+				t.Fatal(err)
 			}
-			// Truncated frames, then the client goes away.
-			for _, n := range []int{1, 3, 5, 9, 100} {
-				r := dialRaw(t, addr)
-				body, _ := protoMarshal(r.request(1, g.peers[0].ID, nil))
-				full := encodeRaw(t, &pb.DataStreamPacketHeader{ClientId: r.client, Type: pb.DataStreamPacketHeader_STREAM_HEADER, StreamId: 1, DataLength: uint64(len(body))}, body)
-				if _, err := r.c.Write(full[:min(n, len(full)-1)]); err != nil {
-					t.Fatal(err)
-				}
-				r.c.Close()
+			expectClosed(t, c)
+			c.Close()
+		}
+		// Truncated frames, then the client goes away.
+		for _, n := range []int{1, 3, 5, 9, 100} {
+			r := dialRaw(t, addr)
+			body, _ := protoMarshal(r.request(1, g.peers[0].ID, nil))
+			full := encodeRaw(t, &pb.DataStreamPacketHeader{ClientId: r.client, Type: pb.DataStreamPacketHeader_STREAM_HEADER, StreamId: 1, DataLength: uint64(len(body))}, body)
+			if _, err := r.c.Write(full[:min(n, len(full)-1)]); err != nil {
+				t.Fatal(err)
 			}
-			g.waitClean(t)
-			g.healthy(t)
-		})
-	}
+			r.c.Close()
+		}
+		g.waitClean(t)
+		g.healthy(t)
+	})
 }
 
 func encodeRaw(t *testing.T, h *pb.DataStreamPacketHeader, body []byte) []byte {

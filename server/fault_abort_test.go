@@ -27,18 +27,12 @@ func TestFaultAbortReachesParkedStream(t *testing.T) {
 	buffertest.Check(t)
 	g, proxies := startGroupVia(t, 3, groupOpts{quorum: handler.QuorumAll}, edge{0, 1})
 	px := proxies[edge{0, 1}]
-	fc := &fanoutCommitter{peers: g.servers, down: map[int]bool{}}
-	for _, s := range g.servers {
-		s.SetCommitter(fc)
-	}
+	g.commitByFanout()
 	c := g.client(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	ids := g.ids()
-	out, err := c.Stream(ctx, []byte("parked-then-aborted"), datastream.WithRoutingTable(pb.Star(ids[0], ids[1:]...)))
-	if err != nil {
-		t.Fatal(err)
-	}
+	out := openStream(t, ctx, c, "parked-then-aborted", datastream.WithRoutingTable(pb.Star(ids[0], ids[1:]...)))
 	if _, err := out.WriteAsync(ctx, randomBytes(60, 256<<10)).Wait(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -96,17 +90,11 @@ func TestFaultAbortReachesParkedChain(t *testing.T) {
 		}
 		return g.memory(p)
 	}
-	fc := &fanoutCommitter{peers: g.servers, down: map[int]bool{}}
-	for _, s := range g.servers {
-		s.SetCommitter(fc)
-	}
+	g.commitByFanout()
 	c := g.client(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	out, err := c.Stream(ctx, []byte("parked-down-the-chain"), datastream.WithRoutingTable(pb.Chain(g.ids()...)))
-	if err != nil {
-		t.Fatal(err)
-	}
+	out := openStream(t, ctx, c, "parked-down-the-chain", datastream.WithRoutingTable(pb.Chain(g.ids()...)))
 	out.WriteAsync(ctx, randomBytes(61, 256<<10))
 	closed := out.Close(ctx)
 	waitFor(t, 10*time.Second, "b and c parking the closed stream", func() bool {

@@ -35,10 +35,7 @@ func TestFaultPeerRestarted(t *testing.T) {
 	table := pb.Chain(g.ids()...)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	out, err := c.Stream(ctx, []byte("across-a-restart"), datastream.WithRoutingTable(table))
-	if err != nil {
-		t.Fatal(err)
-	}
+	out := openStream(t, ctx, c, "across-a-restart", datastream.WithRoutingTable(table))
 	data := randomBytes(40, 4<<20)
 	half := len(data) / 2
 	var last *datastream.Future[*datastream.Reply]
@@ -110,10 +107,7 @@ func TestFaultConnectionDrops(t *testing.T) {
 				table := pb.Chain(g.ids()...)
 				ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 				defer cancel()
-				out, err := c.Stream(ctx, []byte("dropped"), datastream.WithRoutingTable(table))
-				if err != nil {
-					t.Fatal(err)
-				}
+				out := openStream(t, ctx, c, "dropped", datastream.WithRoutingTable(table))
 				// Once the header is answered, nothing is on its way over
 				// the proxied connection: counting starts at the first
 				// data frame.
@@ -127,7 +121,7 @@ func TestFaultConnectionDrops(t *testing.T) {
 				n += cut.extra(dataFrameLen(t, c, out, 3*pkt, pkt))
 				before := px.Stats().ToTarget
 				px.DropAfter(n)
-				err = writeAll(ctx, out, randomBytes(50, packets*pkt), pkt)
+				err := writeAll(ctx, out, randomBytes(50, packets*pkt), pkt)
 				if !isCode(err, pb.ErrorCode_SUCCESSOR_FAILED, pb.ErrorCode_CANCELLED) {
 					t.Fatalf("stream over a dropped connection: %v, want SUCCESSOR_FAILED or CANCELLED", err)
 				}
@@ -162,10 +156,7 @@ func TestFaultConnectionDrops(t *testing.T) {
 		t.Cleanup(func() { _ = c.Close() })
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		defer cancel()
-		out, err := c.Stream(ctx, []byte("client-dropped"))
-		if err != nil {
-			t.Fatal(err)
-		}
+		out := openStream(t, ctx, c, "client-dropped")
 		if _, err := out.HeaderFuture().Wait(ctx); err != nil {
 			t.Fatal(err)
 		}

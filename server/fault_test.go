@@ -254,6 +254,18 @@ func (f *fanoutCommitter) Commit(ctx context.Context, s statemachine.StreamInfo)
 	}, nil
 }
 
+// commitByFanout makes every server of g commit through one
+// fanoutCommitter, which links each stream on every peer but the down ones.
+func (g *cluster) commitByFanout(down ...int) {
+	fc := &fanoutCommitter{peers: g.servers, down: map[int]bool{}}
+	for _, i := range down {
+		fc.down[i] = true
+	}
+	for _, s := range g.servers {
+		s.SetCommitter(fc)
+	}
+}
+
 // markDown stops linking on peer i; it returns once no commit links there.
 func (f *fanoutCommitter) markDown(i int) {
 	f.mu.Lock()
@@ -281,10 +293,7 @@ func TestFaultSuccessorStopsReading(t *testing.T) {
 			c := g.client(t, datastream.WithReplyTimeout(2*replyTimeout))
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
-			out, err := c.Stream(ctx, []byte("stalled"))
-			if err != nil {
-				t.Fatal(err)
-			}
+			out := openStream(t, ctx, c, "stalled")
 			if _, err := out.HeaderFuture().Wait(ctx); err != nil {
 				t.Fatal(err)
 			}
@@ -339,6 +348,7 @@ func TestFaultSuccessorStopsReading(t *testing.T) {
 
 			// Then failed: the primary's reply timeout (or the client's)
 			// ends the stream.
+			var err error
 			select {
 			case err = <-done:
 			case <-time.After(20 * time.Second):

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/pipestream/pipestream/buffer/buffertest"
+	"github.com/pipestream/pipestream/internal/smtest"
 	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
 	"github.com/pipestream/pipestream/server"
 	"github.com/pipestream/pipestream/statemachine"
@@ -19,10 +20,7 @@ func TestStreamLimits(t *testing.T) {
 	}})
 	a := dialRaw(t, g.peers[0].StreamAddr)
 	for id := uint64(1); id <= 2; id++ {
-		a.header(id, a.request(id, g.peers[0].ID, nil))
-		if h, _ := a.reply(); !h.GetSuccess() {
-			t.Fatalf("stream %d refused: %v", id, h)
-		}
+		a.open(id, g.peers[0].ID)
 	}
 	a.header(3, a.request(3, g.peers[0].ID, nil))
 	if h, _ := a.reply(); h.GetErrorCode() != pb.ErrorCode_LIMIT_EXCEEDED {
@@ -31,10 +29,7 @@ func TestStreamLimits(t *testing.T) {
 
 	b := dialRaw(t, g.peers[0].StreamAddr)
 	b.client = []byte("another-client!!")
-	b.header(1, b.request(1, g.peers[0].ID, nil))
-	if h, _ := b.reply(); !h.GetSuccess() {
-		t.Fatalf("stream on a second connection refused: %v", h)
-	}
+	b.open(1, g.peers[0].ID)
 	b.header(2, b.request(2, g.peers[0].ID, nil))
 	if h, _ := b.reply(); h.GetErrorCode() != pb.ErrorCode_LIMIT_EXCEEDED {
 		t.Fatalf("fourth stream on the peer: %v, want LIMIT_EXCEEDED", h)
@@ -45,10 +40,7 @@ func TestStreamLimits(t *testing.T) {
 	if h, _ := a.reply(); !h.GetSuccess() {
 		t.Fatalf("close: %v", h)
 	}
-	a.header(4, a.request(4, g.peers[0].ID, nil))
-	if h, _ := a.reply(); !h.GetSuccess() {
-		t.Fatalf("stream after a close: %v", h)
-	}
+	a.open(4, g.peers[0].ID)
 }
 
 func TestConnectionBoundToClient(t *testing.T) {
@@ -85,9 +77,9 @@ func TestConnectionBoundToClient(t *testing.T) {
 
 func TestConnectionByteLimit(t *testing.T) {
 	buffertest.Check(t)
-	hold := make(chan struct{})
+	hold := smtest.NewGate(0)
 	g := startGroup(t, 1, groupOpts{
-		sm:    func(int) statemachineSM { return &blockingSM{Memory: newMemory(), hold: hold} },
+		sm:    func(int) statemachineSM { return hold.Hold(newMemory()) },
 		tweak: func(c *server.Config) { c.MaxConnBytes = 1 << 20 },
 	})
 	r := dialRaw(t, g.peers[0].StreamAddr)
@@ -109,7 +101,7 @@ func TestConnectionByteLimit(t *testing.T) {
 		}
 		time.Sleep(time.Millisecond)
 	}
-	close(hold)
+	hold.Open()
 	first, _ := r.reply()
 	second, _ := r.reply()
 	if second.GetErrorCode() != pb.ErrorCode_LIMIT_EXCEEDED {
@@ -125,10 +117,7 @@ func TestIdleStreamTimesOut(t *testing.T) {
 	buffertest.Check(t)
 	g := startGroup(t, 3, groupOpts{tweak: func(c *server.Config) { c.IdleTimeout = 200 * time.Millisecond }})
 	r := dialRaw(t, g.peers[0].StreamAddr)
-	r.header(1, r.request(1, g.peers[0].ID, nil))
-	if h, _ := r.reply(); !h.GetSuccess() {
-		t.Fatal(h)
-	}
+	r.open(1, g.peers[0].ID)
 	// Nothing more is sent; every peer drops the stream on its own.
 	g.waitClean(t)
 	r.data(1, 0, []byte("late"))
@@ -169,10 +158,7 @@ func TestSlowWriteIsNotIdle(t *testing.T) {
 		},
 	})
 	r := dialRaw(t, g.peers[0].StreamAddr)
-	r.header(1, r.request(1, g.peers[0].ID, nil))
-	if h, _ := r.reply(); !h.GetSuccess() {
-		t.Fatal(h)
-	}
+	r.open(1, g.peers[0].ID)
 	for i := range 2 {
 		r.data(1, uint64(i*4), []byte("slow"))
 		if h, _ := r.reply(); !h.GetSuccess() {

@@ -48,10 +48,7 @@ func TestPipelineHook(t *testing.T) {
 	c := g.client(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	out, err := c.Stream(ctx, []byte("hooked"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	out := openStream(t, ctx, c, "hooked")
 	data := randomBytes(5, 3<<20+1)
 	if _, err := out.Writer(ctx).Write(data); err != nil {
 		t.Fatal(err)
@@ -136,23 +133,17 @@ func TestPipelineStageDropsPacket(t *testing.T) {
 					}))
 				}
 			}})
-			fc := &fanoutCommitter{peers: g.servers, down: map[int]bool{}}
-			for _, s := range g.servers {
-				s.SetCommitter(fc)
-			}
+			g.commitByFanout()
 			c := g.client(t)
 			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 			defer cancel()
 			table := pb.Chain(g.ids()...)
 			data := randomBytes(7, 1<<20)
-			out, err := c.Stream(ctx, []byte("dropped"), datastream.WithRoutingTable(table))
-			if err != nil {
-				t.Fatal(err)
-			}
+			out := openStream(t, ctx, c, "dropped", datastream.WithRoutingTable(table))
 			for off := 0; off < len(data); off += 64 << 10 {
 				out.WriteAsync(ctx, data[off:off+64<<10])
 			}
-			_, err = out.Close(ctx).Wait(ctx)
+			_, err := out.Close(ctx).Wait(ctx)
 			if !dropped.Load() {
 				t.Fatal("the stage dropped nothing")
 			}

@@ -1,50 +1,15 @@
 package server_test
 
 import (
-	"context"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/pipestream/pipestream/buffer/buffertest"
+	"github.com/pipestream/pipestream/internal/smtest"
 	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
 	"github.com/pipestream/pipestream/server"
-	"github.com/pipestream/pipestream/statemachine"
 )
-
-// gatedSM holds every data write until gate is closed.
-type gatedSM struct {
-	*statemachine.Memory
-	gate    chan struct{}
-	entered chan struct{} // receives once per Write that reached the gate
-}
-
-func (m gatedSM) OpenStream(ctx context.Context, k statemachine.StreamKey, req *pb.RaftClientRequest) (statemachine.DataChannel, error) {
-	ch, err := m.Memory.OpenStream(ctx, k, req)
-	return gatedChannel{ch, m.gate, m.entered}, err
-}
-
-func (m gatedSM) Link(ctx context.Context, e statemachine.Entry, ch statemachine.DataChannel) error {
-	if g, ok := ch.(gatedChannel); ok {
-		ch = g.DataChannel
-	}
-	return m.Memory.Link(ctx, e, ch)
-}
-
-type gatedChannel struct {
-	statemachine.DataChannel
-	gate    chan struct{}
-	entered chan struct{}
-}
-
-func (c gatedChannel) Write(p []byte) (int, error) {
-	select {
-	case c.entered <- struct{}{}:
-	default: // nobody waits for it
-	}
-	<-c.gate
-	return c.DataChannel.Write(p)
-}
 
 // gatedGroup starts a standalone peer whose data writes wait for the
 // returned function to be called.
@@ -56,18 +21,10 @@ func gatedGroup(t *testing.T) (*cluster, func()) {
 // gatedGroupEntered is gatedGroup with a channel that receives when a Write
 // has reached the gate.
 func gatedGroupEntered(t *testing.T) (*cluster, func(), <-chan struct{}) {
-	gate := make(chan struct{})
-	entered := make(chan struct{}, 1)
-	open := func() {
-		select {
-		case <-gate:
-		default:
-			close(gate)
-		}
-	}
-	t.Cleanup(open) // before the servers' shutdown, which waits for writes
-	g := startGroup(t, 1, groupOpts{sm: func(int) statemachineSM { return gatedSM{newMemory(), gate, entered} }})
-	return g, open, entered
+	gate := smtest.NewGate(1)
+	t.Cleanup(gate.Open) // before the servers' shutdown, which waits for writes
+	g := startGroup(t, 1, groupOpts{sm: func(int) statemachineSM { return gate.Hold(newMemory()) }})
+	return g, gate.Open, gate.Entered()
 }
 
 // barrier sends a PING, which the peer answers as soon as it reads it, and

@@ -68,6 +68,17 @@ func (r *raw) open(id uint64, primary string) {
 	}
 }
 
+// onEachTransport runs test as a subtest on each transport kind a server
+// can listen with, checking that it leaves no buffer held.
+func onEachTransport(t *testing.T, test func(t *testing.T, kind transport.Kind)) {
+	for _, kind := range transport.Kinds() {
+		t.Run(kind.String(), func(t *testing.T) {
+			buffertest.Check(t)
+			test(t, kind)
+		})
+	}
+}
+
 // The frames of "Example bytes", exactly as the page prints them.
 const (
 	docHeaderFrame = `
@@ -216,53 +227,47 @@ func TestProtocolFramingErrorsClose(t *testing.T) {
 			return encodeRaw(t, dataHeader(maxBody+1), make([]byte, maxBody+1))
 		}},
 	}
-	for _, kind := range []transport.Kind{transport.Gnet, transport.NetConn} {
-		t.Run(kind.String(), func(t *testing.T) {
-			buffertest.Check(t)
-			g := startGroup(t, 2, groupOpts{kind: kind})
-			for i, tc := range cases {
-				// Stream 1 of a connection and a client of its own: a
-				// client never reuses a stream id.
-				client = []byte(fmt.Sprintf("framing-client%02d", i))
-				r := dialRaw(t, g.peers[0].StreamAddr)
-				r.client = client
-				r.open(1, g.peers[0].ID)
-				r.write(tc.bytes(t))
-				expectFramingClose(t, r, tc.name)
-				// Every stream of the connection fails, on every peer.
-				g.waitClean(t)
-			}
-			// At the limits: 16 MiB of data in one packet is served.
+	onEachTransport(t, func(t *testing.T, kind transport.Kind) {
+		g := startGroup(t, 2, groupOpts{kind: kind})
+		for i, tc := range cases {
+			// Stream 1 of a connection and a client of its own: a
+			// client never reuses a stream id.
+			client = []byte(fmt.Sprintf("framing-client%02d", i))
 			r := dialRaw(t, g.peers[0].StreamAddr)
+			r.client = client
 			r.open(1, g.peers[0].ID)
-			r.data(1, 0, make([]byte, maxBody), pb.DataStreamPacketHeader_CLOSE)
-			if h, _ := r.reply(); !h.GetSuccess() || h.GetBytesWritten() != maxBody {
-				t.Fatalf("a packet of 16 MiB: %v", h)
-			}
-		})
-	}
+			r.write(tc.bytes(t))
+			expectFramingClose(t, r, tc.name)
+			// Every stream of the connection fails, on every peer.
+			g.waitClean(t)
+		}
+		// At the limits: 16 MiB of data in one packet is served.
+		r := dialRaw(t, g.peers[0].StreamAddr)
+		r.open(1, g.peers[0].ID)
+		r.data(1, 0, make([]byte, maxBody), pb.DataStreamPacketHeader_CLOSE)
+		if h, _ := r.reply(); !h.GetSuccess() || h.GetBytesWritten() != maxBody {
+			t.Fatalf("a packet of 16 MiB: %v", h)
+		}
+	})
 }
 
 // TestProtocolHalfClose: the end of a client's input is the end of its
 // connection; the streams without a final reply fail.
 func TestProtocolHalfClose(t *testing.T) {
-	for _, kind := range []transport.Kind{transport.Gnet, transport.NetConn} {
-		t.Run(kind.String(), func(t *testing.T) {
-			buffertest.Check(t)
-			g := startGroup(t, 2, groupOpts{kind: kind})
-			r := dialRaw(t, g.peers[0].StreamAddr)
-			r.open(1, g.peers[0].ID)
-			r.data(1, 0, []byte("abc"))
-			if h, _ := r.reply(); !h.GetSuccess() {
-				t.Fatal(h)
-			}
-			if err := r.c.(*net.TCPConn).CloseWrite(); err != nil {
-				t.Fatal(err)
-			}
-			expectClosed(t, r.c)
-			g.waitClean(t)
-		})
-	}
+	onEachTransport(t, func(t *testing.T, kind transport.Kind) {
+		g := startGroup(t, 2, groupOpts{kind: kind})
+		r := dialRaw(t, g.peers[0].StreamAddr)
+		r.open(1, g.peers[0].ID)
+		r.data(1, 0, []byte("abc"))
+		if h, _ := r.reply(); !h.GetSuccess() {
+			t.Fatal(h)
+		}
+		if err := r.c.(*net.TCPConn).CloseWrite(); err != nil {
+			t.Fatal(err)
+		}
+		expectClosed(t, r.c)
+		g.waitClean(t)
+	})
 }
 
 // TestProtocolHeaderOptions: options on a STREAM_HEADER are BAD_HEADER and

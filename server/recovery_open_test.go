@@ -60,20 +60,14 @@ func TestRecoveryBeforeHeaderForwarded(t *testing.T) {
 			}
 		},
 	})
-	fc := &fanoutCommitter{peers: g.servers, down: map[int]bool{1: true}}
-	for _, s := range g.servers {
-		s.SetCommitter(fc)
-	}
+	g.commitByFanout(1)
 	c := g.client(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	data := randomBytes(11, 2<<20)
-	out, err := c.Stream(ctx, []byte("early"), datastream.WithRoutingTable(pb.Chain(g.ids()...)))
-	if err != nil {
-		t.Fatal(err)
-	}
+	out := openStream(t, ctx, c, "early", datastream.WithRoutingTable(pb.Chain(g.ids()...)))
 	out.WriteAsync(ctx, data)
-	_, err = out.Close(ctx).Wait(ctx)
+	_, err := out.Close(ctx).Wait(ctx)
 	select {
 	case succ := <-around:
 		if !slices.Equal(succ, []string{peerID(2)}) {

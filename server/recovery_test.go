@@ -43,10 +43,7 @@ func TestRecoverySuccessorShutDown(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 			defer cancel()
 			ids := []string{g.peers[0].ID, g.peers[1].ID, g.peers[2].ID}
-			out, err := c.Stream(ctx, []byte("recovered"), datastream.WithRoutingTable(tc.routing(ids...)))
-			if err != nil {
-				t.Fatal(err)
-			}
+			out := openStream(t, ctx, c, "recovered", datastream.WithRoutingTable(tc.routing(ids...)))
 			data := randomBytes(7, 8<<20)
 			const pkt = 64 << 10
 			for off := 0; off < len(data); off += pkt {
@@ -130,17 +127,11 @@ func TestRecoveryStalledSuccessorFenced(t *testing.T) {
 		sm:    func(int) statemachine.StateMachine { return statemachine.NewMemory() },
 		tweak: func(c *server.Config) { c.ReplyTimeout = 500 * time.Millisecond },
 	}, edge{0, 1})
-	fc := &fanoutCommitter{peers: g.servers, down: map[int]bool{}}
-	for _, s := range g.servers {
-		s.SetCommitter(fc)
-	}
+	g.commitByFanout()
 	c := g.client(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	out, err := c.Stream(ctx, []byte("fenced"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	out := openStream(t, ctx, c, "fenced")
 	data := randomBytes(9, 4<<20)
 	half := len(data) / 2
 	if _, err := out.WriteAsync(ctx, data[:half]).Wait(ctx); err != nil {

@@ -122,10 +122,7 @@ func TestReplicateNetConn(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	data := randomBytes(99, 5<<20+7)
-	out, err := c.Stream(ctx, []byte("netconn"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	out := openStream(t, ctx, c, "netconn")
 	if _, err := out.Writer(ctx).Write(data); err != nil {
 		t.Fatal(err)
 	}
@@ -150,10 +147,7 @@ func TestUnknownStreamAndDataBeforeHeader(t *testing.T) {
 		t.Fatalf("reply = %v, want UNKNOWN_STREAM", h)
 	}
 	// The connection still serves a proper stream.
-	r.header(8, r.request(8, g.peers[0].ID, nil))
-	if h, _ := r.reply(); !h.GetSuccess() {
-		t.Fatalf("header reply = %v", h)
-	}
+	r.open(8, g.peers[0].ID)
 	r.data(8, 0, []byte("hello"), pb.DataStreamPacketHeader_CLOSE)
 	h, rcr := r.reply()
 	if !h.GetSuccess() || h.GetBytesWritten() != 5 || !rcr.GetSuccess() {
@@ -316,22 +310,16 @@ func TestStateMachineFailure(t *testing.T) {
 				}
 				return statemachine.NewMemory()
 			}})
-			fc := &fanoutCommitter{peers: g.servers, down: map[int]bool{}}
-			for _, s := range g.servers {
-				s.SetCommitter(fc)
-			}
+			g.commitByFanout()
 			c := g.client(t)
 			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 			defer cancel()
-			out, err := c.Stream(ctx, []byte("doomed"))
-			if err != nil {
-				t.Fatal(err)
-			}
+			out := openStream(t, ctx, c, "doomed")
 			var last *datastream.Future[*datastream.Reply]
 			for i := 0; i < 4; i++ {
 				last = out.WriteAsync(ctx, make([]byte, 512<<10))
 			}
-			_, err = out.Close(ctx).Wait(ctx)
+			_, err := out.Close(ctx).Wait(ctx)
 			if !errors.Is(err, datastream.ErrStateMachine) && !errors.Is(err, datastream.ErrSuccessorFailed) {
 				t.Fatalf("close: %v, want a state machine or successor failure", err)
 			}
@@ -387,10 +375,7 @@ func TestSuccessorDies(t *testing.T) {
 	c := g.client(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	out, err := c.Stream(ctx, []byte("mid-stream"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	out := openStream(t, ctx, c, "mid-stream")
 	if _, err := out.WriteAsync(ctx, make([]byte, 64<<10)).Wait(ctx); err != nil {
 		t.Fatal(err)
 	}
@@ -400,7 +385,7 @@ func TestSuccessorDies(t *testing.T) {
 	if err := g.servers[2].Shutdown(sctx); err != nil {
 		t.Fatal(err)
 	}
-	_, err = out.Close(ctx).Wait(ctx)
+	_, err := out.Close(ctx).Wait(ctx)
 	if err == nil {
 		t.Fatal("close succeeded with a dead successor")
 	}
@@ -425,25 +410,15 @@ type statemachineSM = statemachine.StateMachine
 
 func newMemory() *statemachine.Memory { return statemachine.NewMemory() }
 
-// blockingSM holds every write until hold is closed.
-type blockingSM struct {
-	*statemachine.Memory
-	hold chan struct{}
-}
-
-func (b *blockingSM) OpenStream(ctx context.Context, k statemachine.StreamKey, req *pb.RaftClientRequest) (statemachine.DataChannel, error) {
-	ch, err := b.Memory.OpenStream(ctx, k, req)
-	return &blockingChannel{DataChannel: ch, hold: b.hold}, err
-}
-
-type blockingChannel struct {
-	statemachine.DataChannel
-	hold chan struct{}
-}
-
-func (c *blockingChannel) Write(p []byte) (int, error) {
-	<-c.hold
-	return c.DataChannel.Write(p)
+// openStream starts a stream on c whose message is name, and fails the
+// test if it cannot.
+func openStream(t testing.TB, ctx context.Context, c *datastream.Client, name string, opts ...datastream.StreamOption) *datastream.Output {
+	t.Helper()
+	out, err := c.Stream(ctx, []byte(name), opts...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
 }
 
 func TestHeaderRequestChecks(t *testing.T) {

@@ -9,33 +9,17 @@ import (
 	"time"
 
 	"github.com/pipestream/pipestream/buffer/buffertest"
+	"github.com/pipestream/pipestream/internal/smtest"
 	"github.com/pipestream/pipestream/internal/statetrace"
 	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
 	"github.com/pipestream/pipestream/server"
 	"github.com/pipestream/pipestream/statemachine"
 )
 
-// holdingSM holds every channel's Close until release is closed, so that
-// a stream stays closing on this peer.
-type holdingSM struct {
-	*statemachine.Memory
-	gate *atomic.Pointer[chan struct{}] // taken by each stream at its open
-}
-
-func (m holdingSM) OpenStream(ctx context.Context, k statemachine.StreamKey, req *pb.RaftClientRequest) (statemachine.DataChannel, error) {
-	ch, err := m.Memory.OpenStream(ctx, k, req)
-	return holdingChannel{ch, *m.gate.Load()}, err
-}
-
-func (m holdingSM) Link(ctx context.Context, e statemachine.Entry, ch statemachine.DataChannel) error {
-	if hc, ok := ch.(holdingChannel); ok {
-		ch = hc.DataChannel
-	}
-	return m.Memory.Link(ctx, e, ch)
-}
-
+// holdingChannel holds its Close until release is closed, so that a
+// stream stays closing on this peer.
 type holdingChannel struct {
-	statemachine.DataChannel
+	smtest.Channel
 	release chan struct{}
 }
 
@@ -86,7 +70,10 @@ func TestStreamStates(t *testing.T) {
 		quorum: 1, // below every peer: recovery on
 		sm: func(i int) statemachine.StateMachine {
 			if i == 1 {
-				return holdingSM{statemachine.NewMemory(), &gate}
+				// Each stream takes the gate of its open.
+				return &smtest.Wrapper{Memory: statemachine.NewMemory(), Wrap: func(ch statemachine.DataChannel) statemachine.DataChannel {
+					return holdingChannel{smtest.Channel{DataChannel: ch}, *gate.Load()}
+				}}
 			}
 			return statemachine.NewMemory()
 		},
@@ -239,10 +226,7 @@ func TestStreamStates(t *testing.T) {
 	c := g.client(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	out, err := c.Stream(ctx, []byte("never committed"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	out := openStream(t, ctx, c, "never committed")
 	out.WriteAsync(ctx, data)
 	if _, err := out.Close(ctx).Wait(ctx); err == nil {
 		t.Fatal("committed with a committer that refuses")

@@ -1,10 +1,13 @@
 // Package smtest lets a test change what a stream's data channel does on
-// a peer (hold its writes, count them, fail its close) while a
-// statemachine.Memory keeps and links the data as usual.
+// a peer (hold its writes at a gate, count them, fail its close) while a
+// statemachine.Memory keeps and links the data as usual: to fail, abort
+// or shut down a stream while one of its writes is still in flight, or to
+// keep it closing.
 package smtest
 
 import (
 	"context"
+	"sync"
 
 	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
 	"github.com/pipestream/pipestream/statemachine"
@@ -47,3 +50,45 @@ type Channel struct{ statemachine.DataChannel }
 
 // Unwrap returns the channel c holds.
 func (c Channel) Unwrap() statemachine.DataChannel { return c.DataChannel }
+
+// Gate holds data writes until it is opened.
+type Gate struct {
+	open    chan struct{}
+	once    sync.Once
+	entered chan struct{}
+}
+
+// NewGate returns a shut gate that keeps up to n unread signals on
+// Entered.
+func NewGate(n int) *Gate {
+	return &Gate{open: make(chan struct{}), entered: make(chan struct{}, n)}
+}
+
+// Open lets every held and later write through. It may be called more
+// than once, so that a test can open the gate and its cleanup too.
+func (g *Gate) Open() { g.once.Do(func() { close(g.open) }) }
+
+// Entered receives once for each write that reached the gate, while fewer
+// than n signals wait unread; nobody need read them.
+func (g *Gate) Entered() <-chan struct{} { return g.entered }
+
+// Hold returns m with each of its data writes held at g.
+func (g *Gate) Hold(m *statemachine.Memory) *Wrapper {
+	return &Wrapper{Memory: m, Wrap: func(ch statemachine.DataChannel) statemachine.DataChannel {
+		return gatedChannel{Channel{ch}, g}
+	}}
+}
+
+type gatedChannel struct {
+	Channel
+	g *Gate
+}
+
+func (c gatedChannel) Write(p []byte) (int, error) {
+	select {
+	case c.g.entered <- struct{}{}:
+	default:
+	}
+	<-c.g.open
+	return c.Channel.Write(p)
+}
