@@ -2,13 +2,11 @@ package main
 
 import (
 	"bytes"
-	"context"
 	"crypto/sha256"
 	"encoding/hex"
 	"errors"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -19,41 +17,12 @@ import (
 	"github.com/pipestream/pipestream/datastream"
 )
 
-// binResult is what one run of the binary did.
-type binResult struct {
-	code           int
-	stdout, stderr string
-}
-
-func (r binResult) String() string {
-	return fmt.Sprintf("exit %d\n--- stdout\n%s--- stderr\n%s", r.code, r.stdout, r.stderr)
-}
-
-// runBinaryResult runs the binary to completion, whatever its exit code.
-func runBinaryResult(t *testing.T, bin string, args ...string) binResult {
+// startServeGroup builds the binary, writes a group file in a new
+// directory dir and starts its three serve processes, on other ports if
+// the first ones were taken meanwhile.
+func startServeGroup(t *testing.T) (bin, dir, config string, peers []*process) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
-	defer cancel()
-	var stdout, stderr bytes.Buffer
-	cmd := exec.CommandContext(ctx, bin, args...)
-	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	err := cmd.Run()
-	r := binResult{stdout: stdout.String(), stderr: stderr.String()}
-	var exit *exec.ExitError
-	switch {
-	case err == nil:
-	case errors.As(err, &exit) && exit.ExitCode() >= 0:
-		r.code = exit.ExitCode()
-	default:
-		t.Fatalf("pipestream %s: %v\n%v", strings.Join(args, " "), err, r)
-	}
-	return r
-}
-
-// startServeGroup writes a group file in dir and starts its three serve
-// processes, on other ports if the first ones were taken meanwhile.
-func startServeGroup(t *testing.T, bin, dir string) (config string, peers []*process) {
-	t.Helper()
+	bin, dir = buildBinary(t), t.TempDir()
 	config = filepath.Join(dir, "group.toml")
 	onFreePorts(t, 9, func(addrs []string) error {
 		if err := os.WriteFile(config, []byte(testGroupFile(addrs)), 0o644); err != nil {
@@ -63,7 +32,7 @@ func startServeGroup(t *testing.T, bin, dir string) (config string, peers []*pro
 		peers, err = startPeers(t, bin, config)
 		return err
 	})
-	return config, peers
+	return bin, dir, config, peers
 }
 
 // get and ls over the network, against three serve processes: every
@@ -73,9 +42,7 @@ func TestNetworkRead(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds the binary and runs three processes")
 	}
-	bin := buildBinary(t)
-	dir := t.TempDir()
-	config, peers := startServeGroup(t, bin, dir)
+	bin, dir, config, peers := startServeGroup(t)
 
 	data := randomBytes(15, 1<<20+4321)
 	sum := sha256.Sum256(data)

@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -25,9 +26,7 @@ func TestThreeProcesses(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds the binary and runs three processes")
 	}
-	bin := buildBinary(t)
-	dir := t.TempDir()
-	config, peers := startServeGroup(t, bin, dir)
+	bin, dir, config, peers := startServeGroup(t)
 
 	data := randomBytes(7, 3<<20+12345)
 	file := writeFile(t, dir, "payload.bin", data)
@@ -93,15 +92,42 @@ func testGroupFile(addrs []string) string {
 // the test unless it exits 0.
 func runBinary(t *testing.T, bin string, args ...string) string {
 	t.Helper()
+	r := runBinaryResult(t, bin, args...)
+	if r.code != 0 {
+		t.Fatalf("pipestream %s: %v", strings.Join(args, " "), r)
+	}
+	return r.stdout
+}
+
+// binResult is what one run of the binary did.
+type binResult struct {
+	code           int
+	stdout, stderr string
+}
+
+func (r binResult) String() string {
+	return fmt.Sprintf("exit %d\n--- stdout\n%s--- stderr\n%s", r.code, r.stdout, r.stderr)
+}
+
+// runBinaryResult runs the binary to completion, whatever its exit code.
+func runBinaryResult(t *testing.T, bin string, args ...string) binResult {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), testTimeout)
 	defer cancel()
 	var stdout, stderr bytes.Buffer
 	cmd := exec.CommandContext(ctx, bin, args...)
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
-	if err := cmd.Run(); err != nil {
-		t.Fatalf("pipestream %s: %v\n--- stdout\n%s--- stderr\n%s", strings.Join(args, " "), err, stdout.String(), stderr.String())
+	err := cmd.Run()
+	r := binResult{stdout: stdout.String(), stderr: stderr.String()}
+	var exit *exec.ExitError
+	switch {
+	case err == nil:
+	case errors.As(err, &exit) && exit.ExitCode() >= 0:
+		r.code = exit.ExitCode()
+	default:
+		t.Fatalf("pipestream %s: %v\n%v", strings.Join(args, " "), err, r)
 	}
-	return stdout.String()
+	return r
 }
 
 // waitStored polls ls until peer id's store lists name, for up to
