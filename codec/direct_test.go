@@ -13,6 +13,7 @@ import (
 	"github.com/pipestream/pipestream/buffer"
 	"github.com/pipestream/pipestream/buffer/buffertest"
 	"github.com/pipestream/pipestream/codec"
+	"github.com/pipestream/pipestream/internal/testkit"
 	"github.com/pipestream/pipestream/pipeline"
 )
 
@@ -64,15 +65,6 @@ func (s *socket) Read(p []byte) (int, error) {
 	return n, nil
 }
 
-// randomBytes returns n bytes that depend on seed.
-func randomBytes(seed uint64, n int) []byte {
-	var s [32]byte
-	binary.LittleEndian.PutUint64(s[:], seed)
-	p := make([]byte, n)
-	_, _ = rand.NewChaCha8(s).Read(p)
-	return p
-}
-
 // lengthPrefixed returns bodies each behind a 4-byte big-endian length.
 func lengthPrefixed(bodies [][]byte) []byte {
 	var stream []byte
@@ -116,7 +108,7 @@ func TestFrameDecoderReadsDirect(t *testing.T) {
 	sizes := []int{0, 10, 70000, 1 << 20, 3, 2<<20 + 5, 64<<10 - 4, 64 << 10, 300000, 1}
 	bodies := make([][]byte, len(sizes))
 	for i, n := range sizes {
-		bodies[i] = randomBytes(uint64(i), n)
+		bodies[i] = testkit.RandomBytes(uint64(i), n)
 	}
 	stream := lengthPrefixed(bodies)
 	// Only what comes after the first quarter of a frame of 64 KiB or
@@ -251,7 +243,7 @@ func TestFrameDecoderWithdrawsTarget(t *testing.T) {
 // quarter of each frame.
 func BenchmarkFrameDecoderDirect(b *testing.B) {
 	const size, maxRead = 1 << 20, 256 << 10
-	frame := lengthPrefixed([][]byte{randomBytes(1, size)})
+	frame := lengthPrefixed([][]byte{testkit.RandomBytes(1, size)})
 	for _, q := range readQueues {
 		b.Run(q.name, func(b *testing.B) {
 			dec, err := codec.NewFrameDecoder(stripped)
@@ -331,7 +323,7 @@ func (q *backlogQueue) Backlog() int { return len(q.sock.data) }
 // waits in the queue; the frame is the same either way.
 func TestFrameDecoderCountsBacklog(t *testing.T) {
 	const size, read = 1 << 20, 16 << 10
-	body := randomBytes(7, size)
+	body := testkit.RandomBytes(7, size)
 	for _, backlog := range []bool{false, true} {
 		t.Run(fmt.Sprintf("backlog=%v", backlog), func(t *testing.T) {
 			buffertest.Check(t)

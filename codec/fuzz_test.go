@@ -12,6 +12,7 @@ import (
 	"github.com/pipestream/pipestream/buffer"
 	"github.com/pipestream/pipestream/buffer/buffertest"
 	"github.com/pipestream/pipestream/codec"
+	"github.com/pipestream/pipestream/internal/testkit"
 	"github.com/pipestream/pipestream/pipeline"
 )
 
@@ -133,7 +134,7 @@ func FuzzFrameDecoderDirect(f *testing.F) {
 		var bodies [][]byte
 		for i := 0; i+1 < len(sizes) && len(bodies) < 8; i += 2 {
 			n := int(binary.BigEndian.Uint16(sizes[i:])) * 8
-			bodies = append(bodies, randomBytes(uint64(len(bodies)), n))
+			bodies = append(bodies, testkit.RandomBytes(uint64(len(bodies)), n))
 		}
 		// Read byte k gets all that was asked for when it is 0, k bytes
 		// up to 15, and then steps of 2 KiB up to 480 KiB; an odd k
