@@ -20,8 +20,9 @@ import (
 const stopTimeout = 30 * time.Second
 
 // The README's three-process flow, with the real binary: three serve
-// processes from one group file, a put, and a get from every peer's data
-// directory that gives back the same bytes; SIGINT stops each cleanly.
+// processes from one group file, a put, and a get from each peer over the
+// network (--id) that gives back the same bytes; SIGINT stops each
+// cleanly.
 func TestThreeProcesses(t *testing.T) {
 	if testing.Short() {
 		t.Skip("builds the binary and runs three processes")
