@@ -21,8 +21,12 @@ import (
 // the entries in flight only. The watcher started with the Node asks the
 // leader while the Node is not fresh.
 func (n *Node) Fresh() bool {
-	return n.fresh.Load() && n.inTouch()
+	return n.caughtUp() && n.inTouch()
 }
+
+// caughtUp reports whether the watcher found the FSM caught up since the
+// last leader change.
+func (n *Node) caughtUp() bool { return n.freshAt.Load() == n.leaders.Load()+1 }
 
 // inTouch reports whether this Node leads, or heard from its leader within
 // the heartbeat timeout.
@@ -54,19 +58,20 @@ func (n *Node) watchFreshness() {
 		case <-t.C:
 		}
 		if !n.inTouch() {
-			n.fresh.Store(false)
+			n.freshAt.Store(0)
 			continue
 		}
-		if n.fresh.Load() {
+		if n.caughtUp() {
 			continue
 		}
+		// The answer holds for the leader asked: one elected while the
+		// question was out moves leaders on, and freshAt then lags it.
+		at := n.leaders.Load() + 1
 		ctx, cancel := context.WithTimeout(n.ctx, settleTimeout+statusTimeout)
 		ok, _ := n.CaughtUp(ctx)
 		cancel()
-		// A leader elected while the question was out clears fresh
-		// again; this answer may predate it.
 		if ok && n.inTouch() {
-			n.fresh.CompareAndSwap(false, true)
+			n.freshAt.Store(at)
 		}
 	}
 }

@@ -39,9 +39,13 @@ type Node struct {
 	fsm    *fsm
 
 	lastLeader atomic.Value // string: the last leader id seen, for hints
-	// fresh: the FSM had caught up with the group when the watcher last
-	// asked, and no leader was elected since; see Fresh.
-	fresh atomic.Bool
+	// leaders counts the leader changes raft has reported; freshAt is
+	// one more than the count at which the watcher last found the FSM
+	// caught up, 0 when it found it behind or out of touch. Fresh needs
+	// the two to agree, so that an answer from before a change never
+	// counts after it. See Fresh.
+	leaders atomic.Uint64
+	freshAt atomic.Uint64
 
 	ctx    context.Context // canceled at Shutdown
 	cancel context.CancelFunc
@@ -208,7 +212,7 @@ func (n *Node) Start(ctx context.Context, peers []group.Member) error {
 		if lo, ok := o.Data.(hraft.LeaderObservation); ok {
 			// A new leader may not have applied all its predecessor
 			// committed: catch up with it again.
-			n.fresh.Store(false)
+			n.leaders.Add(1)
 			if lo.LeaderID != "" {
 				n.lastLeader.Store(string(lo.LeaderID))
 			}
