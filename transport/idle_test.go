@@ -54,7 +54,7 @@ func settle(t *testing.T, want int) int {
 	buf := make([]byte, 1<<20)
 	for {
 		n := runtime.Stack(buf, true)
-		writers := bytes.Count(buf[:n], []byte("transport.(*writer).run("))
+		writers := bytes.Count(buf[:n], []byte("transport.(*writer).loop("))
 		if writers <= want {
 			return runtime.NumGoroutine()
 		}

@@ -47,6 +47,9 @@ type writer struct {
 	teardown func()
 
 	wg sync.WaitGroup // the goroutine, while it runs
+	// run is w.loop bound once: a method value made at each go statement
+	// would be a heap allocation per burst of writes.
+	run func()
 
 	// Owned by the goroutine.
 	batch []outbound
@@ -90,6 +93,7 @@ func (m outbound) release() {
 // newWriter returns a writer on conn and sets conn's TCP_NODELAY.
 func newWriter(conn net.Conn, opts *options, teardown func()) *writer {
 	w := &writer{conn: conn, opts: opts, teardown: teardown}
+	w.run = w.loop
 	switch c := conn.(type) {
 	case *net.TCPConn:
 		_ = c.SetNoDelay(opts.noDelay)
@@ -197,9 +201,9 @@ func (w *writer) end() {
 	}
 }
 
-// run sends batches until the queue is empty, and returns. It tears the
+// loop sends batches until the queue is empty, and returns. It tears the
 // connection down once Close's bytes are out, or a write failed.
-func (w *writer) run() {
+func (w *writer) loop() {
 	defer w.wg.Done()
 	for {
 		w.mu.Lock()
