@@ -23,9 +23,13 @@ var (
 	ErrTLSNeedsNetConn = errors.New("server: TLS needs the netconn transport")
 )
 
-// StageAuthorizePeer names the stage that Config.AuthorizePeer adds to
-// client and predecessor connections, right before handler.StageRouter.
-const StageAuthorizePeer = "authorize-peer"
+// StagePeerGate names the stage the server puts on client and predecessor
+// connections, right before handler.StageRouter. It meets a connection's
+// first packet and then steps out of the pipeline: a connection that opens
+// with a PING is a peer's, which Config.AuthorizePeer, if set, must
+// approve, and which shows that peer running, so the server redials at
+// once the peers it has lost instead of waiting out its backoff.
+const StagePeerGate = "peer-gate"
 
 // DefaultPeerOutbound bounds the bytes queued on a connection to a
 // successor.
@@ -82,7 +86,7 @@ type Config struct {
 
 	// Pipeline, if set, is called for every client or predecessor
 	// connection after the server stages are installed (see the
-	// handler.Stage names, and StageAuthorizePeer), on the connection's
+	// handler.Stage names, and StagePeerGate), on the connection's
 	// event loop (its reader goroutine, for net.Conn) before its
 	// first read. It may add, wrap or replace stages; an error closes the
 	// connection. Connections to successors are not passed to it.

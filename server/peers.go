@@ -125,10 +125,13 @@ func (s *Server) WaitPeers(ctx context.Context) error {
 // the peer left the group), redialing with a capped exponential backoff.
 func (s *Server) connect(ctx context.Context, id string) {
 	defer s.wg.Done()
-	backoff := 10 * time.Millisecond
+	backoff := s.redialFrom()
 	for ctx.Err() == nil {
 		s.mu.Lock()
 		addr := s.addrs[id]
+		// Taken before the dial: a greeting while it fails must still
+		// cut the wait after it.
+		greeted := s.greeted
 		s.mu.Unlock()
 		var (
 			ch    transport.Channel
@@ -142,7 +145,6 @@ func (s *Server) connect(ctx context.Context, id string) {
 		}
 		if err == nil {
 			s.log.Debug("server: connected to peer", "to", id, "local", ch.LocalAddr(), "remote", ch.RemoteAddr())
-			backoff = 10 * time.Millisecond
 			s.mu.Lock()
 			if ctx.Err() != nil { // left the group while dialing
 				s.mu.Unlock()
@@ -163,15 +165,42 @@ func (s *Server) connect(ctx context.Context, id string) {
 			if ev := s.cfg.Events; ev != nil {
 				ev.Conn(handler.ConnEvent{Kind: handler.ConnDown, Peer: id})
 			}
+			backoff = s.redialFrom()
 			continue
 		}
 		s.log.Debug("server: peer not reachable yet", "to", id, "err", err)
+		wait := time.NewTimer(backoff)
 		select {
-		case <-time.After(backoff):
+		case <-wait.C:
+			backoff = min(2*backoff, s.cfg.RedialInterval)
+		case <-greeted:
+			// A peer came up, perhaps this one after a restart: its
+			// connection to us says so long before the backoff would.
+			// Until this side redials, streams route around it, so a
+			// group back at its quorum would refuse writes meanwhile.
+			wait.Stop()
+			backoff = s.redialFrom()
 		case <-ctx.Done():
+			wait.Stop()
 		}
-		backoff = min(2*backoff, s.cfg.RedialInterval)
 	}
+}
+
+// redialFrom returns the first wait before redialing a peer; each failed
+// dial doubles it, up to Config.RedialInterval.
+func (s *Server) redialFrom() time.Duration {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.firstRedial
+}
+
+// greet wakes the connect loops that wait to redial: a peer has connected
+// to this server.
+func (s *Server) greet() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	close(s.greeted)
+	s.greeted = make(chan struct{})
 }
 
 // keepalive returns when the connection to peer id has ended or must: when

@@ -61,7 +61,7 @@ func TestPipelineHook(t *testing.T) {
 			t.Errorf("%s: stage saw %d data bytes, want %d", peerID(i), n, len(data))
 		}
 	}
-	want := []string{handler.StageFrame, handler.StageRead, handler.StagePacket, handler.StageRouter, "count",
+	want := []string{handler.StageFrame, handler.StageRead, handler.StagePacket, server.StagePeerGate, handler.StageRouter, "count",
 		handler.StageWrite, handler.StageForward, handler.StageReply, handler.StageEncode}
 	mu.Lock()
 	defer mu.Unlock()

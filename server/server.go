@@ -41,6 +41,11 @@ type Server struct {
 	conns map[string]transport.Channel
 	loops map[string]context.CancelFunc // stops each peer's connect loop
 	up    chan struct{}                 // closed and replaced whenever a peer connects or the peers change
+	// greeted is closed and replaced whenever a peer connects to this
+	// server: it is running, so the connect loops waiting out a backoff
+	// dial at once (see connect).
+	greeted     chan struct{}
+	firstRedial time.Duration // see redialFrom; the tests change it
 }
 
 // Listen starts a peer: it binds the listener, starts connecting to the
@@ -80,6 +85,9 @@ func Listen(ctx context.Context, cfg Config) (*Server, error) {
 		conns: make(map[string]transport.Channel),
 		loops: make(map[string]context.CancelFunc),
 		up:    make(chan struct{}),
+
+		greeted:     make(chan struct{}),
+		firstRedial: 10 * time.Millisecond,
 
 		partials: codec.NewPartialBudget(cfg.MaxPartialBytes),
 		frames:   make(map[transport.Channel]*codec.FrameDecoder),

@@ -22,8 +22,8 @@ func (s *Server) initUpstream(ch transport.Channel) {
 		s.frames[ch] = d
 		s.fmu.Unlock()
 	}
-	if err == nil && s.cfg.AuthorizePeer != nil {
-		err = ch.Pipeline().AddBefore(handler.StageRouter, StageAuthorizePeer, &peerGate{s: s})
+	if err == nil {
+		err = ch.Pipeline().AddBefore(handler.StageRouter, StagePeerGate, &peerGate{s: s})
 	}
 	if err == nil && s.cfg.Pipeline != nil {
 		err = s.cfg.Pipeline(ch.Pipeline())
@@ -34,9 +34,9 @@ func (s *Server) initUpstream(ch transport.Channel) {
 	}
 }
 
-// peerGate asks Config.AuthorizePeer about a connection that opens with a
-// PING. The router decides on the first packet whether a connection is a
-// peer's, so the gate steps out of the pipeline after that packet.
+// peerGate meets a connection's first packet (StagePeerGate). The router
+// decides on that packet whether the connection is a peer's, so the gate
+// steps out of the pipeline after it.
 type peerGate struct {
 	s       *Server
 	refused bool
@@ -54,13 +54,16 @@ func (g *peerGate) ChannelRead(ctx *pipeline.Context, msg any) {
 		ctx.FireChannelRead(msg)
 		return
 	}
-	if p.Header.GetType() == pb.DataStreamPacketHeader_PING && !g.authorized(ctx.Pipeline().Transport()) {
-		g.refused = true
-		p.Release()
-		// Closed without a reply: any answer to a PING counts as a pong
-		// to the dialing peer.
-		_ = ctx.Close()
-		return
+	if p.Header.GetType() == pb.DataStreamPacketHeader_PING {
+		if g.s.cfg.AuthorizePeer != nil && !g.authorized(ctx.Pipeline().Transport()) {
+			g.refused = true
+			p.Release()
+			// Closed without a reply: any answer to a PING counts as a
+			// pong to the dialing peer.
+			_ = ctx.Close()
+			return
+		}
+		g.s.greet()
 	}
 	_, _ = ctx.Pipeline().Remove(ctx.Name())
 	ctx.FireChannelRead(p)
