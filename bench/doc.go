@@ -54,8 +54,9 @@
 // process-wide heap allocations (runtime.MemStats.Mallocs) in the timed
 // part divided by the packets, which allocs/op also counts but rounds; and
 // steady-allocs/packet and steady-gcs, the allocations per packet and the
-// garbage collections after the first 64 packets and before the CLOSE,
-// without the stream's fixed costs (pools filling, the commit), and the
+// garbage collections in the second half of the packets, before the CLOSE,
+// without the stream's fixed costs (the first half fills the pools up to
+// what the window keeps in flight; the commit comes after), and the
 // same part's bytes allocated and collections per GiB streamed
 // (steady-B/GiB, steady-gcs/GiB). Client
 // and servers share the process, so these count both; to see which

@@ -144,12 +144,13 @@ func benchStream(b *testing.B, kind transport.Kind, sm func(testing.TB) statemac
 	m := startMallocs(b)
 	// allocs/packet spreads the stream's fixed costs (pools filling up,
 	// the CLOSE and its commit) over b.N packets; steady-allocs/packet
-	// counts only what the process allocates while packets after the
-	// first window's worth go out, the data path's running cost, and
+	// counts only what the process allocates while the second half of
+	// the packets goes out, the data path's running cost once the pools
+	// hold what the window keeps in flight (a few windows' worth), and
 	// steady-gcs the garbage collections meanwhile; steady-B/GiB and
 	// steady-gcs/GiB are the bytes allocated and the collections per GiB
 	// streamed in that part, the garbage the data path makes.
-	warm := min(b.N/4, 64)
+	warm := b.N / 2
 	var steady runtime.MemStats
 	for i := range b.N {
 		if i == warm {
