@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -315,5 +316,52 @@ func TestReadLog(t *testing.T) {
 	}
 	if _, err := statemachine.ReadLog(filepath.Join(dir, "nothing")); !errors.Is(err, fs.ErrNotExist) {
 		t.Fatalf("ReadLog of no directory: %v", err)
+	}
+}
+
+// A large write that the disk cuts short: such a write is digested beside
+// its write(2), so the digests first take in bytes the disk then refuses.
+// They must end up covering what the file holds, so that the copy links
+// against an entry of the bytes written (with their CRC32C) and a scrub,
+// which checks the SHA-256 on record, finds it sound.
+func TestFileStoreShortLargeWrite(t *testing.T) {
+	disk := mountTmpfs(t, 2<<20)
+	dir := filepath.Join(disk, "store")
+	s := openStore(t, dir, nil)
+	// Room for the link to come, given back once the write has failed.
+	room := filepath.Join(disk, "room")
+	if err := os.WriteFile(room, make([]byte, 256<<10), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	ch, err := s.OpenStream(t.Context(), key(1), request(key(1), "big"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := make([]byte, 4<<20)
+	for i := range data {
+		data[i] = byte(i * 7)
+	}
+	n, err := ch.Write(data)
+	if !errors.Is(err, syscall.ENOSPC) || n == 0 || n >= len(data) {
+		t.Fatalf("Write of %d bytes on a 2 MiB disk = %d, %v; want a short write and ENOSPC", len(data), n, err)
+	}
+	if err := os.Remove(room); err != nil {
+		t.Fatal(err)
+	}
+	if err := ch.Close(); err != nil {
+		t.Fatal(err)
+	}
+	e := entry(1, key(1), "big", n)
+	e.Checksum, e.Checksummed = crc32.Checksum(data[:n], castagnoli), true
+	mustLink(t, s, e, ch)
+	rep, err := s.Scrub(t.Context(), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep.Checked != 1 || len(rep.Bad) != 0 {
+		t.Fatalf("scrub checked %d copies, %d bad; want 1 sound", rep.Checked, len(rep.Bad))
+	}
+	if got := readStored(t, s, "big"); got != string(data[:n]) {
+		t.Fatalf("big holds %d bytes, not the %d written", len(got), n)
 	}
 }
