@@ -22,6 +22,11 @@
 //     since counting never blocks, the peers run with
 //     server.Config.InlineWrites.
 //   - stream-netconn: the same over the net.Conn transport.
+//   - stream-raft: the same through three peer.Peers instead of bare
+//     server.Servers: a Raft group with in-memory logs, the leader first
+//     in the chain, the same counting state machine and InlineWrites. Its
+//     CLOSE is answered only once the group has committed the stream's
+//     Raft entry, as in service; the bare servers commit alone.
 //   - stream-sha256: the same as stream with statemachine.NewMemoryHashing,
 //     which hashes every byte on every peer: what a state machine that
 //     touches the data costs on top.
