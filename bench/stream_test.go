@@ -33,6 +33,9 @@ func TestMain(m *testing.M) {
 	if addr := os.Getenv(connsAddrEnv); addr != "" {
 		os.Exit(connsMain(addr)) // the clients of BenchmarkConns
 	}
+	if kind := os.Getenv(latencyClientEnv); kind != "" {
+		os.Exit(latencyClientMain(kind)) // the client of BenchmarkLatencyProcs
+	}
 	leaktest.VerifyTestMain(m)
 }
 
