@@ -85,7 +85,7 @@ func BenchmarkCommitPath(b *testing.B) {
 				}
 			})
 			b.Run("stream", func(b *testing.B) {
-				g := startPeerGroup(b, store.onDisk, func() statemachine.StateMachine { return nullStore{} })
+				g := startPeerGroup(b, store.onDisk, func() statemachine.StateMachine { return nullStore{} }, nil)
 				leader := g.leader(b)
 				route := []string{leader}
 				for _, m := range g.members {

@@ -22,6 +22,11 @@
 //     since counting never blocks, the peers run with
 //     server.Config.InlineWrites.
 //   - stream-netconn: the same over the net.Conn transport.
+//   - stream-raft: the same through three peer.Peers instead of bare
+//     server.Servers: a Raft group with in-memory logs, the leader first
+//     in the chain, the same counting state machine and InlineWrites. Its
+//     CLOSE is answered only once the group has committed the stream's
+//     Raft entry, as in service; the bare servers commit alone.
 //   - stream-sha256: the same as stream with statemachine.NewMemoryHashing,
 //     which hashes every byte on every peer: what a state machine that
 //     touches the data costs on top.
@@ -71,7 +76,9 @@
 // BenchmarkMatrix covers topologies, packet sizes, stream counts and state
 // machines; BenchmarkLatency times a 4 KiB SYNC write against a raw TCP
 // ping-pong and a grpc-go bidi-stream chain, both run alone in a child
-// process (BenchmarkAlone); BenchmarkCommitPath compares streaming with
+// process (BenchmarkAlone), and BenchmarkLatencyProcs (only with
+// -latency.procs) times the same write with every peer and the client a
+// process of its own; BenchmarkCommitPath compares streaming with
 // the Raft log; BenchmarkConns (only when -bench names it) opens 10,000
 // client connections to one peer. bench/report.sh runs the ones the
 // issue's goals name and prints each goal with its ratio.

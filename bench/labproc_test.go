@@ -176,6 +176,9 @@ type labProc struct {
 	lines chan string // stdout, line by line; closed at its end
 	mu    sync.Mutex
 	err   strings.Builder // stderr
+	// stop ends the process as the benchmark's end would, at once; it
+	// does nothing the second time.
+	stop func()
 }
 
 // startLabProc starts cmd with env added and stops it at the benchmark's
@@ -207,7 +210,7 @@ func startLabProc(b *testing.B, name string, cmd *exec.Cmd, interrupt bool, env 
 		}
 		close(p.lines)
 	}()
-	b.Cleanup(func() {
+	p.stop = sync.OnceFunc(func() {
 		p.in.Close()
 		if interrupt {
 			_ = cmd.Process.Signal(os.Interrupt)
@@ -224,6 +227,7 @@ func startLabProc(b *testing.B, name string, cmd *exec.Cmd, interrupt bool, env 
 			<-exited
 		}
 	})
+	b.Cleanup(p.stop)
 	return p
 }
 
@@ -247,21 +251,27 @@ func (p *labProc) waitLine(s string) (string, error) {
 	}
 }
 
-// do sends a client command and waits for its answer.
+// do sends a client command and waits for its answer, "ok".
 func (p *labProc) do(cmd string) error {
+	line, err := p.ask(cmd)
+	if err == nil && line != "ok" {
+		err = fmt.Errorf("%s: %s: %s", p.name, cmd, line)
+	}
+	return err
+}
+
+// ask sends a client command and returns the line that answers it.
+func (p *labProc) ask(cmd string) (string, error) {
 	if _, err := fmt.Fprintln(p.in, cmd); err != nil {
-		return err
+		return "", err
 	}
 	line, ok := <-p.lines
-	switch {
-	case !ok:
+	if !ok {
 		p.mu.Lock()
 		defer p.mu.Unlock()
-		return fmt.Errorf("%s exited\n--- stderr\n%s", p.name, p.err.String())
-	case line != "ok":
-		return fmt.Errorf("%s: %s: %s", p.name, cmd, line)
+		return "", fmt.Errorf("%s exited\n--- stderr\n%s", p.name, p.err.String())
 	}
-	return nil
+	return line, nil
 }
 
 type writerFunc func([]byte) (int, error)

@@ -168,8 +168,9 @@ type peerGroup struct {
 
 // startPeerGroup starts full peers, each with a DataDir under a temporary
 // directory if onDisk (raft-boltdb and a FileStore), or in memory with the
-// state machine newSM returns, and waits until they are ready.
-func startPeerGroup(b *testing.B, onDisk bool, newSM func() statemachine.StateMachine, opts ...datastream.Option) *peerGroup {
+// state machine newSM returns, and waits until they are ready. tune, if
+// set, changes each peer's configuration last.
+func startPeerGroup(b *testing.B, onDisk bool, newSM func() statemachine.StateMachine, tune func(*peer.Config), opts ...datastream.Option) *peerGroup {
 	b.Helper()
 	b.TempDir() // see startRaftGroup
 	g := &peerGroup{}
@@ -199,6 +200,9 @@ func startPeerGroup(b *testing.B, onDisk bool, newSM func() statemachine.StateMa
 			cfg.DataDir = b.TempDir()
 		} else {
 			cfg.StateMachine = newSM()
+		}
+		if tune != nil {
+			tune(&cfg)
 		}
 		p, err := peer.New(ctx, cfg)
 		if err != nil {

@@ -62,7 +62,7 @@ bench() { # regexp [flags...]
 # that a spell of load falls on all of them alike.
 for ((i = 1; i <= count; i++)); do
 	echo "report.sh: round $i of $count" >&2
-	bench 'Chain/(relay|grpc|stream|stream-netconn)$' -test.benchtime "${chain_packets}x"
+	bench 'Chain/(relay|grpc|stream|stream-netconn|stream-raft)$' -test.benchtime "${chain_packets}x"
 	bench 'Chain/(relay-file|stream-file)$' -test.benchtime "${file_packets}x"
 	bench 'Chain/stream-(64KiB|4KiB)$'
 	bench 'Matrix/topo=chain/packet=(4KiB|64KiB)/streams=1/sm=mem/transport=gnet$'
@@ -202,6 +202,7 @@ $(row "chain, 64 KiB packets, gnet, vs relay: WriteAsync" "stream MB/s (Matrix, 
 $(row "chain, 4 KiB packets, gnet, vs relay: Send" "stream MB/s (Chain/stream-4KiB)" "$(num %.0f "$(med $c/stream-4KiB MB/s)")" "$(med $c/stream-4KiB vs-relay)" ge 0.5)
 $(row "chain, 4 KiB packets, gnet, vs relay: WriteAsync" "stream MB/s (Matrix, which copies)" "$(num %.0f "$(med $m4 MB/s)")" "$(med $m4 vs-relay)" ge 0.5)
 $(row "chain, 1 MiB packets, gnet, vs relay (first round)" "stream MB/s" "$(num %.0f "$g_mbs")" "$g_vs" ge 0.8)
+$(row "chain, 1 MiB packets, with Raft commit (full peers), vs relay" "stream MB/s (Chain/stream-raft)" "$(num %.0f "$(med $c/stream-raft MB/s)")" "$(med $c/stream-raft vs-relay)" ge 0.85)
 $(row "chain, 1 MiB packets, gnet vs a grpc-go chain" "stream MB/s; grpc-go MB/s (ratio of medians)" "$(num %.0f "$g_mbs"); $(num %.0f "$(med $c/grpc MB/s)")" "$(ratio "$g_mbs" "$(med $c/grpc MB/s)")")
 $(row "FileStore chain vs a relay writing files" "stream-file MB/s; relay-file MB/s (its own runs)" "$(num %.0f "$(med $c/stream-file MB/s)"); $(num %.0f "$(med $c/relay-file MB/s)")" "$(med $c/stream-file vs-relay)" ge 0.8)
 $(row "garbage per GiB in steady state, gnet" "MiB allocated per GiB streamed, in the ratio column too; GCs per GiB" "$(num %.3f "$(ratio "$g_gib" 1048576)"); $(num %.2f "$g_gcs")" "$(ratio "$g_gib" 1048576)" le 1)

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"runtime"
+	"slices"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -18,6 +19,7 @@ import (
 	"github.com/pipestream/pipestream/group"
 	"github.com/pipestream/pipestream/internal/leaktest"
 	"github.com/pipestream/pipestream/metrics"
+	"github.com/pipestream/pipestream/peer"
 	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
 	"github.com/pipestream/pipestream/server"
 	"github.com/pipestream/pipestream/statemachine"
@@ -30,6 +32,9 @@ func TestMain(m *testing.M) {
 	}
 	if addr := os.Getenv(connsAddrEnv); addr != "" {
 		os.Exit(connsMain(addr)) // the clients of BenchmarkConns
+	}
+	if kind := os.Getenv(latencyClientEnv); kind != "" {
+		os.Exit(latencyClientMain(kind)) // the client of BenchmarkLatencyProcs
 	}
 	leaktest.VerifyTestMain(m)
 }
@@ -64,26 +69,36 @@ func BenchmarkChain(b *testing.B) {
 		files bool
 		// packet is the packet size, packetSize unless set.
 		packet int
+		// raft: full peer.Peers that commit the CLOSE through Raft
+		// instead of bare server.Servers that commit it alone.
+		raft bool
 	}{
-		{"stream", transport.Gnet, counting, nil, false, false, 0},
-		{"stream-netconn", transport.NetConn, counting, nil, false, false, 0},
-		{"stream-sha256", transport.Gnet, func(testing.TB) statemachine.StateMachine { return statemachine.NewMemoryHashing() }, nil, false, false, 0},
+		{"stream", transport.Gnet, counting, nil, false, false, 0, false},
+		{"stream-netconn", transport.NetConn, counting, nil, false, false, 0, false},
+		{"stream-sha256", transport.Gnet, func(testing.TB) statemachine.StateMachine { return statemachine.NewMemoryHashing() }, nil, false, false, 0, false},
 		// A FileStore on every peer: a write, a SHA-256 and, on CLOSE, an
 		// fsync per peer, against relay-file's write and fsync per peer.
-		{"stream-file", transport.Gnet, fileStore, nil, false, true, 0},
+		{"stream-file", transport.Gnet, fileStore, nil, false, true, 0, false},
 		// What end-to-end checksums cost: the same stream without them.
-		{"stream-nochecksum", transport.Gnet, counting, []datastream.Option{datastream.WithChecksums(false)}, false, false, 0},
+		{"stream-nochecksum", transport.Gnet, counting, []datastream.Option{datastream.WithChecksums(false)}, false, false, 0, false},
 		// What the events hook costs: the stream with every peer's
 		// server.Config.Events set to a metrics.Metrics.
-		{"stream-events", transport.Gnet, counting, nil, true, false, 0},
+		{"stream-events", transport.Gnet, counting, nil, true, false, 0, false},
 		// Smaller packets, each against a relay whose client writes
 		// packets of the same size.
-		{"stream-64KiB", transport.Gnet, counting, nil, false, false, 64 << 10},
-		{"stream-4KiB", transport.Gnet, counting, nil, false, false, 4 << 10},
+		{"stream-64KiB", transport.Gnet, counting, nil, false, false, 64 << 10, false},
+		{"stream-4KiB", transport.Gnet, counting, nil, false, false, 4 << 10, false},
+		// What the commit of a real group costs: stream through three
+		// peer.Peers, its CLOSE committed by a Raft entry.
+		{"stream-raft", transport.Gnet, counting, nil, false, false, 0, true},
 	} {
 		b.Run(v.name, func(b *testing.B) {
 			size := cmp.Or(v.packet, packetSize)
-			benchStream(b, v.kind, v.sm, v.events, size, v.opts...)
+			if v.raft {
+				benchStreamRaft(b, v.kind, v.sm, size, v.opts...)
+			} else {
+				benchStream(b, v.kind, v.sm, v.events, size, v.opts...)
+			}
 			var relay time.Duration
 			if size == packetSize {
 				relay = relayTime(b, b.N, v.files)
@@ -96,7 +111,7 @@ func BenchmarkChain(b *testing.B) {
 }
 
 // benchStream writes b.N packets on one stream through a chain of three
-// peers and closes it.
+// server.Servers, each committing alone, and closes it (sendStream).
 // With events, each peer's server.Config.Events is a metrics.Metrics, and
 // each must have counted every packet written.
 func benchStream(b *testing.B, kind transport.Kind, sm func(testing.TB) statemachine.StateMachine, events bool, size int, opts ...datastream.Option) {
@@ -111,6 +126,61 @@ func benchStream(b *testing.B, kind transport.Kind, sm func(testing.TB) statemac
 		})
 	}
 	peers, sms := startChain(b, kind, sm, tune...)
+	sendStream(b, kind, peers, sms, size, opts...)
+	for i, reg := range regs {
+		if reg == nil {
+			continue
+		}
+		// b.N data packets and the CLOSE.
+		if got := writtenPackets(b, reg); got != float64(b.N+1) {
+			b.Fatalf("%s: events counted %v packets written, want %d", peers[i].ID, got, b.N+1)
+		}
+	}
+}
+
+// benchStreamRaft is benchStream through a Raft group of three
+// peer.Peers (in-memory Raft logs, the state machines sm returns), the
+// leader first, so that the CLOSE's reply waits for a Raft entry committed
+// by the group as well as for every peer's copy.
+func benchStreamRaft(b *testing.B, kind transport.Kind, sm func(testing.TB) statemachine.StateMachine, size int, opts ...datastream.Option) {
+	var sms []statemachine.StateMachine
+	g := startPeerGroup(b, false, func() statemachine.StateMachine {
+		s := sm(b)
+		sms = append(sms, s)
+		return s
+	}, func(c *peer.Config) {
+		c.Transport = kind
+		c.InlineWrites = writesInline(c.StateMachine)
+	})
+	// The leader first, as BenchmarkCommitPath routes: its commit is then
+	// applied where the CLOSE arrives.
+	id := g.leader(b)
+	leader := slices.IndexFunc(g.members, func(m group.Member) bool { return m.ID == id })
+	peers := append(slices.Clone(g.members[leader:]), g.members[:leader]...)
+	sms = append(slices.Clone(sms[leader:]), sms[:leader]...)
+	// The leader's state machine links the stream before the CLOSE is
+	// answered; the followers' link it when their Raft logs apply the
+	// entry, a moment later, waited for here with the timer stopped.
+	sendStream(b, kind, peers, sms[:1], size, opts...)
+	want := uint64(b.N) * uint64(size)
+	deadline := time.Now().Add(patience)
+	for i, sm := range sms {
+		n, ok := sm.(*countingSM)
+		for ok && n.linked.Load() != want {
+			if time.Now().After(deadline) {
+				b.Fatalf("%s linked %d bytes within %v, want %d", peers[i].ID, n.linked.Load(), patience, want)
+			}
+			time.Sleep(time.Millisecond)
+		}
+	}
+}
+
+// sendStream writes b.N packets on one stream through peers, a chain in
+// their order, and closes it: the timed part of every BenchmarkChain
+// stream variant. sms are the state machines of the first peers, which
+// must have linked every byte once the CLOSE is answered.
+func sendStream(b *testing.B, kind transport.Kind, peers []group.Member, sms []statemachine.StateMachine, size int, opts ...datastream.Option) {
+	b.Helper()
 	opts = append([]datastream.Option{datastream.WithTransport(kind), datastream.WithLogger(discardLogger())}, opts...)
 	c, err := datastream.NewClient(peers, opts...)
 	if err != nil {
@@ -181,15 +251,6 @@ func benchStream(b *testing.B, kind transport.Kind, sm func(testing.TB) statemac
 	for i, sm := range sms {
 		if n, ok := sm.(*countingSM); ok && n.linked.Load() != want {
 			b.Fatalf("%s linked %d bytes, want %d", peers[i].ID, n.linked.Load(), want)
-		}
-	}
-	for i, reg := range regs {
-		if reg == nil {
-			continue
-		}
-		// b.N data packets and the CLOSE.
-		if got := writtenPackets(b, reg); got != float64(b.N+1) {
-			b.Fatalf("%s: events counted %v packets written, want %d", peers[i].ID, got, b.N+1)
 		}
 	}
 }
