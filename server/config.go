@@ -31,6 +31,12 @@ var (
 // once the peers it has lost instead of waiting out its backoff.
 const StagePeerGate = "peer-gate"
 
+// StageAuthorizePeer is the stage's former name.
+//
+// Deprecated: Use StagePeerGate; the stage is there with or without
+// Config.AuthorizePeer.
+const StageAuthorizePeer = StagePeerGate
+
 // DefaultPeerOutbound bounds the bytes queued on a connection to a
 // successor.
 const DefaultPeerOutbound = 512 << 20

@@ -56,7 +56,10 @@ func (s *Server) SetPeers(peers []group.Member) {
 		delete(s.addrs, s.cfg.ID)
 	}
 	for id, addr := range next {
-		s.addrs[id] = addr
+		if s.addrs[id] != addr {
+			s.addrs[id] = addr
+			s.redialLocked()
+		}
 		s.startConnect(id)
 	}
 	close(s.up) // WaitPeers looks again
@@ -82,7 +85,10 @@ func (s *Server) PeerConnected(id string) bool {
 func (s *Server) SetPeerAddr(id, addr string) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.addrs[id] = addr
+	if s.addrs[id] != addr {
+		s.addrs[id] = addr
+		s.redialLocked() // a loop waiting to redial the old one
+	}
 }
 
 // successor is the handler.PeerDialer: the live connection to id, or an
@@ -129,9 +135,9 @@ func (s *Server) connect(ctx context.Context, id string) {
 	for ctx.Err() == nil {
 		s.mu.Lock()
 		addr := s.addrs[id]
-		// Taken before the dial: a greeting while it fails must still
+		// Taken before the dial: a wake-up while it fails must still
 		// cut the wait after it.
-		greeted := s.greeted
+		redial := s.redial
 		s.mu.Unlock()
 		var (
 			ch    transport.Channel
@@ -173,13 +179,14 @@ func (s *Server) connect(ctx context.Context, id string) {
 		select {
 		case <-wait.C:
 			backoff = min(2*backoff, s.cfg.RedialInterval)
-		case <-greeted:
-			// A peer came up, perhaps this one after a restart: its
-			// connection to us says so long before the backoff would.
-			// Until this side redials, streams route around it, so a
-			// group back at its quorum would refuse writes meanwhile.
+		case <-redial:
+			// A peer came up, perhaps this one after a restart (its
+			// connection to us says so long before the backoff would),
+			// or its address changed. Until this side redials, streams
+			// route around it, so a group back at its quorum would
+			// refuse writes meanwhile. The backoff stays: a peer that
+			// keeps coming and going is not redialed ever faster.
 			wait.Stop()
-			backoff = s.redialFrom()
 		case <-ctx.Done():
 			wait.Stop()
 		}
@@ -199,8 +206,14 @@ func (s *Server) redialFrom() time.Duration {
 func (s *Server) greet() {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	close(s.greeted)
-	s.greeted = make(chan struct{})
+	s.redialLocked()
+}
+
+// redialLocked makes the connect loops waiting out a backoff dial now.
+// s.mu is held.
+func (s *Server) redialLocked() {
+	close(s.redial)
+	s.redial = make(chan struct{})
 }
 
 // keepalive returns when the connection to peer id has ended or must: when

@@ -3,10 +3,12 @@ package server_test
 import (
 	"context"
 	"log/slog"
+	"slices"
 	"sync/atomic"
 	"testing"
 	"time"
 
+	"github.com/pipestream/pipestream/internal/grouptest"
 	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
 	"github.com/pipestream/pipestream/server"
 	"github.com/pipestream/pipestream/transport"
@@ -14,10 +16,11 @@ import (
 
 // TestRestartedPeerIsRedialedAtOnce: a peer that restarts connects to the
 // others, and that connection must make them redial it at once rather
-// than when their backoff ends. Until they do, their streams route around
-// it, and a group that the restart brought back to its write quorum would
-// go on refusing writes. The survivor's backoff here is an hour, so only
-// the greeting can bring the two together within the test's wait.
+// than when their backoff ends; so must learning its new address. Until
+// they redial, their streams route around it, and a group that the
+// restart brought back to its write quorum would go on refusing writes.
+// The survivor's backoff here is an hour, so only these wake-ups can
+// bring the two together within the test's waits.
 func TestRestartedPeerIsRedialedAtOnce(t *testing.T) {
 	onEachTransport(t, func(t *testing.T, kind transport.Kind) {
 		failed := new(dialFailures)
@@ -28,18 +31,33 @@ func TestRestartedPeerIsRedialedAtOnce(t *testing.T) {
 			}
 		}}
 		g := startGroup(t, 2, o)
-		a := g.servers[0]
+		a, b := g.servers[0], g.peers[1].ID
 		server.SetFirstRedial(a, time.Hour)
 		before := failed.n.Load()
 		g.kill(t, 1)
 		// a has lost b, tried to redial it and failed: it now waits out
 		// its backoff.
 		waitFor(t, 10*time.Second, "a failed redial of the stopped peer", func() bool { return failed.n.Load() > before })
-		if a.PeerConnected(g.peers[1].ID) {
-			t.Fatalf("%s still connected to the stopped %s", a.ID(), g.peers[1].ID)
+		if a.PeerConnected(b) {
+			t.Fatalf("%s still connected to the stopped %s", a.ID(), b)
 		}
-		// restart waits, bounded, until every server reaches every other.
-		g.restart(t, 1, o)
+
+		// b comes back on a new port, which a does not know yet. Its
+		// connection to a wakes a's loop, which redials the old address
+		// and fails again.
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		before = failed.n.Load()
+		cfg := grouptest.ServerConfig(1, slices.Clone(g.peers), o.options())
+		g.servers[1], g.sms[1] = grouptest.ListenServer(t, ctx, cfg), cfg.StateMachine
+		g.peers[1].StreamAddr = g.servers[1].Addr().String()
+		waitFor(t, 10*time.Second, "a redial woken by the restarted peer's connection", func() bool { return failed.n.Load() > before })
+		if a.PeerConnected(b) {
+			t.Fatalf("%s reached %s at an address it was never told", a.ID(), b)
+		}
+		// Told the new address, a dials it at once.
+		a.SetPeerAddr(b, g.peers[1].StreamAddr)
+		grouptest.WaitServers(t, ctx, g.servers)
 		// Both hold the next stream: the write quorum of two is met.
 		g.commitsEventually(t, g.client(t), pb.Chain(g.ids()...), func(error) bool { return false })
 	})

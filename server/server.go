@@ -41,10 +41,10 @@ type Server struct {
 	conns map[string]transport.Channel
 	loops map[string]context.CancelFunc // stops each peer's connect loop
 	up    chan struct{}                 // closed and replaced whenever a peer connects or the peers change
-	// greeted is closed and replaced whenever a peer connects to this
-	// server: it is running, so the connect loops waiting out a backoff
-	// dial at once (see connect).
-	greeted     chan struct{}
+	// redial is closed and replaced whenever a peer connects to this
+	// server (it is running) or a peer's address changes, so that the
+	// connect loops waiting out a backoff dial at once (see connect).
+	redial      chan struct{}
 	firstRedial time.Duration // see redialFrom; the tests change it
 }
 
@@ -86,7 +86,7 @@ func Listen(ctx context.Context, cfg Config) (*Server, error) {
 		loops: make(map[string]context.CancelFunc),
 		up:    make(chan struct{}),
 
-		greeted:     make(chan struct{}),
+		redial:      make(chan struct{}),
 		firstRedial: 10 * time.Millisecond,
 
 		partials: codec.NewPartialBudget(cfg.MaxPartialBytes),
