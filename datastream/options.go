@@ -21,8 +21,10 @@ const (
 	DefaultWindowBytes   = 16 << 20
 	DefaultWindowPackets = 1024
 	// DefaultMaxOutstanding and DefaultMaxOutstandingBytes bound the
-	// packets in flight over all of a client's streams.
-	DefaultMaxOutstanding      = 1024
+	// packets in flight over all of a client's streams: four streams'
+	// packet windows, so that one stream of small packets does not hold
+	// every slot while the client's other streams wait.
+	DefaultMaxOutstanding      = 4096
 	DefaultMaxOutstandingBytes = 128 << 20
 	// DefaultPacketSize is the packet size of WriteFile and Writer.
 	DefaultPacketSize = 1 << 20
