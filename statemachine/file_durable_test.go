@@ -319,11 +319,12 @@ func TestReadLog(t *testing.T) {
 	}
 }
 
-// A large write that the disk cuts short: such a write is digested beside
-// its write(2), so the digests first take in bytes the disk then refuses.
-// They must end up covering what the file holds, so that the copy links
-// against an entry of the bytes written (with their CRC32C) and a scrub,
-// which checks the SHA-256 on record, finds it sound.
+// A large write that the disk cuts short: the digests must cover what the
+// file holds, not what the write was given, so that the copy links against
+// an entry of the bytes written (with their CRC32C) and a scrub, which
+// checks the SHA-256 on record, finds it sound. It guards the digests
+// against a change such as hashing a write beside its write(2), which
+// takes in bytes before the disk refuses them.
 func TestFileStoreShortLargeWrite(t *testing.T) {
 	disk := mountTmpfs(t, 2<<20)
 	dir := filepath.Join(disk, "store")
