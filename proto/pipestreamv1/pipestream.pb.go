@@ -114,6 +114,11 @@ const (
 	// takes. It would answer from a state that may hold an older version of
 	// a name; another peer may serve the read.
 	ErrorCode_NOT_CAUGHT_UP ErrorCode = 21
+	// A RESUME of a stream this peer no longer holds because its entry is
+	// committed (and, here, linked): a primary that failed committed it
+	// before its reply reached the client. The reply's body is a
+	// RaftClientReply whose log_index and term are the entry's.
+	ErrorCode_ALREADY_COMMITTED ErrorCode = 22
 )
 
 // Enum value maps for ErrorCode.
@@ -141,30 +146,32 @@ var (
 		19: "OUT_OF_RANGE",
 		20: "NOT_ENOUGH_PEERS",
 		21: "NOT_CAUGHT_UP",
+		22: "ALREADY_COMMITTED",
 	}
 	ErrorCode_value = map[string]int32{
-		"ERROR_NONE":       0,
-		"UNKNOWN_STREAM":   1,
-		"DUPLICATE_HEADER": 2,
-		"OFFSET_MISMATCH":  3,
-		"BAD_HEADER":       4,
-		"BAD_ROUTING":      5,
-		"STATE_MACHINE":    6,
-		"SUCCESSOR_FAILED": 7,
-		"TIMEOUT":          8,
-		"COMMIT_FAILED":    9,
-		"NOT_LEADER":       10,
-		"LIMIT_EXCEEDED":   11,
-		"FORBIDDEN":        12,
-		"CANCELLED":        13,
-		"GROUP_MISMATCH":   14,
-		"INTERNAL":         15,
-		"CHECKSUM":         16,
-		"NOT_FOUND":        17,
-		"MISSING":          18,
-		"OUT_OF_RANGE":     19,
-		"NOT_ENOUGH_PEERS": 20,
-		"NOT_CAUGHT_UP":    21,
+		"ERROR_NONE":        0,
+		"UNKNOWN_STREAM":    1,
+		"DUPLICATE_HEADER":  2,
+		"OFFSET_MISMATCH":   3,
+		"BAD_HEADER":        4,
+		"BAD_ROUTING":       5,
+		"STATE_MACHINE":     6,
+		"SUCCESSOR_FAILED":  7,
+		"TIMEOUT":           8,
+		"COMMIT_FAILED":     9,
+		"NOT_LEADER":        10,
+		"LIMIT_EXCEEDED":    11,
+		"FORBIDDEN":         12,
+		"CANCELLED":         13,
+		"GROUP_MISMATCH":    14,
+		"INTERNAL":          15,
+		"CHECKSUM":          16,
+		"NOT_FOUND":         17,
+		"MISSING":           18,
+		"OUT_OF_RANGE":      19,
+		"NOT_ENOUGH_PEERS":  20,
+		"NOT_CAUGHT_UP":     21,
+		"ALREADY_COMMITTED": 22,
 	}
 )
 
@@ -1773,7 +1780,7 @@ const file_pipestream_proto_rawDesc = "" +
 	"\x06crc32c\x18\x06 \x01(\aH\x00R\x06crc32c\x88\x01\x01\x12\x18\n" +
 	"\aholders\x18\a \x03(\tR\aholders\x12\x14\n" +
 	"\x05epoch\x18\b \x01(\x04R\x05epochB\t\n" +
-	"\a_crc32c*\x8d\x03\n" +
+	"\a_crc32c*\xa4\x03\n" +
 	"\tErrorCode\x12\x0e\n" +
 	"\n" +
 	"ERROR_NONE\x10\x00\x12\x12\n" +
@@ -1800,7 +1807,8 @@ const file_pipestream_proto_rawDesc = "" +
 	"\aMISSING\x10\x12\x12\x10\n" +
 	"\fOUT_OF_RANGE\x10\x13\x12\x14\n" +
 	"\x10NOT_ENOUGH_PEERS\x10\x14\x12\x11\n" +
-	"\rNOT_CAUGHT_UP\x10\x15B5Z3github.com/pipestream/pipestream/proto/pipestreamv1b\x06proto3"
+	"\rNOT_CAUGHT_UP\x10\x15\x12\x15\n" +
+	"\x11ALREADY_COMMITTED\x10\x16B5Z3github.com/pipestream/pipestream/proto/pipestreamv1b\x06proto3"
 
 var (
 	file_pipestream_proto_rawDescOnce sync.Once
