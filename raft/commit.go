@@ -126,6 +126,15 @@ func (n *Node) Committed(key statemachine.StreamKey) (uint64, bool) {
 	return c.index, ok
 }
 
+// CommittedEntry implements statemachine.TermChecker: Committed, with the
+// entry's term.
+func (n *Node) CommittedEntry(key statemachine.StreamKey) (index, term uint64, ok bool) {
+	n.fsm.mu.Lock()
+	defer n.fsm.mu.Unlock()
+	c, ok := n.fsm.keys[key]
+	return c.index, c.term, ok
+}
+
 // CaughtUp reports whether this peer's FSM has applied every stream entry
 // the group had committed when it asked, and false while no leader is
 // known. The leader answers after a barrier, which its FSM passes only
@@ -422,3 +431,5 @@ func (n *Node) failure(s statemachine.StreamInfo, code pb.ErrorCode, hint string
 	rep.LeaderHint = hint
 	return rep, err
 }
+
+var _ statemachine.TermChecker = (*Node)(nil)

@@ -19,6 +19,14 @@ func (s *FileStore) Committed(key StreamKey) (uint64, bool) {
 	return sf.Index, ok
 }
 
+// CommittedEntry implements TermChecker: Committed, with the entry's term.
+func (s *FileStore) CommittedEntry(key StreamKey) (index, term uint64, ok bool) {
+	s.mu.RLock()
+	defer s.mu.RUnlock()
+	sf, ok := s.byKey[key]
+	return sf.Index, sf.Term, ok
+}
+
 // Missing returns the number of names whose newest committed entry has no
 // copy on this peer (StoredFile.Missing).
 func (s *FileStore) Missing() int {
@@ -98,3 +106,5 @@ func (s *FileStore) Open(name string) (*os.File, error) {
 	}
 	return s.root.Open(filepath.Join(dataDir, sf.Name))
 }
+
+var _ TermChecker = (*FileStore)(nil)

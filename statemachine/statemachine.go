@@ -158,6 +158,17 @@ type KeyChecker interface {
 	Committed(key StreamKey) (index uint64, ok bool)
 }
 
+// TermChecker is a KeyChecker that also knows the term of the entry it
+// remembers, so that a peer can tell a client that resumes a committed
+// stream the whole of its RaftClientReply. raft.Node and FileStore
+// implement it.
+type TermChecker interface {
+	KeyChecker
+	// CommittedEntry reports whether key was committed, and at which
+	// index and term.
+	CommittedEntry(key StreamKey) (index, term uint64, ok bool)
+}
+
 // Freshness is a Committer that knows whether this peer's state machine
 // is up to date with its group. While Fresh reports false (the peer has
 // just started, or a new leader was elected, and it has not yet caught
