@@ -277,6 +277,21 @@ func (r *Router) resume(up *pipeline.Pipeline, p *Packet, primary bool) (*Stream
 	if st := s.parked(p.Key()); st != nil {
 		return nil, st.resumeParked(up, p, primary), true
 	}
+	if index, term, ok := s.committedEntry(p.Key()); ok {
+		// Linked and dropped here: the primary that failed committed
+		// it before its reply reached whoever resumes it. That is the
+		// answer, at any offset: a committed key is never reopened.
+		e := errorf(pb.ErrorCode_ALREADY_COMMITTED, "stream %v was committed at index %d", p.Key(), index)
+		reply := newReply(p.Header)
+		reply.hdr.ErrorCode, reply.hdr.ErrorMessage, reply.hdr.ServerId = e.Code, e.Message, s.cfg.ID
+		reply.Body = &pb.RaftClientReply{
+			ClientId: p.req.GetClientId(), CallId: p.req.GetCallId(), ServerId: s.cfg.ID,
+			ErrorCode: e.Code, ErrorMessage: e.Message, LogIndex: index, Term: term,
+		}
+		writeReply(up, reply)
+		_ = up.Flush()
+		return nil, answered, true
+	}
 	if p.Header.GetStreamOffset() == 0 {
 		return nil, nil, false
 	}

@@ -129,16 +129,30 @@ func (s *Streams) add(st *Stream) *pb.Error {
 		// committer's memory, link nothing) and call the new bytes
 		// committed: a stream id is used once. The committer remembers
 		// recent keys, a durable state machine every key it linked.
-		for _, c := range []any{s.commitHook(), s.cfg.StateMachine} {
-			if kc, ok := c.(statemachine.KeyChecker); ok {
-				if idx, done := kc.Committed(st.Key); done {
-					return errorf(pb.ErrorCode_DUPLICATE_HEADER, "stream %v was committed at index %d; a stream id may be used once", st.Key, idx)
-				}
-			}
+		if idx, _, done := s.committedEntry(st.Key); done {
+			return errorf(pb.ErrorCode_DUPLICATE_HEADER, "stream %v was committed at index %d; a stream id may be used once", st.Key, idx)
 		}
 	}
 	s.active[st.Key] = st
 	return nil
+}
+
+// committedEntry reports whether the committer or the state machine
+// remembers an entry committed for k, and its index and term (0 from a
+// KeyChecker that is not a TermChecker).
+func (s *Streams) committedEntry(k StreamKey) (index, term uint64, ok bool) {
+	for _, c := range []any{s.commitHook(), s.cfg.StateMachine} {
+		if tc, is := c.(statemachine.TermChecker); is {
+			if index, term, ok = tc.CommittedEntry(k); ok {
+				return index, term, true
+			}
+		} else if kc, is := c.(statemachine.KeyChecker); is {
+			if index, ok = kc.Committed(k); ok {
+				return index, 0, true
+			}
+		}
+	}
+	return 0, 0, false
 }
 
 func (s *Streams) remove(st *Stream) {

@@ -1,0 +1,81 @@
+package server_test
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/pipestream/pipestream/buffer/buffertest"
+	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
+	"github.com/pipestream/pipestream/statemachine"
+)
+
+// A client whose primary committed its stream and then failed resumes the
+// stream on a peer that has linked the entry and dropped it: the peer
+// answers ALREADY_COMMITTED with the entry's index and term in the body,
+// not UNKNOWN_STREAM. A stream that never committed still gets
+// UNKNOWN_STREAM.
+func TestResumeOfCommittedStream(t *testing.T) {
+	buffertest.Check(t)
+	g := startGroup(t, 3, groupOpts{sm: func(int) statemachine.StateMachine {
+		fs, err := statemachine.NewFileStore(t.TempDir(), statemachine.WithLogger(quietLogger()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { fs.Close() })
+		return fs
+	}})
+	lc := &laggingCommitter{peers: g.servers, keys: map[statemachine.StreamKey]uint64{}}
+	for _, s := range g.servers {
+		s.SetCommitter(lc)
+	}
+	a, b, c := g.peers[0], g.peers[1], g.peers[2]
+	table := pb.Chain(a.ID, b.ID, c.ID)
+	r := dialRaw(t, a.StreamAddr)
+	// Two streams, so that the index the answer names is not 1 by chance.
+	for id := uint64(1); id <= 2; id++ {
+		r.header(id, r.request(id, a.ID, table))
+		r.expect("header", id, 0, pb.ErrorCode_ERROR_NONE)
+		r.data(id, 0, []byte("committed"), pb.DataStreamPacketHeader_CLOSE)
+		r.expect("close", id, 0, pb.ErrorCode_ERROR_NONE)
+	}
+	lc.release(t) // b and c link both entries and drop the streams
+	for i, s := range g.servers {
+		if n := s.Streams().Pending(); n != 0 {
+			t.Fatalf("%s: %d streams still wait for their entry", g.peers[i].ID, n)
+		}
+	}
+
+	// A raw client resumes on b, as a client's failover would.
+	rb := dialRaw(t, b.StreamAddr)
+	rb.client = r.client
+	resume := func(id, at uint64) (*pb.DataStreamReplyHeader, *pb.RaftClientReply) {
+		t.Helper()
+		body, err := protoMarshal(rb.request(id, b.ID, pb.Chain(b.ID, c.ID)))
+		if err != nil {
+			t.Fatal(err)
+		}
+		rb.sendFrame(&pb.DataStreamPacketHeader{
+			ClientId: rb.client, Type: pb.DataStreamPacketHeader_STREAM_HEADER, StreamId: id,
+			StreamOffset: at, DataLength: uint64(len(body)), Options: uint32(pb.DataStreamPacketHeader_RESUME), Epoch: 1,
+		}, body)
+		return rb.reply()
+	}
+	for _, at := range []uint64{4, 0} {
+		h, rcr := resume(2, at)
+		if h.GetSuccess() || h.GetErrorCode() != pb.ErrorCode_ALREADY_COMMITTED {
+			t.Fatalf("resume at %d of a committed stream: %v, want ALREADY_COMMITTED", at, h)
+		}
+		if !strings.Contains(h.GetErrorMessage(), "index 2") {
+			t.Errorf("resume at %d: message %q does not name index 2", at, h.GetErrorMessage())
+		}
+		if rcr.GetLogIndex() != 2 || rcr.GetTerm() != 1 || rcr.GetSuccess() || rcr.GetErrorCode() != pb.ErrorCode_ALREADY_COMMITTED || rcr.GetCallId() != 2 {
+			t.Errorf("resume at %d: body %v, want the entry's index 2 and term 1", at, rcr)
+		}
+	}
+	if h, rcr := resume(3, 4); h.GetErrorCode() != pb.ErrorCode_UNKNOWN_STREAM || rcr != nil {
+		t.Errorf("resume of a stream never committed: %v (body %v), want UNKNOWN_STREAM without a body", h, rcr)
+	}
+	if n := g.servers[1].Streams().Active(); n != 0 {
+		t.Errorf("b holds %d open streams after refusing the resumes", n)
+	}
+}
