@@ -1,18 +1,27 @@
 package datastream_test
 
 import (
+	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
+	"net"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"google.golang.org/protobuf/proto"
+
 	"github.com/pipestream/pipestream/buffer/buffertest"
+	"github.com/pipestream/pipestream/codec/dscodec"
 	"github.com/pipestream/pipestream/datastream"
 	"github.com/pipestream/pipestream/group"
 	"github.com/pipestream/pipestream/handler"
 	"github.com/pipestream/pipestream/internal/testkit"
 	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
+	"github.com/pipestream/pipestream/statemachine"
 )
 
 // TestFailover fails a stream's primary at several points of a 4 MiB
@@ -327,5 +336,242 @@ func TestReroot(t *testing.T) {
 				t.Errorf("got %v, want %v", got, tc.want)
 			}
 		})
+	}
+}
+
+// cuttingCommitter is a logCommitter that remembers every key it
+// committed, as raft.Node does for deduplication, and runs cut, once,
+// after it linked the first entry on every peer and before the primary
+// can reply: the primary's reply to CLOSE is lost with the connection.
+type cuttingCommitter struct {
+	*logCommitter
+	mu  sync.Mutex
+	cut func()
+}
+
+func (c *cuttingCommitter) Commit(ctx context.Context, s statemachine.StreamInfo) (*pb.RaftClientReply, error) {
+	rep, err := c.logCommitter.Commit(ctx, s)
+	c.mu.Lock()
+	cut := c.cut
+	c.cut = nil
+	c.mu.Unlock()
+	if err == nil && cut != nil {
+		cut()
+	}
+	return rep, err
+}
+
+func (c *cuttingCommitter) CommittedEntry(k statemachine.StreamKey) (index, term uint64, ok bool) {
+	c.logCommitter.mu.Lock()
+	defer c.logCommitter.mu.Unlock()
+	e, ok := c.entries[k]
+	return e.Index, e.Term, ok
+}
+
+func (c *cuttingCommitter) Committed(k statemachine.StreamKey) (uint64, bool) {
+	index, _, ok := c.CommittedEntry(k)
+	return index, ok
+}
+
+// TestFailoverCommittedBeforeCut: the primary commits the stream, every
+// peer links it, and the client's connection to the primary is lost
+// before the reply to CLOSE comes. The client resumes the stream on the
+// next peer, which knows the entry (ALREADY_COMMITTED): the CLOSE
+// succeeds with the entry's index and term and the stream's whole length,
+// where the outcome was once unknown.
+func TestFailoverCommittedBeforeCut(t *testing.T) {
+	const (
+		size   = 1 << 20
+		packet = 64 << 10
+	)
+	buffertest.Check(t)
+	g, _, lc := failoverGroup(t, 0)
+	cc := &cuttingCommitter{logCommitter: lc}
+	for _, s := range g.servers {
+		s.SetCommitter(cc)
+	}
+	c := g.client(t, datastream.WithPacketSize(packet))
+	ctx := testCtx(t)
+	out, err := c.Stream(ctx, []byte("committed-then-cut"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	// An earlier stream, so that the index is not 1 by chance.
+	first, err := c.Stream(ctx, []byte("first"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r, err := first.Close(ctx).Wait(ctx); err != nil || r.RaftClientReply.GetLogIndex() != 1 {
+		t.Fatalf("first stream: %v, %v", r, err)
+	}
+	data := testkit.RandomBytes(11, size)
+	if err := sendAll(ctx, out, data[:size-packet], 0, packet); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := out.WriteAsync(ctx, nil, datastream.Flush).Wait(ctx); err != nil {
+		t.Fatal(err)
+	}
+	cut := make(chan string, 1)
+	cc.mu.Lock()
+	cc.cut = func() {
+		// Closing the connection takes effect on its event loop: the
+		// reply must wait until the client has moved the stream, after
+		// which the old primary's replies go nowhere.
+		failed := datastream.CutPrimary(out)
+		for deadline := time.Now().Add(patience); datastream.Primary(out) == failed && time.Now().Before(deadline); {
+			time.Sleep(time.Millisecond)
+		}
+		cut <- failed
+	}
+	cc.mu.Unlock()
+	// The last packet carries the CLOSE, and its data is acknowledged
+	// only by the commit: the resume replays it.
+	closed := out.WriteAsync(ctx, data[size-packet:], datastream.Close)
+	reply, err := closed.Wait(ctx)
+	if err != nil {
+		t.Fatalf("CLOSE committed before the primary was cut off: %v", err)
+	}
+	if failed := <-cut; failed != g.peers[0].ID {
+		t.Fatalf("the commit cut off %s, want the primary %s", failed, g.peers[0].ID)
+	}
+	rcr := reply.RaftClientReply
+	if !rcr.GetSuccess() || rcr.GetLogIndex() != 2 || rcr.GetTerm() != 1 || rcr.GetCallId() != out.ID() {
+		t.Errorf("CLOSE's RaftClientReply %v, want success at index 2, term 1", rcr)
+	}
+	if reply.BytesWritten() != size || reply.Offset != size-packet || reply.Length != packet {
+		t.Errorf("CLOSE reply: offset %d, length %d, %d bytes written; want %d, %d, %d",
+			reply.Offset, reply.Length, reply.BytesWritten(), size-packet, packet, size)
+	}
+	if reply.Server != g.peers[1].ID {
+		t.Errorf("answered by %s, want %s, where the stream moved", reply.Server, g.peers[1].ID)
+	}
+	if got, err := out.RaftClientReplyFuture().Wait(ctx); err != nil || got.GetLogIndex() != 2 {
+		t.Errorf("RaftClientReplyFuture: %v, %v; want index 2", got, err)
+	}
+	if err := out.Err(); err != nil {
+		t.Errorf("committed stream has error %v", err)
+	}
+	k := key(c, out)
+	for i := range g.servers {
+		if got, ok := g.memory(i).Sum(k); !ok || got != sha(data) {
+			t.Errorf("%s: committed=%v, bytes equal=%v", g.peers[i].ID, ok, got == sha(data))
+		}
+	}
+	eventually(t, "every peer to let go of the stream", func() bool {
+		for _, s := range g.servers {
+			if s.Streams().Active() != 0 || s.Streams().Pending() != 0 {
+				return false
+			}
+		}
+		return true
+	})
+}
+
+// claimingPeer listens as a peer that answers every RESUME it gets with
+// ALREADY_COMMITTED, at index 5, term 2, and nothing else: a claim no
+// correct peer makes for a stream whose CLOSE was never sent. It sends
+// each RESUME's offset on resumes.
+func claimingPeer(t *testing.T) (addr string, resumes <-chan uint64) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := make(chan uint64, 8)
+	done := make(chan struct{})
+	var mu sync.Mutex
+	var conn net.Conn
+	t.Cleanup(func() {
+		_ = ln.Close()
+		mu.Lock()
+		if conn != nil {
+			_ = conn.Close()
+		}
+		mu.Unlock()
+		<-done
+	})
+	go func() {
+		defer close(done)
+		c, err := ln.Accept()
+		if err != nil {
+			return
+		}
+		mu.Lock()
+		conn = c
+		mu.Unlock()
+		for {
+			var n [4]byte
+			if _, err := io.ReadFull(c, n[:]); err != nil {
+				return
+			}
+			frame := make([]byte, 4+binary.BigEndian.Uint32(n[:]))
+			copy(frame, n[:])
+			if _, err := io.ReadFull(c, frame[4:]); err != nil {
+				return
+			}
+			h, _, err := dscodec.DecodePacket(frame, dscodec.DefaultMaxPacketHeader)
+			if err != nil || h.GetOptions()&uint32(pb.DataStreamPacketHeader_RESUME) == 0 {
+				continue
+			}
+			got <- h.GetStreamOffset()
+			msg := "stream was committed at index 5"
+			body, _ := proto.Marshal(&pb.RaftClientReply{ClientId: h.GetClientId(), CallId: h.GetStreamId(),
+				ErrorCode: pb.ErrorCode_ALREADY_COMMITTED, ErrorMessage: msg, LogIndex: 5, Term: 2})
+			reply, err := dscodec.EncodePacket(&pb.DataStreamReplyHeader{PacketHeader: h,
+				ErrorCode: pb.ErrorCode_ALREADY_COMMITTED, ErrorMessage: msg, ServerId: "claimer"}, body)
+			if err != nil {
+				return
+			}
+			_, err = c.Write(reply.Bytes())
+			reply.Release()
+			if err != nil {
+				return
+			}
+		}
+	}()
+	return ln.Addr().String(), got
+}
+
+// TestFailoverCommittedBeforeClose: a peer that answers a RESUME sent
+// before the stream's CLOSE with ALREADY_COMMITTED cannot be right about
+// this stream, whose CLOSE alone could commit it: the stream fails, with
+// an error that says so, and does not move on.
+func TestFailoverCommittedBeforeClose(t *testing.T) {
+	buffertest.Check(t)
+	g, _, _ := failoverGroup(t, 0)
+	// The client reaches the second peer at the claimer's address.
+	addr, resumes := claimingPeer(t)
+	peers := append([]group.Member(nil), g.peers...)
+	peers[1].StreamAddr = addr
+	c, err := datastream.NewClient(peers, datastream.WithLogger(testkit.QuietLogger()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	ctx := testCtx(t)
+	out, err := c.Stream(ctx, []byte("never-closed"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	data := testkit.RandomBytes(12, 256<<10)
+	if err := sendAll(ctx, out, data, 0, 64<<10); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := out.WriteAsync(ctx, nil, datastream.Flush).Wait(ctx); err != nil {
+		t.Fatal(err)
+	}
+	datastream.CutPrimary(out)
+	eventually(t, "the stream to fail", func() bool { return out.Err() != nil })
+	if at := <-resumes; at != uint64(len(data)) {
+		t.Errorf("resumed at %d, want %d", at, len(data))
+	}
+	err = out.Err()
+	if !errors.Is(err, &pb.Error{Code: pb.ErrorCode_ALREADY_COMMITTED}) || !strings.Contains(err.Error(), "CLOSE was never sent") {
+		t.Fatalf("stream told it committed before its CLOSE: %v; want ALREADY_COMMITTED, saying the CLOSE was never sent", err)
+	}
+	if _, cerr := out.Close(ctx).Wait(ctx); cerr != err {
+		t.Errorf("CLOSE of the failed stream: %v, want its error", cerr)
+	}
+	if p := datastream.Primary(out); p != g.peers[1].ID {
+		t.Errorf("the stream moved on to %s after the claim", p)
 	}
 }

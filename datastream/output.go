@@ -41,7 +41,13 @@ type Reply struct {
 	// Server is the id of the peer that answered: the stream's primary.
 	Server string
 	// RaftClientReply is set on the reply to CLOSE: the commit's log
-	// index and term.
+	// index and term. When the primary committed the stream and failed
+	// before its reply came, the peer the stream moved to answers for it
+	// (ALREADY_COMMITTED): the index and term are those it remembers for
+	// the entry, and Server is that peer. The term is 0 if that peer's
+	// committer and state machine keep only indexes (a
+	// statemachine.KeyChecker that is not a TermChecker); raft.Node and
+	// FileStore keep both.
 	RaftClientReply *pb.RaftClientReply
 
 	bytesWritten uint64

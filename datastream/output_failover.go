@@ -216,6 +216,77 @@ func (o *Output) resumeOn(cn *conn) error {
 	return nil
 }
 
+// alreadyCommitted ends the stream whose resume on cn was answered
+// ALREADY_COMMITTED: the peer holds an entry committed for the stream's
+// key, whose index and term rcr carries. o.mu is held; it unlocks it.
+//
+// Only a CLOSE commits, so that answer to a resume sent after the CLOSE
+// means that a primary that failed committed the stream before its reply
+// came: the stream completes as committed, every packet still pending
+// with it. A primary commits a stream only once its CLOSE has reached it
+// with every byte before it (each packet at the offset where the last
+// ended) and every peer of the write quorum has written them all, so the
+// entry for this key holds the whole stream: every pending packet is
+// answered as written, the CLOSE with the stream's full length. Before
+// the CLOSE was sent no peer can have committed the stream, so the same
+// answer then fails it.
+func (o *Output) alreadyCommitted(cn *conn, h *dscodec.ReplyView, rcr *pb.RaftClientReply) {
+	cause := replyError(h, rcr)
+	switch {
+	case o.closedOn == nil:
+		o.mu.Unlock()
+		o.fail(fmt.Errorf("datastream: stream %d: %s says it was committed, but its CLOSE was never sent: %w", o.id, cn.peer.ID, cause), false)
+		return
+	case rcr.GetLogIndex() == 0:
+		o.mu.Unlock()
+		o.fail(fmt.Errorf("datastream: stream %d: %s says it was committed, without the entry's index: %w", o.id, cn.peer.ID, cause), false)
+		return
+	}
+	commit := &pb.RaftClientReply{
+		ClientId: o.c.id, CallId: o.id, ServerId: cn.peer.ID, Success: true,
+		LogIndex: rcr.GetLogIndex(), Term: rcr.GetTerm(),
+	}
+	pending := o.pending.Take()
+	for i, p := range pending {
+		if p.resume {
+			pending[i] = p.standsFor // the header, if it was not answered
+		}
+	}
+	for _, p := range pending {
+		if p != nil {
+			o.flight -= p.length
+			o.releaseWindowLocked(p.length)
+		}
+	}
+	o.acked, o.crcAcked = o.offset, o.crc
+	o.moving, o.resuming, o.committed = false, false, true
+	o.lastReply = time.Now()
+	o.mu.Unlock()
+	o.c.opts.logger.Info("datastream: the stream was committed before its primary failed",
+		"stream", o.id, "peer", cn.peer.ID, "index", commit.LogIndex, "failed", o.mayHave)
+	for _, p := range pending {
+		if p == nil {
+			continue
+		}
+		o.c.releaseSlot(p.length)
+		if p.pooled {
+			p.free()
+			continue
+		}
+		p.letGo()
+		p.reply = Reply{Offset: p.offset, Length: uint64(p.length), Server: cn.peer.ID}
+		if p.typ == pb.DataStreamPacketHeader_STREAM_DATA {
+			p.reply.bytesWritten = p.offset + uint64(p.length)
+		}
+		if p.close {
+			p.reply.RaftClientReply = commit
+		}
+		p.f.complete(&p.reply, nil)
+	}
+	o.raft.complete(commit, nil)
+	o.done()
+}
+
 // replayLocked sends every pending packet again on cn, whose peer has
 // taken the stream's resume: a peer that refused it gets none. o.mu must
 // be held.

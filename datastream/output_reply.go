@@ -19,6 +19,10 @@ func (o *Output) onReply(cn *conn, h *dscodec.ReplyView, rcr *pb.RaftClientReply
 	}
 	if !h.Success {
 		resuming, moving := o.pending.Peek().resume, o.moving
+		if resuming && !moving && h.ErrorCode == pb.ErrorCode_ALREADY_COMMITTED {
+			o.alreadyCommitted(cn, h, rcr)
+			return
+		}
 		o.mu.Unlock()
 		err := replyError(h, rcr)
 		switch {
