@@ -44,7 +44,9 @@
 // With failover (WithFailover, on for a group of several peers) such a
 // stream moves instead: it resumes on another peer of its routing table
 // from the last offset every peer acknowledged, sending the packets not
-// acknowledged again, and fails only when no peer is left to take it.
+// acknowledged again, and fails only when no peer is left to take it. A
+// stream its failed primary committed completes as committed when the
+// peer it resumes on has applied the entry.
 // Client.Close fails what is open and ends every goroutine the client
 // started.
 //

@@ -141,8 +141,13 @@ func WithChecksums(on bool) Option { return func(o *options) { o.noChecksums = !
 // no peer is left to take it, or the peers cannot meet the write quorum
 // without the failed ones, it fails with an error that names each peer
 // tried and why it could not go on (errors.Is sees through to the first
-// cause, ErrConnectionLost say). See docs/protocol.md, "Pipeline
-// recovery".
+// cause, ErrConnectionLost say). A primary that committed the stream
+// before it failed, its reply to CLOSE lost, leaves the entry on the
+// peers, and a peer that applied it says so to the resume: the CLOSE then
+// succeeds with the entry's index and term (see Reply.RaftClientReply).
+// Only when no peer confirms the commit does the error say that the
+// stream may have committed. See docs/protocol.md, "Pipeline recovery"
+// and "Client failover".
 //
 // On by default for a client of several peers; a client of one peer has
 // nowhere to go.

@@ -114,10 +114,10 @@ const (
 	// takes. It would answer from a state that may hold an older version of
 	// a name; another peer may serve the read.
 	ErrorCode_NOT_CAUGHT_UP ErrorCode = 21
-	// A RESUME of a stream this peer no longer holds because its entry is
-	// committed (and, here, linked): a primary that failed committed it
-	// before its reply reached the client. The reply's body is a
-	// RaftClientReply whose log_index and term are the entry's.
+	// A RESUME of a stream this peer no longer holds because it applied the
+	// stream's committed entry: a primary that failed committed it before
+	// its reply reached the client. The reply's body is a RaftClientReply
+	// whose log_index and term are the entry's.
 	ErrorCode_ALREADY_COMMITTED ErrorCode = 22
 )
 
