@@ -209,6 +209,9 @@ func (r *Router) open(up *pipeline.Pipeline, p *Packet) (*Stream, *pb.Error) {
 		return nil, errorf(pb.ErrorCode_BAD_ROUTING, "%v", err)
 	}
 	p.req = req
+	if resume && r.committed(up, p) {
+		return nil, answered
+	}
 	if resume && !r.conn.peer && primary == s.cfg.ID {
 		// A client moves its stream here from a primary that failed:
 		// without that peer, the stream must still reach the quorum.
@@ -277,25 +280,37 @@ func (r *Router) resume(up *pipeline.Pipeline, p *Packet, primary bool) (*Stream
 	if st := s.parked(p.Key()); st != nil {
 		return nil, st.resumeParked(up, p, primary), true
 	}
-	if index, term, ok := s.committedEntry(p.Key()); ok {
-		// Linked and dropped here: the primary that failed committed
-		// it before its reply reached whoever resumes it. That is the
-		// answer, at any offset: a committed key is never reopened.
-		e := errorf(pb.ErrorCode_ALREADY_COMMITTED, "stream %v was committed at index %d", p.Key(), index)
-		reply := newReply(p.Header)
-		reply.hdr.ErrorCode, reply.hdr.ErrorMessage, reply.hdr.ServerId = e.Code, e.Message, s.cfg.ID
-		reply.Body = &pb.RaftClientReply{
-			ClientId: p.req.GetClientId(), CallId: p.req.GetCallId(), ServerId: s.cfg.ID,
-			ErrorCode: e.Code, ErrorMessage: e.Message, LogIndex: index, Term: term,
-		}
-		writeReply(up, reply)
-		_ = up.Flush()
-		return nil, answered, true
-	}
 	if p.Header.GetStreamOffset() == 0 {
 		return nil, nil, false
 	}
 	return nil, errorf(pb.ErrorCode_UNKNOWN_STREAM, "no stream %v to resume at offset %d", p.Key(), p.Header.GetStreamOffset()), true
+}
+
+// committed answers a resume of a stream this peer no longer holds, open
+// or parked, because it applied the stream's entry: the primary that
+// failed committed it before its reply reached whoever resumes it. The
+// answer is ALREADY_COMMITTED with the entry's index and term, at any
+// offset (a committed key is never reopened) and before any check of the
+// peers left, which a commit no longer needs.
+func (r *Router) committed(up *pipeline.Pipeline, p *Packet) bool {
+	s, k := r.Streams, p.Key()
+	if s.get(k) != nil || s.parked(k) != nil {
+		return false
+	}
+	index, term, ok := s.committedEntry(k)
+	if !ok {
+		return false
+	}
+	e := errorf(pb.ErrorCode_ALREADY_COMMITTED, "stream %v was committed at index %d", k, index)
+	reply := newReply(p.Header)
+	reply.hdr.ErrorCode, reply.hdr.ErrorMessage, reply.hdr.ServerId = e.Code, e.Message, s.cfg.ID
+	reply.Body = &pb.RaftClientReply{
+		ClientId: p.req.GetClientId(), CallId: p.req.GetCallId(), ServerId: s.cfg.ID,
+		ErrorCode: e.Code, ErrorMessage: e.Message, LogIndex: index, Term: term,
+	}
+	writeReply(up, reply)
+	_ = up.Flush()
+	return true
 }
 
 func (r *Router) data(up *pipeline.Pipeline, p *Packet) (*Stream, *pb.Error) {

@@ -48,9 +48,9 @@ func TestResumeOfCommittedStream(t *testing.T) {
 	// A raw client resumes on b, as a client's failover would.
 	rb := dialRaw(t, b.StreamAddr)
 	rb.client = r.client
-	resume := func(id, at uint64) (*pb.DataStreamReplyHeader, *pb.RaftClientReply) {
+	resume := func(id, at uint64, table *pb.RoutingTable) (*pb.DataStreamReplyHeader, *pb.RaftClientReply) {
 		t.Helper()
-		body, err := protoMarshal(rb.request(id, b.ID, pb.Chain(b.ID, c.ID)))
+		body, err := protoMarshal(rb.request(id, b.ID, table))
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -60,19 +60,25 @@ func TestResumeOfCommittedStream(t *testing.T) {
 		}, body)
 		return rb.reply()
 	}
-	for _, at := range []uint64{4, 0} {
-		h, rcr := resume(2, at)
+	// At an offset past 0, at 0, and with a table below the write quorum
+	// of two, which would not do for a stream still to commit: the
+	// answer is the commit's.
+	for _, tc := range []struct {
+		at    uint64
+		table *pb.RoutingTable
+	}{{4, pb.Chain(b.ID, c.ID)}, {0, pb.Chain(b.ID, c.ID)}, {4, pb.Chain(b.ID)}} {
+		h, rcr := resume(2, tc.at, tc.table)
 		if h.GetSuccess() || h.GetErrorCode() != pb.ErrorCode_ALREADY_COMMITTED {
-			t.Fatalf("resume at %d of a committed stream: %v, want ALREADY_COMMITTED", at, h)
+			t.Fatalf("resume at %d through %v of a committed stream: %v, want ALREADY_COMMITTED", tc.at, tc.table, h)
 		}
 		if !strings.Contains(h.GetErrorMessage(), "index 2") {
-			t.Errorf("resume at %d: message %q does not name index 2", at, h.GetErrorMessage())
+			t.Errorf("resume at %d: message %q does not name index 2", tc.at, h.GetErrorMessage())
 		}
 		if rcr.GetLogIndex() != 2 || rcr.GetTerm() != 1 || rcr.GetSuccess() || rcr.GetErrorCode() != pb.ErrorCode_ALREADY_COMMITTED || rcr.GetCallId() != 2 {
-			t.Errorf("resume at %d: body %v, want the entry's index 2 and term 1", at, rcr)
+			t.Errorf("resume at %d: body %v, want the entry's index 2 and term 1", tc.at, rcr)
 		}
 	}
-	if h, rcr := resume(3, 4); h.GetErrorCode() != pb.ErrorCode_UNKNOWN_STREAM || rcr != nil {
+	if h, rcr := resume(3, 4, pb.Chain(b.ID, c.ID)); h.GetErrorCode() != pb.ErrorCode_UNKNOWN_STREAM || rcr != nil {
 		t.Errorf("resume of a stream never committed: %v (body %v), want UNKNOWN_STREAM without a body", h, rcr)
 	}
 	if n := g.servers[1].Streams().Active(); n != 0 {
