@@ -340,13 +340,17 @@ func TestReroot(t *testing.T) {
 }
 
 // cuttingCommitter is a logCommitter that remembers every key it
-// committed, as raft.Node does for deduplication, and runs cut, once,
-// after it linked the first entry on every peer and before the primary
-// can reply: the primary's reply to CLOSE is lost with the connection.
+// committed, with the entry's index and term, as raft.Node does for
+// deduplication, and runs cut, once, after it linked the first entry on
+// every peer and before the primary can reply: the primary's reply to
+// CLOSE is lost with the connection. It keeps the keys under its own
+// lock: a server asks for them under its stream table's, which a link
+// takes under the logCommitter's.
 type cuttingCommitter struct {
 	*logCommitter
-	mu  sync.Mutex
-	cut func()
+	mu   sync.Mutex
+	cut  func()
+	keys map[statemachine.StreamKey]*pb.RaftClientReply
 }
 
 func (c *cuttingCommitter) Commit(ctx context.Context, s statemachine.StreamInfo) (*pb.RaftClientReply, error) {
@@ -354,6 +358,9 @@ func (c *cuttingCommitter) Commit(ctx context.Context, s statemachine.StreamInfo
 	c.mu.Lock()
 	cut := c.cut
 	c.cut = nil
+	if err == nil {
+		c.keys[s.Key] = rep
+	}
 	c.mu.Unlock()
 	if err == nil && cut != nil {
 		cut()
@@ -362,10 +369,10 @@ func (c *cuttingCommitter) Commit(ctx context.Context, s statemachine.StreamInfo
 }
 
 func (c *cuttingCommitter) CommittedEntry(k statemachine.StreamKey) (index, term uint64, ok bool) {
-	c.logCommitter.mu.Lock()
-	defer c.logCommitter.mu.Unlock()
-	e, ok := c.entries[k]
-	return e.Index, e.Term, ok
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	rep, ok := c.keys[k]
+	return rep.GetLogIndex(), rep.GetTerm(), ok
 }
 
 func (c *cuttingCommitter) Committed(k statemachine.StreamKey) (uint64, bool) {
@@ -386,7 +393,7 @@ func TestFailoverCommittedBeforeCut(t *testing.T) {
 	)
 	buffertest.Check(t)
 	g, _, lc := failoverGroup(t, 0)
-	cc := &cuttingCommitter{logCommitter: lc}
+	cc := &cuttingCommitter{logCommitter: lc, keys: map[statemachine.StreamKey]*pb.RaftClientReply{}}
 	for _, s := range g.servers {
 		s.SetCommitter(cc)
 	}
