@@ -70,6 +70,16 @@ func TestCommitDuplicateLinksOnce(t *testing.T) {
 	if len(entries) != 2 || entries[0].Key != s.Key || entries[1].Index != next.GetLogIndex() {
 		t.Errorf("linked %v, want the stream once and then the next one", entries)
 	}
+	// Every peer remembers the entry, as a resume of the stream is told.
+	for i, n := range c.nodes {
+		index, term, ok := n.CommittedEntry(s.Key)
+		if !ok || index != first.GetLogIndex() || term != first.GetTerm() || term == 0 {
+			t.Errorf("%s remembers %d/%d (%v), want %d/%d", c.cfgs[i].ID, index, term, ok, first.GetLogIndex(), first.GetTerm())
+		}
+		if idx, ok := n.Committed(s.Key); !ok || idx != index {
+			t.Errorf("%s: Committed %d (%v), CommittedEntry %d", c.cfgs[i].ID, idx, ok, index)
+		}
+	}
 }
 
 func TestCommitForgetsKeysBeyondMaxDedupKeys(t *testing.T) {
