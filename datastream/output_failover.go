@@ -261,9 +261,10 @@ func (o *Output) alreadyCommitted(cn *conn, h *dscodec.ReplyView, rcr *pb.RaftCl
 	o.acked, o.crcAcked = o.offset, o.crc
 	o.moving, o.resuming, o.committed = false, false, true
 	o.lastReply = time.Now()
+	failed := o.mayHave
 	o.mu.Unlock()
 	o.c.opts.logger.Info("datastream: the stream was committed before its primary failed",
-		"stream", o.id, "peer", cn.peer.ID, "index", commit.LogIndex, "failed", o.mayHave)
+		"stream", o.id, "peer", cn.peer.ID, "index", commit.LogIndex, "failed", failed)
 	for _, p := range pending {
 		if p == nil {
 			continue
