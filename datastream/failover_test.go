@@ -2,10 +2,8 @@ package datastream_test
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"strings"
 	"sync"
@@ -506,13 +504,8 @@ func claimingPeer(t *testing.T) (addr string, resumes <-chan uint64) {
 		conn = c
 		mu.Unlock()
 		for {
-			var n [4]byte
-			if _, err := io.ReadFull(c, n[:]); err != nil {
-				return
-			}
-			frame := make([]byte, 4+binary.BigEndian.Uint32(n[:]))
-			copy(frame, n[:])
-			if _, err := io.ReadFull(c, frame[4:]); err != nil {
+			frame, err := readFrame(c)
+			if err != nil {
 				return
 			}
 			h, _, err := dscodec.DecodePacket(frame, dscodec.DefaultMaxPacketHeader)

@@ -294,16 +294,11 @@ func (f *fakePeer) serve(c net.Conn) {
 	defer f.wg.Done()
 	defer c.Close()
 	for {
-		var n [4]byte
-		if _, err := io.ReadFull(c, n[:]); err != nil {
+		frame, err := readFrame(c)
+		if err != nil {
 			if err == io.EOF {
 				f.ended.Add(1)
 			}
-			return
-		}
-		frame := make([]byte, 4+binary.BigEndian.Uint32(n[:]))
-		copy(frame, n[:])
-		if _, err := io.ReadFull(c, frame[4:]); err != nil {
 			return
 		}
 		h, _, err := dscodec.DecodePacket(frame, dscodec.DefaultMaxPacketHeader)
@@ -380,4 +375,19 @@ func eventually(t testing.TB, what string, cond func() bool, detail ...*string) 
 		}
 		time.Sleep(2 * time.Millisecond)
 	}
+}
+
+// readFrame reads one whole frame, its length prefix included, from c. It
+// returns io.EOF only when c ended between frames.
+func readFrame(c io.Reader) ([]byte, error) {
+	var n [4]byte
+	if _, err := io.ReadFull(c, n[:]); err != nil {
+		return nil, err
+	}
+	frame := make([]byte, 4+binary.BigEndian.Uint32(n[:]))
+	copy(frame, n[:])
+	if _, err := io.ReadFull(c, frame[4:]); err != nil {
+		return nil, err
+	}
+	return frame, nil
 }

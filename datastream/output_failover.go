@@ -246,18 +246,7 @@ func (o *Output) alreadyCommitted(cn *conn, h *dscodec.ReplyView, rcr *pb.RaftCl
 		ClientId: o.c.id, CallId: o.id, ServerId: cn.peer.ID, Success: true,
 		LogIndex: rcr.GetLogIndex(), Term: rcr.GetTerm(),
 	}
-	pending := o.pending.Take()
-	for i, p := range pending {
-		if p.resume {
-			pending[i] = p.standsFor // the header, if it was not answered
-		}
-	}
-	for _, p := range pending {
-		if p != nil {
-			o.flight -= p.length
-			o.releaseWindowLocked(p.length)
-		}
-	}
+	pending := o.takePendingLocked()
 	o.acked, o.crcAcked = o.offset, o.crc
 	o.moving, o.resuming, o.committed = false, false, true
 	o.lastReply = time.Now()
@@ -265,16 +254,7 @@ func (o *Output) alreadyCommitted(cn *conn, h *dscodec.ReplyView, rcr *pb.RaftCl
 	o.mu.Unlock()
 	o.c.opts.logger.Info("datastream: the stream was committed before its primary failed",
 		"stream", o.id, "peer", cn.peer.ID, "index", commit.LogIndex, "failed", failed)
-	for _, p := range pending {
-		if p == nil {
-			continue
-		}
-		o.c.releaseSlot(p.length)
-		if p.pooled {
-			p.free()
-			continue
-		}
-		p.letGo()
+	o.settle(pending, func(p *pendingPacket) (*Reply, error) {
 		p.reply = Reply{Offset: p.offset, Length: uint64(p.length), Server: cn.peer.ID}
 		if p.typ == pb.DataStreamPacketHeader_STREAM_DATA {
 			p.reply.bytesWritten = p.offset + uint64(p.length)
@@ -282,8 +262,8 @@ func (o *Output) alreadyCommitted(cn *conn, h *dscodec.ReplyView, rcr *pb.RaftCl
 		if p.close {
 			p.reply.RaftClientReply = commit
 		}
-		p.f.complete(&p.reply, nil)
-	}
+		return &p.reply, nil
+	})
 	o.raft.complete(commit, nil)
 	o.done()
 }

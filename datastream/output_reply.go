@@ -134,34 +134,11 @@ func (o *Output) fail(err error, abort bool) {
 	}
 	err = o.outcomeLocked(err)
 	o.err = err
-	pending := o.pending.Take()
-	for i, p := range pending {
-		if p.resume {
-			// The resume's reply was to stand for the header's; the
-			// header fails in its place.
-			pending[i] = p.standsFor
-		}
-	}
+	pending := o.takePendingLocked()
 	o.flight = 0
-	for _, p := range pending {
-		if p != nil {
-			o.releaseWindowLocked(p.length)
-		}
-	}
 	offset, cn, moving := o.offset, o.cn, o.moving
 	o.mu.Unlock()
-	for _, p := range pending {
-		if p == nil {
-			continue
-		}
-		o.c.releaseSlot(p.length)
-		if p.pooled {
-			p.free()
-		} else {
-			p.letGo()
-			p.f.complete(nil, err)
-		}
-	}
+	o.settle(pending, func(*pendingPacket) (*Reply, error) { return nil, err })
 	o.raft.complete(nil, err)
 	if abort && !moving {
 		h := &pb.DataStreamPacketHeader{
@@ -173,6 +150,45 @@ func (o *Output) fail(err error, abort bool) {
 		}
 	}
 	o.done()
+}
+
+// takePendingLocked empties the stream's pending packets, each out of
+// flight with its window given back, and returns them; a resume that was
+// to stand for the header's reply gives its place back to the header,
+// which is answered in its stead. Nil entries are headers answered
+// already. o.mu is held.
+func (o *Output) takePendingLocked() []*pendingPacket {
+	pending := o.pending.Take()
+	for i, p := range pending {
+		if p.resume {
+			pending[i] = p.standsFor
+		}
+	}
+	for _, p := range pending {
+		if p != nil {
+			o.flight -= p.length
+			o.releaseWindowLocked(p.length)
+		}
+	}
+	return pending
+}
+
+// settle ends the packets takePendingLocked took, with o.mu released:
+// each gives its client-wide slot back, and a pooled one, whose caller
+// holds no future, is freed; the others' futures get what answer says.
+func (o *Output) settle(pending []*pendingPacket, answer func(p *pendingPacket) (*Reply, error)) {
+	for _, p := range pending {
+		if p == nil {
+			continue
+		}
+		o.c.releaseSlot(p.length)
+		if p.pooled {
+			p.free()
+			continue
+		}
+		p.letGo()
+		p.f.complete(answer(p))
+	}
 }
 
 // done lets go of a stream that committed or failed.

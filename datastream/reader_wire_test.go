@@ -2,7 +2,6 @@ package datastream_test
 
 import (
 	"bytes"
-	"encoding/binary"
 	"io"
 	"net"
 	"testing"
@@ -60,13 +59,8 @@ func (rc *rawConn) read(id uint64, req *pb.ReadRequest) {
 func (rc *rawConn) next() (*pb.DataStreamReplyHeader, []byte) {
 	rc.t.Helper()
 	_ = rc.c.SetReadDeadline(time.Now().Add(patience))
-	var n [4]byte
-	if _, err := io.ReadFull(rc.c, n[:]); err != nil {
-		rc.t.Fatal(err)
-	}
-	frame := make([]byte, 4+binary.BigEndian.Uint32(n[:]))
-	copy(frame, n[:])
-	if _, err := io.ReadFull(rc.c, frame[4:]); err != nil {
+	frame, err := readFrame(rc.c)
+	if err != nil {
 		rc.t.Fatal(err)
 	}
 	h, off, err := datastream.DecodeReadReply(frame)

@@ -16,14 +16,7 @@ import (
 // UNKNOWN_STREAM.
 func TestResumeOfCommittedStream(t *testing.T) {
 	buffertest.Check(t)
-	g := startGroup(t, 3, groupOpts{sm: func(int) statemachine.StateMachine {
-		fs, err := statemachine.NewFileStore(t.TempDir(), statemachine.WithLogger(quietLogger()))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { fs.Close() })
-		return fs
-	}})
+	g := startGroup(t, 3, groupOpts{sm: fileStores(t)})
 	lc := &laggingCommitter{peers: g.servers, keys: map[statemachine.StreamKey]uint64{}}
 	for _, s := range g.servers {
 		s.SetCommitter(lc)

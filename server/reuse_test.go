@@ -124,14 +124,7 @@ func TestStreamIDReusedAfterClose(t *testing.T) {
 // the key: a primary whose FileStore linked a stream refuses its id again.
 func TestStreamIDReusedLongAfter(t *testing.T) {
 	buffertest.Check(t)
-	g := startGroup(t, 3, groupOpts{sm: func(int) statemachine.StateMachine {
-		fs, err := statemachine.NewFileStore(t.TempDir(), statemachine.WithLogger(quietLogger()))
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { fs.Close() })
-		return fs
-	}})
+	g := startGroup(t, 3, groupOpts{sm: fileStores(t)})
 	lc := &laggingCommitter{peers: g.servers, keys: map[statemachine.StreamKey]uint64{}} // remembers nothing for the primary
 	for _, s := range g.servers {
 		s.SetCommitter(lc)
@@ -144,5 +137,18 @@ func TestStreamIDReusedLongAfter(t *testing.T) {
 	r.header(1, r.request(1, g.peers[0].ID, nil))
 	if h := r.expect("reused id", 1, 0, pb.ErrorCode_DUPLICATE_HEADER); !strings.Contains(h.GetErrorMessage(), "used once") {
 		t.Errorf("refusal %q does not say why", h.GetErrorMessage())
+	}
+}
+
+// fileStores gives each peer of a test group a FileStore of its own in a
+// temporary directory, closed when t ends.
+func fileStores(t testing.TB) func(int) statemachine.StateMachine {
+	return func(int) statemachine.StateMachine {
+		fs, err := statemachine.NewFileStore(t.TempDir(), statemachine.WithLogger(quietLogger()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { fs.Close() })
+		return fs
 	}
 }
