@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pipestream/pipestream/group"
 	"github.com/pipestream/pipestream/internal/netlab"
 )
 
@@ -163,20 +164,18 @@ func startBenchLab(b *testing.B, bin string, rate netlab.Rate, peers int) *bench
 	}
 	b.Cleanup(func() { os.RemoveAll(dir) }) // after the processes have stopped
 
-	var group, logPeers, streamPeers []string
-	group = append(group, fmt.Sprintf("data_dir = %q\n[raft]\nheartbeat_timeout = %q\nelection_timeout = %q\nleader_lease_timeout = %q\n",
-		filepath.Join(dir, "stream"), benchHeartbeat, benchHeartbeat, benchLeaderLease))
+	var members []group.Member
+	var logPeers, streamPeers []string
 	for _, id := range bl.ids {
 		a := lab.Host(id).Addr
-		group = append(group, fmt.Sprintf("[[peers]]\nid = %q\nstream_addr = \"%s:%d\"\nraft_addr = \"%s:%d\"\ncommit_addr = \"%s:%d\"\n",
-			id, a, labStreamPort, a, labRaftPort, a, labCommitPort))
+		members = append(members, group.Member{ID: id,
+			StreamAddr: fmt.Sprintf("%s:%d", a, labStreamPort),
+			RaftAddr:   fmt.Sprintf("%s:%d", a, labRaftPort),
+			CommitAddr: fmt.Sprintf("%s:%d", a, labCommitPort)})
 		logPeers = append(logPeers, fmt.Sprintf("%s=%s:%d,%s:%d", id, a, logRaftPort, a, logCommitPort))
 		streamPeers = append(streamPeers, fmt.Sprintf("%s=%s:%d", id, a, labStreamPort))
 	}
-	config := filepath.Join(dir, "group.toml")
-	if err := os.WriteFile(config, []byte(strings.Join(group, "\n")), 0o644); err != nil {
-		b.Fatal(err)
-	}
+	config := writeGroupFile(b, dir, filepath.Join(dir, "stream"), members)
 
 	var serves, nodes []*labProc
 	for _, id := range bl.ids {
@@ -295,4 +294,26 @@ func buildPipestream(b *testing.B) string {
 		b.Fatalf("go build: %v\n%s", err, out)
 	}
 	return bin
+}
+
+// writeGroupFile writes a group file of members into dir, with the
+// benchmarks' Raft timeouts and, unless dataDir is empty, that data_dir,
+// and returns its path.
+func writeGroupFile(b *testing.B, dir, dataDir string, members []group.Member) string {
+	b.Helper()
+	var g strings.Builder
+	if dataDir != "" {
+		fmt.Fprintf(&g, "data_dir = %q\n", dataDir)
+	}
+	fmt.Fprintf(&g, "[raft]\nheartbeat_timeout = %q\nelection_timeout = %q\nleader_lease_timeout = %q\n",
+		benchHeartbeat, benchHeartbeat, benchLeaderLease)
+	for _, m := range members {
+		fmt.Fprintf(&g, "\n[[peers]]\nid = %q\nstream_addr = %q\nraft_addr = %q\ncommit_addr = %q\n",
+			m.ID, m.StreamAddr, m.RaftAddr, m.CommitAddr)
+	}
+	path := filepath.Join(dir, "group.toml")
+	if err := os.WriteFile(path, []byte(g.String()), 0o644); err != nil {
+		b.Fatal(err)
+	}
+	return path
 }

@@ -165,17 +165,11 @@ func startLatencyServes(b *testing.B, bin, dir string, kind transport.Kind, ids 
 	if err != nil {
 		return nil, nil, err
 	}
-	var g strings.Builder
-	fmt.Fprintf(&g, "[raft]\nheartbeat_timeout = %q\nelection_timeout = %q\nleader_lease_timeout = %q\n",
-		benchHeartbeat, benchHeartbeat, benchLeaderLease)
+	members := make([]group.Member, len(ids))
 	for i, id := range ids {
-		fmt.Fprintf(&g, "\n[[peers]]\nid = %q\nstream_addr = %q\nraft_addr = %q\ncommit_addr = %q\n",
-			id, addrs[3*i], addrs[3*i+1], addrs[3*i+2])
+		members[i] = group.Member{ID: id, StreamAddr: addrs[3*i], RaftAddr: addrs[3*i+1], CommitAddr: addrs[3*i+2]}
 	}
-	config := filepath.Join(dir, "group.toml")
-	if err := os.WriteFile(config, []byte(g.String()), 0o644); err != nil {
-		return nil, nil, err
-	}
+	config := writeGroupFile(b, dir, "", members)
 	var serves []*labProc
 	streams := make([]string, len(ids))
 	for i, id := range ids {
