@@ -115,15 +115,20 @@ func TestForwardingProtocol(t *testing.T) {
 	})
 	c.waitLinked(1) // the raw entry, once despite two calls
 
-	// A status request answers with the peer's own indexes: with nothing
-	// more to apply, exactly its FSM's.
+	// A status request answers with the peer's own indexes: its FSM's at
+	// the moment it answered. The second commit of the raw entry (a
+	// duplicate, which links nothing) may still be on its way to the
+	// follower, so the answer is bracketed by what the FSM reports before
+	// and after the call.
 	t.Run("status", func(t *testing.T) {
 		conn := dialCommit(t, c.peers[fi].CommitAddr)
+		before := c.nodes[fi].Stats().LastIndex
 		rep := mustCall(t, conn, []byte{2})
+		after := c.nodes[fi].Stats().LastIndex
 		infos := rep.GetCommitInfos()
 		if !rep.GetSuccess() || len(infos) != 1 || infos[0].GetServerId() != c.cfgs[fi].ID ||
-			infos[0].GetAppliedIndex() != c.nodes[fi].Stats().LastIndex {
-			t.Errorf("status reply %v, want the follower's own info", rep)
+			infos[0].GetAppliedIndex() < before || infos[0].GetAppliedIndex() > after {
+			t.Errorf("status reply %v, want the follower's own info with an applied index in [%d, %d]", rep, before, after)
 		}
 	})
 
@@ -152,8 +157,11 @@ func TestCaughtUp(t *testing.T) {
 		t.Errorf("settle request to a follower: %v, want NOT_LEADER", rep)
 	}
 	conn2 := dialCommit(t, c.peers[li].CommitAddr)
+	before := c.nodes[li].Stats().LastIndex
 	rep = mustCall(t, conn2, []byte{4})
-	if infos := rep.GetCommitInfos(); !rep.GetSuccess() || len(infos) != 1 || infos[0].GetAppliedIndex() != c.nodes[li].Stats().LastIndex {
-		t.Errorf("settle request to the leader: %v, want its FSM's last applied entry", rep)
+	after := c.nodes[li].Stats().LastIndex
+	if infos := rep.GetCommitInfos(); !rep.GetSuccess() || len(infos) != 1 ||
+		infos[0].GetAppliedIndex() < before || infos[0].GetAppliedIndex() > after {
+		t.Errorf("settle request to the leader: %v, want its FSM's last applied entry, in [%d, %d]", rep, before, after)
 	}
 }
