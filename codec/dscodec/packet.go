@@ -50,7 +50,10 @@ func EncodePacketPrefix(m proto.Message, bodyLen int) (*buffer.Buf, error) {
 }
 
 func encodePacket(m proto.Message, bodyLen int, body []byte) (*buffer.Buf, error) {
-	hl := proto.Size(m)
+	hl, hand := handEncoded(m)
+	if !hand {
+		hl = proto.Size(m)
+	}
 	frameLen := packetPrefixSize + hl + bodyLen
 	if frameLen-packetLengthSize > 1<<32-1 {
 		return nil, fmt.Errorf("%w: %d bytes", codec.ErrFrameTooLong, frameLen)
@@ -59,7 +62,9 @@ func encodePacket(m proto.Message, bodyLen int, body []byte) (*buffer.Buf, error
 	b := buf.Bytes()
 	binary.BigEndian.PutUint32(b, uint32(frameLen-packetLengthSize))
 	binary.BigEndian.PutUint32(b[packetLengthSize:], uint32(hl))
-	if _, err := (proto.MarshalOptions{}).MarshalAppend(b[packetPrefixSize:packetPrefixSize], m); err != nil {
+	if hand {
+		appendHand(b[packetPrefixSize:packetPrefixSize], m)
+	} else if _, err := (proto.MarshalOptions{}).MarshalAppend(b[packetPrefixSize:packetPrefixSize], m); err != nil {
 		buf.Release()
 		return nil, fmt.Errorf("%w: %v", codec.ErrBadMessage, err)
 	}
