@@ -11,6 +11,7 @@ import (
 
 	"github.com/pipestream/pipestream/codec"
 	"github.com/pipestream/pipestream/codec/dscodec"
+	"github.com/pipestream/pipestream/internal/testkit"
 	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
 )
 
@@ -85,6 +86,29 @@ func TestEncodeHeadersAsProto(t *testing.T) {
 		{"other message", &pb.RaftClientReply{Success: true, LogIndex: 7}},
 	} {
 		t.Run(tc.name, func(t *testing.T) { sameAsProto(t, tc.m) })
+	}
+}
+
+// A data packet's header and its ack are encoded with no allocation but
+// the pooled frame's, which goes back to its pool.
+func TestEncodeAllocatesNothing(t *testing.T) {
+	if testkit.Race {
+		t.Skip("the race detector allocates for itself; .ci/run runs this test without it")
+	}
+	ph := &pb.DataStreamPacketHeader{ClientId: []byte("0123456789abcdef"), Type: pb.DataStreamPacketHeader_STREAM_DATA, DataLength: 4096}
+	rh := &pb.DataStreamReplyHeader{PacketHeader: ph, BytesWritten: 4096, Success: true, ServerId: "p2"}
+	for _, m := range []proto.Message{ph, rh} {
+		encode := func() {
+			frame, err := dscodec.EncodePacketPrefix(m, 4096)
+			if err != nil {
+				t.Fatal(err)
+			}
+			frame.Release()
+		}
+		encode() // the pool's first buffer
+		if n := testing.AllocsPerRun(1000, encode); n != 0 {
+			t.Errorf("encoding a %T allocates %.2f times", m, n)
+		}
 	}
 }
 
