@@ -67,7 +67,7 @@ for ((i = 1; i <= count; i++)); do
 	bench 'Chain/stream-(64KiB|4KiB)$'
 	bench 'Matrix/topo=chain/packet=(4KiB|64KiB)/streams=1/sm=mem/transport=gnet$'
 	bench 'CommitPath/(disk|mem)/(log|stream)/64MiB$'
-	bench 'Latency/transport=(gnet|netconn)/sm=mem$' -test.benchtime "${latency_ops}x"
+	bench '^BenchmarkLatency$/transport=(gnet|netconn)/sm=mem$' -test.benchtime "${latency_ops}x"
 done
 # Once: it opens 10,000 connections and takes about half a minute.
 if [[ $conns != 0 ]]; then
