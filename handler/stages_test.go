@@ -49,7 +49,7 @@ type reply struct {
 func newConn(t *testing.T, gated bool, opts ...func(*handler.Config)) *conn {
 	c := &conn{
 		t: t, sm: statemachine.NewMemory(), gate: smtest.NewGate(64),
-		replies: make(chan reply, 64),
+		replies: make(chan reply, maxReplies),
 	}
 	if !gated {
 		c.gate.Open()
@@ -95,9 +95,20 @@ func (r replyTransport) Write(msg any) error {
 		r.c.t.Error(err)
 		return nil
 	}
-	r.c.replies <- reply{h, rcr}
+	// A transport's Write queues and never waits for the peer to read,
+	// and the handler writes a stream's replies holding the stream's lock:
+	// blocking here would deadlock a test whose goroutine is sending to
+	// that stream.
+	select {
+	case r.c.replies <- reply{h, rcr}:
+	default:
+		r.c.t.Errorf("more than %d replies unread", maxReplies)
+	}
 	return nil
 }
+
+// maxReplies is more than any test's replies in all.
+const maxReplies = 4096
 
 func (replyTransport) Flush() error         { return nil }
 func (replyTransport) Close() error         { return nil }
