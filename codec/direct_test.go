@@ -9,6 +9,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/pipestream/pipestream/buffer"
 	"github.com/pipestream/pipestream/buffer/buffertest"
@@ -112,12 +113,17 @@ func TestFrameDecoderReadsDirect(t *testing.T) {
 	}
 	stream := lengthPrefixed(bodies)
 	// Only what comes after the first quarter of a frame of 64 KiB or
-	// more can go straight into it.
-	maxDirect := 0
+	// more can go straight into it, or all of a frame that follows one:
+	// its length field is read ahead into a buffer of its own.
+	maxDirect, last := 0, 0
 	for _, b := range bodies {
-		if n := 4 + len(b); n >= 64<<10 {
+		switch n := 4 + len(b); {
+		case last >= 64<<10:
+			maxDirect += n
+		case n >= 64<<10:
 			maxDirect += n - n/4
 		}
+		last = 4 + len(b)
 	}
 	reads := []struct {
 		name string
@@ -345,5 +351,151 @@ func TestFrameDecoderCountsBacklog(t *testing.T) {
 				t.Fatalf("%d bytes read directly, more than the last three quarters", direct)
 			}
 		})
+	}
+}
+
+// TestFrameDecoderReadsHeadAhead streams large frames through a queue
+// whose socket returns all that is asked: after the first, each frame's
+// length field is read on its own and then its whole body straight into
+// the frame, with nothing copied through the queue; a small frame ends the
+// run, and the frame after it is read through the queue again. With the
+// length field kept (as DataStream frames keep theirs) and stripped.
+func TestFrameDecoderReadsHeadAhead(t *testing.T) {
+	const large = 100 << 10
+	sizes := []int{large, large, large - 7, 10, large}
+	bodies := make([][]byte, len(sizes))
+	for i, n := range sizes {
+		bodies[i] = testkit.RandomBytes(uint64(i), n)
+	}
+	stream := lengthPrefixed(bodies)
+	for _, strip := range []int{0, 4} {
+		t.Run(fmt.Sprintf("strip=%d", strip), func(t *testing.T) {
+			buffertest.Check(t)
+			d := newDecoding(t, codec.FrameConfig{LengthFieldLength: 4, InitialBytesToStrip: strip})
+			p, c := d.p, d.c
+			var in buffer.Queue
+			src := &socket{data: stream}
+			// read reads once, fires the read, and returns what it read
+			// and whether all of it went past the queue.
+			read := func() (n int, direct bool) {
+				t.Helper()
+				before := in.Buffered()
+				n, err := in.ReadOnce(src, 64<<10)
+				if err != nil {
+					t.Fatal(err)
+				}
+				direct = in.Buffered() == before
+				p.FireChannelRead(&in)
+				return n, direct
+			}
+			// The first frame: its first read goes through the queue.
+			if _, direct := read(); direct {
+				t.Fatal("the first read went past the queue")
+			}
+			for len(c.frames) < 1 {
+				read()
+			}
+			// The next two: the length field, then the whole body.
+			for i := 1; i <= 2; i++ {
+				if n, direct := read(); n != 4 || !direct {
+					t.Fatalf("frame %d: read %d bytes (direct %v), want its 4-byte length field, direct", i, n, direct)
+				}
+				if n, direct := read(); n != len(bodies[i]) || !direct {
+					t.Fatalf("frame %d: read %d bytes (direct %v), want its %d-byte body, direct", i, n, direct, len(bodies[i]))
+				}
+				if len(c.frames) != i+1 {
+					t.Fatalf("frame %d not decoded after its body was read", i)
+				}
+			}
+			// The small frame, read ahead too, and then a large frame that
+			// follows a small one goes through the queue.
+			for len(c.frames) < 4 {
+				if _, direct := read(); !direct {
+					t.Fatal("the small frame after a large one went through the queue")
+				}
+			}
+			if _, direct := read(); direct {
+				t.Fatal("the first read of a frame after a small one went past the queue")
+			}
+			for len(c.frames) < len(bodies) {
+				read()
+			}
+			if len(c.errs) > 0 || in.Buffered() != 0 {
+				t.Fatalf("errors %v, %d bytes left", c.errs, in.Buffered())
+			}
+			for i, f := range c.frames {
+				want := lengthPrefixed(bodies[i : i+1])[strip:]
+				if !bytes.Equal(f, want) {
+					t.Errorf("frame %d of %d bytes differs from the one sent", i, len(want))
+				}
+			}
+		})
+	}
+}
+
+// TestFrameDecoderHeadAheadBounded checks what a length field read ahead
+// can make the decoder hold: a frame no longer than the one before it is
+// assembled at once, but a longer one only once a quarter of it has
+// arrived, as without the read ahead, so that a few bytes claiming 8 MiB
+// cost nothing.
+func TestFrameDecoderHeadAheadBounded(t *testing.T) {
+	buffertest.Check(t)
+	const large, huge = 100 << 10, 8 << 20
+	b := codec.NewPartialBudget(64 << 20)
+	d := budgetDecoder(t, b)
+	first := lengthPrefixed([][]byte{testkit.RandomBytes(1, large)})
+	second := lengthPrefixed([][]byte{testkit.RandomBytes(2, huge)})
+	src := &socket{data: first}
+	var in buffer.Queue
+	var frames [][]byte
+	// step reads once and decodes as the pipeline does, until nothing is
+	// left to decode; it reports whether the read went past the queue.
+	step := func() (direct bool) {
+		t.Helper()
+		before := in.Buffered()
+		if _, err := in.ReadOnce(src, 64<<10); err != nil {
+			t.Fatal(err)
+		}
+		direct = in.Buffered() == before
+		for {
+			f, err := d.Decode(&in)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if f == nil {
+				return direct
+			}
+			frames = append(frames, bytes.Clone(f.Bytes()))
+			f.Release()
+		}
+	}
+	for range 4 {
+		if len(frames) == 1 {
+			break
+		}
+		step()
+	}
+	if len(frames) != 1 || !bytes.Equal(frames[0], first) {
+		t.Fatal("the first frame was not decoded")
+	}
+	src.data = second[:4+1024]
+	if !step() {
+		t.Fatal("the length field after a large frame went through the queue")
+	}
+	step()
+	d.Sweep(time.Now(), time.Hour) // gives back what the first frame held
+	if held := b.Held(); held > 4+1024 {
+		t.Fatalf("4 bytes claiming %d and 1 KiB after them hold %d bytes of the budget", huge, held)
+	}
+	// Past a quarter it is assembled, and the rest read into it.
+	src.data = second[4+1024:]
+	for range 1 << 10 {
+		if len(frames) == 2 {
+			break
+		}
+		step()
+	}
+	if len(frames) != 2 || !bytes.Equal(frames[1], second) {
+		t.Fatal("the 8 MiB frame was not decoded whole")
 	}
 }

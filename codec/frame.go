@@ -38,7 +38,14 @@ type FrameDecoder struct {
 	mu      sync.Mutex
 	partial *buffer.Buf
 	have    int                 // bytes of partial filled
-	direct  buffer.DirectReader // reads into partial's missing tail, or nil
+	direct  buffer.DirectReader // reads into partial's missing tail, or head's, or nil
+
+	// After a large frame, the next frame's length field is read on its
+	// own, straight into head, so that the frame's body can then be read
+	// straight into the frame (see Decode). headN bytes of head are filled.
+	head    *buffer.Buf
+	headN   int
+	lastLen int // of the last frame returned; from eagerMin up, prefetch the next head
 
 	// Also guarded by mu, for Sweep on another goroutine.
 	budget   *PartialBudget // nil: unbounded
@@ -96,15 +103,16 @@ func (d *FrameDecoder) ChannelRead(ctx *pipeline.Context, msg any) {
 
 // HandlerRemoved stops a decode loop in progress, so that the rest of the
 // input goes to whatever replaced the decoder, and drops a frame being
-// assembled.
+// assembled, or the first bytes of one read ahead (see Decode).
 func (d *FrameDecoder) HandlerRemoved(*pipeline.Context) {
 	d.removed.Store(true)
 	d.Reset()
 }
 
-// Reset drops a frame being assembled, releasing its buffer and
-// withdrawing it as the target of direct reads. A decoder used without a
-// pipeline calls it when its connection ends.
+// Reset drops a frame being assembled, or the length field of one read
+// ahead, releasing its buffer and withdrawing it as the target of direct
+// reads. A decoder used without a pipeline calls it when its connection
+// ends.
 func (d *FrameDecoder) Reset() {
 	d.mu.Lock()
 	defer d.mu.Unlock()
@@ -118,6 +126,10 @@ func (d *FrameDecoder) drop() {
 	if d.partial != nil {
 		d.partial.Release()
 		d.partial, d.have = nil, 0
+	}
+	if d.head != nil {
+		d.head.Release()
+		d.head, d.headN = nil, 0
 	}
 	d.pending = 0
 	d.trim(0)
@@ -166,6 +178,18 @@ func (d *FrameDecoder) withdraw() int {
 // empty. The target is withdrawn by the next Decode, Reset,
 // HandlerRemoved and a failure.
 //
+// After a frame of 64 KiB or more, when in is empty, the next frame's
+// bytes up to the end of its length field become the target: a stream of
+// large frames then costs two reads a frame, the length field and the
+// whole rest, with no copy through in. Without it, each read through in
+// would take the tail of one frame and most of the next, and the copy out
+// of in would come back for nearly every byte. A frame read ahead like
+// this that is no longer than the one before it is assembled at once: the
+// peer has sent that much already, so the bound above still holds, and
+// the socket's backlog need not be asked for every frame. (Not when the
+// decoder strips bytes past the length field, which it could then not
+// keep; an idle decoder holds this small buffer until Reset.)
+//
 // A decoder given a PartialBudget (SetBudget) counts against it the bytes
 // of an incomplete frame, whether assembled or waiting in in, and fails
 // with ErrPartialBudget rather than hold more than the budget has left.
@@ -183,8 +207,14 @@ func (d *FrameDecoder) Decode(in buffer.Inbound) (*buffer.Buf, error) {
 	if d.partial != nil {
 		return d.fill(in)
 	}
+	if d.head != nil {
+		return d.fillHead(in)
+	}
 	buffered := in.Buffered()
 	if buffered < d.end {
+		if buffered == 0 && d.lastLen >= eagerMin {
+			return nil, d.aimHead(in)
+		}
 		return nil, d.wait(in, buffered)
 	}
 	head, err := in.Peek(d.end)
@@ -217,7 +247,73 @@ func (d *FrameDecoder) Decode(in buffer.Inbound) (*buffer.Buf, error) {
 		frame.Release()
 		return nil, d.fail(in, err)
 	}
+	d.lastLen = total
 	return frame, nil
+}
+
+// aimHead makes a buffer for the next frame's length field the target of
+// in's next reads, if in can read directly and no byte past the length
+// field is to be stripped. d.mu is held.
+func (d *FrameDecoder) aimHead(in buffer.Inbound) error {
+	r, ok := in.(buffer.DirectReader)
+	if !ok || d.cfg.InitialBytesToStrip > d.end {
+		return d.wait(in, 0)
+	}
+	d.pending = 0 // nothing of the frame yet: an idle connection is not a stalled one
+	d.head, d.headN = buffer.Get(d.end), 0
+	r.ReadInto(d.head.Slice(0, d.end))
+	d.direct = r
+	return nil
+}
+
+// fillHead completes the next frame's length field, prefetched into head,
+// with what landed and what in holds, and then goes on as Decode does with
+// the field in hand: it assembles the frame once a quarter of it has
+// arrived, reading the rest straight into it.
+func (d *FrameDecoder) fillHead(in buffer.Inbound) (*buffer.Buf, error) {
+	d.headN += d.withdraw()
+	h := d.head.Bytes()
+	if n := min(d.end-d.headN, in.Buffered()); n > 0 {
+		if err := take(in, h[d.headN:d.headN+n], 0); err != nil {
+			return nil, d.fail(in, err)
+		}
+		d.headN += n
+	}
+	if d.headN < d.end {
+		if err := d.wait(in, d.headN); err != nil {
+			return nil, err
+		}
+		if in.Buffered() == 0 {
+			r := in.(buffer.DirectReader)
+			r.ReadInto(d.head.Slice(d.headN, d.end))
+			d.direct = r
+		}
+		return nil, nil
+	}
+	total, err := d.frameLength(h[d.cfg.LengthFieldOffset:d.end])
+	if err != nil {
+		return nil, d.fail(in, err)
+	}
+	// A frame no longer than the one before it is assembled at once: the
+	// peer has sent that much already, so what it makes the decoder
+	// allocate stays bounded by what it sends, and the socket's backlog
+	// need not be asked for each frame of a run of large ones.
+	buffered := d.end + in.Buffered()
+	if total > buffered && total > d.lastLen && arrived(in, buffered, total/4) < total/4 {
+		// Too little of a larger frame to assemble it yet: keep the field
+		// and wait for more.
+		return nil, d.wait(in, buffered)
+	}
+	strip := d.cfg.InitialBytesToStrip
+	if err := d.hold(total - strip); err != nil {
+		return nil, d.fail(in, err)
+	}
+	d.pending = total - strip
+	d.partial = buffer.Get(total - strip)
+	d.have = copy(d.partial.Bytes(), h[strip:])
+	d.head.Release()
+	d.head, d.headN = nil, 0
+	return d.fill(in)
 }
 
 // arrived returns the bytes of the stream that have arrived: those
@@ -254,6 +350,7 @@ func (d *FrameDecoder) fill(in buffer.Inbound) (*buffer.Buf, error) {
 	}
 	frame := d.partial
 	d.partial, d.have, d.pending = nil, 0, 0
+	d.lastLen = frame.Len() + d.cfg.InitialBytesToStrip
 	return frame, nil
 }
 

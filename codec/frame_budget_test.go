@@ -16,6 +16,7 @@ func budgetDecoder(t *testing.T, b *codec.PartialBudget) *codec.FrameDecoder {
 	d, err := codec.NewFrameDecoder(codec.FrameConfig{LengthFieldLength: 4})
 	must(t, err)
 	d.SetBudget(b)
+	t.Cleanup(d.Reset) // used without a pipeline: see Reset
 	return d
 }
 
