@@ -88,6 +88,25 @@ func (g *group) mustCLI(args ...string) string {
 	return out
 }
 
+// cliCaughtUp is cli for a read (ls, get) from one peer, run again while
+// the peer refuses it as not caught up with its group, which a peer does
+// after it has lost touch with its leader or seen a new one elected,
+// until it has asked the leader, within testTimeout.
+func (g *group) cliCaughtUp(args ...string) (stdout, stderr string, code int) {
+	g.t.Helper()
+	deadline := time.Now().Add(testTimeout)
+	for {
+		stdout, stderr, code = g.cli(args...)
+		if code == exitOK || !strings.Contains(stderr, "NOT_CAUGHT_UP") {
+			return stdout, stderr, code
+		}
+		if time.Now().After(deadline) {
+			g.t.Fatalf("pipestream %s: still not caught up after %v\n--- stderr\n%s", strings.Join(args, " "), testTimeout, stderr)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
 // putAll puts each name's data through primary with a client of the
 // group file's members, into h, and fails the test unless each commits.
 func (g *group) putAll(h *history, primary string, files map[string][]byte) {
