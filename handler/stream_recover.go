@@ -170,10 +170,13 @@ func (st *Stream) reachable(ids []string) []string {
 	for len(ids) > 0 {
 		id := ids[0]
 		ids = ids[1:]
-		if _, err := st.s.cfg.Dial(id); err == nil {
+		_, err := st.s.cfg.Dial(id)
+		if err == nil {
 			out = append(out, id)
 			continue
 		}
+		st.s.cfg.Logger.Warn("handler: successor unreachable; routing the stream around it",
+			"stream", st.Key, "peer", id, "err", err)
 		ids = append(ids, st.table.Successors(id)...)
 		st.table = adopt(st.table, st.s.cfg.ID, id)
 	}
