@@ -172,7 +172,8 @@ func streamPut(ctx context.Context, h *history, c *datastream.Client, name, prim
 	var last *datastream.Future[*datastream.Reply]
 	for off := 0; off < len(data); off += piece {
 		events.at(off)
-		if last = out.WriteAsync(ctx, data[off:min(off+piece, len(data))]); isDone(last) {
+		last = out.WriteAsync(ctx, data[off:min(off+piece, len(data))])
+		if isDone(last) || off == 0 && events != nil && events.opened {
 			if _, err := last.Wait(ctx); err != nil {
 				return fail(err)
 			}
@@ -203,8 +204,11 @@ func streamPut(ctx context.Context, h *history, c *datastream.Client, name, prim
 // bytes have been handed to the stream, once CLOSE is sent, once its reply
 // came. A nil *putEvents does nothing. With drain, CLOSE is sent only once
 // every write is acknowledged, so that closeSent is close to the commit.
+// With opened, the first write is acknowledged (so every peer of the
+// stream holds it open) before the rest is handed over.
 type putEvents struct {
 	drain      bool // wait for every write's reply before sending CLOSE
+	opened     bool // wait for the first write's reply before the others
 	offset     int
 	atOffset   chan struct{}
 	closeSent  chan struct{}
