@@ -26,9 +26,10 @@ type Inbound interface {
 
 // DirectReader is an Inbound that can read the next bytes of the stream
 // straight into a consumer's buffer instead of its own memory. A decoder
-// assembling a large frame names the frame's missing tail as the target,
-// and the transport's reads land there: the bytes are copied once, by the
-// kernel, instead of once more out of the Inbound.
+// assembling a large frame names the frame's missing tail as the target
+// (or, after one, the next frame's length field), and the transport's
+// reads land there: the bytes are copied once, by the kernel, instead of
+// once more out of the Inbound.
 //
 // While a target is set and nothing is buffered, each read goes into the
 // target's free part, and may fill all of it at once; a full target, or

@@ -21,7 +21,8 @@ var (
 
 // PartialBudget bounds the bytes that the decoders sharing it hold in
 // frames that have not fully arrived: a large frame's buffer, allocated
-// once a quarter of it is in, and the bytes of a smaller or younger frame
+// once a quarter of it is in (or at once, after a frame at least as long:
+// see FrameDecoder.Decode), and the bytes of a smaller or younger frame
 // waiting in the transport's buffer. Without it, each connection may hold
 // a frame of MaxFrameLength, and many connections that each stop one byte
 // short of a frame hold that many times over. A decoder that would go past

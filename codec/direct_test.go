@@ -499,3 +499,75 @@ func TestFrameDecoderHeadAheadBounded(t *testing.T) {
 		t.Fatal("the 8 MiB frame was not decoded whole")
 	}
 }
+
+// TestFrameDecoderHeadAheadEdges covers the length field read ahead where
+// it meets the rest of the decoder: a whole frame after a large one is not
+// charged to the budget; bytes the transport buffered itself stay in it,
+// to go to whatever replaces a removed decoder; and a Decode after the
+// decoder was removed aims no read.
+func TestFrameDecoderHeadAheadEdges(t *testing.T) {
+	large := lengthPrefixed([][]byte{testkit.RandomBytes(1, 70<<10)})
+	// afterLarge returns a decoder that has just returned a large frame
+	// from q, with nothing left in q, so that its next frame's length
+	// field is read ahead.
+	afterLarge := func(t *testing.T, cfg codec.FrameConfig, b *codec.PartialBudget) (decoding, *buffer.Queue) {
+		d := newDecoding(t, cfg)
+		if b != nil {
+			d.dec.SetBudget(b)
+		}
+		q := new(buffer.Queue)
+		_, _ = q.Write(large)
+		d.p.FireChannelRead(q)
+		if len(d.c.frames) != 1 || q.Buffered() != 0 {
+			t.Fatalf("%d frames, %d bytes left after a whole large frame", len(d.c.frames), q.Buffered())
+		}
+		return d, q
+	}
+
+	t.Run("whole frame, budget held by another", func(t *testing.T) {
+		buffertest.Check(t)
+		// Another decoder holds all of the budget with a frame it is
+		// assembling.
+		other := lengthPrefixed([][]byte{testkit.RandomBytes(2, 200<<10)})
+		b := codec.NewPartialBudget(int64(len(other)))
+		od, oq := budgetDecoder(t, b), new(buffer.Queue)
+		_, _ = oq.Write(other[:len(other)-1])
+		if f, err := od.Decode(oq); f != nil || err != nil || b.Held() != b.Max() {
+			t.Fatalf("the other decoder: %v, %v, holding %d of %d", f, err, b.Held(), b.Max())
+		}
+		d, q := afterLarge(t, codec.FrameConfig{LengthFieldLength: 4}, b)
+		small := lengthPrefixed([][]byte{[]byte("small")})
+		_, _ = q.Write(small)
+		d.p.FireChannelRead(q)
+		if len(d.c.errs) > 0 || len(d.c.frames) != 2 || !bytes.Equal(d.c.frames[1], small) {
+			t.Fatalf("errors %v, %d frames; want the whole small frame, which holds no budget", d.c.errs, len(d.c.frames))
+		}
+	})
+
+	t.Run("removed between frames", func(t *testing.T) {
+		buffertest.Check(t)
+		d, q := afterLarge(t, stripped, nil)
+		_, _ = q.Write([]byte("NE")) // buffered by the transport, as gnet does
+		d.p.FireChannelRead(q)
+		if _, err := d.p.Remove("frames"); err != nil {
+			t.Fatal(err)
+		}
+		_, _ = q.Write([]byte("W-PROTO"))
+		d.p.FireChannelRead(q)
+		if got, _ := q.Peek(q.Buffered()); string(got) != "NEW-PROTO" || len(d.c.other) == 0 {
+			t.Fatalf("after the decoder went, the next stage got %q (%d reads), want %q", got, len(d.c.other), "NEW-PROTO")
+		}
+	})
+
+	t.Run("Decode after removal", func(t *testing.T) {
+		buffertest.Check(t)
+		d, q := afterLarge(t, stripped, nil)
+		d.dec.HandlerRemoved(nil)
+		if f, err := d.dec.Decode(q); f != nil || err != nil {
+			t.Fatalf("Decode after removal: %v, %v", f, err)
+		}
+		if n, _ := q.ReadOnce(strings.NewReader("next-protocol"), 64<<10); n != 13 || q.Buffered() != 13 {
+			t.Fatalf("a read after removal put %d of %d bytes in the queue; the rest went to a target nobody holds", q.Buffered(), n)
+		}
+	})
+}

@@ -21,7 +21,10 @@ import (
 //
 // If the decoder is removed from its pipeline while it is decoding, as a
 // protocol switch would do, the bytes it has not decoded are passed on to
-// the next stage as the buffer.Inbound.
+// the next stage as the buffer.Inbound. Bytes the transport has already
+// read straight into a large frame, or into the length field read ahead
+// after one (see Decode), go with the decoder when it is removed from
+// another goroutine; a switch made while handling a frame loses nothing.
 //
 // A FrameDecoder holds one connection's state: make one per pipeline. Its
 // methods are called from the connection's event loop, or from the one
@@ -33,8 +36,8 @@ type FrameDecoder struct {
 	removed atomic.Bool
 
 	// A large frame that has partly arrived is assembled in place: see
-	// Decode. mu guards partial against HandlerRemoved on another
-	// goroutine.
+	// Decode. mu guards partial, direct, head, headN and lastLen against
+	// HandlerRemoved on another goroutine.
 	mu      sync.Mutex
 	partial *buffer.Buf
 	have    int                 // bytes of partial filled
@@ -58,7 +61,9 @@ type FrameDecoder struct {
 }
 
 // eagerMin is the smallest frame assembled before it is whole; smaller
-// frames wait in the transport's buffer, where they cost little.
+// frames wait in the transport's buffer, where they cost little, unless
+// they follow a frame this large, whose successor's length field was read
+// ahead (see Decode).
 const eagerMin = 64 << 10
 
 // NewFrameDecoder returns a decoder for frames laid out as c describes. It
@@ -184,11 +189,13 @@ func (d *FrameDecoder) withdraw() int {
 // whole rest, with no copy through in. Without it, each read through in
 // would take the tail of one frame and most of the next, and the copy out
 // of in would come back for nearly every byte. A frame read ahead like
-// this that is no longer than the one before it is assembled at once: the
-// peer has sent that much already, so the bound above still holds, and
-// the socket's backlog need not be asked for every frame. (Not when the
-// decoder strips bytes past the length field, which it could then not
-// keep; an idle decoder holds this small buffer until Reset.)
+// this that is no longer than the one before it is assembled at once, so
+// that the socket's backlog need not be asked for every frame: a few
+// bytes may then make the decoder allocate as much as the frame before
+// them, which the peer has sent in full. A longer one waits for its
+// quarter as above. (Not when the decoder strips bytes past the length
+// field, which it could then not keep; an idle decoder holds this small
+// buffer until Reset.)
 //
 // A decoder given a PartialBudget (SetBudget) counts against it the bytes
 // of an incomplete frame, whether assembled or waiting in in, and fails
@@ -200,6 +207,11 @@ func (d *FrameDecoder) Decode(in buffer.Inbound) (*buffer.Buf, error) {
 	}
 	d.mu.Lock()
 	defer d.mu.Unlock()
+	if d.removed.Load() {
+		// Removed from another goroutine since ChannelRead looked: aim no
+		// read at a buffer that no Reset will withdraw.
+		return nil, nil
+	}
 	d.decodes++
 	if d.stalled {
 		return nil, d.fail(in, fmt.Errorf("%w: no bytes of it arrived for too long", ErrReadStalled))
@@ -210,6 +222,12 @@ func (d *FrameDecoder) Decode(in buffer.Inbound) (*buffer.Buf, error) {
 	if d.head != nil {
 		return d.fillHead(in)
 	}
+	return d.decodeBuffered(in)
+}
+
+// decodeBuffered is Decode with no frame in progress: the next frame
+// starts in in. d.mu is held.
+func (d *FrameDecoder) decodeBuffered(in buffer.Inbound) (*buffer.Buf, error) {
 	buffered := in.Buffered()
 	if buffered < d.end {
 		if buffered == 0 && d.lastLen >= eagerMin {
@@ -266,45 +284,67 @@ func (d *FrameDecoder) aimHead(in buffer.Inbound) error {
 	return nil
 }
 
-// fillHead completes the next frame's length field, prefetched into head,
+// fillHead completes the next frame's length field, read ahead into head,
 // with what landed and what in holds, and then goes on as Decode does with
-// the field in hand: it assembles the frame once a quarter of it has
-// arrived, reading the rest straight into it.
+// the field in hand: a whole frame is returned; an incomplete one no
+// longer than the frame before it, or of which a quarter has arrived, is
+// assembled, its rest read straight into it; a longer one waits.
 func (d *FrameDecoder) fillHead(in buffer.Inbound) (*buffer.Buf, error) {
 	d.headN += d.withdraw()
-	h := d.head.Bytes()
-	if n := min(d.end-d.headN, in.Buffered()); n > 0 {
-		if err := take(in, h[d.headN:d.headN+n], 0); err != nil {
-			return nil, d.fail(in, err)
-		}
-		d.headN += n
+	if d.headN == 0 {
+		// Nothing was read ahead: the field, whole or not, is in in,
+		// where it stays for whatever follows the decoder if it goes.
+		d.head.Release()
+		d.head = nil
+		return d.decodeBuffered(in)
 	}
-	if d.headN < d.end {
-		if err := d.wait(in, d.headN); err != nil {
-			return nil, err
-		}
-		if in.Buffered() == 0 {
-			r := in.(buffer.DirectReader)
+	h := d.head.Bytes()
+	if need := d.end - d.headN; need > 0 {
+		r, direct := in.(buffer.DirectReader)
+		switch buffered := in.Buffered(); {
+		case buffered >= need:
+			if err := take(in, h[d.headN:], 0); err != nil {
+				return nil, d.fail(in, err)
+			}
+			d.headN = d.end
+		case buffered == 0 && direct:
 			r.ReadInto(d.head.Slice(d.headN, d.end))
 			d.direct = r
+			return nil, d.wait(in, d.headN)
+		default:
+			// Bytes read ahead come before in's: in keeps its own until
+			// it can complete the field.
+			return nil, d.wait(in, d.headN+buffered)
 		}
-		return nil, nil
 	}
 	total, err := d.frameLength(h[d.cfg.LengthFieldOffset:d.end])
 	if err != nil {
 		return nil, d.fail(in, err)
 	}
-	// A frame no longer than the one before it is assembled at once: the
-	// peer has sent that much already, so what it makes the decoder
-	// allocate stays bounded by what it sends, and the socket's backlog
-	// need not be asked for each frame of a run of large ones.
+	strip := d.cfg.InitialBytesToStrip
 	buffered := d.end + in.Buffered()
-	if total > buffered && total > d.lastLen && arrived(in, buffered, total/4) < total/4 {
+	if total <= buffered {
+		d.pending = 0
+		frame := buffer.Get(total - strip)
+		n := copy(frame.Bytes(), h[strip:])
+		d.head.Release()
+		d.head, d.headN = nil, 0
+		if err := take(in, frame.Bytes()[n:], 0); err != nil {
+			frame.Release()
+			return nil, d.fail(in, err)
+		}
+		d.lastLen = total
+		return frame, nil
+	}
+	// A frame no longer than the one before it is assembled at once: the
+	// peer has sent a frame that long already, so what a few bytes make
+	// the decoder allocate is bounded by that, and the socket's backlog
+	// need not be asked for each frame of a run of large ones.
+	if total > d.lastLen && arrived(in, buffered, total/4) < total/4 {
 		// Too little of a larger frame to assemble it yet: keep the field
 		// and wait for more.
 		return nil, d.wait(in, buffered)
 	}
-	strip := d.cfg.InitialBytesToStrip
 	if err := d.hold(total - strip); err != nil {
 		return nil, d.fail(in, err)
 	}

@@ -63,7 +63,9 @@ func encodePacket(m proto.Message, bodyLen int, body []byte) (*buffer.Buf, error
 	binary.BigEndian.PutUint32(b, uint32(frameLen-packetLengthSize))
 	binary.BigEndian.PutUint32(b[packetLengthSize:], uint32(hl))
 	if hand {
-		appendHand(b[packetPrefixSize:packetPrefixSize], m)
+		if n := len(appendHand(b[packetPrefixSize:packetPrefixSize], m)); n != hl {
+			panic(fmt.Sprintf("dscodec: hand encoder of %T wrote %d bytes, sized %d", m, n, hl))
+		}
 	} else if _, err := (proto.MarshalOptions{}).MarshalAppend(b[packetPrefixSize:packetPrefixSize], m); err != nil {
 		buf.Release()
 		return nil, fmt.Errorf("%w: %v", codec.ErrBadMessage, err)
