@@ -120,10 +120,8 @@ func (n *Node) Commit(ctx context.Context, s statemachine.StreamInfo) (*pb.RaftC
 // has applied an entry for key, among the keys it remembers
 // (Config.MaxDedupKeys).
 func (n *Node) Committed(key statemachine.StreamKey) (uint64, bool) {
-	n.fsm.mu.Lock()
-	defer n.fsm.mu.Unlock()
-	c, ok := n.fsm.keys[key]
-	return c.index, ok
+	index, _, ok := n.CommittedEntry(key)
+	return index, ok
 }
 
 // CommittedEntry implements statemachine.TermChecker: Committed, with the

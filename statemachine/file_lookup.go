@@ -13,10 +13,8 @@ import (
 // Committed implements KeyChecker: whether an entry for key was applied
 // here, linked or missing, and at which index.
 func (s *FileStore) Committed(key StreamKey) (uint64, bool) {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	sf, ok := s.byKey[key]
-	return sf.Index, ok
+	index, _, ok := s.CommittedEntry(key)
+	return index, ok
 }
 
 // CommittedEntry implements TermChecker: Committed, with the entry's term.
