@@ -287,18 +287,15 @@ func (lc *labClient) get(name, peer string) (string, error) {
 	return r.SHA256, nil
 }
 
-// getCaughtUp is get run again, within testTimeout, while the peer refuses
-// the read as not caught up with its group: a peer does that after it has
-// lost touch with its leader or seen a new one elected, until it has asked
-// the leader (docs/protocol.md), which a lab's faults make it do often.
-// Any other answer, or the refusal past the deadline, is returned.
-func (lc *labClient) getCaughtUp(name, peer string) (string, error) {
-	deadline := time.Now().Add(testTimeout)
-	for {
-		sum, err := lc.get(name, peer)
-		if err == nil || !strings.Contains(err.Error(), "NOT_CAUGHT_UP") || time.Now().After(deadline) {
-			return sum, err
+// getCaughtUp is get run again while the peer refuses the read as not
+// caught up with its group (whileNotCaughtUp), which a lab's faults make
+// it do often. A refusal past the deadline is returned as the error.
+func (lc *labClient) getCaughtUp(name, peer string) (sum string, err error) {
+	whileNotCaughtUp(func() string {
+		if sum, err = lc.get(name, peer); err != nil {
+			return err.Error()
 		}
-		time.Sleep(50 * time.Millisecond)
-	}
+		return ""
+	})
+	return sum, err
 }

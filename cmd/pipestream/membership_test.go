@@ -89,22 +89,36 @@ func (g *group) mustCLI(args ...string) string {
 }
 
 // cliCaughtUp is cli for a read (ls, get) from one peer, run again while
-// the peer refuses it as not caught up with its group, which a peer does
-// after it has lost touch with its leader or seen a new one elected,
-// until it has asked the leader, within testTimeout.
+// the peer refuses it as not caught up with its group (whileNotCaughtUp).
 func (g *group) cliCaughtUp(args ...string) (stdout, stderr string, code int) {
 	g.t.Helper()
-	deadline := time.Now().Add(testTimeout)
-	for {
+	if !whileNotCaughtUp(func() string {
 		stdout, stderr, code = g.cli(args...)
-		if code == exitOK || !strings.Contains(stderr, "NOT_CAUGHT_UP") {
-			return stdout, stderr, code
+		if code == exitOK {
+			return ""
 		}
+		return stderr
+	}) {
+		g.t.Fatalf("pipestream %s: still not caught up after %v\n--- stderr\n%s", strings.Join(args, " "), testTimeout, stderr)
+	}
+	return stdout, stderr, code
+}
+
+// whileNotCaughtUp calls read again, within testTimeout, while what it
+// returns (its error, "" for none) says the peer refused the read as not
+// caught up with its group, which a peer does after it has lost touch with
+// its leader or seen a new one elected, until it has asked the leader
+// (docs/protocol.md). It reports false if the refusal outlasted the
+// deadline.
+func whileNotCaughtUp(read func() (failure string)) bool {
+	deadline := time.Now().Add(testTimeout)
+	for strings.Contains(read(), "NOT_CAUGHT_UP") {
 		if time.Now().After(deadline) {
-			g.t.Fatalf("pipestream %s: still not caught up after %v\n--- stderr\n%s", strings.Join(args, " "), testTimeout, stderr)
+			return false
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
+	return true
 }
 
 // putAll puts each name's data through primary with a client of the
