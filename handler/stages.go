@@ -95,7 +95,7 @@ func (r *Router) ChannelRead(ctx *pipeline.Context, msg any) {
 	p.err, p.refused = e, e != nil
 	p.up, p.conn = ctx.Pipeline(), &r.conn
 	r.conn.inflight.Add(int64(p.Header.GetDataLength()))
-	st.lastActive.Store(time.Now().UnixNano())
+	st.touch()
 	p.Stream = st
 	p.parts.Store(1) // the pipeline pass; the Replier ends it
 	p.inPass.Store(true)

@@ -38,7 +38,12 @@ type Stream struct {
 	verify  atomic.Bool // this peer checks checksums; see verifies
 	opened  time.Time
 
-	lastActive atomic.Int64 // unix nanoseconds of the last packet
+	// Idle tracking without a clock read per packet, which cost 6% of a
+	// 4 KiB chain's CPU: a packet sets active, and the sweep, which reads
+	// the clock anyway, turns it into lastActive. A stream is failed for
+	// idleness at most one sweep interval late, never early.
+	active     atomic.Bool  // a packet came since the last sweep
+	lastActive atomic.Int64 // unix nanoseconds: the open, or the last sweep that found active set
 	ended      atomic.Bool  // the connection's stream count was given back
 
 	// Owned by the executor.
@@ -121,6 +126,24 @@ func newStream(s *Streams, key StreamKey, req *pb.RaftClientRequest, primary boo
 	st.opened = time.Now()
 	st.lastActive.Store(st.opened.UnixNano())
 	return st
+}
+
+// touch marks the stream active for the next sweep. It stores only when
+// the mark is clear, so that the packets between two sweeps do not take
+// the cache line from each other.
+func (st *Stream) touch() {
+	if !st.active.Load() {
+		st.active.Store(true)
+	}
+}
+
+// idleFor returns how long the stream has had no packet, as of the sweep
+// at now.
+func (st *Stream) idleFor(now time.Time) time.Duration {
+	if st.active.Swap(false) {
+		st.lastActive.Store(now.UnixNano())
+	}
+	return now.Sub(time.Unix(0, st.lastActive.Load()))
 }
 
 // IsPrimary reports whether this peer is the stream's primary, the one

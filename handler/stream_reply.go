@@ -1,8 +1,6 @@
 package handler
 
 import (
-	"time"
-
 	"github.com/pipestream/pipestream/pipeline"
 	pb "github.com/pipestream/pipestream/proto/pipestreamv1"
 )
@@ -137,7 +135,7 @@ func (st *Stream) flushReplies() {
 	for _, up := range ups {
 		if up != nil {
 			// A client that waited for these replies was not idle.
-			st.lastActive.Store(time.Now().UnixNano())
+			st.touch()
 			_ = up.Flush()
 		}
 	}

@@ -50,7 +50,7 @@ func (s *Streams) Sweep(now time.Time) {
 		case st.orphanedFor(now) > s.cfg.ReplyTimeout:
 			st.fail(errorf(pb.ErrorCode_CANCELLED, "upstream connection closed, and no peer resumed the stream within %v", s.cfg.ReplyTimeout))
 		default:
-			if idle := now.Sub(time.Unix(0, st.lastActive.Load())); idle > s.cfg.IdleTimeout && !st.waitingForReplies() {
+			if idle := st.idleFor(now); idle > s.cfg.IdleTimeout && !st.waitingForReplies() {
 				st.fail(errorf(pb.ErrorCode_TIMEOUT, "no packet for %v", s.cfg.IdleTimeout))
 			}
 		}

@@ -166,3 +166,22 @@ func TestSlowWriteIsNotIdle(t *testing.T) {
 		}
 	}
 }
+
+// A stream whose packets keep coming is not idle, however long it lasts:
+// packets mark it active between sweeps, and the sweep that finds the mark
+// restarts its idle time.
+func TestSteadyStreamIsNotIdle(t *testing.T) {
+	buffertest.Check(t)
+	const idle = 500 * time.Millisecond
+	g := startGroup(t, 3, groupOpts{tweak: func(c *server.Config) { c.IdleTimeout = idle }})
+	r := dialRaw(t, g.peers[0].StreamAddr)
+	r.open(1, g.peers[0].ID)
+	// Three idle timeouts in all, a packet every fifth of one.
+	for i := range 15 {
+		time.Sleep(idle / 5)
+		r.data(1, uint64(i*6), []byte("steady"))
+		if h, _ := r.reply(); !h.GetSuccess() {
+			t.Fatalf("packet %d, %v into the stream: %v", i, time.Duration(i+1)*idle/5, h)
+		}
+	}
+}
