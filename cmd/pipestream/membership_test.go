@@ -81,7 +81,19 @@ func (g *group) cli(args ...string) (stdout, stderr string, code int) {
 // mustCLI is cli that fails the test unless the command exits 0.
 func (g *group) mustCLI(args ...string) string {
 	g.t.Helper()
-	out, errOut, code := g.cli(args...)
+	return g.mustExit0(args, g.cli)
+}
+
+// mustCLICaughtUp is cliCaughtUp that fails the test unless the command
+// exits 0.
+func (g *group) mustCLICaughtUp(args ...string) string {
+	g.t.Helper()
+	return g.mustExit0(args, g.cliCaughtUp)
+}
+
+func (g *group) mustExit0(args []string, run func(...string) (string, string, int)) string {
+	g.t.Helper()
+	out, errOut, code := run(args...)
 	if code != 0 {
 		g.t.Fatalf("pipestream %s: exit %d\n--- stdout\n%s--- stderr\n%s", strings.Join(args, " "), code, out, errOut)
 	}
@@ -170,14 +182,14 @@ func (g *group) holdsBytes(id, name string, data []byte) {
 	// Listed with status ok: linked or repaired, not missing.
 	ok := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(name) + ` +\d+ +\d+ +\d+ +ok `)
 	deadline := time.Now().Add(healTimeout)
-	for !ok.MatchString(g.mustCLI("ls", "--config", g.config, "--id", id)) {
+	for !ok.MatchString(g.mustCLICaughtUp("ls", "--config", g.config, "--id", id)) {
 		if time.Now().After(deadline) {
 			g.t.Fatalf("%s does not hold %s within %v", id, name, healTimeout)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
 	out := filepath.Join(g.t.TempDir(), "out")
-	g.mustCLI("get", name, "--config", g.config, "--id", id, "-o", out)
+	g.mustCLICaughtUp("get", name, "--config", g.config, "--id", id, "-o", out)
 	got, err := os.ReadFile(out)
 	if err != nil {
 		g.t.Fatal(err)
