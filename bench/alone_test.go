@@ -58,24 +58,25 @@ func BenchmarkAlone(b *testing.B) {
 	b.ReportMetric(micros(p99), "grpc-p99-µs")
 }
 
-// runAlone runs BenchmarkAlone for n round trips of each baseline in a
-// child process of this test binary and returns its metrics by unit.
-func runAlone(b *testing.B, n int) map[string]float64 {
+// runAlone runs the benchmark name (BenchmarkAlone or
+// BenchmarkAloneEventLoops) for n round trips of each baseline in a child
+// process of this test binary and returns its metrics by unit.
+func runAlone(b *testing.B, name string, n int) map[string]float64 {
 	b.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), patience+time.Duration(n)*10*time.Millisecond)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run", "^$", "-test.bench", "^BenchmarkAlone$",
+	cmd := exec.CommandContext(ctx, os.Args[0], "-test.run", "^$", "-test.bench", "^"+name+"$",
 		"-test.benchtime", fmt.Sprintf("%dx", n), "-test.count", "1")
 	cmd.Env = append(os.Environ(), aloneEnv+"=1")
 	var stderr bytes.Buffer
 	cmd.Stderr = &stderr
 	out, err := cmd.Output()
 	if err != nil {
-		b.Fatalf("BenchmarkAlone in a child process: %v\n%s%s", err, out, stderr.Bytes())
+		b.Fatalf("%s in a child process: %v\n%s%s", name, err, out, stderr.Bytes())
 	}
-	metrics := parseBenchLine(out, "BenchmarkAlone")
+	metrics := parseBenchLine(out, name)
 	if metrics == nil {
-		b.Fatalf("BenchmarkAlone in a child process printed no result:\n%s", out)
+		b.Fatalf("%s in a child process printed no result:\n%s", name, out)
 	}
 	return metrics
 }
@@ -86,7 +87,7 @@ func parseBenchLine(out []byte, name string) map[string]float64 {
 	sc := bufio.NewScanner(bytes.NewReader(out))
 	for sc.Scan() {
 		f := strings.Fields(sc.Text())
-		if len(f) < 4 || !strings.HasPrefix(f[0], name) {
+		if len(f) < 4 || (f[0] != name && !strings.HasPrefix(f[0], name+"-")) {
 			continue
 		}
 		m := map[string]float64{}

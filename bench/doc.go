@@ -76,7 +76,8 @@
 // BenchmarkMatrix covers topologies, packet sizes, stream counts and state
 // machines; BenchmarkLatency times a 4 KiB SYNC write against a raw TCP
 // ping-pong and a grpc-go bidi-stream chain, both run alone in a child
-// process (BenchmarkAlone), and BenchmarkLatencyProcs (only with
+// process (BenchmarkAlone), and against the ping-pong served by event
+// loops in another (BenchmarkAloneEventLoops), and BenchmarkLatencyProcs (only with
 // -latency.procs) times the same write with every peer and the client a
 // process of its own; BenchmarkCommitPath compares streaming with
 // the Raft log; BenchmarkConns (only when -bench names it) opens 10,000

@@ -4,7 +4,9 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"maps"
 	"net"
+	"runtime"
 	"slices"
 	"sync"
 	"testing"
@@ -31,15 +33,19 @@ const latencyPacket = 4 << 10
 // process: ns/op is the sum of the two. The timed part done, the peers
 // are shut down and BenchmarkAlone runs the same ping-pong, and the same
 // round trip through a chain of three grpc-go bidi streams, b.N times each
-// in a fresh process of this test binary where no peer ever ran.
+// in a fresh process of this test binary where no peer ever ran; then, on
+// Linux, BenchmarkAloneEventLoops runs the ping-pong through event loops
+// in another such process.
 //
 // It reports percentiles in µs: p50-µs and p99-µs for the stream;
 // ping-p50-µs and ping-p99-µs for the ping-pong alone and grpc-p50-µs and
-// grpc-p99-µs for grpc-go alone, the baselines; ping-inproc-p50-µs and
+// grpc-p99-µs for grpc-go alone and loop-p50-µs and loop-p99-µs for the
+// event-loop ping-pong alone, the baselines; ping-inproc-p50-µs and
 // ping-inproc-p99-µs for the ping-pong beside the peers. A gnet peer's
 // event loops slow every goroutine of their process (see BenchmarkAlone),
 // so the in-process ping-pong flatters gnet; the ratios are to the
-// baselines alone: p50-vs-ping, p99-vs-ping, p50-vs-grpc, p99-vs-grpc.
+// baselines alone: p50-vs-ping, p99-vs-ping, p50-vs-grpc, p99-vs-grpc,
+// p50-vs-loop, p99-vs-loop.
 // With sm=file every peer fsyncs on SYNC, so that case measures the disk
 // as well.
 func BenchmarkLatency(b *testing.B) {
@@ -107,7 +113,12 @@ func benchLatency(b *testing.B, kind transport.Kind, sm smKind) {
 	// The baselines alone, while nothing of this process runs.
 	c.Close()
 	stopPeers()
-	alone := runAlone(b, b.N)
+	alone := runAlone(b, "BenchmarkAlone", b.N)
+	baselines := []string{"ping", "grpc"}
+	if runtime.GOOS == "linux" {
+		maps.Copy(alone, runAlone(b, "BenchmarkAloneEventLoops", b.N))
+		baselines = append(baselines, "loop")
+	}
 
 	sp50, sp99 := percentiles(stream)
 	ip50, ip99 := percentiles(pong)
@@ -115,7 +126,7 @@ func benchLatency(b *testing.B, kind transport.Kind, sm smKind) {
 	b.ReportMetric(micros(sp99), "p99-µs")
 	b.ReportMetric(micros(ip50), "ping-inproc-p50-µs")
 	b.ReportMetric(micros(ip99), "ping-inproc-p99-µs")
-	for _, base := range []string{"ping", "grpc"} {
+	for _, base := range baselines {
 		p50, p99 := alone[base+"-p50-µs"], alone[base+"-p99-µs"]
 		if p50 <= 0 || p99 <= 0 {
 			b.Fatalf("BenchmarkAlone reported no %s percentiles: %v", base, alone)

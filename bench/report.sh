@@ -4,8 +4,9 @@
 # asks about: the streamed 3-peer chain against a raw TCP relay at 4 KiB,
 # 64 KiB and 1 MiB packets, the FileStore chain against a relay that
 # writes files, gnet against net.Conn, streaming against the Raft log, a
-# SYNC write's latency against a raw ping-pong and a grpc-go chain (both
-# measured in a process of their own), garbage per GiB, 10,000
+# SYNC write's latency against a raw ping-pong, a grpc-go chain and the
+# ping-pong through event loops (each measured in a process of its own,
+# where no peer runs), garbage per GiB, 10,000
 # connections, and the heap's peak against its formula. Each ratio comes
 # from two runs moments apart (see `go doc ./bench`), which a shared
 # machine's load shifts far less than it shifts either number alone.
@@ -182,7 +183,9 @@ p50 and p99 are the medians over the runs of each run's percentiles; a
 ratio is the median of the runs' ratios (both numbers of a ratio from
 the same run) unless it says "of medians". The ping-pong and grpc-go
 baselines run in a fresh process (BenchmarkAlone) after each run's
-peers have stopped.
+peers have stopped, and the same ping-pong through event loops, each
+hop a goroutine blocked in epoll_wait as gnet's loops are, in another
+(BenchmarkAloneEventLoops): the floor of any transport built that way.
 
 | goal | measured | value | ratio | target | status |
 | --- | --- | --- | --- | --- | --- |
@@ -196,6 +199,9 @@ $(row "SYNC 4 KiB p50, net.Conn vs grpc-go alone" "grpc-go p50 µs (its runs)" "
 $(row "SYNC 4 KiB p99, net.Conn vs grpc-go alone" "grpc-go p99 µs (its runs)" "$(num %.0f "$(med $ln grpc-p99-µs)")" "$(med $ln p99-vs-grpc)")
 $(row "SYNC 4 KiB p50, net.Conn vs raw ping-pong alone" "ping-pong p50 µs (its runs)" "$(num %.0f "$(med $ln ping-p50-µs)")" "$(med $ln p50-vs-ping)")
 $(row "SYNC 4 KiB p99, net.Conn vs raw ping-pong alone" "ping-pong p99 µs (its runs)" "$(num %.0f "$(med $ln ping-p99-µs)")" "$(med $ln p99-vs-ping)")
+$(row "SYNC 4 KiB p50, gnet vs an event-loop ping-pong alone" "event-loop ping-pong p50 µs" "$(num %.0f "$(med $l loop-p50-µs)")" "$(med $l p50-vs-loop)")
+$(row "SYNC 4 KiB p99, gnet vs an event-loop ping-pong alone" "event-loop ping-pong p99 µs" "$(num %.0f "$(med $l loop-p99-µs)")" "$(med $l p99-vs-loop)")
+$(row "event-loop ping-pong vs raw ping-pong, both alone" "p50 µs event loops; runtime poller (ratio of medians)" "$(num %.0f "$(med $l loop-p50-µs)"); $(num %.0f "$(med $l ping-p50-µs)")" "$(ratio "$(med $l loop-p50-µs)" "$(med $l ping-p50-µs)")")
 $(row "the old baseline: ping-pong beside gnet peers vs alone" "p50 µs in process; alone (ratio of medians)" "$(num %.0f "$(med $l ping-inproc-p50-µs)"); $(num %.0f "$(med $l ping-p50-µs)")" "$(ratio "$(med $l ping-inproc-p50-µs)" "$(med $l ping-p50-µs)")")
 $(row "chain, 64 KiB packets, gnet, vs relay: Send" "stream MB/s (Chain/stream-64KiB)" "$(num %.0f "$(med $c/stream-64KiB MB/s)")" "$(med $c/stream-64KiB vs-relay)" ge 0.8)
 $(row "chain, 64 KiB packets, gnet, vs relay: WriteAsync" "stream MB/s (Matrix, which copies)" "$(num %.0f "$(med $m64 MB/s)")" "$(med $m64 vs-relay)" ge 0.8)
