@@ -72,22 +72,40 @@ func (s *Streams) successorsIn(t *pb.RoutingTable, primary string) []string {
 }
 
 // checkQuorum refuses a stream, at its primary, when fewer peers of its
-// table than the write quorum are reachable from here.
+// table than the write quorum are reachable from here. The error counts
+// the whole group and names every peer the stream cannot have: those of
+// its table that are unreachable, and those a resume's table left out,
+// which the stream was moved away from.
 func (s *Streams) checkQuorum(t *pb.RoutingTable) *pb.Error {
 	if !s.recovers() {
 		return nil // every successor is dialed, and must answer, as before
 	}
+	in := tablePeers(t, s.cfg.ID)
 	up, down := []string{s.cfg.ID}, []string(nil)
-	for _, id := range tablePeers(t, s.cfg.ID)[1:] {
+	for _, id := range in[1:] {
 		if _, err := s.cfg.Dial(id); err != nil {
 			down = append(down, id)
 		} else {
 			up = append(up, id)
 		}
 	}
-	if len(up) < s.quorum() {
-		return errorf(pb.ErrorCode_NOT_ENOUGH_PEERS, "%d of %d peers reachable (%s), the write quorum is %d; unreachable: %s",
-			len(up), len(up)+len(down), strings.Join(up, ", "), s.quorum(), strings.Join(down, ", "))
+	if len(up) >= s.quorum() {
+		return nil
 	}
-	return nil
+	var b strings.Builder
+	fmt.Fprintf(&b, "%d of %d peers reachable (%s), the write quorum is %d",
+		len(up), len(s.members()), strings.Join(up, ", "), s.quorum())
+	if len(down) > 0 {
+		fmt.Fprintf(&b, "; unreachable: %s", strings.Join(down, ", "))
+	}
+	var left []string
+	for _, id := range s.members() {
+		if !slices.Contains(in, id) {
+			left = append(left, id)
+		}
+	}
+	if len(left) > 0 {
+		fmt.Fprintf(&b, "; dropped from the stream: %s", strings.Join(left, ", "))
+	}
+	return errorf(pb.ErrorCode_NOT_ENOUGH_PEERS, "%s", b.String())
 }

@@ -43,14 +43,7 @@ func TestResumeOfCommittedStream(t *testing.T) {
 	rb.client = r.client
 	resume := func(id, at uint64, table *pb.RoutingTable) (*pb.DataStreamReplyHeader, *pb.RaftClientReply) {
 		t.Helper()
-		body, err := protoMarshal(rb.request(id, b.ID, table))
-		if err != nil {
-			t.Fatal(err)
-		}
-		rb.sendFrame(&pb.DataStreamPacketHeader{
-			ClientId: rb.client, Type: pb.DataStreamPacketHeader_STREAM_HEADER, StreamId: id,
-			StreamOffset: at, DataLength: uint64(len(body)), Options: uint32(pb.DataStreamPacketHeader_RESUME), Epoch: 1,
-		}, body)
+		rb.resume(id, at, b.ID, table)
 		return rb.reply()
 	}
 	// At an offset past 0, at 0, and with a table below the write quorum
@@ -76,5 +69,30 @@ func TestResumeOfCommittedStream(t *testing.T) {
 	}
 	if n := g.servers[1].Streams().Active(); n != 0 {
 		t.Errorf("b holds %d open streams after refusing the resumes", n)
+	}
+}
+
+// A client that moves a stream to a new primary with a table that leaves
+// out the peers it gave up on is refused below the write quorum, and the
+// refusal names those peers as dropped, not an empty list of unreachable
+// ones. A resume at offset 0 of a stream the peer never saw opens it, so
+// it is checked as a new stream would be.
+func TestResumeBelowQuorumNamesDroppedPeers(t *testing.T) {
+	buffertest.Check(t)
+	g := startGroup(t, 3, groupOpts{})
+	a, b, c := g.peers[0], g.peers[1], g.peers[2]
+	r := dialRaw(t, b.StreamAddr)
+	r.resume(1, 0, b.ID, pb.Chain(b.ID))
+	h, _ := r.reply()
+	if h.GetErrorCode() != pb.ErrorCode_NOT_ENOUGH_PEERS {
+		t.Fatalf("resume through %s alone: %v, want NOT_ENOUGH_PEERS", b.ID, h)
+	}
+	msg := h.GetErrorMessage()
+	want := "1 of 3 peers reachable (" + b.ID + "), the write quorum is 2; dropped from the stream: "
+	if !strings.Contains(msg, want) || !strings.Contains(msg, a.ID) || !strings.Contains(msg, c.ID) || strings.Contains(msg, "unreachable") {
+		t.Errorf("refusal %q, want %q naming %s and %s, and no unreachable peer", msg, want, a.ID, c.ID)
+	}
+	if n := g.servers[1].Streams().Active(); n != 0 {
+		t.Errorf("%s holds %d open streams after refusing the resume", b.ID, n)
 	}
 }

@@ -136,6 +136,21 @@ func (r *raw) header(stream uint64, req *pb.RaftClientRequest) {
 	}, body)
 }
 
+// resume sends a header with the RESUME option, as a client's failover
+// does: the stream moved to primary at offset, through table, in its
+// first epoch after the move.
+func (r *raw) resume(stream, offset uint64, primary string, table *pb.RoutingTable) {
+	r.t.Helper()
+	body, err := protoMarshal(r.request(stream, primary, table))
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	r.sendFrame(&pb.DataStreamPacketHeader{
+		ClientId: r.client, Type: pb.DataStreamPacketHeader_STREAM_HEADER, StreamId: stream,
+		StreamOffset: offset, DataLength: uint64(len(body)), Options: uint32(pb.DataStreamPacketHeader_RESUME), Epoch: 1,
+	}, body)
+}
+
 func (r *raw) data(stream, offset uint64, body []byte, opts ...pb.DataStreamPacketHeader_Option) {
 	r.t.Helper()
 	var bits uint32
