@@ -102,7 +102,8 @@ type Timeouts struct {
 	// committed entry before its data is cleaned up. It should exceed
 	// CommitTimeout (package peer requires it). Default DefaultLinkTimeout.
 	LinkTimeout time.Duration
-	// IdleTimeout fails a stream that receives no packet for this long.
+	// IdleTimeout fails a stream that receives no packet for this long,
+	// on the first sweep tick after it (at most one SweepInterval later).
 	// Default DefaultIdleTimeout.
 	IdleTimeout time.Duration
 	// ReadStallTimeout closes a connection whose incomplete frame gets no
