@@ -103,8 +103,8 @@ type Timeouts struct {
 	// CommitTimeout (package peer requires it). Default DefaultLinkTimeout.
 	LinkTimeout time.Duration
 	// IdleTimeout fails a stream that receives no packet for this long,
-	// on the first sweep tick after it (at most one SweepInterval later).
-	// Default DefaultIdleTimeout.
+	// checked on the sweep tick: never sooner, and at most two
+	// SweepIntervals later. Default DefaultIdleTimeout.
 	IdleTimeout time.Duration
 	// ReadStallTimeout closes a connection whose incomplete frame gets no
 	// bytes this long, releasing what it holds. It is checked on the

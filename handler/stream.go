@@ -38,13 +38,15 @@ type Stream struct {
 	verify  atomic.Bool // this peer checks checksums; see verifies
 	opened  time.Time
 
-	// Idle tracking without a clock read per packet, which cost 6% of a
-	// 4 KiB chain's CPU: a packet sets active, and the sweep, which reads
-	// the clock anyway, turns it into lastActive. A stream is failed for
-	// idleness at most one sweep interval late, never early.
-	active     atomic.Bool  // a packet came since the last sweep
-	lastActive atomic.Int64 // unix nanoseconds: the open, or the last sweep that found active set
-	ended      atomic.Bool  // the connection's stream count was given back
+	// lastActive tracks idleness without a clock read per packet, which
+	// cost 6% of a 4 KiB chain's CPU: a packet sets it to 0, "active since
+	// the last sweep", and the sweep that finds 0 stamps the time it
+	// found it, which is after the packet. Otherwise it holds unix
+	// nanoseconds: the open, or that stamp. A stream is so failed for
+	// idleness never early, and at most two sweep intervals late (one to
+	// be stamped, one to be failed).
+	lastActive atomic.Int64
+	ended      atomic.Bool // the connection's stream count was given back
 
 	// Owned by the executor.
 	ch      statemachine.DataChannel
@@ -128,22 +130,28 @@ func newStream(s *Streams, key StreamKey, req *pb.RaftClientRequest, primary boo
 	return st
 }
 
-// touch marks the stream active for the next sweep. It stores only when
-// the mark is clear, so that the packets between two sweeps do not take
-// the cache line from each other.
+// touch marks the stream active for the next sweep (see lastActive). It
+// stores only when the mark is not there yet, so that the packets between
+// two sweeps do not take the cache line from each other.
 func (st *Stream) touch() {
-	if !st.active.Load() {
-		st.active.Store(true)
+	if st.lastActive.Load() != 0 {
+		st.lastActive.Store(0)
 	}
 }
 
-// idleFor returns how long the stream has had no packet, as of the sweep
-// at now.
+// idleFor returns how long the stream has had no packet, as of a sweep
+// at now. A mark is stamped with the clock, not with now, which a caller
+// may have read a while ago or set ahead; concurrent sweeps agree on one
+// stamp.
 func (st *Stream) idleFor(now time.Time) time.Duration {
-	if st.active.Swap(false) {
-		st.lastActive.Store(now.UnixNano())
+	t := st.lastActive.Load()
+	if t == 0 {
+		// Read after the packets that marked it. If another sweep's
+		// stamp wins, it was read after them too.
+		t = time.Now().UnixNano()
+		st.lastActive.CompareAndSwap(0, t)
 	}
-	return now.Sub(time.Unix(0, st.lastActive.Load()))
+	return now.Sub(time.Unix(0, t))
 }
 
 // IsPrimary reports whether this peer is the stream's primary, the one

@@ -43,6 +43,9 @@ func (s *Streams) UpstreamClosed(up *pipeline.Pipeline) {
 // it on a tick, since gnet has no deadlines.
 func (s *Streams) Sweep(now time.Time) {
 	for _, st := range s.snapshot() {
+		// Stamped on every sweep, whichever case follows, so that a mark
+		// waits for no more than one sweep.
+		idle := st.idleFor(now)
 		l, since := st.oldestUnanswered()
 		switch {
 		case l != nil && now.Sub(since) > s.cfg.ReplyTimeout:
@@ -50,7 +53,7 @@ func (s *Streams) Sweep(now time.Time) {
 		case st.orphanedFor(now) > s.cfg.ReplyTimeout:
 			st.fail(errorf(pb.ErrorCode_CANCELLED, "upstream connection closed, and no peer resumed the stream within %v", s.cfg.ReplyTimeout))
 		default:
-			if idle := st.idleFor(now); idle > s.cfg.IdleTimeout && !st.waitingForReplies() {
+			if idle > s.cfg.IdleTimeout && !st.waitingForReplies() {
 				st.fail(errorf(pb.ErrorCode_TIMEOUT, "no packet for %v", s.cfg.IdleTimeout))
 			}
 		}

@@ -168,8 +168,9 @@ func TestSlowWriteIsNotIdle(t *testing.T) {
 }
 
 // A stream whose packets keep coming is not idle, however long it lasts:
-// packets mark it active between sweeps, and the sweep that finds the mark
-// restarts its idle time.
+// packets and their replies mark it active between sweeps, and the sweep
+// that finds the mark restarts its idle time (handler's TestIdleFor has
+// the bounds).
 func TestSteadyStreamIsNotIdle(t *testing.T) {
 	buffertest.Check(t)
 	const idle = 500 * time.Millisecond
