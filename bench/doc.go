@@ -77,9 +77,9 @@
 // machines; BenchmarkLatency times a 4 KiB SYNC write against a raw TCP
 // ping-pong and a grpc-go bidi-stream chain, both run alone in a child
 // process (BenchmarkAlone), and against the ping-pong served by event
-// loops in another (BenchmarkAloneEventLoops), and BenchmarkLatencyProcs (only with
-// -latency.procs) times the same write with every peer and the client a
-// process of its own; BenchmarkCommitPath compares streaming with
+// loops in another (BenchmarkAloneEventLoops); BenchmarkLatencyProcs
+// (only with -latency.procs) times the same write with every peer and the
+// client a process of its own; BenchmarkCommitPath compares streaming with
 // the Raft log; BenchmarkConns (only when -bench names it) opens 10,000
 // client connections to one peer. bench/report.sh runs the ones the
 // issue's goals name and prints each goal with its ratio.

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"runtime"
 	"syscall"
 	"testing"
 	"time"
@@ -15,16 +16,15 @@ import (
 )
 
 // BenchmarkAloneEventLoops is the raw 3-hop ping-pong of BenchmarkAlone
-// with every hop and the end served the way an event loop serves its
-// connections: a goroutine blocked in epoll_wait, which holds its thread
-// while it waits, on sockets that the runtime's poller does not know,
-// reading and writing them inline. No gnet and no pipestream code runs; it is the
-// floor for any transport built on such loops, gnet's included, which
-// pays one thread wake-up per hop where the runtime's poller lets one
-// thread carry a message through every hop of a process (see
-// docs/performance.md, "Latency"). BenchmarkLatency runs it in a fresh
-// process of this test binary, as it runs BenchmarkAlone, and reports
-// loop-p50-µs and loop-p99-µs.
+// with every hop and the end served the way gnet's event loops serve
+// their connections: a goroutine that waits in epoll_wait, holding its
+// thread while it blocks, on sockets that the runtime's poller does not
+// know, reading and writing them inline. No gnet and no pipestream code
+// runs: it models what such loops cost by themselves, one thread wake-up
+// per hop, where the runtime's poller lets one thread carry a message
+// through every hop of a process (see docs/performance.md, "Latency").
+// BenchmarkLatency runs it in a fresh process of this test binary after
+// BenchmarkAlone's, and reports loop-p50-µs and loop-p99-µs.
 //
 // It is skipped unless PIPESTREAM_BENCH_ALONE=1.
 func BenchmarkAloneEventLoops(b *testing.B) {
@@ -72,9 +72,11 @@ func startLoopPingPong(b *testing.B) *pingPong {
 // serveLoop takes up and down (nil for the end) away from the runtime's
 // poller and serves them until both reach EOF: a hop relays each
 // direction to the other side, the end answers every latencyPacket bytes
-// with 8. Like a gnet loop (which pipestream does not lock to its thread
-// either), it waits in a blocking epoll_wait; the wait's timeout only
-// bounds a test that went wrong.
+// with 8. It waits as gnet's poller does (gnet/v2 pkg/netpoll, Polling):
+// after events it polls once more without blocking, and when that finds
+// nothing it yields (runtime.Gosched) and then blocks in epoll_wait; like
+// pipestream's gnet loops it is not locked to its thread. The blocking
+// wait's timeout only bounds a test that went wrong.
 func serveLoop(b *testing.B, up, down net.Conn) {
 	l, err := newLoop(up, down)
 	if err != nil {
@@ -123,7 +125,8 @@ func newLoop(conns ...net.Conn) (*loop, error) {
 // detach returns a descriptor of c's socket that only the caller uses,
 // and closes c, which takes the socket out of the runtime's poller: a
 // poller that also watched it would wake a thread of its own on every
-// message, which an event loop's socket never does.
+// message, which an event loop's socket never does. The descriptor
+// shares c's open file, and so its O_NONBLOCK.
 func detach(c net.Conn) (int, error) {
 	sc, ok := c.(syscall.Conn)
 	if !ok {
@@ -135,17 +138,13 @@ func detach(c net.Conn) (int, error) {
 	}
 	fd := -1
 	var dupErr error
-	if err := rc.Control(func(s uintptr) { fd, dupErr = unix.Dup(int(s)) }); err != nil {
+	if err := rc.Control(func(s uintptr) { fd, dupErr = unix.FcntlInt(s, unix.F_DUPFD_CLOEXEC, 0) }); err != nil {
 		return -1, err
 	}
 	if dupErr != nil {
 		return -1, fmt.Errorf("dup: %w", dupErr)
 	}
 	_ = c.Close()
-	if err := unix.SetNonblock(fd, true); err != nil {
-		_ = unix.Close(fd)
-		return -1, err
-	}
 	return fd, nil
 }
 
@@ -168,17 +167,21 @@ func (l *loop) other(fd int) int {
 
 func (l *loop) run(deadline time.Time) error {
 	events := make([]unix.EpollEvent, len(l.fds))
+	wait := 1000 // ms, blocking: see serveLoop
 	for open := len(l.fds); open > 0; {
-		n, err := unix.EpollWait(l.ep, events, 1000)
-		if errors.Is(err, unix.EINTR) {
+		n, err := unix.EpollWait(l.ep, events, wait)
+		if n <= 0 && (err == nil || errors.Is(err, unix.EINTR)) {
+			if wait != 0 && time.Now().After(deadline) {
+				return errors.New("event loop: no EOF before the deadline")
+			}
+			wait = 1000
+			runtime.Gosched()
 			continue
 		}
 		if err != nil {
 			return fmt.Errorf("epoll_wait: %w", err)
 		}
-		if n == 0 && time.Now().After(deadline) {
-			return errors.New("event loop: no EOF before the deadline")
-		}
+		wait = 0
 		for _, ev := range events[:n] {
 			eof, err := l.drain(int(ev.Fd), deadline)
 			if err != nil {

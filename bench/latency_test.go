@@ -129,7 +129,7 @@ func benchLatency(b *testing.B, kind transport.Kind, sm smKind) {
 	for _, base := range baselines {
 		p50, p99 := alone[base+"-p50-µs"], alone[base+"-p99-µs"]
 		if p50 <= 0 || p99 <= 0 {
-			b.Fatalf("BenchmarkAlone reported no %s percentiles: %v", base, alone)
+			b.Fatalf("the baselines alone reported no %s percentiles: %v", base, alone)
 		}
 		b.ReportMetric(p50, base+"-p50-µs")
 		b.ReportMetric(p99, base+"-p99-µs")

@@ -185,7 +185,8 @@ the same run) unless it says "of medians". The ping-pong and grpc-go
 baselines run in a fresh process (BenchmarkAlone) after each run's
 peers have stopped, and the same ping-pong through event loops, each
 hop a goroutine blocked in epoll_wait as gnet's loops are, in another
-(BenchmarkAloneEventLoops): the floor of any transport built that way.
+(BenchmarkAloneEventLoops), a model of what such loops cost by
+themselves. The two processes run one after the other, not alternated.
 
 | goal | measured | value | ratio | target | status |
 | --- | --- | --- | --- | --- | --- |

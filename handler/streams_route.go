@@ -11,9 +11,11 @@ import (
 func (s *Streams) members() []string { return s.groupPeers() }
 
 // quorum returns the write quorum as a number of peers.
-func (s *Streams) quorum() int {
-	n := len(s.members())
-	switch q := s.cfg.WriteQuorum; {
+func (s *Streams) quorum() int { return quorumOf(len(s.members()), s.cfg.WriteQuorum) }
+
+// quorumOf returns write quorum q (WriteQuorum's meaning) of a group of n.
+func quorumOf(n, q int) int {
+	switch {
 	case q == 0:
 		return n/2 + 1
 	case q < 0 || q > n:
@@ -80,6 +82,10 @@ func (s *Streams) checkQuorum(t *pb.RoutingTable) *pb.Error {
 	if !s.recovers() {
 		return nil // every successor is dialed, and must answer, as before
 	}
+	// One look at the group, so that the count, the quorum and the peers
+	// left out agree while its membership changes.
+	members := s.members()
+	quorum := quorumOf(len(members), s.cfg.WriteQuorum)
 	in := tablePeers(t, s.cfg.ID)
 	up, down := []string{s.cfg.ID}, []string(nil)
 	for _, id := range in[1:] {
@@ -89,17 +95,17 @@ func (s *Streams) checkQuorum(t *pb.RoutingTable) *pb.Error {
 			up = append(up, id)
 		}
 	}
-	if len(up) >= s.quorum() {
+	if len(up) >= quorum {
 		return nil
 	}
 	var b strings.Builder
 	fmt.Fprintf(&b, "%d of %d peers reachable (%s), the write quorum is %d",
-		len(up), len(s.members()), strings.Join(up, ", "), s.quorum())
+		len(up), len(members), strings.Join(up, ", "), quorum)
 	if len(down) > 0 {
 		fmt.Fprintf(&b, "; unreachable: %s", strings.Join(down, ", "))
 	}
 	var left []string
-	for _, id := range s.members() {
+	for _, id := range members {
 		if !slices.Contains(in, id) {
 			left = append(left, id)
 		}

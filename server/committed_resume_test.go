@@ -75,8 +75,8 @@ func TestResumeOfCommittedStream(t *testing.T) {
 // A client that moves a stream to a new primary with a table that leaves
 // out the peers it gave up on is refused below the write quorum, and the
 // refusal names those peers as dropped, not an empty list of unreachable
-// ones. A resume at offset 0 of a stream the peer never saw opens it, so
-// it is checked as a new stream would be.
+// ones. The new primary checks the quorum of a client's resume before it
+// looks for the stream, at any offset.
 func TestResumeBelowQuorumNamesDroppedPeers(t *testing.T) {
 	buffertest.Check(t)
 	g := startGroup(t, 3, groupOpts{})
