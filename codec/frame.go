@@ -132,10 +132,7 @@ func (d *FrameDecoder) drop() {
 		d.partial.Release()
 		d.partial, d.have = nil, 0
 	}
-	if d.head != nil {
-		d.head.Release()
-		d.head, d.headN = nil, 0
-	}
+	d.releaseHead()
 	d.pending = 0
 	d.trim(0)
 }
@@ -284,6 +281,15 @@ func (d *FrameDecoder) aimHead(in buffer.Inbound) error {
 	return nil
 }
 
+// releaseHead lets go of the length field read ahead, if there is one;
+// its bytes have been copied or were never read. d.mu is held.
+func (d *FrameDecoder) releaseHead() {
+	if d.head != nil {
+		d.head.Release()
+		d.head, d.headN = nil, 0
+	}
+}
+
 // fillHead completes the next frame's length field, read ahead into head,
 // with what landed and what in holds, and then goes on as Decode does with
 // the field in hand: a whole frame is returned; an incomplete one no
@@ -294,8 +300,7 @@ func (d *FrameDecoder) fillHead(in buffer.Inbound) (*buffer.Buf, error) {
 	if d.headN == 0 {
 		// Nothing was read ahead: the field, whole or not, is in in,
 		// where it stays for whatever follows the decoder if it goes.
-		d.head.Release()
-		d.head = nil
+		d.releaseHead()
 		return d.decodeBuffered(in)
 	}
 	h := d.head.Bytes()
@@ -327,8 +332,7 @@ func (d *FrameDecoder) fillHead(in buffer.Inbound) (*buffer.Buf, error) {
 		d.pending = 0
 		frame := buffer.Get(total - strip)
 		n := copy(frame.Bytes(), h[strip:])
-		d.head.Release()
-		d.head, d.headN = nil, 0
+		d.releaseHead()
 		if err := take(in, frame.Bytes()[n:], 0); err != nil {
 			frame.Release()
 			return nil, d.fail(in, err)
@@ -351,8 +355,7 @@ func (d *FrameDecoder) fillHead(in buffer.Inbound) (*buffer.Buf, error) {
 	d.pending = total - strip
 	d.partial = buffer.Get(total - strip)
 	d.have = copy(d.partial.Bytes(), h[strip:])
-	d.head.Release()
-	d.head, d.headN = nil, 0
+	d.releaseHead()
 	return d.fill(in)
 }
 
