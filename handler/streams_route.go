@@ -79,13 +79,13 @@ func (s *Streams) successorsIn(t *pb.RoutingTable, primary string) []string {
 // its table that are unreachable, and those a resume's table left out,
 // which the stream was moved away from.
 func (s *Streams) checkQuorum(t *pb.RoutingTable) *pb.Error {
-	if !s.recovers() {
-		return nil // every successor is dialed, and must answer, as before
-	}
 	// One look at the group, so that the count, the quorum and the peers
 	// left out agree while its membership changes.
 	members := s.members()
 	quorum := quorumOf(len(members), s.cfg.WriteQuorum)
+	if quorum >= len(members) {
+		return nil // no recovery (recovers): every successor is dialed, and must answer, as before
+	}
 	in := tablePeers(t, s.cfg.ID)
 	up, down := []string{s.cfg.ID}, []string(nil)
 	for _, id := range in[1:] {
