@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"runtime"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -58,15 +59,13 @@ func BenchmarkAloneEventLoops(b *testing.B) {
 // their connections from event loops (serveLoop). The client is a plain
 // net.Conn, as in the ping-pong.
 func startLoopPingPong(b *testing.B) *pingPong {
-	p := &pingPong{}
-	addr, ready := serveOne(b, &p.wg, "", func(up, _ net.Conn) { serveLoop(b, up, nil) })
-	readies := []chan struct{}{ready}
-	for range chainLen - 1 {
-		addr, ready = serveOne(b, &p.wg, addr, func(up, down net.Conn) { serveLoop(b, up, down) })
-		readies = append(readies, ready)
-	}
-	p.c = dialRelay(b, addr, readies)
-	return p
+	return chainPingPong(b,
+		func(b *testing.B, wg *sync.WaitGroup) (string, chan struct{}) {
+			return serveOne(b, wg, "", func(up, _ net.Conn) { serveLoop(b, up, nil) })
+		},
+		func(b *testing.B, wg *sync.WaitGroup, next string) (string, chan struct{}) {
+			return serveOne(b, wg, next, func(up, down net.Conn) { serveLoop(b, up, down) })
+		})
 }
 
 // serveLoop takes up and down (nil for the end) away from the runtime's

@@ -183,11 +183,22 @@ type pingPong struct {
 }
 
 func startPingPong(b *testing.B) *pingPong {
+	return chainPingPong(b, startAnswerer, func(b *testing.B, wg *sync.WaitGroup, next string) (string, chan struct{}) {
+		return startHop(b, wg, next, "")
+	})
+}
+
+// chainPingPong starts the ping-pong's end with end and its relaying hops
+// with hop, and dials the first hop.
+func chainPingPong(b *testing.B,
+	end func(*testing.B, *sync.WaitGroup) (addr string, ready chan struct{}),
+	hop func(b *testing.B, wg *sync.WaitGroup, next string) (addr string, ready chan struct{}),
+) *pingPong {
 	p := &pingPong{}
-	addr, ready := startAnswerer(b, &p.wg)
+	addr, ready := end(b, &p.wg)
 	readies := []chan struct{}{ready}
 	for range chainLen - 1 {
-		addr, ready = startHop(b, &p.wg, addr, "")
+		addr, ready = hop(b, &p.wg, addr)
 		readies = append(readies, ready)
 	}
 	p.c = dialRelay(b, addr, readies)
